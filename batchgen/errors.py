@@ -1,0 +1,50 @@
+"""Errors that batchgen raises, each with a one-line message for the user.
+
+    BatchgenError
+    ├── SpecError          a job directory, job.toml, template or seed file is wrong
+    ├── LedgerError        the ledger cannot be opened, migrated or trusted
+    ├── NotFoundError      an unknown job, batch, shard or file
+    ├── BackendError       the Batch API (OpenAI, a compatible server or the emulator) said no
+    ├── ValidationFailed   generated data failed a check that was required to pass
+    ├── BudgetExceeded     the budget guard refused to spend more
+    └── PricingError       no price is known for a model
+
+The CLI turns each into `Error: <message>` and exit status 1. The library never prints and never exits.
+"""
+
+from __future__ import annotations
+
+
+class BatchgenError(Exception):
+    """Base class: str(error) is the one-line message shown to the user."""
+
+
+class SpecError(BatchgenError):
+    pass
+
+
+class LedgerError(BatchgenError):
+    pass
+
+
+class NotFoundError(BatchgenError):
+    pass
+
+
+class BackendError(BatchgenError):
+    def __init__(self, message: str, *, status_code: int | None = None, request_id: str | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class ValidationFailed(BatchgenError):
+    pass
+
+
+class BudgetExceeded(BatchgenError):
+    pass
+
+
+class PricingError(BatchgenError):
+    pass

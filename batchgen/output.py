@@ -1,0 +1,51 @@
+"""Rendering for the CLI: tables, JSON, progress on stderr. No decisions are made here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import click
+from tabulate import tabulate
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_options(func: F) -> F:
+    """Add --json and --fmt to a command (sqlite-utils style)."""
+    func = click.option("--fmt", default=None, help="Table format for tabulate (simple, github, plain ...)")(func)
+    func = click.option("json_", "--json", is_flag=True, help="Print JSON instead of a table")(func)
+    return func
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> str:
+    """JSON for stdout: Decimals as exact strings, pydantic models dumped."""
+    return json.dumps(value, indent=2, default=_default, ensure_ascii=False)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(dumps(value))
+
+
+def table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], headers: Sequence[str] | str = "keys",
+          fmt: str | None = None) -> str:
+    return tabulate(list(rows), headers=headers, tablefmt=fmt or "simple", disable_numparse=True)
+
+
+def echo_table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], headers: Sequence[str] | str = "keys",
+               fmt: str | None = None) -> None:
+    click.echo(table(rows, headers, fmt))
+
+
+def warn(message: str) -> None:
+    click.echo(message, err=True)

@@ -1,0 +1,181 @@
+"""The ledger: one SQLite file that records every job, shard, intent, batch, request, result, example and event.
+
+Every read-modify-write runs inside `Ledger.transaction()` (BEGIN IMMEDIATE), so two processes on one workspace
+never interleave a decision and its record. WAL mode lets `status` read while a `run` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from batchgen import migrations
+from batchgen.errors import LedgerError, NotFoundError
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def dec_sum(values: Iterable[str | None]) -> Decimal:
+    """Exact sum of decimal-text money values."""
+    total = Decimal(0)
+    for value in values:
+        if value:
+            total += Decimal(value)
+    return total
+
+
+class Ledger:
+    """All reads and writes of batchgen's state. Open with `Ledger.open(path)`; close with `close()`."""
+
+    def __init__(self, db: Database, path: Path):
+        self.db = db
+        self.path = path
+
+    # -- opening -------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = True) -> Ledger:
+        path = Path(path)
+        if not path.exists() and not create:
+            raise LedgerError(f"No ledger at {path}; run a job first ('batchgen run JOB')")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
+        except (OSError, sqlite3.Error) as error:
+            raise LedgerError(f"Cannot open ledger {path}: {error}") from error
+        db = Database(conn)
+        ledger = cls(db, path)
+        try:
+            ledger._migrate()
+        except sqlite3.DatabaseError as error:
+            conn.close()
+            raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
+        except LedgerError:
+            conn.close()
+            raise
+        return ledger
+
+    def _migrate(self) -> None:
+        known = set(migrations.known_names())
+        unknown = [m.name for m in migrations.migrations.applied(self.db) if m.name not in known]
+        if unknown:
+            raise LedgerError(
+                f"Ledger {self.path} was written by a newer batchgen (migration {unknown[-1]}); "
+                "upgrade batchgen to use it"
+            )
+        if migrations.migrations.pending(self.db):
+            # Under the write lock, so two processes opening a new ledger do not both migrate it; apply()
+            # checks again what is pending and nests each migration in a savepoint.
+            with self._immediate():
+                migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ----------------------------------------------------------------------------------------
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Ledger]:
+        """BEGIN IMMEDIATE ... COMMIT (nested calls join the outer transaction)."""
+        if self.db.conn.in_transaction:
+            yield self
+            return
+        with self._immediate():
+            yield self
+
+    def execute(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
+        return self.db.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def rows(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        cursor = self.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def one(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> dict[str, Any] | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def scalar(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> Any:
+        row = self.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    # -- status, backup ------------------------------------------------------------------------------------
+    def migration_status(self) -> dict[str, list[str]]:
+        return {
+            "applied": [m.name for m in migrations.migrations.applied(self.db)],
+            "pending": [m.name for m in migrations.migrations.pending(self.db)],
+        }
+
+    def table_counts(self) -> dict[str, int]:
+        names = ["jobs", "shards", "intents", "batches", "requests", "results", "examples", "events"]
+        return {name: int(self.scalar(f"SELECT count(*) FROM {name}")) for name in names}
+
+    def backup(self, target: str | Path) -> Path:
+        target = Path(target)
+        if target.exists():
+            raise LedgerError(f"Backup target {target} already exists; choose another path")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.execute("VACUUM INTO ?", [str(target)])
+        return target
+
+    # -- events --------------------------------------------------------------------------------------------
+    def event(self, kind: str, *, job: str | None = None, batch_id: str | None = None, **detail: Any) -> None:
+        self.execute(
+            "INSERT INTO events (at_utc, job, batch_id, kind, detail_json) VALUES (?, ?, ?, ?, ?)",
+            [utcnow(), job, batch_id, kind, json.dumps(detail, default=str, sort_keys=True)],
+        )
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+    def job(self, name: str) -> dict[str, Any]:
+        row = self.one("SELECT * FROM jobs WHERE name = ?", [name])
+        if row is None:
+            raise NotFoundError(f"No job {name!r} in ledger {self.path}; run 'batchgen jobs list'")
+        return row
+
+    def find_job(self, name: str) -> dict[str, Any] | None:
+        return self.one("SELECT * FROM jobs WHERE name = ?", [name])
+
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        if status:
+            return self.rows("SELECT * FROM jobs WHERE status = ? ORDER BY created_utc", [status])
+        return self.rows("SELECT * FROM jobs ORDER BY created_utc")
+
+    def set_job(self, name: str, **fields: Any) -> None:
+        fields["updated_utc"] = utcnow()
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        self.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", [*fields.values(), name])
+

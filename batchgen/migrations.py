@@ -1,0 +1,162 @@
+"""The ledger schema, as an ordered list of migrations (sqlite-utils `Migrations`).
+
+Never edit or rename a migration once released: add a new one. Money columns hold exact decimal text (`*_usd`),
+never floats. API timestamps keep the API's names and unix ints; our own are ISO-8601 UTC text named `*_utc`.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("batchgen")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE jobs (
+            name TEXT PRIMARY KEY,
+            spec_hash TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            job_dir TEXT NOT NULL,
+            status TEXT NOT NULL,            -- active | done | cancelled
+            stage TEXT,                      -- the stage being worked on
+            backend TEXT NOT NULL,
+            budget_usd TEXT,
+            created_utc TEXT NOT NULL,
+            updated_utc TEXT NOT NULL
+        );
+        CREATE TABLE shards (
+            id TEXT PRIMARY KEY,             -- <job>/<stage>/a<attempt>/<n>
+            job TEXT NOT NULL REFERENCES jobs(name),
+            stage TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            lines INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            est_cost_usd TEXT NOT NULL,      -- expected cost at batch price
+            max_cost_usd TEXT NOT NULL,      -- worst case (every request at max_tokens)
+            status TEXT NOT NULL,            -- pending | submitted | done | failed
+            created_utc TEXT NOT NULL
+        );
+        CREATE INDEX shards_job ON shards(job, stage, status);
+        CREATE TABLE intents (
+            id INTEGER PRIMARY KEY,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            job TEXT NOT NULL,
+            shard_id TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- submit | cancel
+            status TEXT NOT NULL,            -- pending | done | abandoned
+            file_id TEXT,
+            batch_id TEXT,
+            created_utc TEXT NOT NULL,
+            updated_utc TEXT NOT NULL
+        );
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,             -- remote batch id
+            job TEXT NOT NULL,
+            shard_id TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            status TEXT NOT NULL,
+            input_file_id TEXT NOT NULL,
+            output_file_id TEXT,
+            error_file_id TEXT,
+            total INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER,
+            completed_at INTEGER,
+            est_cost_usd TEXT NOT NULL,
+            actual_cost_usd TEXT,
+            usage_json TEXT,
+            batch_json TEXT NOT NULL,
+            collected INTEGER NOT NULL DEFAULT 0,
+            polls INTEGER NOT NULL DEFAULT 0,
+            next_poll_utc TEXT,
+            submitted_utc TEXT NOT NULL,
+            updated_utc TEXT NOT NULL
+        );
+        CREATE INDEX batches_job ON batches(job, status);
+        CREATE TABLE requests (
+            custom_id TEXT PRIMARY KEY,
+            job TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            variant INTEGER NOT NULL,
+            cell_json TEXT NOT NULL,
+            shard_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            -- compiled -> submitted -> succeeded | failed | expired | cancelled | invalid | missing -> retried
+            status TEXT NOT NULL,
+            batch_id TEXT
+        );
+        CREATE INDEX requests_shard ON requests(shard_id);
+        CREATE INDEX requests_job ON requests(job, stage, status);
+        CREATE TABLE results (
+            custom_id TEXT PRIMARY KEY REFERENCES requests(custom_id),
+            batch_id TEXT NOT NULL,
+            job TEXT NOT NULL,
+            source TEXT NOT NULL,            -- output | error | missing
+            status_code INTEGER,
+            error_code TEXT,
+            error_message TEXT,
+            finish_reason TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd TEXT NOT NULL,
+            priced_by TEXT,
+            request_id TEXT,
+            collected_utc TEXT NOT NULL
+        );
+        CREATE INDEX results_batch ON results(batch_id);
+        CREATE INDEX results_job ON results(job);
+        CREATE TABLE examples (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            custom_id TEXT NOT NULL,
+            position INTEGER NOT NULL,       -- index of the example inside its response
+            content_json TEXT,
+            content_hash TEXT,
+            cell_json TEXT NOT NULL,
+            valid INTEGER NOT NULL,
+            category TEXT,                   -- rejection category, null when valid
+            reason TEXT,
+            duplicate_of TEXT,
+            UNIQUE (custom_id, position)
+        );
+        CREATE INDEX examples_job ON examples(job, stage, valid);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at_utc TEXT NOT NULL,
+            job TEXT,
+            batch_id TEXT,
+            kind TEXT NOT NULL,
+            detail_json TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX events_job ON events(job);
+        """
+    )
+
+
+def _run(db: Database, script: str) -> None:
+    """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def apply(db: Database) -> None:
+    migrations.apply(db)
+
+
+def known_names() -> list[str]:
+    return [m.name for m in migrations._migrations]

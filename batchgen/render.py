@@ -1,0 +1,232 @@
+"""Rendering one variant into one Batch API request line, with its exact input token count.
+
+Template variables (Jinja2, StrictUndefined, so a misspelt name is an error, not an empty string):
+
+    count          examples this request asks for (the stage's examples_per_request)
+    seeds          the seed examples of this request (list of dicts in the job's format)
+    seed_examples  the same as indented JSON text (the lesson's {seed_examples})
+    <axis name>    the value of each axis for this request, e.g. operation, style, include_errors
+    cell           all axis values as a dict
+    job, description, stage, temperature
+    examples, example, examples_json, example_json   (stages with `from`: the source examples to evolve)
+    index, attempt the variant index and attempt; using them makes every prompt unique (slower token counting)
+
+Model-family rules for the request body (decided by the model name):
+
+- `max_completion_tokens` for o-series (o1, o3, o4 ...) and gpt-5 and later (gpt-5*, gpt-6* ...), which reject
+  `max_tokens`; `max_tokens` for gpt-4o, gpt-4.1, gpt-4 and gpt-3.5, which the Batch API documents with it.
+- `temperature` is omitted for reasoning models (o-series, gpt-5 and later), which reject any value but the default;
+  the `*-chat*` variants (gpt-5-chat-latest) are not reasoning models and keep it.
+
+Token counts: a request's prompt tokens are the sum of its messages' counts (tokens.count_messages); each distinct
+message content is tokenized once per compile and each distinct body rendered once, so a job whose prompts repeat
+(the same seeds, axes and temperature recur) costs one render per distinct prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import orjson
+from jinja2 import meta
+
+from batchgen import formats
+from batchgen.errors import SpecError
+from batchgen.spec import CHAT, JobSpec, ResolvedStage
+from batchgen.tokens import REPLY_PRIMING_TOKENS, count_messages, count_text
+from batchgen.variants import Variant, VariantPlan
+
+BASE_VARIABLES = frozenset({"count", "seeds", "seed_examples", "cell", "job", "description", "stage", "temperature",
+                            "index", "attempt"})
+SOURCE_VARIABLES = frozenset({"examples", "example", "examples_json", "example_json"})
+MAX_CUSTOM_ID = 64
+_CACHE_LIMIT = 4096
+
+
+def is_reasoning_model(model: str) -> bool:
+    """o-series and gpt-5 and later (except their *-chat* variants)."""
+    name = model.removeprefix("ft:")
+    if re.match(r"o\d", name):
+        return True
+    match = re.match(r"gpt-(\d+)", name)
+    return bool(match and int(match.group(1)) >= 5 and "-chat" not in name)
+
+
+def max_tokens_param(model: str) -> str:
+    """`max_completion_tokens` for o-series and gpt-5+, `max_tokens` for older families."""
+    name = model.removeprefix("ft:")
+    match = re.match(r"gpt-(\d+)", name)
+    return "max_completion_tokens" if re.match(r"o\d", name) or (match and int(match.group(1)) >= 5) else "max_tokens"
+
+
+def custom_id(job: str, spec_hash: str, stage: str, index: int, attempt: int) -> str:
+    """`<job>-<spec hash 8>-<stage>-<index>-a<attempt>`, the job name shortened so the id fits 64 characters."""
+    rest = f"-{spec_hash[:8]}-{stage}-{index}-a{attempt}"
+    return f"{job[:MAX_CUSTOM_ID - len(rest)]}{rest}"
+
+
+def parse_custom_id(value: str) -> tuple[str, str, str, int, int]:
+    """(job prefix, spec hash 8, stage, index, attempt) from a custom_id made by `custom_id`."""
+    job, short_hash, stage, index, attempt = value.rsplit("-", 4)
+    return job, short_hash, stage, int(index), int(attempt.removeprefix("a"))
+
+
+@dataclass(frozen=True)
+class RenderedRequest:
+    """One request line and what the ledger needs to know about it."""
+
+    custom_id: str
+    variant: Variant
+    stage: str
+    attempt: int
+    input_tokens: int
+    line: bytes
+
+
+class Renderer:
+    """Renders the variants of one stage; keeps small caches of bodies and token counts."""
+
+    def __init__(self, spec: JobSpec, stage: ResolvedStage, sources: Sequence[dict[str, Any]] | None = None):
+        self.spec, self.stage = spec, stage
+        self.sources = list(sources) if sources is not None else None
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+                                 loader=jinja2.FileSystemLoader(str(spec.job_dir)))
+        self.template_name = stage.template
+        try:
+            self.template = env.get_template(stage.template)
+            used = meta.find_undeclared_variables(env.parse(spec.template_text(stage)))
+        except jinja2.TemplateError as error:
+            from batchgen.jobfiles import template_error
+
+            raise template_error(spec, stage.template, error) from None
+        self.used = used
+        self.per_request = bool(used & {"index", "attempt"})
+        self._bodies: dict[Any, tuple[bytes, int]] = {}
+        self._messages: dict[tuple[str, str], int] = {}
+        self._prefix = b'","method":"POST","url":' + orjson.dumps(spec.endpoint) + b',"body":'
+        self._temperature = not is_reasoning_model(spec.model)
+        self._max_param = max_tokens_param(spec.model)
+        self._response_format = (formats.response_format(spec.format, spec.prompt.structured_output)
+                                  if spec.prompt.structured_output != "none" else None)
+
+    def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
+        seeds = [self.spec.seeds[i] for i in variant.seeds]
+        ctx: dict[str, Any] = {
+            "job": self.spec.name, "description": self.spec.description, "stage": self.stage.name,
+            "count": self.stage.examples_per_request, "temperature": variant.temperature,
+            "seeds": seeds, "seed_examples": json.dumps(seeds, indent=2, ensure_ascii=False),
+            "cell": dict(variant.cell), "index": variant.index, "attempt": attempt, **variant.cell,
+        }
+        if self.stage.source is not None:
+            examples = [self.sources[i] for i in variant.sources] if self.sources else []
+            ctx.update(examples=examples, example=examples[0] if examples else {},
+                       examples_json=json.dumps(examples, indent=2, ensure_ascii=False),
+                       example_json=json.dumps(examples[0] if examples else {}, indent=2, ensure_ascii=False))
+        return ctx
+
+    def render_text(self, variant: Variant, attempt: int = 1) -> str:
+        """The rendered user message (or embeddings input)."""
+        try:
+            return self.template.render(self.context(variant, attempt))
+        except jinja2.TemplateError as error:
+            from batchgen.jobfiles import template_error
+
+            raise template_error(self.spec, self.template_name, error) from None
+
+    def body(self, variant: Variant, attempt: int = 1) -> tuple[bytes, int]:
+        """(body as compact JSON bytes, exact input tokens) of a variant."""
+        key: Any = (variant.seeds, variant.cell_key, variant.temperature, variant.sources)
+        if self.per_request:
+            key = (key, variant.index, attempt)
+        cached = self._bodies.get(key)
+        if cached is not None:
+            return cached
+        text = self.render_text(variant, attempt)
+        if self.spec.endpoint == CHAT:
+            result = self._chat_body(text, variant.temperature)
+        else:
+            result = (orjson.dumps({"model": self.spec.model, "input": text}), count_text(text, self.spec.model))
+        if len(self._bodies) >= _CACHE_LIMIT:
+            self._bodies.clear()
+        self._bodies[key] = result
+        return result
+
+    def _chat_body(self, text: str, temperature: float) -> tuple[bytes, int]:
+        messages = [{"role": "system", "content": self.stage.system}] if self.stage.system else []
+        messages.append({"role": "user", "content": text})
+        body: dict[str, Any] = {"model": self.spec.model, "messages": messages}
+        if self._temperature:
+            body["temperature"] = temperature
+        body[self._max_param] = self.stage.max_tokens
+        if self._response_format is not None:
+            body["response_format"] = self._response_format
+        tokens = REPLY_PRIMING_TOKENS + sum(self._message_tokens(m["role"], m["content"]) for m in messages)
+        return orjson.dumps(body), tokens
+
+    def _message_tokens(self, role: str, content: str) -> int:
+        key = (role, content)
+        count = self._messages.get(key)
+        if count is None:
+            if len(self._messages) >= _CACHE_LIMIT:
+                self._messages.clear()
+            count = count_messages([{"role": role, "content": content}], self.spec.model) - REPLY_PRIMING_TOKENS
+            self._messages[key] = count
+        return count
+
+    def request(self, variant: Variant, attempt: int = 1) -> RenderedRequest:
+        """The full request line of a variant."""
+        cid = custom_id(self.spec.name, self.spec.spec_hash, self.stage.name, variant.index, attempt)
+        body, tokens = self.body(variant, attempt)
+        line = b'{"custom_id":"' + cid.encode() + self._prefix + body + b"}\n"
+        return RenderedRequest(cid, variant, self.stage.name, attempt, tokens, line)
+
+
+def stand_in_sources(spec: JobSpec) -> list[dict[str, Any]]:
+    """Examples to render a `from` stage before its sources exist: the seeds, or one neutral example."""
+    if spec.seeds:
+        return list(spec.seeds)
+    turns = [formats.Turn(role="user", content="example request"),
+             formats.Turn(role="assistant", content="example answer")]
+    return [formats.from_turns(turns, spec.format)]
+
+
+def check_templates(spec: JobSpec) -> None:
+    """Render the first request of every stage; raise SpecError naming the template line of any unknown variable."""
+    for stage in spec.resolved_stages():
+        allowed = BASE_VARIABLES | set(spec.axes.values)
+        if stage.source is not None:
+            allowed |= SOURCE_VARIABLES
+        clash = set(spec.axes.values) & (BASE_VARIABLES | SOURCE_VARIABLES)
+        if clash:
+            raise SpecError(f"axes.values: axis name {sorted(clash)[0]!r} is reserved for a template variable; "
+                            "rename the axis")
+        sources = stand_in_sources(spec) if stage.source is not None else None
+        renderer = Renderer(spec, stage, sources)
+        unknown = sorted(renderer.used - allowed)
+        if unknown:
+            raise _unknown_variable(spec, stage, unknown[0], allowed)
+        plan = VariantPlan(spec, stage, len(sources) if sources else None)
+        text = renderer.render_text(plan.variant(0))
+        if spec.prompt.structured_output == "json_object" and "json" not in (text + stage.system).lower():
+            raise SpecError(f"{spec.job_dir / stage.template}: structured_output = \"json_object\" needs the word "
+                            "JSON in the prompt (the API rejects the request otherwise)")
+
+
+def _unknown_variable(spec: JobSpec, stage: ResolvedStage, name: str, allowed: set[str] | frozenset[str]) -> SpecError:
+    import difflib
+
+    path = spec.job_dir / stage.template
+    text = spec.template_text(stage)
+    pattern = re.compile(r"\{[{%][^}]*\b" + re.escape(name) + r"\b")
+    line = next((n for n, row in enumerate(text.splitlines(), 1) if pattern.search(row)), None)
+    hint = difflib.get_close_matches(name, sorted(allowed), n=1)
+    where = f" line {line}" if line else ""
+    extra = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(sorted(allowed))}"
+    if name in SOURCE_VARIABLES:
+        extra = f"; '{name}' exists only in a stage with from = \"...\""
+    return SpecError(f"{path}{where}: template variable '{name}' is not defined{extra}")

@@ -1,0 +1,269 @@
+"""The job spec: `jobs/<name>/job.toml` plus the seed file and prompt templates it names.
+
+`load_spec(job_dir)` reads and checks everything a job needs before a request is compiled, and raises `SpecError`
+with one line naming the file (and line) and the fix. It renders the first request of every stage once, so a
+template variable that does not exist is caught when the job is loaded, not after a batch comes back.
+
+Layout of job.toml (every key is optional unless marked; see README "Job spec reference")::
+
+    name = "task_api"                  # default: the directory name
+    description = "..."
+    model = "gpt-4o-mini"              # required
+    endpoint = "/v1/chat/completions"  # or "/v1/embeddings"
+    format = "sharegpt"                # sharegpt | alpaca | chatml
+    target = 500                       # required: valid examples wanted (per stage unless a stage says otherwise)
+    examples_per_request = 10          # 1..50
+    overgeneration = 1.1               # requests = ceil(target / examples_per_request * overgeneration)
+    budget_usd = 0.15
+    backend = "embedded"               # embedded | openai (optional)
+    max_attempts = 3
+    [prompt]   system, template, seeds, seeds_per_request, temperature (number or list), max_tokens, structured_output
+    [axes]     strategy = "cross" | "rotate" | "weighted";  [axes.values] name = [...];  [axes.weights] name = {v = w}
+    [validate] response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies
+    [limits]   max_lines, max_bytes, max_queued_tokens (per shard)
+    [[stages]] name, template, from, target, examples_per_request, temperature, max_tokens, system
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from batchgen.errors import SpecError
+
+JOB_FILE = "job.toml"
+AxisValue = str | int | bool
+Temperature = Annotated[float, Field(ge=0, le=2)]
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class PromptSpec(_Strict):
+    """How each request is written."""
+
+    system: str = Field("", description="System message (empty: none)")
+    template: str | None = Field(None, description="Jinja2 template file of the user message, relative to the job")
+    seeds: str | None = Field(None, description="JSONL file of seed examples in the job's format")
+    seeds_per_request: int = Field(5, ge=0, le=100)
+    temperature: Temperature | list[Temperature] = Field(1.0, description="A value, or a list rotated per request")
+    max_tokens: int = Field(4000, gt=0, le=1_000_000)
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        values = self.temperature if isinstance(self.temperature, list) else [self.temperature]
+        return tuple(float(v) for v in values)
+
+
+class AxesSpec(_Strict):
+    """Diversity axes: named value lists and how requests are spread over them."""
+
+    strategy: Literal["cross", "rotate", "weighted"] = "cross"
+    values: dict[str, list[AxisValue]] = Field(default_factory=dict)
+    weights: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> AxesSpec:
+        for name, values in self.values.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"axis name {name!r} must be an identifier (letters, digits, _)")
+            if not values:
+                raise ValueError(f"axis {name!r} has no values")
+            if len({json.dumps(v) for v in values}) != len(values):
+                raise ValueError(f"axis {name!r} repeats a value")
+        for name, weights in self.weights.items():
+            if name not in self.values:
+                raise ValueError(f"weights given for unknown axis {name!r}")
+            known = {str(v).lower() if isinstance(v, bool) else str(v) for v in self.values[name]}
+            for key in weights:
+                if key not in known:
+                    raise ValueError(f"weight for {name}={key!r}, which is not one of its values")
+        return self
+
+
+class ValidateSpec(_Strict):
+    """Checks applied to generated examples (run by the validator after collection)."""
+
+    response_patterns: list[str] = Field(default_factory=list, description="each assistant turn contains one of these")
+    role_order: Literal["alternate", "any"] = "alternate"
+    min_turns: int = Field(2, ge=1)
+    max_turns: int = Field(50, ge=1)
+    dedupe: Literal["exact", "normalized", "none"] = "exact"
+    reject_seed_copies: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidateSpec:
+        if self.max_turns < self.min_turns:
+            raise ValueError(f"max_turns ({self.max_turns}) is below min_turns ({self.min_turns})")
+        return self
+
+
+class LimitsSpec(_Strict):
+    """Shard limits; defaults keep every file inside the Batch API limits with a margin."""
+
+    max_lines: int = Field(50_000, gt=0, le=50_000)
+    max_bytes: int = Field(190_000_000, gt=0, le=200_000_000)
+    max_queued_tokens: int | None = Field(None, gt=0, description="cap on input tokens per shard (queued-token limit)")
+
+
+class StageSpec(_Strict):
+    """One stage. A stage with `from` is compiled from the valid examples of that earlier stage."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,19}$")
+    template: str | None = None
+    from_: str | None = Field(None, alias="from")
+    target: int | None = Field(None, gt=0)
+    examples_per_request: int | None = Field(None, gt=0, le=50)
+    temperature: Temperature | list[Temperature] | None = None
+    max_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    system: str | None = None
+
+
+class JobSpec(_Strict):
+    """A job: what to generate, how, how much, and for how much money."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+    description: str = ""
+    model: str
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings"] = CHAT
+    format: Literal["sharegpt", "alpaca", "chatml"] = "sharegpt"
+    target: int = Field(gt=0)
+    examples_per_request: int = Field(10, gt=0, le=50)
+    overgeneration: Decimal = Field(Decimal("1.1"), ge=1, le=10)
+    budget_usd: Decimal | None = Field(None, ge=0)
+    backend: Literal["embedded", "openai"] | None = None
+    max_attempts: int = Field(3, ge=1, le=20)
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    axes: AxesSpec = Field(default_factory=AxesSpec)
+    validate_: ValidateSpec = Field(default_factory=ValidateSpec, alias="validate")
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    stages: list[StageSpec] = Field(default_factory=list)
+
+    _dir: Path = PrivateAttr(default=Path("."))
+    _seeds: tuple[dict[str, Any], ...] = PrivateAttr(default=())
+    _templates: dict[str, str] = PrivateAttr(default_factory=dict)
+    _hash: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> JobSpec:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError("two stages have the same name")
+        for position, stage in enumerate(self.stages):
+            if stage.from_ is not None and stage.from_ not in names[:position]:
+                raise ValueError(f"stage {stage.name!r}: from = {stage.from_!r} is not an earlier stage "
+                                 f"(earlier: {', '.join(names[:position]) or 'none'})")
+            if stage.template is None and self.prompt.template is None:
+                raise ValueError(f"stage {stage.name!r} has no template and prompt.template is not set")
+        if not self.stages and self.prompt.template is None:
+            raise ValueError("prompt.template is required (or give each [[stages]] a template)")
+        return self
+
+    # --- loaded content -------------------------------------------------------------------------------------------
+    @property
+    def job_dir(self) -> Path:
+        """The directory the spec was loaded from."""
+        return self._dir
+
+    @property
+    def seeds(self) -> tuple[dict[str, Any], ...]:
+        """The seed examples, validated against the format, as plain JSON-ready dicts."""
+        return self._seeds
+
+    @property
+    def spec_hash(self) -> str:
+        """sha256 (hex) of everything that shapes the requests: settings, templates and seeds.
+
+        Description, budget, backend, validation rules, attempts and shard limits are left out, so changing them
+        keeps the custom_ids of a job stable.
+        """
+        return self._hash
+
+    def template_text(self, stage: ResolvedStage) -> str:
+        return self._templates[stage.template]
+
+    def resolved_stages(self) -> list[ResolvedStage]:
+        """Every stage with job-level defaults filled in; a job without [[stages]] has one stage, "main"."""
+        stages = self.stages or [StageSpec(name="main")]
+        return [self._resolve(stage) for stage in stages]
+
+    def stage(self, name: str | None = None) -> ResolvedStage:
+        """A stage by name (default: the first)."""
+        stages = self.resolved_stages()
+        if name is None:
+            return stages[0]
+        for stage in stages:
+            if stage.name == name:
+                return stage
+        raise SpecError(f"Job {self.name!r} has no stage {name!r}; stages: {', '.join(s.name for s in stages)}")
+
+    def _resolve(self, stage: StageSpec) -> ResolvedStage:
+        temps = stage.temperature if stage.temperature is not None else self.prompt.temperature
+        temperatures = tuple(float(t) for t in (temps if isinstance(temps, list) else [temps]))
+        return ResolvedStage(
+            name=stage.name,
+            template=stage.template or self.prompt.template or "",
+            source=stage.from_,
+            target=stage.target or self.target,
+            examples_per_request=stage.examples_per_request or self.examples_per_request,
+            seeds_per_request=self.prompt.seeds_per_request if stage.from_ is None else 0,
+            temperatures=temperatures,
+            max_tokens=stage.max_tokens or self.prompt.max_tokens,
+            system=self.prompt.system if stage.system is None else stage.system,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    """A stage with every setting decided."""
+
+    name: str
+    template: str
+    source: str | None
+    target: int
+    examples_per_request: int
+    seeds_per_request: int
+    temperatures: tuple[float, ...]
+    max_tokens: int
+    system: str
+
+
+def resolve_job_dir(ref: str | Path) -> Path:
+    """A job directory from a path or a bare name under ./jobs."""
+    path = Path(ref)
+    if path.is_dir() or path.suffix == ".toml" or path.parent != Path("."):
+        return path.parent if path.name == JOB_FILE else path
+    candidate = Path("jobs") / path
+    return candidate if candidate.is_dir() else path
+
+
+def load_spec(job_dir: str | Path) -> JobSpec:
+    """Load, validate and check a job directory; raises SpecError with one line on any problem."""
+    from batchgen.jobfiles import load_job
+
+    return load_job(resolve_job_dir(job_dir))
+
+
+def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) -> str:
+    """The spec hash (see `JobSpec.spec_hash`)."""
+    identity = spec.model_dump(mode="json", by_alias=True,
+                               exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "limits"})
+    payload = json.dumps({"spec": identity, "templates": templates,
+                          "seeds": hashlib.sha256(seeds_bytes).hexdigest()}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+__all__ = ["JobSpec", "PromptSpec", "AxesSpec", "ValidateSpec", "LimitsSpec", "StageSpec", "ResolvedStage",
+           "load_spec", "resolve_job_dir", "spec_digest", "ValidationError", "JOB_FILE", "CHAT", "EMBEDDINGS"]

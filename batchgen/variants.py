@@ -1,0 +1,177 @@
+"""Variants: what each request of a stage asks for. One variant = one request line.
+
+A stage needs `request_count(spec, stage)` = ceil(target * overgeneration / examples_per_request) requests. Variant i
+is computed directly from i (no state), so any subset of indices can be rebuilt for a retry:
+
+- **cell** (axis values), by the axes strategy:
+  - `cross`: every combination of the axes, cycled. The combinations are ordered so that consecutive requests
+    differ in every axis and any prefix is spread evenly: position p has mixed-radix digits r0 (fastest) .. rk,
+    and axis k takes value (r0 + ... + rk) mod len(axis k). This is a bijection on the cross product.
+  - `rotate`: each axis cycles through its own values (i mod n), shifted by one each time the earlier axes have
+    completed a joint cycle, so axes do not lock together. For axes whose cross product is far larger than the job.
+  - `weighted`: every combination gets a share of the requests proportional to the product of its values' weights
+    (default weight 1), allocated by largest remainder and interleaved evenly.
+- **seeds**: the lesson's rotation: request i uses k consecutive seeds (mod the number of seeds) starting at i*k,
+  moved one seed further after each full pass over the file, so the groups change from pass to pass.
+- **temperature**: the stage's temperatures, rotated (i mod n).
+- **sources** (stages with `from`): request i takes source examples i*e .. i*e+e-1 (mod the number of sources).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from fractions import Fraction
+from functools import cached_property
+from typing import Any
+
+from batchgen.spec import AxesSpec, JobSpec, ResolvedStage
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One request of a stage: its index, axis values, seed rotation, temperature and source examples."""
+
+    index: int
+    cell: dict[str, Any] = field(hash=False)
+    seeds: tuple[int, ...]
+    temperature: float
+    sources: tuple[int, ...] = ()
+
+    @property
+    def cell_key(self) -> tuple[tuple[str, Any], ...]:
+        return tuple(self.cell.items())
+
+
+def request_count(spec: JobSpec, stage: ResolvedStage) -> int:
+    """ceil(target * overgeneration / examples_per_request), computed exactly."""
+    wanted = Decimal(stage.target) * spec.overgeneration / Decimal(stage.examples_per_request)
+    return int(wanted.to_integral_value(rounding=ROUND_CEILING))
+
+
+class CellPlan:
+    """The axis cells of a stage and which cell each request index gets."""
+
+    def __init__(self, axes: AxesSpec, requests: int):
+        self.names = list(axes.values)
+        self.values = [axes.values[name] for name in self.names]
+        self.sizes = [len(v) for v in self.values]
+        self.strategy = axes.strategy
+        self.requests = requests
+        self._axes = axes
+
+    @property
+    def cell_count(self) -> int:
+        return math.prod(self.sizes)
+
+    def cell(self, index: int) -> dict[str, Any]:
+        """The axis values of request `index`."""
+        if not self.names:
+            return {}
+        if self.strategy == "cross":
+            digits = self._cross_digits(index % self.cell_count)
+        elif self.strategy == "rotate":
+            digits = self._rotate_digits(index)
+        else:
+            digits = self._digits(self._weighted_order[index % len(self._weighted_order)])
+        return {name: values[d] for name, values, d in zip(self.names, self.values, digits, strict=True)}
+
+    def _digits(self, position: int) -> list[int]:
+        digits = []
+        for size in self.sizes:
+            position, digit = divmod(position, size)
+            digits.append(digit)
+        return digits
+
+    def _cross_digits(self, position: int) -> list[int]:
+        running = 0
+        out = []
+        for raw, size in zip(self._digits(position), self.sizes, strict=True):
+            running += raw
+            out.append(running % size)
+        return out
+
+    def _rotate_digits(self, index: int) -> list[int]:
+        out = []
+        cycle = 1
+        for position, size in enumerate(self.sizes):
+            shift = index // cycle if position else 0
+            out.append((index + shift) % size)
+            cycle = math.lcm(cycle, size)
+        return out
+
+    @cached_property
+    def _weighted_order(self) -> array[int]:
+        """Cell positions (lexicographic, first axis fastest) for each request, interleaved evenly."""
+        weights = [self._cell_weight(self._digits(p)) for p in range(self.cell_count)]
+        total = sum(weights)
+        if total == 0:
+            weights, total = [Fraction(1)] * self.cell_count, Fraction(self.cell_count)
+        quotas = [w * self.requests / total for w in weights]
+        counts = [int(q) for q in quotas]
+        spare = self.requests - sum(counts)
+        by_remainder = sorted(range(len(quotas)), key=lambda p: (-(quotas[p] - counts[p]), p))
+        for p in by_remainder[:spare]:
+            counts[p] += 1
+        slots = sorted(((Fraction(2 * j + 1, 2 * n), p) for p, n in enumerate(counts) for j in range(n)))
+        return array("q", (p for _, p in slots)) if slots else array("q", [0])
+
+    def _cell_weight(self, digits: list[int]) -> Fraction:
+        weight = Fraction(1)
+        for name, values, d in zip(self.names, self.values, digits, strict=True):
+            key = str(values[d]).lower() if isinstance(values[d], bool) else str(values[d])
+            weight *= Fraction(str(self._axes.weights.get(name, {}).get(key, 1)))
+        return weight
+
+
+class VariantPlan:
+    """All variants of one stage; `variant(i)` is O(1) (after a one-off allocation for weighted axes)."""
+
+    def __init__(self, spec: JobSpec, stage: ResolvedStage, source_count: int | None = None):
+        self.stage = stage
+        self.count = request_count(spec, stage)
+        self.cells = CellPlan(spec.axes, self.count)
+        self.seed_count = len(spec.seeds)
+        self.source_count = source_count
+
+    def variant(self, index: int) -> Variant:
+        if not 0 <= index < self.count:
+            raise IndexError(f"variant {index} is outside 0..{self.count - 1} of stage {self.stage.name!r}")
+        stage = self.stage
+        k = stage.seeds_per_request if self.seed_count else 0
+        seeds: tuple[int, ...] = ()
+        if k:
+            start = index * k + (index * k) // self.seed_count  # one seed further after each full pass
+            seeds = tuple((start + j) % self.seed_count for j in range(k))
+        sources: tuple[int, ...] = ()
+        if stage.source is not None:
+            n, e = self.source_count or 0, stage.examples_per_request
+            sources = tuple((index * e + j) % n for j in range(e)) if n else ()
+        temperature = stage.temperatures[index % len(stage.temperatures)]
+        return Variant(index, self.cells.cell(index), seeds, temperature, sources)
+
+    def variants(self, indices: Iterable[int] | None = None) -> Iterator[Variant]:
+        """The variants in index order (or the given indices, sorted and deduplicated)."""
+        chosen: Iterable[int] = range(self.count) if indices is None else sorted(set(indices))
+        return (self.variant(i) for i in chosen)
+
+
+def expand_variants(spec: JobSpec, stage: ResolvedStage | str | None = None, *,
+                    indices: Iterable[int] | None = None, source_count: int | None = None) -> Iterator[Variant]:
+    """Variants of a stage, streamed (see the module docstring for the rules)."""
+    resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
+    return VariantPlan(spec, resolved, source_count).variants(indices)
+
+
+def coverage(variants: Iterable[Variant]) -> dict[tuple[tuple[str, Any], ...], int]:
+    """How many requests each cell gets."""
+    counts: dict[tuple[tuple[str, Any], ...], int] = {}
+    for variant in variants:
+        counts[variant.cell_key] = counts.get(variant.cell_key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: repr(kv[0])))
+
+
+__all__ = ["Variant", "VariantPlan", "CellPlan", "request_count", "expand_variants", "coverage"]

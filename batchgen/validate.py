@@ -1,0 +1,438 @@
+"""Turn model output into training examples and decide which ones are good.
+
+Pure functions and small values, no I/O, so that collect can call them on every response of a 50,000-line
+output file. The flow for one response:
+
+    parse_response(content, finish_reason, fmt) -> ParsedResponse  raw example dicts, or a response reason
+    validate_example(raw, fmt, rules)           -> ExampleVerdict  schema, then the lesson's quality checks
+    Deduper.admit(verdict, key)                 -> ExampleVerdict  duplicates across the job, copies of seeds
+
+`validate_response` does all three. Every rejection carries a `Reason`: a stable `category` to group by, a
+short `message` (the lesson's wording where it has one, e.g. "Turn 1 should be gpt, got human") and an
+optional `detail`. `str(reason)` is the one-line form stored in the ledger, "message: detail"; a message never
+contains ": ", so `Reason.parse` and `Summary` can group stored reasons by message again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from batchgen.formats import Turn, parse_example, to_turns
+from batchgen.verdicts import (
+    CATEGORIES,
+    CONTENT_FILTER,
+    DEDUPE_MODES,
+    DUPLICATE,
+    EMPTY_RESPONSE,
+    EMPTY_TURN,
+    EXAMPLE_CATEGORIES,
+    FINISH_REASON,
+    FORBIDDEN,
+    FORMAT_PATTERN,
+    NO_EXAMPLES,
+    NOT_JSON,
+    REFUSAL,
+    REGEX,
+    RESPONSE_CATEGORIES,
+    ROLE_ORDER,
+    SCHEMA,
+    SEED_COPY,
+    TRUNCATED,
+    TURN_COUNT,
+    TURN_TOO_LONG,
+    DedupeMode,
+    ExampleVerdict,
+    Pair,
+    ParsedResponse,
+    Reason,
+    ResponseVerdict,
+    Summary,
+)
+
+EXCERPT_CHARS = 50
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The checks an example must pass. Build it with `Rules.from_values(...)` from a job's validate section.
+
+    patterns       every assistant reply contains at least one of these substrings (empty: no check)
+    regexes        every assistant reply matches at least one of these (re.search; empty: no check)
+    forbidden      no turn matches any of these (re.search)
+    role_order     an optional leading system turn, then user/assistant alternating, starting with user and
+                   ending with assistant
+    min_turns, max_turns   bounds on the number of turns, the system turn not counted
+    non_empty      no turn is empty or whitespace only
+    max_chars      no turn is longer than this many characters
+    dedupe         "exact" (hash of roles and contents), "normalized" (casefold, NFKC, punctuation and symbols
+                   removed, whitespace collapsed) or "none"
+    reject_seed_copies   an example equal to a seed (in the same hash mode) is rejected
+    """
+
+    patterns: tuple[str, ...] = ()
+    regexes: tuple[re.Pattern[str], ...] = ()
+    forbidden: tuple[re.Pattern[str], ...] = ()
+    role_order: bool = True
+    min_turns: int = 2
+    max_turns: int | None = None
+    non_empty: bool = True
+    max_chars: int | None = None
+    dedupe: DedupeMode = "exact"
+    reject_seed_copies: bool = True
+    _any_pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        # One alternation of the escaped substrings searches a reply in C, not in a Python loop per pattern.
+        if self.patterns:
+            alternation = re.compile("|".join(re.escape(pattern) for pattern in self.patterns))
+            object.__setattr__(self, "_any_pattern", alternation)
+
+    @classmethod
+    def from_values(cls, *, patterns: Iterable[str] = (), regexes: Iterable[str] = (),
+                    forbidden: Iterable[str] = (), role_order: bool = True, min_turns: int = 2,
+                    max_turns: int | None = None, non_empty: bool = True, max_chars: int | None = None,
+                    dedupe: str = "exact", reject_seed_copies: bool = True) -> Rules:
+        """Rules from plain values (strings for regexes); raises ValueError naming the bad value."""
+        if dedupe not in DEDUPE_MODES:
+            raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, not {dedupe!r}")
+        if min_turns < 0 or (max_turns is not None and max_turns < min_turns):
+            raise ValueError(f"need 0 <= min_turns <= max_turns, got {min_turns} and {max_turns}")
+        if max_chars is not None and max_chars < 1:
+            raise ValueError(f"max_chars must be positive, got {max_chars}")
+        return cls(patterns=tuple(patterns), regexes=_compile(regexes, "regexes"),
+                   forbidden=_compile(forbidden, "forbidden"), role_order=role_order, min_turns=min_turns,
+                   max_turns=max_turns, non_empty=non_empty, max_chars=max_chars,
+                   dedupe=dedupe,  # type: ignore[arg-type]  # checked against DEDUPE_MODES above
+                   reject_seed_copies=reject_seed_copies)
+
+
+def _compile(sources: Iterable[str], name: str) -> tuple[re.Pattern[str], ...]:
+    compiled = []
+    for source in sources:
+        try:
+            compiled.append(re.compile(source))
+        except re.error as error:
+            raise ValueError(f"{name}: invalid regular expression {source!r}: {error}") from error
+    return tuple(compiled)
+
+
+# -- parsing a response -------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*(?:json5?|jsonc|JSON)?[ \t]*\r?\n(.*?)```", re.S)
+_TOP_KEY = {"sharegpt": "conversations", "chatml": "messages", "alpaca": "instruction"}
+
+
+def parse_response(content: str | None, finish_reason: str | None, fmt: str, *,
+                   refusal: str | None = None) -> ParsedResponse:
+    """The raw examples in a model's message content, or the response-level reason there are none.
+
+    Accepts {"examples": [...]}, a bare array, a single example, another key holding the list, and JSON in a
+    fenced block or embedded in prose. A truncated or filtered response is rejected whatever it contains.
+    """
+    if finish_reason == "length":
+        return ParsedResponse([], Reason(TRUNCATED, "Truncated at max_tokens", "finish_reason=length"))
+    if finish_reason == "content_filter":
+        return ParsedResponse([], Reason(CONTENT_FILTER, "Blocked by content filter",
+                                         "finish_reason=content_filter"))
+    if refusal:
+        return ParsedResponse([], Reason(REFUSAL, "Model refused", _excerpt(refusal)))
+    if finish_reason not in (None, "stop"):
+        return ParsedResponse([], Reason(FINISH_REASON, "Unexpected finish_reason", str(finish_reason)))
+    if content is None or not content.strip():
+        return ParsedResponse([], Reason(EMPTY_RESPONSE, "Empty response content"))
+    loaded = _load(content)
+    if isinstance(loaded, Reason):
+        return ParsedResponse([], loaded)
+    data, source = loaded
+    found = _extract(data, fmt, depth=2)
+    if isinstance(found, Reason):
+        return ParsedResponse([], found, source)
+    return ParsedResponse(found[0], None, source, found[1])
+
+
+def _load(content: str) -> tuple[Any, str] | Reason:
+    text = content.strip().lstrip("\ufeff")
+    try:
+        return orjson.loads(text), "json"
+    except orjson.JSONDecodeError as error:
+        first_error = str(error)
+    for match in _FENCE.finditer(text):
+        try:
+            return orjson.loads(match.group(1)), "fenced"
+        except orjson.JSONDecodeError:
+            continue
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    end = max(text.rfind("}"), text.rfind("]"))
+    if starts and end > min(starts):
+        try:
+            return orjson.loads(text[min(starts):end + 1]), "embedded"
+        except orjson.JSONDecodeError:
+            pass
+    return Reason(NOT_JSON, "Response is not JSON", first_error)
+
+
+def _extract(data: Any, fmt: str, depth: int) -> tuple[list[Any], str] | Reason:
+    if isinstance(data, list):
+        return (data, "array") if data else Reason(NO_EXAMPLES, "No examples found", "empty array")
+    if not isinstance(data, dict):
+        return Reason(NO_EXAMPLES, "No examples found", f"JSON {type(data).__name__} value")
+    if "examples" in data and isinstance(data["examples"], (list, dict)):
+        held = data["examples"]
+        held = [held] if isinstance(held, dict) else held
+        return (held, "examples") if held else Reason(NO_EXAMPLES, "No examples found", "empty examples list")
+    top = _TOP_KEY[fmt]
+    if top in data and not _is_list_of_examples(data[top], top):
+        return [data], "single"
+    lists = [key for key, value in data.items() if isinstance(value, list) and value
+             and isinstance(value[0], dict)]
+    lists.sort(key=lambda key: not _is_list_of_examples(data[key], top))
+    if lists:
+        return data[lists[0]], f"wrapper:{lists[0]}"
+    if depth > 1:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                found = _extract(value, fmt, depth - 1)
+                if not isinstance(found, Reason):
+                    return found[0], f"wrapper:{key}.{found[1]}"
+    keys = ", ".join(list(map(str, data))[:5]) or "none"
+    return Reason(NO_EXAMPLES, "No examples found", f"object with keys {keys}")
+
+
+def _is_list_of_examples(value: Any, top: str) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and top in value[0]
+
+
+def _excerpt(text: str) -> str:
+    return text[:EXCERPT_CHARS] + "..." if len(text) > EXCERPT_CHARS else text
+
+
+# -- validating an example ----------------------------------------------------------------------------------
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+_CHATML_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+_DISPLAY = {"sharegpt": {"system": "system", "user": "human", "assistant": "gpt"}}
+
+
+def validate_example(raw: Any, fmt: str, rules: Rules) -> ExampleVerdict:
+    """Check one raw example: the format's schema (pydantic), then the quality rules; never raises on data."""
+    pairs = _fast_pairs(raw, fmt)
+    if pairs is None:
+        try:
+            pairs = [(turn.role, turn.content) for turn in to_turns(parse_example(raw, fmt))]
+        except ValidationError as error:
+            return ExampleVerdict(False, _schema_reason(error), [], None)
+    reason = _check_pairs(pairs, fmt, rules)
+    return ExampleVerdict(reason is None, reason, pairs, _hash_pairs(pairs, rules.dedupe))
+
+
+def _fast_pairs(raw: Any, fmt: str) -> list[Pair] | None:
+    """Turns of an example that plainly fits its schema; None sends it to pydantic for verdict and message.
+
+    Accepts a strict subset of what the pydantic models accept, so the outcome never differs, only the speed.
+    """
+    if type(raw) is not dict:
+        return None
+    if fmt == "alpaca":
+        instruction, output, text = raw.get("instruction"), raw.get("output"), raw.get("input", "")
+        if (type(instruction) is not str or type(output) is not str or type(text) is not str
+                or not raw.keys() <= {"instruction", "input", "output"}):
+            return None
+        return [("user", f"{instruction}\n\n{text}" if text else instruction), ("assistant", output)]
+    key, role_key, text_key, roles = (("conversations", "from", "value", _SHAREGPT_ROLES) if fmt == "sharegpt"
+                                      else ("messages", "role", "content", _CHATML_ROLES))
+    items = raw.get(key)
+    if type(items) is not list or not items or len(raw) != 1:
+        return None
+    pairs = []
+    for item in items:
+        if type(item) is not dict or len(item) != 2:
+            return None
+        role, content = roles.get(item.get(role_key)), item.get(text_key)  # type: ignore[arg-type]
+        if role is None or type(content) is not str:
+            return None
+        pairs.append((role, content))
+    return pairs
+
+
+def _schema_reason(error: ValidationError) -> Reason:
+    errors = error.errors(include_url=False, include_input=False)
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    detail = f"{loc}: {first['msg']}" if loc else first["msg"]
+    if len(errors) > 1:
+        detail += f" (+{len(errors) - 1} more)"
+    return Reason(SCHEMA, "schema", detail)
+
+
+def check_turns(turns: Iterable[Turn], fmt: str, rules: Rules) -> Reason | None:
+    """The lesson's quality checks on an example's turns, in order: the first failure, or None."""
+    return _check_pairs([(turn.role, turn.content) for turn in turns], fmt, rules)
+
+
+def _check_pairs(pairs: list[Pair], fmt: str, rules: Rules) -> Reason | None:
+    body = len(pairs) - (1 if pairs and pairs[0][0] == "system" else 0)
+    if body < rules.min_turns:
+        return Reason(TURN_COUNT, "Too few turns", f"{body} < {rules.min_turns}")
+    if rules.max_turns is not None and body > rules.max_turns:
+        return Reason(TURN_COUNT, "Too many turns", f"{body} > {rules.max_turns}")
+    if rules.role_order:
+        reason = _check_roles(pairs, _DISPLAY.get(fmt, {}))
+        if reason:
+            return reason
+    if rules.non_empty or rules.max_chars is not None:
+        limit = rules.max_chars
+        for index, (_, content) in enumerate(pairs):
+            if rules.non_empty and (not content or content.isspace()):
+                return Reason(EMPTY_TURN, "Empty message content", f"turn {index}")
+            if limit is not None and len(content) > limit:
+                return Reason(TURN_TOO_LONG, "Message too long",
+                              f"turn {index}: {len(content)} > {limit} chars")
+    if rules.patterns or rules.regexes or rules.forbidden:
+        return _check_content(pairs, rules)
+    return None
+
+
+def _check_roles(pairs: list[Pair], names: Mapping[str, str]) -> Reason | None:
+    start = 1 if pairs and pairs[0][0] == "system" else 0
+    expected = "user"
+    for index in range(start, len(pairs)):
+        actual = pairs[index][0]
+        if actual != expected:
+            return Reason(ROLE_ORDER, f"Turn {index} should be {names.get(expected, expected)}, "
+                                      f"got {names.get(actual, actual)}")
+        expected = "assistant" if expected == "user" else "user"
+    if pairs and pairs[-1][0] != "assistant":
+        last = pairs[-1][0]
+        return Reason(ROLE_ORDER, f"Last turn should be {names.get('assistant', 'assistant')}, "
+                                  f"got {names.get(last, last)}")
+    return None
+
+
+def _check_content(pairs: list[Pair], rules: Rules) -> Reason | None:
+    for index, (role, content) in enumerate(pairs):
+        if role == "assistant":
+            if rules._any_pattern is not None and rules._any_pattern.search(content) is None:
+                return Reason(FORMAT_PATTERN, "Response doesn't follow format", _excerpt(content))
+            if rules.regexes and not any(regex.search(content) for regex in rules.regexes):
+                return Reason(REGEX, "Response doesn't match a required pattern", _excerpt(content))
+        for regex in rules.forbidden:
+            if regex.search(content):
+                return Reason(FORBIDDEN, "Matches a forbidden pattern", f"turn {index}: {regex.pattern}")
+    return None
+
+
+# -- hashing and duplicates ---------------------------------------------------------------------------------
+
+_NOT_WORD = re.compile(r"[^\w\s]+")
+
+
+def normalize_text(text: str) -> str:
+    """Casefold, NFKC, punctuation and symbols removed, whitespace collapsed: the `normalized` dedupe form."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_NOT_WORD.sub("", folded).split())
+
+
+def content_hash(turns: Iterable[Turn], mode: str = "exact") -> str:
+    """128-bit hex hash of the roles and contents (normalised in "normalized" mode, else exact)."""
+    return _hash_pairs([(turn.role, turn.content) for turn in turns], mode)
+
+
+def _hash_pairs(pairs: list[Pair], mode: str) -> str:
+    if mode == "normalized":
+        pairs = [(role, normalize_text(content)) for role, content in pairs]
+    return hashlib.blake2b(orjson.dumps(pairs), digest_size=16).hexdigest()
+
+
+def example_key(custom_id: str, position: int) -> str:
+    """The key that names one example in a job: its request's custom_id and its index in the response."""
+    return f"{custom_id}#{position}"
+
+
+class Deduper:
+    """Duplicate and seed-copy detection across a whole job, one example at a time.
+
+    `known` maps content hash -> key of its first occurrence; `seeds` maps each seed's hash -> "seed:<i>".
+    To carry on in a new process, rebuild it from the hashes and keys the ledger stored for valid examples:
+    `Deduper(known={hash: key, ...}, seeds=seed_hashes(seeds, fmt, rules))`. Checking the same key again with
+    the same hash is not a duplicate, so collecting a response twice is harmless.
+    """
+
+    def __init__(self, known: Mapping[str, str] | None = None, *, seeds: Mapping[str, str] | None = None,
+                 dedupe: bool = True) -> None:
+        self._first: dict[str, str] = dict(known or {})
+        self._seeds: dict[str, str] = dict(seeds or {})
+        self._dedupe = dedupe
+
+    @classmethod
+    def for_rules(cls, rules: Rules, fmt: str, seeds: Iterable[Any] = (),
+                  known: Mapping[str, str] | None = None) -> Deduper:
+        """A Deduper that applies a job's dedupe mode and seed-copy rule."""
+        seed_map = seed_hashes(seeds, fmt, rules) if rules.reject_seed_copies else {}
+        return cls(known, seeds=seed_map, dedupe=rules.dedupe != "none")
+
+    @property
+    def known(self) -> Mapping[str, str]:
+        return self._first
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def check(self, digest: str, key: str) -> Reason | None:
+        """Why this example is not new (seed copy, duplicate), or None after recording it as first seen."""
+        seed = self._seeds.get(digest)
+        if seed is not None:
+            return Reason(SEED_COPY, "Copy of a seed example", seed)
+        if not self._dedupe:
+            return None
+        first = self._first.setdefault(digest, key)
+        return None if first == key else Reason(DUPLICATE, "Duplicate", first)
+
+    def admit(self, verdict: ExampleVerdict, key: str) -> ExampleVerdict:
+        """The verdict, turned invalid if a valid example repeats an earlier one or a seed."""
+        if not verdict.valid or verdict.content_hash is None:
+            return verdict
+        reason = self.check(verdict.content_hash, key)
+        if reason is None:
+            return verdict
+        return replace(verdict, valid=False, reason=reason, duplicate_of=reason.detail)
+
+
+def seed_hashes(seeds: Iterable[Any], fmt: str, rules: Rules) -> dict[str, str]:
+    """Content hash -> "seed:<i>" for each seed (ValueError for a seed that breaks the schema)."""
+    hashes: dict[str, str] = {}
+    for index, seed in enumerate(seeds):
+        verdict = validate_example(seed, fmt, Rules(min_turns=0, role_order=False, non_empty=False))
+        if verdict.content_hash is None:
+            raise ValueError(f"seed {index} is not a valid {fmt} example: {verdict.reason}")
+        hashes.setdefault(_hash_pairs(verdict.pairs, rules.dedupe), f"seed:{index}")
+    return hashes
+
+
+def validate_response(content: str | None, finish_reason: str | None, fmt: str, rules: Rules,
+                      deduper: Deduper | None = None, *, custom_id: str = "",
+                      refusal: str | None = None) -> ResponseVerdict:
+    """Parse one response and judge each example in it, deduplicating against the job when given a Deduper."""
+    parsed = parse_response(content, finish_reason, fmt, refusal=refusal)
+    verdicts = []
+    for position, raw in enumerate(parsed.examples):
+        verdict = validate_example(raw, fmt, rules)
+        if deduper is not None:
+            verdict = deduper.admit(verdict, example_key(custom_id, position))
+        verdicts.append(verdict)
+    return ResponseVerdict(parsed.reason, verdicts, parsed)
+
+
+__all__ = ["CATEGORIES", "CONTENT_FILTER", "DEDUPE_MODES", "DUPLICATE", "EMPTY_RESPONSE", "EMPTY_TURN",
+           "EXAMPLE_CATEGORIES", "FINISH_REASON", "FORBIDDEN", "FORMAT_PATTERN", "NO_EXAMPLES", "NOT_JSON",
+           "REFUSAL", "REGEX", "RESPONSE_CATEGORIES", "ROLE_ORDER", "SCHEMA", "SEED_COPY", "TRUNCATED",
+           "TURN_COUNT", "TURN_TOO_LONG", "DedupeMode", "Deduper", "ExampleVerdict", "Pair", "ParsedResponse",
+           "Reason", "ResponseVerdict", "Rules", "Summary", "check_turns", "content_hash", "example_key",
+           "normalize_text", "parse_response", "seed_hashes", "validate_example", "validate_response"]

@@ -1,0 +1,171 @@
+"""The values validation produces: rejection reasons and their categories, verdicts, and the quality summary.
+
+`batchgen.validate` computes them and re-exports everything here; import from there.
+
+Categories, response level (the whole response yields no example): truncated, content_filter, finish_reason,
+refusal, empty_response, not_json, no_examples. Example level: schema, turn_count, role_order, empty_turn,
+turn_too_long, format_pattern, regex, forbidden, duplicate, seed_copy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from batchgen.formats import Turn, from_turns
+
+# Response-level categories: the whole response yields no example.
+TRUNCATED = "truncated"
+CONTENT_FILTER = "content_filter"
+FINISH_REASON = "finish_reason"
+REFUSAL = "refusal"
+EMPTY_RESPONSE = "empty_response"
+NOT_JSON = "not_json"
+NO_EXAMPLES = "no_examples"
+# Example-level categories.
+SCHEMA = "schema"
+TURN_COUNT = "turn_count"
+ROLE_ORDER = "role_order"
+EMPTY_TURN = "empty_turn"
+TURN_TOO_LONG = "turn_too_long"
+FORMAT_PATTERN = "format_pattern"
+REGEX = "regex"
+FORBIDDEN = "forbidden"
+DUPLICATE = "duplicate"
+SEED_COPY = "seed_copy"
+
+RESPONSE_CATEGORIES = (TRUNCATED, CONTENT_FILTER, FINISH_REASON, REFUSAL, EMPTY_RESPONSE, NOT_JSON,
+                       NO_EXAMPLES)
+EXAMPLE_CATEGORIES = (SCHEMA, TURN_COUNT, ROLE_ORDER, EMPTY_TURN, TURN_TOO_LONG, FORMAT_PATTERN, REGEX,
+                      FORBIDDEN, DUPLICATE, SEED_COPY)
+CATEGORIES = RESPONSE_CATEGORIES + EXAMPLE_CATEGORIES
+
+DedupeMode = Literal["exact", "normalized", "none"]
+DEDUPE_MODES: tuple[str, ...] = ("exact", "normalized", "none")
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a response or an example was rejected: group by `category` or `message`, show `str(reason)`."""
+
+    category: str
+    message: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.detail}" if self.detail else self.message
+
+    @classmethod
+    def parse(cls, category: str, text: str) -> Reason:
+        """Rebuild a reason from its category and its stored one-line form."""
+        message, _, detail = text.partition(": ")
+        return cls(category, message, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedResponse:
+    """The raw examples found in one response (`reason` is None), or why there are none.
+
+    `source` is where the JSON came from ("json", "fenced" block, "embedded" in prose); `shape` is how the
+    examples were held ("examples" key, bare "array", a "single" example, or "wrapper:<key>").
+    """
+
+    examples: list[Any]
+    reason: Reason | None = None
+    source: str = ""
+    shape: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+Pair = tuple[str, str]
+"""One turn as (role, content)."""
+
+
+@dataclass(slots=True)
+class ExampleVerdict:
+    """The outcome for one example; `content_hash` (in the rules' dedupe mode) is None for schema failures.
+
+    `pairs` holds the example's (role, content) turns, roles system/user/assistant; `turns` builds `Turn`s
+    from them on demand (validation stays off pydantic for the hundreds of thousands of examples that pass).
+    """
+
+    valid: bool
+    reason: Reason | None
+    pairs: list[Pair]
+    content_hash: str | None
+    duplicate_of: str | None = None
+
+    @property
+    def category(self) -> str | None:
+        return self.reason.category if self.reason else None
+
+    @property
+    def turns(self) -> list[Turn]:
+        return [Turn(role=role, content=content) for role, content in self.pairs]  # type: ignore[arg-type]
+
+    def example(self, fmt: str) -> dict[str, Any]:
+        """The example as a JSON-ready dict of a format (raises formats.NotRepresentable)."""
+        return from_turns(self.turns, fmt)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseVerdict:
+    """The outcome for one response: a response-level `reason`, or one verdict per example found."""
+
+    reason: Reason | None
+    examples: list[ExampleVerdict]
+    parsed: ParsedResponse
+
+    @property
+    def valid_count(self) -> int:
+        return sum(1 for verdict in self.examples if verdict.valid)
+
+
+
+@dataclass
+class Summary:
+    """Counts for the lesson's report: "Valid: 487/500" and "Invalid reasons: {...}".
+
+    A rejected response counts as one invalid item, since it yielded no example to count.
+    """
+
+    total: int = 0
+    valid: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    categories: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def invalid(self) -> int:
+        return self.total - self.valid
+
+    def add(self, reason: Reason | None, count: int = 1) -> None:
+        """Count `count` valid items (reason None) or invalid ones with this reason."""
+        self.total += count
+        if reason is None:
+            self.valid += count
+        else:
+            self.reasons[reason.message] += count
+            self.categories[reason.category] += count
+
+    def add_response(self, verdict: ResponseVerdict) -> None:
+        if verdict.reason is not None:
+            self.add(verdict.reason)
+        for example in verdict.examples:
+            self.add(example.reason)
+
+    def merge(self, other: Summary) -> Summary:
+        return Summary(self.total + other.total, self.valid + other.valid, self.reasons + other.reasons,
+                       self.categories + other.categories)
+
+    def render(self) -> str:
+        """The lesson's two lines, reasons by message, most frequent first."""
+        reasons = dict(sorted(self.reasons.items(), key=lambda item: (-item[1], item[0])))
+        return f"Valid: {self.valid}/{self.total}\nInvalid reasons: {reasons!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "valid": self.valid, "invalid": self.invalid,
+                "reasons": dict(self.reasons.most_common()),
+                "categories": dict(self.categories.most_common())}

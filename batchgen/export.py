@@ -1,0 +1,286 @@
+"""Write valid examples as a dataset: ShareGPT, Alpaca or ChatML (OpenAI fine-tuning `messages`) JSONL.
+
+One JSON object per line, UTF-8 (not ASCII-escaped), every line newline-terminated. Each line's provenance
+(job, stage, custom_id, position, attempt, batch id, model, variant cell, content hash) goes where
+`provenance=` says:
+
+    "inline"   (default) a top-level "_provenance" object after the example's own keys:
+               {"conversations": [...], "_provenance": {"job": ..., "custom_id": ..., ...}}
+    "sidecar"  the dataset holds bare examples (what OpenAI fine-tuning accepts) and `<file>.provenance.jsonl`
+               holds one provenance object per line, aligned by line number and carrying "line" (1-based)
+    "none"     bare examples only
+
+Records are streamed: nothing holds the whole dataset. The file (and its sidecar) is written to a temporary
+file in the target's directory, fsynced and renamed over the target, so a reader never sees half a dataset and
+a failure part-way leaves the previous file untouched. An example that the target format cannot hold (a
+multi-turn chat as Alpaca) or that does not parse is skipped and counted by reason.
+
+`export_job` streams a job's valid examples out of the ledger into `export_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import orjson
+from pydantic import ValidationError
+
+from batchgen.errors import BatchgenError
+from batchgen.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
+
+if TYPE_CHECKING:
+    from batchgen.ledger import Ledger
+    from batchgen.spec import JobSpec
+
+ProvenanceMode = Literal["inline", "sidecar", "none"]
+PROVENANCE_MODES: tuple[str, ...] = ("inline", "sidecar", "none")
+PROVENANCE_KEY = "_provenance"
+SIDECAR_SUFFIX = ".provenance.jsonl"
+SAMPLE_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where one example came from. Serialised with every key present (null when unknown), in this order."""
+
+    custom_id: str
+    job: str | None = None
+    stage: str | None = None
+    position: int = 0
+    attempt: int | None = None
+    batch_id: str | None = None
+    model: str | None = None
+    cell: Mapping[str, Any] = field(default_factory=dict)
+    content_hash: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "stage": self.stage, "custom_id": self.custom_id, "position": self.position,
+                "attempt": self.attempt, "batch_id": self.batch_id, "model": self.model,
+                "cell": dict(self.cell), "content_hash": self.content_hash}
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One example to write: its JSON dict in format `fmt` (as stored in the ledger) and its provenance."""
+
+    example: Mapping[str, Any]
+    fmt: str
+    provenance: Provenance
+
+
+@dataclass
+class ExportResult:
+    """What a write produced; `str(result)` is the dataset's path.
+
+    `skipped` counts by category ("not_representable", "schema"); `samples` keeps the first few skipped
+    examples as (custom_id, reason) for display.
+    """
+
+    path: Path
+    format: str
+    provenance: str
+    written: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    samples: list[tuple[str, str]] = field(default_factory=list)
+    sha256: str = ""
+    sidecar_path: Path | None = None
+    sidecar_sha256: str | None = None
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def skip(self, category: str, custom_id: str, reason: str) -> None:
+        self.skipped[category] += 1
+        if len(self.samples) < SAMPLE_LIMIT:
+            self.samples.append((custom_id, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "provenance": self.provenance,
+                "written": self.written, "skipped": dict(self.skipped), "skipped_total": self.skipped_total,
+                "samples": [list(sample) for sample in self.samples], "sha256": self.sha256,
+                "sidecar_path": str(self.sidecar_path) if self.sidecar_path else None,
+                "sidecar_sha256": self.sidecar_sha256}
+
+
+def convert_example(example: Mapping[str, Any], source_fmt: str, target_fmt: str) -> dict[str, Any]:
+    """An example in another format, checked against both schemas.
+
+    Raises pydantic.ValidationError when the example does not fit `source_fmt`, and formats.NotRepresentable
+    when `target_fmt` cannot hold it. The same format is re-dumped as is (an Alpaca `input` stays separate).
+    """
+    parsed = parse_example(example, source_fmt)
+    if source_fmt == target_fmt:
+        return dump_example(parsed)
+    return from_turns(to_turns(parsed), target_fmt)
+
+
+def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str], fmt: str, *,
+                   provenance: str = "inline") -> ExportResult:
+    """Write `records` to `path` as `fmt` JSONL, atomically; BatchgenError when the file cannot be written.
+
+    An exception raised while iterating `records` propagates after the temporary files are removed; the target
+    is then exactly as it was before.
+    """
+    if fmt not in FORMATS:
+        raise BatchgenError(f"Unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if provenance not in PROVENANCE_MODES:
+        raise BatchgenError(f"Unknown provenance mode {provenance!r}; "
+                            f"use one of {', '.join(PROVENANCE_MODES)}")
+    target = Path(path)
+    sidecar = sidecar_path(target) if provenance == "sidecar" else None
+    result = ExportResult(target, fmt, provenance, sidecar_path=sidecar)
+    try:
+        with ExitStack() as stack:
+            main = stack.enter_context(_atomic_writer(target))
+            side = stack.enter_context(_atomic_writer(sidecar)) if sidecar else None
+            _write_records(records, fmt, provenance, main, side, result)
+            result.sha256 = main.sha256.hexdigest()
+            result.sidecar_sha256 = side.sha256.hexdigest() if side else None
+    except OSError as error:
+        raise BatchgenError(f"Cannot write dataset {target}: {error.strerror or error}; "
+                            "choose another file with -o or check the folder's permissions") from error
+    return result
+
+
+def _write_records(records: Iterable[ExportRecord], fmt: str, provenance: str, main: _HashingFile,
+                   side: _HashingFile | None, result: ExportResult) -> None:
+    for record in records:
+        custom_id = record.provenance.custom_id
+        try:
+            example = convert_example(record.example, record.fmt, fmt)
+        except NotRepresentable as error:
+            result.skip("not_representable", custom_id, str(error))
+            continue
+        except ValidationError as error:
+            first = error.errors(include_url=False, include_input=False)[0]
+            loc = ".".join(str(part) for part in first["loc"])
+            result.skip("schema", custom_id, f"not a valid {record.fmt} example: {loc}: {first['msg']}")
+            continue
+        result.written += 1
+        if provenance == "inline":
+            example[PROVENANCE_KEY] = record.provenance.to_dict()
+        elif side is not None:
+            side.write_line({"line": result.written, **record.provenance.to_dict()})
+        main.write_line(example)
+
+
+class _HashingFile:
+    """A binary file that keeps the sha256 of what was written to it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+
+    def write_line(self, obj: Mapping[str, Any]) -> None:
+        line = orjson.dumps(obj) + b"\n"
+        self.handle.write(line)
+        self.sha256.update(line)
+
+
+@contextmanager
+def _atomic_writer(target: Path) -> Iterator[_HashingFile]:
+    """A temporary file beside `target`, fsynced and renamed over it on success, removed on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+            yield _HashingFile(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp makes 0600: keep the mode of the file being replaced, else the usual 0644 (reading the umask
+        # would mean setting it, which is not thread-safe while the embedded emulator writes files).
+        os.chmod(temp, target.stat().st_mode & 0o7777 if target.exists() else 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the platform allows it (not on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_JOB_EXAMPLES = """
+    SELECT e.custom_id, e.position, e.stage, e.content_json, e.content_hash, e.cell_json,
+           q.attempt, COALESCE(r.batch_id, q.batch_id) AS batch_id, s.model
+    FROM examples e
+    LEFT JOIN requests q ON q.custom_id = e.custom_id
+    LEFT JOIN results r ON r.custom_id = e.custom_id
+    LEFT JOIN shards s ON s.id = q.shard_id
+    WHERE e.job = ? AND e.valid = 1 AND e.content_json IS NOT NULL {stage_filter}
+    ORDER BY e.id
+"""
+
+
+def job_records(ledger: Ledger, job: str, fmt: str,
+                stages: Sequence[str] | None = None) -> Iterator[ExportRecord]:
+    """A job's valid examples from the ledger, in collection order, streamed row by row.
+
+    Every stage's examples by default (an Evol-Instruct dataset spans its levels); `stages` narrows it down.
+    """
+    params: list[Any] = [job]
+    stage_filter = ""
+    if stages:
+        stage_filter = f"AND e.stage IN ({', '.join('?' for _ in stages)})"
+        params.extend(stages)
+    for row in ledger.execute(_JOB_EXAMPLES.format(stage_filter=stage_filter), params):
+        custom_id, position, stage, content, digest, cell, attempt, batch_id, model = row
+        yield ExportRecord(orjson.loads(content), fmt, Provenance(
+            custom_id=custom_id, job=job, stage=stage, position=position, attempt=attempt, batch_id=batch_id,
+            model=model, cell=orjson.loads(cell) if cell else {}, content_hash=digest))
+
+
+def export_job(ledger: Ledger, spec: JobSpec, path: str | os.PathLike[str], *, fmt: str | None = None,
+               provenance: str = "inline", stages: Sequence[str] | None = None) -> ExportResult:
+    """Write a job's valid examples to `path` in `fmt` (default: the job's format)."""
+    return export_dataset(job_records(ledger, spec.name, spec.format, stages), path, fmt or spec.format,
+                          provenance=provenance)
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Where the provenance of a dataset written with provenance="sidecar" goes."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def dataset_filename(job: str, fmt: str) -> str:
+    """The default file name of a job's dataset under the workspace's datasets/ folder."""
+    return f"{job}.{fmt}.jsonl"
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Stream (example, provenance) pairs back from a dataset; provenance None when a line has none inline."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                data = orjson.loads(line)
+                yield data, data.pop(PROVENANCE_KEY, None)
+
+
+__all__ = ["PROVENANCE_KEY", "PROVENANCE_MODES", "SIDECAR_SUFFIX", "ExportRecord", "ExportResult",
+           "Provenance", "convert_example", "dataset_filename", "export_dataset", "export_job", "job_records",
+           "read_dataset", "sidecar_path"]

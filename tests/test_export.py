@@ -1,0 +1,289 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from batchgen.errors import BatchgenError
+from batchgen.export import (
+    PROVENANCE_KEY,
+    ExportRecord,
+    Provenance,
+    convert_example,
+    dataset_filename,
+    export_dataset,
+    export_job,
+    read_dataset,
+    sidecar_path,
+)
+from batchgen.formats import ChatMLExample, parse_example
+from batchgen.ledger import Ledger
+from batchgen.validate import Deduper, Rules, validate_example, validate_response
+
+PATTERNS = ["Created task:", "Updated task:", "Completed task:", "Deleted task:", "Error:", "tasks found"]
+RULES = Rules.from_values(patterns=PATTERNS)
+
+SINGLE = {"conversations": [
+    {"from": "human", "value": "Crée une tâche « budget » pour vendredi 予算 🚀"},
+    {"from": "gpt", "value": "Created task: 'Budget 予算' | Priority: medium | Due: 2025-01-17 (Friday)"},
+]}
+WITH_SYSTEM = {"conversations": [
+    {"from": "system", "value": "You manage tasks."},
+    {"from": "human", "value": "Delete the gym task"},
+    {"from": "gpt", "value": "Deleted task: 'Gym'"},
+]}
+MULTI = {"conversations": [
+    {"from": "human", "value": "Add milk"}, {"from": "gpt", "value": "Created task: 'Milk'"},
+    {"from": "human", "value": "Now mark it done"}, {"from": "gpt", "value": "Completed task: 'Milk'"},
+]}
+
+
+def record(example: dict[str, object], n: int, fmt: str = "sharegpt") -> ExportRecord:
+    return ExportRecord(example, fmt, Provenance(
+        custom_id=f"task_api-s1-a1-{n:06d}", job="task_api", stage="main", position=n % 3, attempt=1,
+        batch_id="batch_abc", model="gpt-4o-mini", cell={"operation": "create", "style": "casual"},
+        content_hash=f"{n:032x}"))
+
+
+def records() -> list[ExportRecord]:
+    return [record(SINGLE, 0), record(MULTI, 1), record(WITH_SYSTEM, 2)]
+
+
+def lines_of(path: Path) -> list[dict[str, object]]:
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n")
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+
+
+def test_sharegpt_round_trip_inline_provenance(tmp_path: Path) -> None:
+    target = tmp_path / "task_api.sharegpt.jsonl"
+    result = export_dataset(records(), target, "sharegpt")
+    assert (result.written, result.skipped_total, result.provenance) == (3, 0, "inline")
+    assert result.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert str(result) == str(target)
+    raw = target.read_bytes().decode("utf-8")
+    assert "予算 🚀" in raw and "\\u" not in raw  # UTF-8, not ASCII-escaped
+    for line, original in zip(lines_of(target), [SINGLE, MULTI, WITH_SYSTEM], strict=True):
+        provenance = line.pop(PROVENANCE_KEY)
+        assert line == original
+        parse_example(line, "sharegpt")
+        assert validate_example(line, "sharegpt", RULES).valid
+        assert set(provenance) == {"job", "stage", "custom_id", "position", "attempt", "batch_id", "model", "cell",
+                                   "content_hash"}
+        assert provenance["batch_id"] == "batch_abc" and provenance["cell"] == {"operation": "create",
+                                                                                "style": "casual"}
+    assert list(lines_of(target)[0])[-1] == PROVENANCE_KEY  # after the example's own keys
+
+
+def test_chatml_lines_are_fine_tuning_messages(tmp_path: Path) -> None:
+    target = tmp_path / "ft.jsonl"
+    result = export_dataset(records(), target, "chatml", provenance="none")
+    assert result.written == 3 and result.sidecar_path is None
+    for line in lines_of(target):
+        assert list(line) == ["messages"]
+        ChatMLExample.model_validate(line)
+        for message in line["messages"]:  # type: ignore[attr-defined]
+            assert set(message) == {"role", "content"} and message["role"] in {"system", "user", "assistant"}
+    assert lines_of(target)[2]["messages"][0] == {"role": "system", "content": "You manage tasks."}
+
+
+def test_sidecar_provenance_is_aligned_by_line(tmp_path: Path) -> None:
+    target = tmp_path / "ft.chatml.jsonl"
+    result = export_dataset(records(), target, "chatml", provenance="sidecar")
+    side = sidecar_path(target)
+    assert result.sidecar_path == side and side.name == "ft.chatml.jsonl.provenance.jsonl"
+    assert result.sidecar_sha256 == hashlib.sha256(side.read_bytes()).hexdigest()
+    examples, provenance = lines_of(target), lines_of(side)
+    assert len(examples) == len(provenance) == 3
+    assert all(PROVENANCE_KEY not in line for line in examples)
+    assert [p["line"] for p in provenance] == [1, 2, 3]
+    assert [p["custom_id"] for p in provenance] == [r.provenance.custom_id for r in records()]
+
+
+def test_alpaca_skips_multi_turn_with_a_reason(tmp_path: Path) -> None:
+    target = tmp_path / "a.jsonl"
+    result = export_dataset(records(), target, "alpaca")
+    assert result.written == 2 and result.skipped == {"not_representable": 1}
+    assert result.samples == [("task_api-s1-a1-000001",
+                               "Alpaca holds one instruction and one answer; this example has 4 non-system turns")]
+    lines = lines_of(target)
+    assert [line[PROVENANCE_KEY]["custom_id"] for line in lines] == ["task_api-s1-a1-000000",  # type: ignore[index]
+                                                                     "task_api-s1-a1-000002"]
+    for line in lines:
+        line.pop(PROVENANCE_KEY)
+        parse_example(line, "alpaca")
+    assert lines[0] == {"instruction": SINGLE["conversations"][0]["value"], "input": "",  # type: ignore[index]
+                        "output": SINGLE["conversations"][1]["value"]}  # type: ignore[index]
+
+
+def test_alpaca_to_alpaca_keeps_input_separate() -> None:
+    example = {"instruction": "List tasks", "input": "status=open", "output": "3 tasks found"}
+    assert convert_example(example, "alpaca", "alpaca") == example
+    chat = convert_example(example, "alpaca", "chatml")
+    assert chat["messages"][0] == {"role": "user", "content": "List tasks\n\nstatus=open"}
+
+
+def test_a_record_that_does_not_parse_is_skipped_not_fatal(tmp_path: Path) -> None:
+    broken = record({"conversations": [{"from": "robot", "value": "x"}]}, 9)
+    result = export_dataset([broken, record(SINGLE, 0)], tmp_path / "x.jsonl", "sharegpt")
+    assert result.written == 1 and result.skipped == {"schema": 1}
+    assert "conversations.0.from" in result.samples[0][1]
+
+
+def test_failure_mid_iteration_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "d.jsonl"
+
+    def exploding() -> Iterator[ExportRecord]:
+        yield record(SINGLE, 0)
+        yield record(MULTI, 1)
+        raise RuntimeError("ledger went away")
+
+    with pytest.raises(RuntimeError, match="ledger went away"):
+        export_dataset(exploding(), target, "sharegpt", provenance="sidecar")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_failure_keeps_the_previous_dataset(tmp_path: Path) -> None:
+    target = tmp_path / "d.jsonl"
+    export_dataset([record(SINGLE, 0)], target, "sharegpt")
+    before = target.read_bytes()
+
+    def exploding() -> Iterator[ExportRecord]:
+        yield record(MULTI, 1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_dataset(exploding(), target, "sharegpt")
+    assert target.read_bytes() == before
+    assert os.listdir(tmp_path) == ["d.jsonl"]
+
+
+def test_streaming_consumes_records_lazily(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def generate() -> Iterator[ExportRecord]:
+        for n in range(1000):
+            seen.append(n)
+            yield record(SINGLE, n)
+
+    result = export_dataset(generate(), tmp_path / "big.jsonl", "chatml")
+    assert result.written == 1000 and len(seen) == 1000
+    assert sum(1 for _ in read_dataset(tmp_path / "big.jsonl")) == 1000
+
+
+def test_empty_dataset_and_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "nested" / "empty.jsonl"
+    result = export_dataset([], target, "sharegpt")
+    assert result.written == 0 and target.read_bytes() == b""
+    assert result.sha256 == hashlib.sha256(b"").hexdigest()
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_read_dataset_splits_provenance(tmp_path: Path) -> None:
+    export_dataset(records(), tmp_path / "d.jsonl", "sharegpt")
+    pairs = list(read_dataset(tmp_path / "d.jsonl"))
+    assert [example for example, _ in pairs] == [SINGLE, MULTI, WITH_SYSTEM]
+    assert all(provenance and provenance["job"] == "task_api" for _, provenance in pairs)
+    export_dataset(records(), tmp_path / "bare.jsonl", "sharegpt", provenance="none")
+    assert all(provenance is None for _, provenance in read_dataset(tmp_path / "bare.jsonl"))
+
+
+@pytest.mark.parametrize("fmt, provenance, message", [
+    ("jsonl", "inline", "Unknown dataset format 'jsonl'"),
+    ("chatml", "header", "Unknown provenance mode 'header'"),
+])
+def test_bad_options(tmp_path: Path, fmt: str, provenance: str, message: str) -> None:
+    with pytest.raises(BatchgenError, match=message):
+        export_dataset([], tmp_path / "x.jsonl", fmt, provenance=provenance)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(BatchgenError, match="Cannot write dataset .*ro/x.jsonl"):
+            export_dataset([record(SINGLE, 0)], folder / "x.jsonl", "sharegpt")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_target_that_is_a_directory_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(BatchgenError, match="Cannot write dataset"):
+        export_dataset([record(SINGLE, 0)], tmp_path / "taken", "sharegpt")
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_dataset_filename() -> None:
+    assert dataset_filename("task_api", "chatml") == "task_api.chatml.jsonl"
+
+
+# -- export_job: from the ledger ----------------------------------------------------------------------------
+
+def _ledger_with_examples(path: Path) -> Ledger:
+    """A ledger holding one job whose responses went through the validator, recorded as collect records them."""
+    ledger = Ledger.open(path)
+    now = "2026-01-01T00:00:00+00:00"
+    deduper = Deduper.for_rules(RULES, "sharegpt")
+    responses = {
+        "req-0": {"examples": [SINGLE, MULTI]},
+        "req-1": {"examples": [SINGLE, {"conversations": [{"from": "human", "value": "x"},
+                                                          {"from": "gpt", "value": "nope"}]}]},
+        "req-2": {"examples": [WITH_SYSTEM]},
+    }
+    with ledger.transaction():
+        ledger.execute("INSERT INTO jobs (name, spec_hash, spec_json, job_dir, status, backend, created_utc, "
+                       "updated_utc) VALUES ('task_api', 'h', '{}', 'jobs/task_api', 'active', 'embedded', ?, ?)",
+                       [now, now])
+        ledger.execute("INSERT INTO shards VALUES ('task_api/main/a1/0', 'task_api', 'main', 1, 'gpt-4o-mini', "
+                       "'s.jsonl', 'x', 3, 10, 100, '0', '0', 'done', ?)", [now])
+        for n, (custom_id, body) in enumerate(responses.items()):
+            stage = "main" if n < 2 else "evolve"
+            ledger.execute("INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, "
+                           "input_tokens, status, batch_id) VALUES (?, 'task_api', ?, ?, ?, "
+                           "'task_api/main/a1/0', 1, 10, 'succeeded', 'batch_1')",
+                           [custom_id, stage, n, orjson.dumps({"operation": "create", "n": n}).decode()])
+            ledger.execute("INSERT INTO results (custom_id, batch_id, job, source, cost_usd, collected_utc) "
+                           "VALUES (?, 'batch_1', 'task_api', 'output', '0.0001', ?)", [custom_id, now])
+            verdict = validate_response(orjson.dumps(body).decode(), "stop", "sharegpt", RULES, deduper,
+                                        custom_id=custom_id)
+            for position, (raw, example) in enumerate(zip(verdict.parsed.examples, verdict.examples,
+                                                          strict=True)):
+                ledger.execute(
+                    "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, cell_json, "
+                    "valid, category, reason, duplicate_of) VALUES ('task_api', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [stage, custom_id, position, orjson.dumps(raw).decode(), example.content_hash,
+                     orjson.dumps({"operation": "create", "n": n}).decode(), int(example.valid),
+                     example.category, str(example.reason) if example.reason else None, example.duplicate_of])
+    return ledger
+
+
+def test_export_job_writes_the_valid_examples_with_provenance(tmp_path: Path) -> None:
+    ledger = _ledger_with_examples(tmp_path / "ledger.db")
+    spec = SimpleNamespace(name="task_api", format="sharegpt")
+    try:
+        target = tmp_path / "datasets" / dataset_filename("task_api", "sharegpt")
+        result = export_job(ledger, spec, target)  # type: ignore[arg-type]
+        assert result.written == 3  # SINGLE, MULTI, WITH_SYSTEM; the duplicate and the off-format one are not
+        pairs = list(read_dataset(result.path))
+        assert [example for example, _ in pairs] == [SINGLE, MULTI, WITH_SYSTEM]
+        for example, provenance in pairs:
+            assert validate_example(example, "sharegpt", RULES).valid
+            assert provenance is not None and provenance["model"] == "gpt-4o-mini"
+            assert provenance["batch_id"] == "batch_1" and provenance["attempt"] == 1
+        assert [(p["custom_id"], p["position"], p["stage"]) for _, p in pairs] == [  # type: ignore[index]
+            ("req-0", 0, "main"), ("req-0", 1, "main"), ("req-2", 0, "evolve")]
+        assert pairs[2][1]["cell"] == {"operation": "create", "n": 2}  # type: ignore[index]
+
+        alpaca = export_job(ledger, spec, tmp_path / "a.jsonl", fmt="alpaca", stages=["main"])  # type: ignore[arg-type]
+        assert alpaca.written == 1 and alpaca.skipped == {"not_representable": 1}
+    finally:
+        ledger.close()

@@ -5,10 +5,11 @@ is computed directly from i (no state), so any subset of indices can be rebuilt 
 
 - **cell** (axis values), by the axes strategy:
   - `cross`: every combination of the axes, cycled. The combinations are ordered so that consecutive requests
-    differ in every axis and any prefix is spread evenly: position p has mixed-radix digits r0 (fastest) .. rk,
-    and axis k takes value (r0 + ... + rk) mod len(axis k). This is a bijection on the cross product.
-  - `rotate`: each axis cycles through its own values (i mod n), shifted by one each time the earlier axes have
-    completed a joint cycle, so axes do not lock together. For axes whose cross product is far larger than the job.
+    differ in the first axis (mostly in all) and any prefix is spread evenly: position p has mixed-radix
+    digits r0 (fastest) .. rk, and axis k takes value (r0 + ... + rk) mod len(axis k), a bijection on the product.
+  - `rotate`: each axis cycles through its own values (i mod n), shifted by one after every n x (joint cycle of the
+    earlier axes) requests, so each axis stays balanced in every prefix and axes do not lock together. For axes
+    whose cross product is far larger than the job.
   - `weighted`: every combination gets a share of the requests proportional to the product of its values' weights
     (default weight 1), allocated by largest remainder and interleaved evenly.
 - **seeds**: the lesson's rotation: request i uses k consecutive seeds (mod the number of seeds) starting at i*k,
@@ -98,7 +99,7 @@ class CellPlan:
         out = []
         cycle = 1
         for position, size in enumerate(self.sizes):
-            shift = index // cycle if position else 0
+            shift = index // (size * cycle) if position else 0
             out.append((index + shift) % size)
             cycle = math.lcm(cycle, size)
         return out

@@ -1,0 +1,246 @@
+"""The cost plan of a job, before a cent is spent: requests, shards, tokens, cost at batch and synchronous price.
+
+- Input tokens are exact: every request line is rendered and counted as compile would (nothing is written).
+  A stage with `from` has no sources before its earlier stage ran, so it is estimated with the seeds standing in
+  for them (`exact` is False for it).
+- Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as the model
+  returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens. Worst case = max_tokens.
+- Costs assume no cached input (prompt caching only ever lowers them) and apply the long-context tier per request.
+- The budget verdict compares the budget with the worst case first (what the budget guard reserves by default).
+
+The budget guard of the pipeline reuses `plan_job` / `estimate_requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from batchgen.compile import ShardInfo, _Packer, iter_requests
+from batchgen.pricing import ModelPrice, Rates, get_price
+from batchgen.render import stand_in_sources
+from batchgen.spec import CHAT, JobSpec, ResolvedStage
+from batchgen.tokens import count_text
+
+MILLION = Decimal(1_000_000)
+
+
+@dataclass
+class Money:
+    """Expected and worst-case cost, at batch and at standard (synchronous) price."""
+
+    batch_expected: Decimal = Decimal(0)
+    batch_worst: Decimal = Decimal(0)
+    standard_expected: Decimal = Decimal(0)
+    standard_worst: Decimal = Decimal(0)
+
+    def add(self, other: Money) -> None:
+        self.batch_expected += other.batch_expected
+        self.batch_worst += other.batch_worst
+        self.standard_expected += other.standard_expected
+        self.standard_worst += other.standard_worst
+
+
+@dataclass
+class StagePlan:
+    """The plan of one stage."""
+
+    name: str
+    source: str | None
+    target: int
+    requests: int
+    exact: bool
+    input_tokens: int
+    expected_output_tokens: int
+    worst_output_tokens: int
+    cost: Money
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """The plan of a job (see the module docstring)."""
+
+    job: str
+    model: str
+    endpoint: str
+    spec_hash: str
+    price: ModelPrice
+    budget_usd: Decimal | None
+    stages: list[StagePlan]
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.stages)
+
+    @property
+    def target(self) -> int:
+        return sum(s.target for s in self.stages)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(s.input_tokens for s in self.stages)
+
+    @property
+    def expected_output_tokens(self) -> int:
+        return sum(s.expected_output_tokens for s in self.stages)
+
+    @property
+    def worst_output_tokens(self) -> int:
+        return sum(s.worst_output_tokens for s in self.stages)
+
+    @property
+    def cost(self) -> Money:
+        total = Money()
+        for stage in self.stages:
+            total.add(stage.cost)
+        return total
+
+    @property
+    def verdict(self) -> str:
+        """no_budget | within (even at worst case) | expected_within (worst case over) | over."""
+        if self.budget_usd is None:
+            return "no_budget"
+        cost = self.cost
+        if cost.batch_worst <= self.budget_usd:
+            return "within"
+        return "expected_within" if cost.batch_expected <= self.budget_usd else "over"
+
+    @property
+    def verdict_text(self) -> str:
+        cost, budget = self.cost, self.budget_usd
+        return {
+            "no_budget": "no budget set (budget_usd in job.toml)",
+            "within": f"within budget: {_usd(cost.batch_worst)} worst case <= ${budget}",
+            "expected_within": f"expected {_usd(cost.batch_expected)} is within ${budget}, but the worst case "
+                               f"{_usd(cost.batch_worst)} (every request at max_tokens) is over it",
+            "over": f"over budget: expected {_usd(cost.batch_expected)} > ${budget}",
+        }[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (Decimals stay Decimals; `batchgen.output.dumps` writes them as strings)."""
+        cost = self.cost
+        target = self.target or 1
+        return {
+            "job": self.job, "model": self.model, "endpoint": self.endpoint, "spec_hash": self.spec_hash,
+            "requests": self.requests, "target_examples": self.target,
+            "input_tokens": self.input_tokens, "expected_output_tokens": self.expected_output_tokens,
+            "worst_output_tokens": self.worst_output_tokens,
+            "cost_usd": {"batch_expected": cost.batch_expected, "batch_worst": cost.batch_worst,
+                         "standard_expected": cost.standard_expected, "standard_worst": cost.standard_worst,
+                         "saving_expected": cost.standard_expected - cost.batch_expected},
+            "per_example": {"input_tokens": Decimal(self.input_tokens) / target,
+                            "expected_output_tokens": Decimal(self.expected_output_tokens) / target,
+                            "batch_cost_usd": cost.batch_expected / target},
+            "budget_usd": self.budget_usd, "verdict": self.verdict, "verdict_text": self.verdict_text,
+            "price": {"source": self.price.source, "batch": _rates(self.price.batch),
+                      "standard": _rates(self.price.standard)},
+            "stages": [_stage_dict(s) for s in self.stages],
+        }
+
+
+def _rates(rates: Rates) -> dict[str, Decimal]:
+    return {"input_per_1m": rates.input, "cached_input_per_1m": rates.cached_input, "output_per_1m": rates.output}
+
+
+def _stage_dict(stage: StagePlan) -> dict[str, Any]:
+    return {"name": stage.name, "from": stage.source, "target": stage.target, "requests": stage.requests,
+            "exact": stage.exact, "input_tokens": stage.input_tokens,
+            "expected_output_tokens": stage.expected_output_tokens, "worst_output_tokens": stage.worst_output_tokens,
+            "cost_batch_expected_usd": stage.cost.batch_expected, "cost_batch_worst_usd": stage.cost.batch_worst,
+            "shards": [{"number": s.number, "lines": s.lines, "bytes": s.bytes, "input_tokens": s.input_tokens}
+                       for s in stage.shards]}
+
+
+def expected_output_tokens(spec: JobSpec, stage: ResolvedStage) -> int:
+    """Expected completion tokens of one request of a stage (see the module docstring)."""
+    if spec.endpoint != CHAT:
+        return 0
+    examples = list(spec.seeds) or stand_in_sources(spec)
+    per_example = Fraction(sum(count_text(_compact(e), spec.model) for e in examples), len(examples))
+    wrapper = count_text('{"examples":[]}', spec.model) + stage.examples_per_request - 1
+    return min(stage.max_tokens, math.ceil(per_example * stage.examples_per_request) + wrapper)
+
+
+def _compact(example: dict[str, Any]) -> str:
+    return json.dumps(example, ensure_ascii=False, separators=(",", ":"))
+
+
+def estimate_requests(price: ModelPrice, input_tokens: int, output_tokens: int, max_tokens: int) -> Money:
+    """Cost of one request with `input_tokens`, expected `output_tokens` and at worst `max_tokens`."""
+    money = Money()
+    for batch in (True, False):
+        rates = price.rates(input_tokens, batch)
+        base = input_tokens * rates.input
+        expected = (base + output_tokens * rates.output) / MILLION
+        worst = (base + max_tokens * rates.output) / MILLION
+        if batch:
+            money.batch_expected, money.batch_worst = expected, worst
+        else:
+            money.standard_expected, money.standard_worst = expected, worst
+    return money
+
+
+def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice) -> StagePlan:
+    """Render every request of a stage, pack the shards, count tokens and price them."""
+    sources = stand_in_sources(spec) if stage.source is not None else None
+    output = expected_output_tokens(spec, stage)
+    worst = stage.max_tokens if spec.endpoint == CHAT else 0
+    packer = _Packer(spec.limits, spec.model, stage, 1, None)
+    by_input: dict[int, int] = {}
+    for request in iter_requests(spec, stage, sources=sources):
+        packer.add(request)
+        by_input[request.input_tokens] = by_input.get(request.input_tokens, 0) + 1
+    packer.close()
+    cost = Money()
+    for tokens, count in by_input.items():
+        one = estimate_requests(price, tokens, output, worst)
+        cost.add(Money(one.batch_expected * count, one.batch_worst * count,
+                       one.standard_expected * count, one.standard_worst * count))
+    requests = sum(by_input.values())
+    return StagePlan(stage.name, stage.source, stage.target, requests, stage.source is None,
+                     sum(t * c for t, c in by_input.items()), output * requests, worst * requests, cost, packer.shards)
+
+
+def plan_job(spec: JobSpec) -> Plan:
+    """The plan of every stage of a job."""
+    price = get_price(spec.model, job_dir=spec.job_dir)
+    stages = [plan_stage(spec, stage, price) for stage in spec.resolved_stages()]
+    return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages)
+
+
+def _usd(amount: Decimal) -> str:
+    return f"${amount.quantize(Decimal('0.000001'))}"
+
+
+def summary_rows(plan: Plan) -> list[tuple[str, str]]:
+    """(label, value) rows of the plan for a table; amounts rounded to the micro-dollar for display only."""
+    cost, target = plan.cost, plan.target or 1
+    exact = "exact" if all(s.exact for s in plan.stages) else "exact; from-stages estimated with the seeds"
+    saving = cost.standard_expected - cost.batch_expected
+    percent = (saving * 100 / cost.standard_expected).quantize(Decimal(1)) if cost.standard_expected else 0
+    return [
+        ("job", f"{plan.job} ({plan.spec_hash[:12]})"),
+        ("model", f"{plan.model} {plan.endpoint}"),
+        ("price", f"batch {plan.price.batch.input} in / {plan.price.batch.output} out per 1M; {plan.price.source}"),
+        ("requests", f"{plan.requests:,} for {plan.target:,} examples"),
+        ("shards", str(sum(len(s.shards) for s in plan.stages))),
+        ("input tokens", f"{plan.input_tokens:,} ({exact})"),
+        ("output tokens", f"{plan.expected_output_tokens:,} expected; {plan.worst_output_tokens:,} worst case"),
+        ("batch cost", f"{_usd(cost.batch_expected)} expected; {_usd(cost.batch_worst)} worst case"),
+        ("standard cost", f"{_usd(cost.standard_expected)} expected (batch saves {_usd(saving)}, {percent} %)"),
+        ("per example", f"{Decimal(plan.input_tokens) / target:.1f} input + "
+                        f"{Decimal(plan.expected_output_tokens) / target:.1f} output tokens; "
+                        f"{_usd(cost.batch_expected / target)}"),
+        ("budget", plan.verdict_text),
+    ]
+
+
+def shard_rows(plan: Plan) -> list[dict[str, Any]]:
+    """One row per shard: stage, number, lines, MB, input tokens."""
+    return [{"stage": stage.name, "shard": s.number, "lines": f"{s.lines:,}", "MB": f"{s.bytes / 1_000_000:.2f}",
+             "input tokens": f"{s.input_tokens:,}"} for stage in plan.stages for s in stage.shards]

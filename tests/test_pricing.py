@@ -1,0 +1,108 @@
+"""Prices: exact Decimals with their source; batch = half of standard; overrides; unknown models fail loudly."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from batchgen.errors import PricingError
+from batchgen.pricing import clear_cache, get_price, request_cost
+
+
+@pytest.fixture(autouse=True)
+def fresh_prices() -> None:
+    clear_cache()
+
+
+def test_gpt_4o_mini_batch_prices() -> None:
+    price = get_price("gpt-4o-mini")
+    assert price.batch.input == Decimal("0.075") and price.batch.output == Decimal("0.3")
+    assert price.standard.input == Decimal("0.15") and price.standard.output == Decimal("0.6")
+    assert price.source.startswith("genai-prices 0.2.3 (openai/gpt-4o-mini")
+
+
+@pytest.mark.parametrize(("model", "batch_in", "batch_cached", "batch_out"), [
+    ("gpt-4o-mini", "0.075", "0.075", "0.3"),
+    ("gpt-4.1-nano", "0.05", "0.025", "0.2"),
+    ("gpt-5-nano", "0.025", "0.0025", "0.2"),
+    ("gpt-5-mini", "0.125", "0.0125", "1"),
+    ("gpt-5.4", "1.25", "0.125", "7.50"),
+    ("o4-mini", "0.55", "0.275", "2.2"),  # no batch cached rate: genai-prices keeps the standard cached one
+    ("text-embedding-3-small", "0.01", "0.01", "0"),
+    ("text-embedding-3-large", "0.065", "0.065", "0"),
+])
+def test_batch_prices_match_the_spec_table(model: str, batch_in: str, batch_cached: str, batch_out: str) -> None:
+    rates = get_price(model).batch
+    assert (rates.input, rates.cached_input, rates.output) == (Decimal(batch_in), Decimal(batch_cached),
+                                                               Decimal(batch_out))
+
+
+def test_request_cost_is_exact() -> None:
+    cost = request_cost("gpt-4o-mini", prompt_tokens=768, cached_tokens=0, completion_tokens=612)
+    assert cost.usd == Decimal("0.0002412")  # (768 * 0.075 + 612 * 0.3) / 1e6
+    assert isinstance(cost.usd, Decimal) and "genai-prices" in cost.source
+    one_m = request_cost("gpt-4o-mini", 1_000_000, 0, 1_000_000)
+    assert one_m.usd == Decimal("0.375")
+    standard = request_cost("gpt-4o-mini", 1_000_000, 0, 1_000_000, batch=False)
+    assert standard.usd == Decimal("0.75")
+
+
+def test_cached_and_reasoning_tokens() -> None:
+    # gpt-5-nano: cached batch input 0.0025; reasoning tokens are inside completion tokens, not added again.
+    cost = request_cost("gpt-5-nano", prompt_tokens=1000, cached_tokens=400, completion_tokens=500,
+                        reasoning_tokens=300)
+    assert cost.usd == (Decimal(600) * Decimal("0.025") + 400 * Decimal("0.0025") + 500 * Decimal("0.2")) / 10**6
+    with pytest.raises(PricingError, match="impossible usage"):
+        request_cost("gpt-5-nano", prompt_tokens=10, cached_tokens=20)
+
+
+def test_long_context_tier_applies_per_request() -> None:
+    below = request_cost("gpt-5.4", 272_000, 0, 1000).usd
+    above = request_cost("gpt-5.4", 272_001, 0, 1000).usd
+    assert below == (272_000 * Decimal("1.25") + 1000 * Decimal("7.50")) / 10**6
+    assert above == (272_001 * Decimal("2.50") + 1000 * Decimal("11.25")) / 10**6
+    sol = request_cost("gpt-6-sol", 300_000, 0, 1000)
+    assert sol.usd == Decimal("0.6075") and "genai-prices" in sol.source
+
+
+def test_unknown_model_says_how_to_add_a_price() -> None:
+    with pytest.raises(PricingError, match=r"No price known for model 'gpt-9'.*prices.toml.*BATCHGEN_PRICES"):
+        get_price("gpt-9")
+
+
+def test_user_price_file_in_job_dir(tmp_path: Path) -> None:
+    (tmp_path / "prices.toml").write_text('[models."ft:gpt-4o-mini:acme::x"]\ninput = "0.30"\noutput = 1.2\n'
+                                          'source = "our fine-tune"\n')
+    price = get_price("ft:gpt-4o-mini:acme::x", job_dir=tmp_path)
+    assert price.standard.output == Decimal("1.2")
+    assert price.batch.input == Decimal("0.150") and price.batch.output == Decimal("0.60")
+    assert price.source == f"{tmp_path / 'prices.toml'}: our fine-tune"
+
+
+def test_env_price_file_and_glob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[models."gpt-4o-mini*"]\ninput = "1"\noutput = "2"\nbatch_input = "0.4"\n')
+    monkeypatch.setenv("BATCHGEN_PRICES", str(path))
+    price = get_price("gpt-4o-mini-2024-07-18")
+    assert price.batch.input == Decimal("0.4") and price.batch.output == Decimal("1")
+    assert get_price("gpt-5-nano").source.startswith("genai-prices")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('[models."m"]\noutput = "1"\n', "'input' is required"),
+    ('[models."m"]\ninput = "x"\noutput = "1"\n', "is not a number"),
+    ('[models."m"]\ninput = "-1"\noutput = "1"\n', "must be a price >= 0"),
+    ('[models."m"\n', "TOML syntax error"),
+])
+def test_bad_price_file(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "prices.toml").write_text(content)
+    with pytest.raises(PricingError, match=message):
+        get_price("m", job_dir=tmp_path)
+
+
+def test_price_date_is_today_by_default() -> None:
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert f"prices of {today}" in get_price("gpt-4o-mini").source

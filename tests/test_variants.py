@@ -1,0 +1,120 @@
+"""Variants: deterministic, balanced over the axes, rebuilt from their index alone."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from itertools import product
+from pathlib import Path
+
+import pytest
+
+from batchgen.spec import load_spec
+from batchgen.variants import VariantPlan, coverage, expand_variants, request_count
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK_API = ROOT / "jobs" / "task_api"
+
+
+def job_with(tmp_path: Path, old: str, new: str) -> Path:
+    job = tmp_path / "job"
+    shutil.copytree(TASK_API, job)
+    text = (job / "job.toml").read_text()
+    assert old in text
+    (job / "job.toml").write_text(text.replace(old, new))
+    return job
+
+
+def test_request_count_is_exact() -> None:
+    spec = load_spec(TASK_API)
+    # 500 / 10 * 1.1 = 55 exactly; a float product would give 55.000000000000007 and round up to 56.
+    assert request_count(spec, spec.stage()) == 55
+
+
+def test_cross_covers_every_cell_before_repeating() -> None:
+    spec = load_spec(TASK_API)
+    variants = list(expand_variants(spec))
+    assert [v.index for v in variants] == list(range(55))
+    first = {v.cell_key for v in variants[:40]}
+    assert len(first) == 40  # 5 operations x 4 styles x 2 = every cell once
+    counts = Counter(coverage(variants).values())
+    assert counts == {1: 25, 2: 15}
+    # Consecutive requests always differ in the first axis, and mostly in every axis.
+    pairs = list(zip(variants, variants[1:], strict=False))
+    assert all(a.cell["operation"] != b.cell["operation"] for a, b in pairs)
+    assert sum(all(a.cell[k] != b.cell[k] for k in a.cell) for a, b in pairs) >= 0.8 * len(pairs)
+
+
+def test_cross_prefix_is_balanced_per_axis() -> None:
+    spec = load_spec(TASK_API)
+    first = list(expand_variants(spec, indices=range(20)))
+    assert set(Counter(v.cell["operation"] for v in first).values()) == {4}
+    assert set(Counter(v.cell["style"] for v in first).values()) == {5}
+    assert set(Counter(v.cell["include_errors"] for v in first).values()) == {10}
+
+
+def test_variants_are_deterministic_and_indexable() -> None:
+    spec = load_spec(TASK_API)
+    plan = VariantPlan(spec, spec.stage())
+    again = VariantPlan(load_spec(TASK_API), spec.stage())
+    assert [plan.variant(i) for i in range(55)] == [again.variant(i) for i in range(55)]
+    subset = list(plan.variants([40, 3, 3, 17]))
+    assert [v.index for v in subset] == [3, 17, 40]
+    assert subset[1] == plan.variant(17)
+    with pytest.raises(IndexError):
+        plan.variant(55)
+
+
+def test_seed_rotation_and_temperature() -> None:
+    spec = load_spec(TASK_API)
+    variants = list(expand_variants(spec))
+    assert variants[0].seeds == (0, 1, 2, 3, 4) and variants[1].seeds == (5, 6, 7, 8, 9)
+    assert variants[4].seeds == (1, 2, 3, 4, 5)  # one seed further after a full pass over the 20 seeds
+    assert all(len(set(v.seeds)) == 5 for v in variants)
+    uses = Counter(i for v in variants for i in v.seeds)
+    assert len(uses) == 20 and max(uses.values()) - min(uses.values()) <= 2
+    assert [v.temperature for v in variants[:4]] == [0.7, 0.9, 1.0, 0.7]
+
+
+def test_rotate_strategy_balances_each_axis(tmp_path: Path) -> None:
+    spec = load_spec(job_with(tmp_path, 'strategy = "cross"', 'strategy = "rotate"'))
+    variants = list(expand_variants(spec))
+    for axis, size in (("operation", 5), ("style", 4), ("include_errors", 2)):
+        counts = Counter(v.cell[axis] for v in variants)
+        assert len(counts) == size and max(counts.values()) - min(counts.values()) <= 2, (axis, counts)
+    pairs = Counter((v.cell["style"], v.cell["include_errors"]) for v in variants)
+    assert len(pairs) == 8  # style and include_errors do not lock together
+
+
+def test_weighted_strategy_allocates_by_weight(tmp_path: Path) -> None:
+    weights = 'strategy = "weighted"\n\n[axes.weights]\noperation = { create = 3, list = 0 }\n' \
+              'include_errors = { true = 1, false = 3 }'
+    spec = load_spec(job_with(tmp_path, 'strategy = "cross"', weights))
+    variants = list(expand_variants(spec))
+    ops = Counter(v.cell["operation"] for v in variants)
+    assert "list" not in ops
+    assert ops["create"] == pytest.approx(55 * 3 / 6, abs=3)  # per-cell rounding moves the marginals a little
+    errors = Counter(v.cell["include_errors"] for v in variants)
+    assert errors[False] == pytest.approx(55 * 3 / 4, abs=3)
+    assert sum(ops.values()) == 55
+
+
+def test_balanced_cross_order_is_a_bijection() -> None:
+    from batchgen.spec import AxesSpec
+    from batchgen.variants import CellPlan
+
+    axes = AxesSpec(values={"a": [1, 2, 3], "b": ["x", "y"], "c": [True, False], "d": ["p", "q", "r", "s"]})
+    plan = CellPlan(axes, 48)
+    cells = {tuple(plan.cell(i).values()) for i in range(48)}
+    assert cells == set(product([1, 2, 3], ["x", "y"], [True, False], ["p", "q", "r", "s"]))
+
+
+def test_job_without_axes_has_one_cell(tmp_path: Path) -> None:
+    job = tmp_path / "plain"
+    shutil.copytree(TASK_API, job)
+    text = (job / "job.toml").read_text()
+    text = text[:text.index("[axes]")] + text[text.index("[validate]"):]
+    (job / "job.toml").write_text(text)
+    (job / "prompt.j2").write_text("Write {{ count }} examples like these:\n{{ seed_examples }}\nJSON please.\n")
+    variants = list(expand_variants(load_spec(job)))
+    assert len(variants) == 55 and all(v.cell == {} for v in variants)

@@ -14,8 +14,6 @@ Records are streamed: nothing holds the whole dataset. The file (and its sidecar
 file in the target's directory, fsynced and renamed over the target, so a reader never sees half a dataset and
 a failure part-way leaves the previous file untouched. An example that the target format cannot hold (a
 multi-turn chat as Alpaca) or that does not parse is skipped and counted by reason.
-
-`export_job` streams a job's valid examples out of the ledger into `export_dataset`.
 """
 
 from __future__ import annotations
@@ -24,21 +22,17 @@ import hashlib
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
 from batchgen.errors import BatchgenError
 from batchgen.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
-
-if TYPE_CHECKING:
-    from batchgen.ledger import Ledger
-    from batchgen.spec import JobSpec
 
 ProvenanceMode = Literal["inline", "sidecar", "none"]
 PROVENANCE_MODES: tuple[str, ...] = ("inline", "sidecar", "none")
@@ -224,43 +218,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-_JOB_EXAMPLES = """
-    SELECT e.custom_id, e.position, e.stage, e.content_json, e.content_hash, e.cell_json,
-           q.attempt, COALESCE(r.batch_id, q.batch_id) AS batch_id, s.model
-    FROM examples e
-    LEFT JOIN requests q ON q.custom_id = e.custom_id
-    LEFT JOIN results r ON r.custom_id = e.custom_id
-    LEFT JOIN shards s ON s.id = q.shard_id
-    WHERE e.job = ? AND e.valid = 1 AND e.content_json IS NOT NULL {stage_filter}
-    ORDER BY e.id
-"""
-
-
-def job_records(ledger: Ledger, job: str, fmt: str,
-                stages: Sequence[str] | None = None) -> Iterator[ExportRecord]:
-    """A job's valid examples from the ledger, in collection order, streamed row by row.
-
-    Every stage's examples by default (an Evol-Instruct dataset spans its levels); `stages` narrows it down.
-    """
-    params: list[Any] = [job]
-    stage_filter = ""
-    if stages:
-        stage_filter = f"AND e.stage IN ({', '.join('?' for _ in stages)})"
-        params.extend(stages)
-    for row in ledger.execute(_JOB_EXAMPLES.format(stage_filter=stage_filter), params):
-        custom_id, position, stage, content, digest, cell, attempt, batch_id, model = row
-        yield ExportRecord(orjson.loads(content), fmt, Provenance(
-            custom_id=custom_id, job=job, stage=stage, position=position, attempt=attempt, batch_id=batch_id,
-            model=model, cell=orjson.loads(cell) if cell else {}, content_hash=digest))
-
-
-def export_job(ledger: Ledger, spec: JobSpec, path: str | os.PathLike[str], *, fmt: str | None = None,
-               provenance: str = "inline", stages: Sequence[str] | None = None) -> ExportResult:
-    """Write a job's valid examples to `path` in `fmt` (default: the job's format)."""
-    return export_dataset(job_records(ledger, spec.name, spec.format, stages), path, fmt or spec.format,
-                          provenance=provenance)
-
-
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """Where the provenance of a dataset written with provenance="sidecar" goes."""
     path = Path(path)
@@ -282,5 +239,5 @@ def read_dataset(path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any],
 
 
 __all__ = ["PROVENANCE_KEY", "PROVENANCE_MODES", "SIDECAR_SUFFIX", "ExportRecord", "ExportResult",
-           "Provenance", "convert_example", "dataset_filename", "export_dataset", "export_job", "job_records",
-           "read_dataset", "sidecar_path"]
+           "Provenance", "convert_example", "dataset_filename", "export_dataset", "read_dataset",
+           "sidecar_path"]

@@ -5,9 +5,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
-import orjson
 import pytest
 
 from batchgen.errors import BatchgenError
@@ -18,13 +16,11 @@ from batchgen.export import (
     convert_example,
     dataset_filename,
     export_dataset,
-    export_job,
     read_dataset,
     sidecar_path,
 )
 from batchgen.formats import ChatMLExample, parse_example
-from batchgen.ledger import Ledger
-from batchgen.validate import Deduper, Rules, validate_example, validate_response
+from batchgen.validate import Rules, validate_example
 
 PATTERNS = ["Created task:", "Updated task:", "Completed task:", "Deleted task:", "Error:", "tasks found"]
 RULES = Rules.from_values(patterns=PATTERNS)
@@ -225,65 +221,3 @@ def test_target_that_is_a_directory_is_one_clear_error(tmp_path: Path) -> None:
 def test_dataset_filename() -> None:
     assert dataset_filename("task_api", "chatml") == "task_api.chatml.jsonl"
 
-
-# -- export_job: from the ledger ----------------------------------------------------------------------------
-
-def _ledger_with_examples(path: Path) -> Ledger:
-    """A ledger holding one job whose responses went through the validator, recorded as collect records them."""
-    ledger = Ledger.open(path)
-    now = "2026-01-01T00:00:00+00:00"
-    deduper = Deduper.for_rules(RULES, "sharegpt")
-    responses = {
-        "req-0": {"examples": [SINGLE, MULTI]},
-        "req-1": {"examples": [SINGLE, {"conversations": [{"from": "human", "value": "x"},
-                                                          {"from": "gpt", "value": "nope"}]}]},
-        "req-2": {"examples": [WITH_SYSTEM]},
-    }
-    with ledger.transaction():
-        ledger.execute("INSERT INTO jobs (name, spec_hash, spec_json, job_dir, status, backend, created_utc, "
-                       "updated_utc) VALUES ('task_api', 'h', '{}', 'jobs/task_api', 'active', 'embedded', ?, ?)",
-                       [now, now])
-        ledger.execute("INSERT INTO shards VALUES ('task_api/main/a1/0', 'task_api', 'main', 1, 'gpt-4o-mini', "
-                       "'s.jsonl', 'x', 3, 10, 100, '0', '0', 'done', ?)", [now])
-        for n, (custom_id, body) in enumerate(responses.items()):
-            stage = "main" if n < 2 else "evolve"
-            ledger.execute("INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, "
-                           "input_tokens, status, batch_id) VALUES (?, 'task_api', ?, ?, ?, "
-                           "'task_api/main/a1/0', 1, 10, 'succeeded', 'batch_1')",
-                           [custom_id, stage, n, orjson.dumps({"operation": "create", "n": n}).decode()])
-            ledger.execute("INSERT INTO results (custom_id, batch_id, job, source, cost_usd, collected_utc) "
-                           "VALUES (?, 'batch_1', 'task_api', 'output', '0.0001', ?)", [custom_id, now])
-            verdict = validate_response(orjson.dumps(body).decode(), "stop", "sharegpt", RULES, deduper,
-                                        custom_id=custom_id)
-            for position, (raw, example) in enumerate(zip(verdict.parsed.examples, verdict.examples,
-                                                          strict=True)):
-                ledger.execute(
-                    "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, cell_json, "
-                    "valid, category, reason, duplicate_of) VALUES ('task_api', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [stage, custom_id, position, orjson.dumps(raw).decode(), example.content_hash,
-                     orjson.dumps({"operation": "create", "n": n}).decode(), int(example.valid),
-                     example.category, str(example.reason) if example.reason else None, example.duplicate_of])
-    return ledger
-
-
-def test_export_job_writes_the_valid_examples_with_provenance(tmp_path: Path) -> None:
-    ledger = _ledger_with_examples(tmp_path / "ledger.db")
-    spec = SimpleNamespace(name="task_api", format="sharegpt")
-    try:
-        target = tmp_path / "datasets" / dataset_filename("task_api", "sharegpt")
-        result = export_job(ledger, spec, target)  # type: ignore[arg-type]
-        assert result.written == 3  # SINGLE, MULTI, WITH_SYSTEM; the duplicate and the off-format one are not
-        pairs = list(read_dataset(result.path))
-        assert [example for example, _ in pairs] == [SINGLE, MULTI, WITH_SYSTEM]
-        for example, provenance in pairs:
-            assert validate_example(example, "sharegpt", RULES).valid
-            assert provenance is not None and provenance["model"] == "gpt-4o-mini"
-            assert provenance["batch_id"] == "batch_1" and provenance["attempt"] == 1
-        assert [(p["custom_id"], p["position"], p["stage"]) for _, p in pairs] == [  # type: ignore[index]
-            ("req-0", 0, "main"), ("req-0", 1, "main"), ("req-2", 0, "evolve")]
-        assert pairs[2][1]["cell"] == {"operation": "create", "n": 2}  # type: ignore[index]
-
-        alpaca = export_job(ledger, spec, tmp_path / "a.jsonl", fmt="alpaca", stages=["main"])  # type: ignore[arg-type]
-        assert alpaca.written == 1 and alpaca.skipped == {"not_representable": 1}
-    finally:
-        ledger.close()

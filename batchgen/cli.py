@@ -129,3 +129,65 @@ def init_(name: str, parent: str, model: str, fmt: str) -> None:
 
     job_dir = scaffold_job(name, Path(parent), model=model, fmt=fmt)
     click.echo(f"Created {job_dir}: edit seeds.jsonl and prompt.j2, then run 'batchgen plan {job_dir}'")
+
+
+# --- the emulator: serve -----------------------------------------------------------------------------------------------
+
+def _rate(name: str, help_: str) -> Any:
+    return click.option(name, type=click.FloatRange(0, 1), default=None, help=help_)
+
+
+@cli.command(name="serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; non-loopback needs --token")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind")
+@click.option("--state", "state", type=click.Path(file_okay=False), default=None,
+              help="State directory (default: <workspace>/serve); reads <state>/config.json if present")
+@click.option("--token", envvar="BATCHGEN_SERVE_TOKEN", default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every request (also $BATCHGEN_SERVE_TOKEN)")
+@click.option("--time-scale", type=click.FloatRange(min=0), default=None,
+              help="Emulated seconds per real second (3600: the 24 h window passes in 24 s)")
+@click.option("--seed", type=int, default=None, help="Seed of the simulated answers and faults")
+@click.option("--validation-seconds", type=click.FloatRange(min=0), default=None, help="Time in 'validating'")
+@click.option("--line-seconds", type=click.FloatRange(min=0), default=None, help="Emulated time per request line")
+@click.option("--finalizing-seconds", type=click.FloatRange(min=0), default=None, help="Time in 'finalizing'")
+@click.option("--models", default=None, help="Comma-separated known models (others fail model_not_found)")
+@click.option("--queued-token-limit", "limits", multiple=True, metavar="MODEL=TOKENS",
+              help="Queued prompt-token limit of a model (repeatable; '*=N' for every model)")
+@_rate("--error-rate", "Share of lines answered with a 429/500 model error (error file)")
+@_rate("--malformed-rate", "Share of chat answers with broken content (not JSON, wrong roles, empty turns)")
+@_rate("--expire-after-fraction", "Expire every batch once this share of its lines has run")
+@click.option("--stuck-finalizing", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Extra time every batch stays in 'finalizing'")
+@_rate("--http-error-rate", "Share of API calls answered 429/500/503 with Retry-After")
+@click.option("--retry-after", type=click.FloatRange(min=0), default=None, help="Retry-After of those answers (s)")
+@_rate("--drop-rate", "Share of API calls whose connection is dropped mid-answer")
+@_rate("--slow-rate", "Share of API calls answered late")
+@click.option("--slow-seconds", type=click.FloatRange(min=0), default=None, help="Delay of a slow answer (s)")
+@click.option("--control", is_flag=True, default=None, help="Enable the /_emulator test-control API")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="Server log level")
+def serve_(host: str, port: int, state: str | None, token: str | None, log_level: str, models: str | None,
+           limits: tuple[str, ...], **options: Any) -> None:
+    """Serve the Batch API emulator: Files, Batches, chat and embeddings under /v1, for any OpenAI client.
+
+    State (files, batches, progress) survives restarts; Ctrl-C or SIGTERM stops it cleanly.
+
+    \b
+        batchgen serve                                   # http://127.0.0.1:8000/v1
+        batchgen serve --time-scale 3600 --state /tmp/emu   # 24 h in 24 s
+        batchgen serve --host 0.0.0.0 --token s3cret --error-rate 0.05 --http-error-rate 0.1
+        OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_script.py
+    """
+    from pathlib import Path
+
+    from batchgen.emulator import ConfigError, EmulatorConfig, check_bind, serve, serve_overrides
+    from batchgen.workspace import Workspace
+
+    state_dir = Path(state) if state else Workspace.resolve().root / "serve"
+    try:
+        check_bind(host, token)
+        config = EmulatorConfig.load(state_dir, "serve", serve_overrides(options, models, limits))
+        click.echo(f"Batch API emulator: http://{host}:{port}/v1 (state {state_dir})", err=True)
+        serve(state_dir, config, host=host, port=port, token=token, log_level=log_level)
+    except (ConfigError, ValueError) as error:
+        raise click.ClickException(str(error)) from error

@@ -1,0 +1,167 @@
+"""The HTTP app: the Files, Batches, chat and embeddings endpoints of the API under /v1.
+
+Every non-2xx answer is the API's error envelope; bad input never produces a traceback or a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from batchgen.emulator import ids
+from batchgen.emulator.apierror import APIError, bad_request, error_envelope
+from batchgen.emulator.engine import Engine
+from batchgen.emulator.executor import SYNC_BATCH, LineRequest
+from batchgen.emulator.upload import receive_upload
+
+log = logging.getLogger("batchgen.emulator")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(error: APIError) -> Response:
+    return JSON(error.envelope(), status_code=error.status, headers=error.headers)
+
+
+def guarded(handler: Handler) -> Handler:
+    """Turn APIError into its envelope and any other exception into a 500 envelope (logged, no traceback out)."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except APIError as error:
+            return error_response(error)
+        except Exception:
+            log.exception("emulator request %s %s failed", request.method, request.url.path)
+            return JSON(error_envelope("The server had an error while processing your request.", "server_error"),
+                        status_code=500)
+
+    return wrapper
+
+
+async def json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as error:
+        raise bad_request("We could not parse the JSON body of your request. (HINT: This likely means you "
+                          "aren't using your HTTP library correctly.)") from error
+
+
+def int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise bad_request(f"Invalid '{name}': expected an integer.", param=name) from error
+
+
+def api_routes(engine: Engine) -> list[Route]:
+    """The /v1 routes."""
+
+    async def files_create(request: Request) -> Response:
+        meta = await receive_upload(request, engine.files, engine.config, int(engine.clock.now()))
+        return JSON(meta)
+
+    async def files_list(request: Request) -> Response:
+        q = request.query_params
+        page = engine.files.list(purpose=q.get("purpose"), limit=int_param(request, "limit", 10_000),
+                                 order=q.get("order", "desc"), after=q.get("after"))
+        return JSON(page)
+
+    async def files_get(request: Request) -> Response:
+        return JSON(engine.files.get(request.path_params["file_id"]))
+
+    async def files_content(request: Request) -> Response:
+        meta = engine.files.get(request.path_params["file_id"])
+        return FileResponse(engine.files.data_path(meta["id"]), media_type="application/octet-stream",
+                            filename=meta["filename"], content_disposition_type="attachment")
+
+    async def files_delete(request: Request) -> Response:
+        return JSON(engine.files.delete(request.path_params["file_id"]))
+
+    async def batches_create(request: Request) -> Response:
+        body = await json_body(request)
+        return JSON(await run_in_threadpool(engine.create_batch, body))
+
+    async def batches_list(request: Request) -> Response:
+        page = await run_in_threadpool(engine.list_batches, request.query_params.get("after"),
+                                       int_param(request, "limit", 20))
+        return JSON(page)
+
+    async def batches_get(request: Request) -> Response:
+        return JSON(await run_in_threadpool(engine.get_batch, request.path_params["batch_id"]))
+
+    async def batches_cancel(request: Request) -> Response:
+        return JSON(await run_in_threadpool(engine.cancel_batch, request.path_params["batch_id"]))
+
+    async def chat(request: Request) -> Response:
+        return await _synchronous(engine, request, "/v1/chat/completions")
+
+    async def embeddings(request: Request) -> Response:
+        return await _synchronous(engine, request, "/v1/embeddings")
+
+    table: list[tuple[str, Handler, list[str]]] = [
+        ("/v1/files", files_create, ["POST"]), ("/v1/files", files_list, ["GET"]),
+        ("/v1/files/{file_id}", files_get, ["GET"]), ("/v1/files/{file_id}", files_delete, ["DELETE"]),
+        ("/v1/files/{file_id}/content", files_content, ["GET"]),
+        ("/v1/batches", batches_create, ["POST"]), ("/v1/batches", batches_list, ["GET"]),
+        ("/v1/batches/{batch_id}", batches_get, ["GET"]),
+        ("/v1/batches/{batch_id}/cancel", batches_cancel, ["POST"]),
+        ("/v1/chat/completions", chat, ["POST"]), ("/v1/embeddings", embeddings, ["POST"]),
+    ]
+    return [Route(path, guarded(handler), methods=methods) for path, handler, methods in table]
+
+
+async def _synchronous(engine: Engine, request: Request, endpoint: str) -> Response:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    if not engine.config.is_known_model(model):
+        raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                       code="model_not_found")
+    if body.get("stream") is True:
+        raise bad_request("Streaming is not supported by the emulator.", param="stream", code="unsupported_value")
+    seed_key = ids.digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hex()
+    line = LineRequest(endpoint, body, seed_key, 0, SYNC_BATCH, int(engine.clock.now()))
+    result = await run_in_threadpool(engine.executor.execute, line)
+    return JSON(result.body, status_code=result.status_code, headers={"x-request-id": ids.random_request_id()})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths (404) and wrong methods (405) get the envelope too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = f"Invalid URL ({request.method} {request.url.path})" if status in (404, 405) else "Server error"
+    return JSON(error_envelope(message), status_code=status)
+
+
+def build_app(engine: Engine, *, token: str | None = None, control: bool = False) -> Starlette:
+    """The ASGI app: /v1 routes, optional control routes, bearer auth and HTTP fault injection."""
+    from batchgen.emulator.control import control_routes
+    from batchgen.emulator.middleware import AuthMiddleware, FaultMiddleware
+
+    routes = api_routes(engine) + (control_routes(engine) if control else [])
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.add_middleware(FaultMiddleware, engine=engine)
+    app.add_middleware(AuthMiddleware, token=token)
+    return app

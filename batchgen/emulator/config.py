@@ -1,0 +1,179 @@
+"""Emulator configuration: timing, limits, known models and fault rates.
+
+Precedence, lowest first: the preset defaults (`embedded` or `serve`), `<state_dir>/config.json` when present, then
+explicit overrides (`batchgen serve` flags, the `config` argument of the embedded emulator). All durations are in
+emulated seconds: the clock runs `time_scale` emulated seconds per real second (0 freezes it for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+MIB = 1024 * 1024
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o3-mini", "o4-mini",
+    "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5-pro", "gpt-5.1", "gpt-5.2", "gpt-5.4", "gpt-5.4-mini",
+    "gpt-5.4-nano", "gpt-5.5", "gpt-6-sol", "gpt-6-luna", "gpt-3.5-turbo",
+    "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not valid."""
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything that shapes the emulator's behaviour; every field is a key of `config.json`."""
+
+    seed: int = 0
+    time_scale: float = 1.0
+    validation_seconds: float = 5.0
+    line_seconds: float = 0.05
+    finalizing_seconds: float = 10.0
+    cancelling_seconds: float = 5.0
+    completion_window_seconds: int = 86400
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    queued_token_limits: dict[str, int] = field(default_factory=dict)
+    default_queued_token_limit: int | None = None
+    max_lines: int = 50_000
+    max_batch_bytes: int = 200 * MIB
+    max_batch_upload_bytes: int = 200 * MIB
+    max_upload_bytes: int = 512 * MIB
+    default_examples: int = 5
+    max_examples: int = 50
+    error_rate: float = 0.0
+    malformed_rate: float = 0.0
+    expire_after_fraction: float | None = None
+    stuck_finalizing_seconds: float = 0.0
+    http_error_rate: float = 0.0
+    http_retry_after: float = 1.0
+    drop_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_seconds: float = 2.0
+    control: bool = False
+
+    @classmethod
+    def preset(cls, name: str) -> EmulatorConfig:
+        """`serve` (realistic pace) or `embedded` (a few hundred lines finish in about two seconds)."""
+        if name == "serve":
+            return cls()
+        if name == "embedded":
+            return cls(validation_seconds=0.2, line_seconds=0.004, finalizing_seconds=0.2,
+                       cancelling_seconds=0.2, control=True)
+        raise ConfigError(f"unknown preset {name!r}")
+
+    @classmethod
+    def load(cls, state_dir: str | Path | None, preset: str = "serve",
+             overrides: Mapping[str, Any] | None = None) -> EmulatorConfig:
+        """Preset defaults, then `<state_dir>/config.json`, then `overrides` (None values are ignored)."""
+        config = cls.preset(preset)
+        if state_dir is not None:
+            path = Path(state_dir) / CONFIG_FILE
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as error:
+                    raise ConfigError(f"{path}: not readable JSON ({error})") from error
+                if not isinstance(data, dict):
+                    raise ConfigError(f"{path}: expected a JSON object")
+                config = config.updated(data)
+        if overrides:
+            config = config.updated({k: v for k, v in overrides.items() if v is not None})
+        return config
+
+    def updated(self, changes: Mapping[str, Any]) -> EmulatorConfig:
+        """A copy with `changes` applied; unknown keys and ill-typed values raise ConfigError."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        values = dataclasses.asdict(self)
+        for key, value in changes.items():
+            if key not in known:
+                raise ConfigError(f"unknown emulator config key {key!r}; known: {', '.join(sorted(known))}")
+            values[key] = _coerce(key, value, values[key])
+        result = EmulatorConfig(**values)
+        result.check()
+        return result
+
+    def check(self) -> None:
+        """Raise ConfigError for values out of range."""
+        for name in ("error_rate", "malformed_rate", "http_error_rate", "drop_rate", "slow_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1")
+        if self.expire_after_fraction is not None and not 0.0 <= self.expire_after_fraction <= 1.0:
+            raise ConfigError("expire_after_fraction must be between 0 and 1")
+        if self.time_scale < 0:
+            raise ConfigError("time_scale must not be negative")
+        for name in ("validation_seconds", "line_seconds", "finalizing_seconds", "cancelling_seconds",
+                     "stuck_finalizing_seconds", "http_retry_after", "slow_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+
+    def queued_token_limit(self, model: str) -> int | None:
+        """The queued prompt-token limit of a model (None: unlimited)."""
+        return self.queued_token_limits.get(model, self.default_queued_token_limit)
+
+    def is_known_model(self, model: str) -> bool:
+        """A configured model, or a dated snapshot of one (`gpt-4o-mini-2024-07-18`)."""
+        return model in self.models or _is_snapshot(model, self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_snapshot(model: str, models: list[str]) -> bool:
+    for known in models:
+        suffix = model[len(known):]
+        if model.startswith(known + "-") and len(suffix) == 11 and suffix[1:5].isdigit():
+            return True
+    return False
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    if key in ("expire_after_fraction", "default_queued_token_limit") and value is None:
+        return None
+    try:
+        if isinstance(current, bool) or key == "control":
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if key == "models":
+            return [str(m) for m in value]
+        if key == "queued_token_limits":
+            return {str(k): int(v) for k, v in dict(value).items()}
+        if key in ("seed", "completion_window_seconds", "max_lines", "max_batch_bytes", "max_batch_upload_bytes",
+                   "max_upload_bytes", "default_examples", "max_examples", "default_queued_token_limit"):
+            return int(value)
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"emulator config key {key!r}: bad value {value!r}") from error
+
+
+_SERVE_KEYS = {"stuck_finalizing": "stuck_finalizing_seconds", "retry_after": "http_retry_after"}
+
+
+def serve_overrides(options: Mapping[str, Any], models: str | None, limits: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Config overrides from `batchgen serve` options (None: not given); MODEL=N limits, '*=N' for every model."""
+    out: dict[str, Any] = {_SERVE_KEYS.get(k, k): v for k, v in options.items() if v is not None}
+    if out.get("control") is False:
+        del out["control"]
+    if models:
+        out["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    per_model: dict[str, int] = {}
+    for item in limits:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ConfigError(f"--queued-token-limit expects MODEL=TOKENS, got {item!r}")
+        if name.strip() == "*":
+            out["default_queued_token_limit"] = int(value)
+        else:
+            per_model[name.strip()] = int(value)
+    if per_model:
+        out["queued_token_limits"] = per_model
+    return out

@@ -1,0 +1,265 @@
+"""The emulator's core: stores, clock, executor and a worker thread that moves batches forward.
+
+The worker runs passes over the active batches while the server lives; every API call that reads batches asks for
+a fresh pass first (bounded wait), so state catches up lazily as well. A new process on the same state directory
+recovers partial progress and carries on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from batchgen.emulator import ids
+from batchgen.emulator.apierror import APIError, bad_request
+from batchgen.emulator.batches import BatchStore, Run
+from batchgen.emulator.clock import Clock
+from batchgen.emulator.config import EmulatorConfig
+from batchgen.emulator.executor import Executor, FaultyExecutor
+from batchgen.emulator.files import FileStore
+from batchgen.emulator.lifecycle import Lifecycle
+from batchgen.emulator.runner import Runner
+from batchgen.emulator.simulate import SimulateExecutor
+from batchgen.emulator.tokencount import TokenCounter
+
+ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
+             "/v1/images/generations", "/v1/images/edits", "/v1/videos")
+_SLICE = 0.15
+_MAX_SLEEP = 0.5
+
+
+class Engine:
+    """Files, batches and their progress under one state directory."""
+
+    def __init__(self, state_dir: str | Path, config: EmulatorConfig, executor: Executor | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.clock = Clock(self.state_dir, config.time_scale)
+        self.files = FileStore(self.state_dir)
+        self.batches = BatchStore(self.state_dir)
+        self.counter = TokenCounter()
+        inner = executor or SimulateExecutor(lambda: self.config, self.counter)
+        self.executor = FaultyExecutor(inner, lambda: self.config, self.counter)
+        self.runner = Runner(self.files, self.executor, lambda: self.config.seed, self.batches.save, self.clock.now)
+        self.lifecycle = Lifecycle(self.batches, self.files, self.runner, self.counter, lambda: self.config)
+        for record in self.batches.all():
+            if record.status in ("in_progress", "finalizing", "cancelling"):
+                self.runner.recover(record)
+            elif record.status in ("failed", "completed", "expired", "cancelled"):
+                self.runner.cleanup(record)
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._started_passes = 0
+        self._done_passes = 0
+        self._idle = False
+        self._turn = 0
+        self._thread: threading.Thread | None = None
+
+    # -- worker ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="batchgen-emulator-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def sync(self, timeout: float = 0.25) -> bool:
+        """Wait (bounded) for a pass that started after this call; False on timeout or without a worker."""
+        if self._thread is None:
+            return False
+        with self._cond:
+            target = self._started_passes + 1
+            self._wake.set()
+            return self._cond.wait_for(lambda: self._done_passes >= target or self._stop.is_set(), timeout)
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Run passes until nothing is due right now; False if still busy at the timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.sync(min(1.0, max(0.01, deadline - time.monotonic()))):
+                continue
+            if self._idle:
+                return True
+        return False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                self._started_passes += 1
+                number = self._started_passes
+                self._wake.clear()
+            wait = self._pass()
+            with self._cond:
+                self._idle = wait != 0
+                self._done_passes = number
+                self._cond.notify_all()
+            if wait != 0:
+                self._wake.wait(_MAX_SLEEP if wait is None else min(wait, _MAX_SLEEP))
+
+    def _pass(self) -> float | None:
+        """One round over the active batches; the real seconds until the next event (0: more work now)."""
+        next_due: float | None = None
+        busy = False
+        active = self.batches.active()
+        self._turn += 1
+        for record in active[self._turn % len(active):] + active[:self._turn % len(active)] if active else []:
+            began = time.monotonic()
+            while not self._stop.is_set():
+                step = self.lifecycle.step(record, self.clock.now())
+                if step.next_due is not None and (next_due is None or step.next_due < next_due):
+                    next_due = step.next_due
+                if not step.worked:
+                    break
+                if time.monotonic() - began > _SLICE:
+                    busy = True
+                    break
+        if busy:
+            return 0.0
+        if next_due is None:
+            return None
+        return self.clock.real_seconds(next_due - self.clock.now())
+
+    # -- operations -----------------------------------------------------------------------------------------
+    def create_batch(self, body: Any) -> dict[str, Any]:
+        """`POST /v1/batches`: checks the request synchronously; the file is checked later (validating)."""
+        fields = _check_create(body)
+        now = self.clock.now()
+        created = int(now)
+        batch = {
+            "id": ids.new_batch_id(), "object": "batch", "endpoint": fields["endpoint"], "model": None,
+            "errors": None, "input_file_id": fields["input_file_id"], "completion_window": "24h",
+            "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": created,
+            "in_progress_at": None, "expires_at": created + self.config.completion_window_seconds,
+            "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+            "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "usage": None,
+            "metadata": fields["metadata"],
+        }
+        run = Run(created_t=now)
+        if fields["output_expires_seconds"] is not None:
+            run.extra["output_expires_seconds"] = fields["output_expires_seconds"]
+        self.batches.add(batch, run)
+        self.poke()
+        return dict(batch)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        self.sync()
+        with self.batches.lock:
+            return _copy(self.batches.get(batch_id).batch)
+
+    def list_batches(self, after: str | None, limit: int) -> dict[str, Any]:
+        self.sync()
+        return self.batches.page(after=after, limit=limit)
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self.batches.lock:
+            record = self.batches.get(batch_id)
+            if record.status in ("validating", "in_progress"):
+                now = self.clock.now()
+                record.run.cancelling_t = now
+                record.batch.update(status="cancelling", cancelling_at=int(now))
+                self.batches.save(record)
+            elif record.status not in ("cancelling", "cancelled"):
+                raise bad_request(f"Cannot cancel a batch with status '{record.status}'.", code="invalid_state")
+            result = _copy(record.batch)
+        self.poke()
+        return result
+
+    def force(self, batch_id: str, action: str, seconds: float = 0.0) -> dict[str, Any]:
+        """Test control: `expire` now, or keep it `stuck_finalizing` for `seconds` more."""
+        with self.batches.lock:
+            record = self.batches.get(batch_id)
+            if action == "expire":
+                record.run.force_expire = True
+            elif action == "stuck_finalizing":
+                record.run.stuck_seconds = float(seconds)
+            else:
+                raise bad_request(f"Unknown action '{action}'; use 'expire' or 'stuck_finalizing'.", param="action")
+            self.batches.save(record)
+        self.poke()
+        return self.get_batch(batch_id)
+
+    def set_config(self, config: EmulatorConfig) -> None:
+        if config.time_scale != self.clock.scale:
+            self.clock.set_scale(config.time_scale)
+        self.config = config
+        self.poke()
+
+
+def _copy(batch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(batch)
+    for key in ("request_counts", "usage", "errors", "metadata"):
+        if isinstance(out.get(key), dict):
+            out[key] = _deep(out[key])
+    return out
+
+
+def _deep(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep(v) for v in value]
+    return value
+
+
+def _check_create(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    for name in ("input_file_id", "endpoint", "completion_window"):
+        if body.get(name) in (None, ""):
+            raise bad_request(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+    if not isinstance(body["input_file_id"], str):
+        raise bad_request("'input_file_id' must be a string.", param="input_file_id", code="invalid_type")
+    if body["endpoint"] not in ENDPOINTS:
+        raise bad_request(f"Invalid value for 'endpoint': '{body['endpoint']}'. Supported: {', '.join(ENDPOINTS)}.",
+                          param="endpoint", code="invalid_value")
+    if body["completion_window"] != "24h":
+        raise bad_request(f"Invalid value for 'completion_window': '{body['completion_window']}'. Only '24h' "
+                          "is supported.", param="completion_window", code="invalid_value")
+    return {"input_file_id": body["input_file_id"], "endpoint": body["endpoint"],
+            "metadata": _check_metadata(body.get("metadata")),
+            "output_expires_seconds": _check_output_expiry(body.get("output_expires_after"))}
+
+
+def _check_metadata(metadata: Any) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise bad_request("'metadata' must be an object of string keys and values.", param="metadata",
+                          code="invalid_type")
+    if len(metadata) > 16:
+        raise bad_request(f"'metadata' has {len(metadata)} keys; at most 16 are allowed.", param="metadata",
+                          code="invalid_value")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise bad_request(f"Metadata key '{key[:20]}...' is longer than 64 characters.", param="metadata",
+                              code="invalid_value")
+        if not isinstance(value, str) or len(value) > 512:
+            raise bad_request(f"Metadata value of '{key}' must be a string of at most 512 characters.",
+                              param="metadata", code="invalid_value")
+    return dict(metadata)
+
+
+def _check_output_expiry(value: Any) -> int | None:
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or value.get("anchor") != "created_at"
+            or not isinstance(value.get("seconds"), int) or not 3600 <= value["seconds"] <= 2_592_000):
+        raise bad_request("'output_expires_after' must be {anchor: 'created_at', seconds: 3600..2592000}.",
+                          param="output_expires_after", code="invalid_value")
+    return int(value["seconds"])
+
+
+__all__ = ["APIError", "Engine", "ENDPOINTS"]

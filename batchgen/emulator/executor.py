@@ -1,0 +1,125 @@
+"""Executors decide what a request line returns. `simulate` is the default; a forwarding executor can be added
+by implementing the `Executor` protocol. Per-line faults (model errors, malformed output) wrap any executor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from batchgen.emulator.config import EmulatorConfig
+from batchgen.emulator.ids import digest
+from batchgen.emulator.tokencount import TokenCounter
+
+SYNC_BATCH = "sync"
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    """One request: a batch line or a synchronous call (batch_id "sync")."""
+
+    endpoint: str
+    body: dict[str, Any]
+    custom_id: str
+    index: int
+    batch_id: str
+    created: int
+
+
+@dataclass
+class LineResult:
+    """The HTTP status and JSON body the endpoint answers."""
+
+    status_code: int
+    body: dict[str, Any]
+
+
+class Executor(Protocol):
+    """What serves a request line."""
+
+    name: str
+
+    def execute(self, request: LineRequest) -> LineResult: ...
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def line_rng(seed: int, *parts: object) -> random.Random:
+    """A deterministic random source for one purpose of one line."""
+    return random.Random(int.from_bytes(digest(seed, *parts, size=8), "big"))
+
+
+class FaultyExecutor:
+    """Adds the configured per-line faults to another executor's answers."""
+
+    def __init__(self, inner: Executor, config: Callable[[], EmulatorConfig], counter: TokenCounter) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._config = config
+        self._counter = counter
+
+    def execute(self, request: LineRequest) -> LineResult:
+        config = self._config()
+        rng = line_rng(config.seed, "fault", request.batch_id, request.index, request.custom_id)
+        if config.error_rate and rng.random() < config.error_rate:
+            if rng.random() < 0.5:
+                return LineResult(429, error_body("Rate limit reached for requests. Please try again later.",
+                                                  "requests", "rate_limit_exceeded"))
+            return LineResult(500, error_body("The server had an error while processing your request. Sorry "
+                                              "about that!", "server_error"))
+        result = self.inner.execute(request)
+        if config.malformed_rate and result.status_code == 200 and rng.random() < config.malformed_rate:
+            malform(result.body, rng, self._counter)
+        return result
+
+
+def malform(body: dict[str, Any], rng: random.Random, counter: TokenCounter) -> None:
+    """Spoil a chat completion's content: not JSON, wrong roles or empty turns (usage follows the content)."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return
+    message = choices[0].get("message", {})
+    content = message.get("content") or ""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        data = None
+    kind = rng.choice(("not_json", "wrong_roles", "empty_turns"))
+    if data is None or kind == "not_json" or not _spoil_turns(data, kind):
+        cut = max(1, len(content) * 3 // 5)
+        message["content"] = "Sure! Here are the examples you asked for:\n\n" + content[:cut]
+    else:
+        message["content"] = orjson.dumps(data).decode()
+    usage = body.get("usage", {})
+    model = str(body.get("model", ""))
+    old = int(usage.get("completion_tokens", 0))
+    new = sum(counter.text(str(c.get("message", {}).get("content") or ""), model) for c in choices)
+    usage["completion_tokens"] = new
+    usage["total_tokens"] = int(usage.get("total_tokens", 0)) - old + new
+
+
+def _spoil_turns(data: Any, kind: str) -> bool:
+    """Swap the roles, or blank the texts, of every turn found; False when there are no turns."""
+    swaps = {"human": "gpt", "gpt": "human", "user": "assistant", "assistant": "user"}
+    changed = False
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for role_key, text_key in (("from", "value"), ("role", "content")):
+                if role_key in node and text_key in node:
+                    if kind == "wrong_roles":
+                        node[role_key] = swaps.get(node[role_key], node[role_key])
+                    else:
+                        node[text_key] = ""
+                    changed = True
+            stack.extend(v for v in node.values() if isinstance(v, (list, dict)))
+    return changed

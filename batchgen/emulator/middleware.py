@@ -1,0 +1,117 @@
+"""ASGI middleware: bearer-token auth, and HTTP-level faults on /v1 (transient 429/500/503 with Retry-After,
+dropped connections, slow answers). Both drain a request body before answering early, so clients never see a reset
+while they are still sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import random
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from batchgen.emulator.apierror import error_envelope
+from batchgen.emulator.engine import Engine
+
+_MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
+                "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+_DROP_MESSAGE = "ASGI callable returned without completing response."
+
+
+async def drain(receive: Receive) -> None:
+    """Read the rest of the request body."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    raw = orjson.dumps(body)
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class AuthMiddleware:
+    """With a token, every request needs `Authorization: Bearer <token>` (401 otherwise)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.token:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        if hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
+            await self.app(scope, receive, send)
+            return
+        await drain(receive)
+        if not header.startswith("Bearer ") or not header[7:].strip():
+            body = error_envelope(_MISSING_KEY)
+        else:
+            shown = header[7:][:3] + "*" * 4 + header[7:][-4:]
+            body = error_envelope(f"Incorrect API key provided: {shown}.", code="invalid_api_key")
+        await send_json(send, 401, body, {"www-authenticate": "Bearer"})
+
+
+class _DropFilter(logging.Filter):
+    """Keeps uvicorn quiet about the connections this middleware drops on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _DROP_MESSAGE not in record.getMessage()
+
+
+class FaultMiddleware:
+    """Injects the configured HTTP faults into /v1 requests, deterministically for a seed."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+        self.rng = random.Random(engine.config.seed)
+        logger = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, _DropFilter) for f in logger.filters):
+            logger.addFilter(_DropFilter())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        config = self.engine.config
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if config.slow_rate and self.rng.random() < config.slow_rate:
+            await asyncio.sleep(config.slow_seconds)
+        if config.http_error_rate and self.rng.random() < config.http_error_rate:
+            await drain(receive)
+            await self._transient(send, self.rng.choice((429, 500, 503)), config.http_retry_after)
+            return
+        if config.drop_rate and self.rng.random() < config.drop_rate:
+            await drain(receive)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]})
+            await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _transient(send: Send, status: int, retry_after: float) -> None:
+        headers = {"retry-after": str(max(0, math.ceil(retry_after))),
+                   "retry-after-ms": str(int(retry_after * 1000))}
+        if status == 429:
+            body = error_envelope("Rate limit reached for requests. Please try again later.", "requests",
+                                  None, "rate_limit_exceeded")
+        elif status == 503:
+            body = error_envelope("The engine is currently overloaded, please try again later.", "server_error")
+        else:
+            body = error_envelope("The server had an error while processing your request. Sorry about that!",
+                                  "server_error")
+        await send_json(send, status, body, headers)
+
+

@@ -1,0 +1,222 @@
+"""Line execution with exactly-once results across crashes.
+
+Lines run block by block (256 lines); inside a block they run in a seeded shuffled order, which is the order the
+result rows appear in (clients must join on custom_id). Rows are appended to `output.part` / `errors.part`, both
+fsynced, and only then is the batch record (positions, committed byte sizes, counters) replaced atomically. After
+a crash, `recover` cuts the part files back to the committed sizes, so no line is answered twice or dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchgen.emulator import ids
+from batchgen.emulator.batches import BatchRecord
+from batchgen.emulator.executor import Executor, LineRequest, LineResult, error_body
+from batchgen.emulator.files import THIRTY_DAYS, FileStore
+
+BLOCK = 256
+OUTPUT_PART = "output.part"
+ERRORS_PART = "errors.part"
+INPUT_LINK = "input.jsonl"
+TAIL_MESSAGES = {
+    "batch_expired": "This request could not be executed before the completion window expired.",
+    "batch_cancelled": "This request was not executed because the batch was cancelled.",
+}
+
+
+def read_block(path: Path, offset: int) -> tuple[list[bytes], int]:
+    """Up to BLOCK non-blank lines from `offset`, and the offset after them."""
+    lines: list[bytes] = []
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while len(lines) < BLOCK:
+            raw = handle.readline()
+            if not raw:
+                break
+            offset += len(raw)
+            if raw.strip():
+                lines.append(raw)
+    return lines, offset
+
+
+def block_order(seed: int, batch_id: str, block: int, size: int) -> list[int]:
+    order = list(range(size))
+    random.Random(int.from_bytes(ids.digest(seed, "order", batch_id, block, size=8), "big")).shuffle(order)
+    return order
+
+
+def _append(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if data:
+            os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _truncate(path: Path, size: int) -> None:
+    if path.exists() and path.stat().st_size != size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+            os.fsync(handle.fileno())
+
+
+class Runner:
+    """Executes, records and finalizes the lines of batches."""
+
+    def __init__(self, files: FileStore, executor: Executor, seed: Callable[[], int],
+                 save: Callable[[BatchRecord], None], now: Callable[[], float]) -> None:
+        self.files = files
+        self.executor = executor
+        self._seed = seed
+        self._save = save
+        self._now = now
+        self._block_cache: dict[str, tuple[int, list[bytes], int, list[int]]] = {}
+
+    def recover(self, record: BatchRecord) -> None:
+        """Cut the part files back to what the record says is committed."""
+        run = record.run
+        _truncate(record.part(OUTPUT_PART), run.out_bytes)
+        _truncate(record.part(ERRORS_PART), run.err_bytes)
+
+    def _block(self, record: BatchRecord) -> tuple[list[bytes], int, list[int]]:
+        run = record.run
+        cached = self._block_cache.get(record.id)
+        if cached is not None and cached[0] == run.block_offset:
+            return cached[1], cached[2], cached[3]
+        lines, next_offset = read_block(record.part(INPUT_LINK), run.block_offset)
+        order = block_order(self._seed(), record.id, run.block, len(lines))
+        self._block_cache[record.id] = (run.block_offset, lines, next_offset, order)
+        return lines, next_offset, order
+
+    def execute(self, record: BatchRecord, limit: int) -> int:
+        """Run up to `limit` lines (never past the current block), commit them, and return how many ran."""
+        run = record.run
+        lines, next_offset, order = self._block(record)
+        stop = min(len(order), run.pos + max(1, limit))
+        out, err = bytearray(), bytearray()
+        for position in range(run.pos, stop):
+            index = run.block_first_line + order[position]
+            row, ok = self._row(record, lines[order[position]], index)
+            (out if ok else err).extend(row)
+        done = stop - run.pos
+        self._commit(record, out, err, done)
+        run.pos = stop
+        if run.pos >= len(order):
+            run.block += 1
+            run.block_offset = next_offset
+            run.block_first_line += len(order)
+            run.pos = 0
+            self._block_cache.pop(record.id, None)
+        self._save(record)
+        return done
+
+    def _row(self, record: BatchRecord, raw: bytes, index: int) -> tuple[bytes, bool]:
+        item = orjson.loads(raw)
+        custom_id = item["custom_id"]
+        request = LineRequest(record.batch["endpoint"], item["body"], custom_id, index, record.id,
+                              int(self._now()))
+        try:
+            result = self.executor.execute(request)
+        except Exception as error:  # an executor bug must not stop the batch: the line gets a 500 row
+            result = LineResult(500, error_body(f"The executor failed: {type(error).__name__}", "server_error"))
+        ok = 200 <= result.status_code < 300
+        row = {"id": ids.batch_request_id(record.id, index), "custom_id": custom_id,
+               "response": {"status_code": result.status_code, "request_id": ids.request_id(record.id, index),
+                            "body": result.body}, "error": None}
+        if ok:
+            _add_usage(record.batch, result.body)
+        counts = record.batch["request_counts"]
+        counts["completed" if ok else "failed"] += 1
+        return orjson.dumps(row) + b"\n", ok
+
+    def _commit(self, record: BatchRecord, out: bytes, err: bytes, lines: int) -> None:
+        if out:
+            _append(record.part(OUTPUT_PART), out)
+        if err:
+            _append(record.part(ERRORS_PART), err)
+        record.run.out_bytes += len(out)
+        record.run.err_bytes += len(err)
+        record.run.lines_done += lines
+
+    def write_tail(self, record: BatchRecord, code: str) -> None:
+        """Rows with `response: null` for every line not executed (batch_expired / batch_cancelled)."""
+        run = record.run
+        if run.tail_written or run.total == 0:
+            return
+        path = record.part(ERRORS_PART)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            chunk = bytearray()
+            error = {"code": code, "message": TAIL_MESSAGES[code]}
+            for index, custom_id in self._remaining(record):
+                chunk += orjson.dumps({"id": ids.batch_request_id(record.id, index), "custom_id": custom_id,
+                                       "response": None, "error": error}) + b"\n"
+                if len(chunk) > 1 << 20:
+                    os.write(fd, chunk)
+                    run.err_bytes += len(chunk)
+                    chunk = bytearray()
+            os.write(fd, chunk)
+            run.err_bytes += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        run.tail_written = True
+        self._save(record)
+
+    def _remaining(self, record: BatchRecord) -> Iterator[tuple[int, str]]:
+        run = record.run
+        offset, block, position, first = run.block_offset, run.block, run.pos, run.block_first_line
+        while True:
+            lines, next_offset = read_block(record.part(INPUT_LINK), offset)
+            if not lines:
+                return
+            order = block_order(self._seed(), record.id, block, len(lines))
+            for index in order[position:]:
+                yield first + index, str(orjson.loads(lines[index])["custom_id"])
+            offset, block, position, first = next_offset, block + 1, 0, first + len(lines)
+
+    def finalize(self, record: BatchRecord, now: int) -> None:
+        """Publish the committed part files as `batch_output` files (an empty one gets no file)."""
+        expires = record.run.extra.get("output_expires_seconds", THIRTY_DAYS)
+        for part, kind, size, key in ((OUTPUT_PART, "output", record.run.out_bytes, "output_file_id"),
+                                      (ERRORS_PART, "error", record.run.err_bytes, "error_file_id")):
+            if size == 0:
+                record.batch[key] = None
+                continue
+            _truncate(record.part(part), size)
+            meta = self.files.add(ids.derived_file_id(record.id, kind), record.part(part),
+                                  filename=f"{record.id}_{kind}.jsonl", purpose="batch_output", created_at=now,
+                                  expires_at=now + int(expires), keep_source=True)
+            record.batch[key] = meta["id"]
+        self._block_cache.pop(record.id, None)
+
+    @staticmethod
+    def cleanup(record: BatchRecord) -> None:
+        """Remove the working files of a terminal batch."""
+        for name in (OUTPUT_PART, ERRORS_PART, INPUT_LINK):
+            record.part(name).unlink(missing_ok=True)
+
+
+def _add_usage(batch: dict[str, Any], body: Any) -> None:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    total = batch.get("usage")
+    if not isinstance(usage, dict) or not isinstance(total, dict):
+        return
+    prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+    completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0) or 0
+    total["input_tokens"] += prompt
+    total["output_tokens"] += completion
+    total["total_tokens"] += prompt + completion
+    total["input_tokens_details"]["cached_tokens"] += int(cached)
+    total["output_tokens_details"]["reasoning_tokens"] += int(reasoning)

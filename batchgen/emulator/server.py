@@ -1,0 +1,136 @@
+"""Running the emulator: embedded in a thread on an ephemeral loopback port, or as `batchgen serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Generator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from batchgen.emulator.app import build_app
+from batchgen.emulator.config import EmulatorConfig
+from batchgen.emulator.control import EmulatorControl
+from batchgen.emulator.engine import Engine
+from batchgen.emulator.executor import Executor
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class EmulatorStartError(RuntimeError):
+    """The server did not come up."""
+
+
+def _uvicorn_config(app: Any, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+                          ws="none")
+
+
+class EmbeddedEmulator:
+    """An emulator on 127.0.0.1:<ephemeral> in a background thread; a context manager.
+
+    `config` is an EmulatorConfig (used as is) or a mapping of overrides applied over the `embedded` preset and
+    `<state_dir>/config.json`. The control API is on unless `config` turns it off.
+    """
+
+    def __init__(self, state_dir: str | Path, config: EmulatorConfig | Mapping[str, Any] | None = None, *,
+                 token: str | None = None, executor: Executor | None = None) -> None:
+        if isinstance(config, EmulatorConfig):
+            self.config = config
+        else:
+            self.config = EmulatorConfig.load(state_dir, "embedded", config)
+        self.token = token
+        self.engine = Engine(state_dir, self.config, executor)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = int(self._socket.getsockname()[1])
+        app = build_app(self.engine, token=token, control=self.config.control)
+        self._server = uvicorn.Server(_uvicorn_config(app, "warning"))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def control(self) -> EmulatorControl:
+        return EmulatorControl(self.base_url, self.token)
+
+    def start(self, timeout: float = 10.0) -> EmbeddedEmulator:
+        """Start serving; returns once the server accepts connections."""
+        self.engine.start()
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="batchgen-emulator-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise EmulatorStartError("the embedded Batch API emulator did not start")
+            time.sleep(0.002)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and the worker; idempotent."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.engine.stop()
+        self._socket.close()
+
+    def __enter__(self) -> EmbeddedEmulator:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_embedded(state_dir: str | Path, config: EmulatorConfig | Mapping[str, Any] | None = None, *,
+                   token: str | None = None, executor: Executor | None = None) -> EmbeddedEmulator:
+    """Start an embedded emulator; call `.stop()` or use it as a context manager."""
+    return EmbeddedEmulator(state_dir, config, token=token, executor=executor).start()
+
+
+class _QuietSignalsServer(uvicorn.Server):
+    """A uvicorn server that shuts down on SIGINT/SIGTERM and then returns normally (no re-raised signal)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        import signal
+
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback address without a token (ValueError)."""
+    if host not in LOOPBACK and not token:
+        raise ValueError(f"refusing to serve on {host} without --token: anyone who can reach it could use it")
+
+
+def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 8000,
+          token: str | None = None, log_level: str = "info") -> None:
+    """Serve in the foreground until SIGINT/SIGTERM; raises ValueError for a public host without a token."""
+    check_bind(host, token)
+    engine = Engine(state_dir, config)
+    engine.start()
+    try:
+        app = build_app(engine, token=token, control=config.control)
+        uv_config = _uvicorn_config(app, log_level)
+        uv_config.host, uv_config.port = host, port
+        _QuietSignalsServer(uv_config).run()
+    finally:
+        engine.stop()

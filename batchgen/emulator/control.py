@@ -5,6 +5,7 @@
     POST /_emulator/clock     {"advance": s} | {"set": t}   move emulated time, then let due work run
     POST /_emulator/config    {<config keys>}               change config (faults, latencies, limits) live
     POST /_emulator/settle    {"timeout": s}                run until nothing is due now
+    GET  /_emulator/batches/{id}                            the batch, free of injected HTTP faults
     POST /_emulator/batches/{id}/force  {"action": "expire"} | {"action": "stuck_finalizing", "seconds": s}
 """
 
@@ -64,6 +65,9 @@ def control_routes(engine: Engine) -> list[Route]:
         settled = await run_in_threadpool(engine.settle, float(body.get("timeout", 10.0)))
         return JSON({"now": engine.clock.now(), "settled": settled})
 
+    async def batch(request: Request) -> Response:
+        return JSON(await run_in_threadpool(engine.get_batch, request.path_params["batch_id"]))
+
     async def force(request: Request) -> Response:
         body = await json_body(request)
         batch = await run_in_threadpool(engine.force, request.path_params["batch_id"], str(body.get("action")),
@@ -72,6 +76,7 @@ def control_routes(engine: Engine) -> list[Route]:
 
     table = [("/_emulator/state", get_state, ["GET"]), ("/_emulator/clock", clock, ["POST"]),
              ("/_emulator/config", config, ["POST"]), ("/_emulator/settle", settle, ["POST"]),
+             ("/_emulator/batches/{batch_id}", batch, ["GET"]),
              ("/_emulator/batches/{batch_id}/force", force, ["POST"])]
     return [Route(path, guarded(handler), methods=methods) for path, handler, methods in table]
 
@@ -131,7 +136,8 @@ class EmulatorControl:
                                {"action": "stuck_finalizing", "seconds": seconds}))
 
     def batch(self, batch_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/batches/{batch_id}"))
+        """The batch as `GET /v1/batches/{id}` shows it, but never subject to injected HTTP faults."""
+        return dict(self._call("GET", f"/_emulator/batches/{batch_id}"))
 
     def wait_for(self, batch_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 30.0) -> dict[str, Any]:
         """Poll (without advancing the clock) until the batch reaches one of `statuses`."""

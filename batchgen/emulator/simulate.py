@@ -65,7 +65,7 @@ class SimulateExecutor:
         config = self._config()
         analysis = self._composer.prompt([_content_text(m.get("content")) for m in messages])
         count = min(analysis.count or config.default_examples, config.max_examples)
-        rng = line_rng(config.seed, "chat", request.batch_id, request.index, request.custom_id)
+        rng = line_rng(config.seed, "chat", request.custom_id)
         choices, completion = [], 0
         for index in range(min(n, _MAX_CHOICES)):
             text = self._composer.content(analysis, body.get("response_format"), count, rng)

@@ -1,0 +1,92 @@
+"""HTTP-level faults through the SDK: transient 429/500/503 with Retry-After, dropped connections, slow answers;
+and config loading from <state>/config.json."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from emulator_fixtures import chat_line, rows, run_lines, running
+
+from batchgen.emulator import ConfigError, EmulatorConfig, start_embedded
+
+
+def test_transient_errors_carry_retry_after(tmp_path):
+    with running(tmp_path / "emu", http_error_rate=1.0, http_retry_after=0.01) as emu:
+        statuses = set()
+        for _ in range(12):
+            with pytest.raises(openai.APIStatusError) as info:
+                emu.client.batches.list()
+            error = info.value
+            statuses.add(error.status_code)
+            assert error.response.headers["retry-after"] == "1"
+            assert error.response.headers["retry-after-ms"] == "10"
+            assert set(error.response.json()["error"]) == {"message", "type", "param", "code"}
+        assert statuses == {429, 500, 503}
+        assert emu.control.state()["config"]["http_error_rate"] == 1.0  # the control API is never faulted
+
+
+def test_sdk_retries_through_transient_errors(tmp_path):
+    with running(tmp_path / "emu", http_error_rate=0.4, http_retry_after=0.01, max_retries=8, seed=2) as emu:
+        done = run_lines(emu, [chat_line(i) for i in range(3)])
+        assert done.status == "completed" and len(rows(emu.client, done.output_file_id)) == 3
+
+
+def test_dropped_connections_and_slow_answers(tmp_path):
+    with running(tmp_path / "emu", drop_rate=1.0) as emu:
+        with pytest.raises(openai.APIConnectionError):
+            emu.client.batches.list()
+        emu.control.configure(drop_rate=0.0, slow_rate=1.0, slow_seconds=0.3)
+        began = time.monotonic()
+        assert emu.client.batches.list().data == []
+        assert time.monotonic() - began >= 0.3
+        emu.control.configure(slow_rate=0.0)
+        assert emu.client.batches.list().data == []
+
+
+def test_control_rejects_bad_config(tmp_path):
+    with running(tmp_path / "emu") as emu:
+        with pytest.raises(Exception, match="400"):
+            emu.control.configure(error_rate=2)
+        with pytest.raises(Exception, match="unknown emulator config key"):
+            emu.control.configure(nonsense=1)
+
+
+def test_config_json_is_read_and_overrides_win(tmp_path):
+    state = tmp_path / "emu"
+    state.mkdir()
+    (state / "config.json").write_text(json.dumps({"error_rate": 1.0, "line_seconds": 0, "validation_seconds": 0,
+                                                   "finalizing_seconds": 0, "seed": 9}))
+    config = EmulatorConfig.load(state, "embedded")
+    assert (config.error_rate, config.seed, config.control) == (1.0, 9, True)
+    assert EmulatorConfig.load(state, "serve", {"seed": 4, "error_rate": None}).seed == 4
+    with start_embedded(state) as handle:
+        client = openai.OpenAI(base_url=handle.base_url, api_key="k", max_retries=0)
+        with client:
+            file_id = client.files.create(file=("a.jsonl", json.dumps(chat_line(0)).encode()), purpose="batch").id
+            batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            done = handle.control.wait_for(batch.id)
+            assert done["status"] == "completed" and done["output_file_id"] is None
+    (state / "config.json").write_text(json.dumps({"bogus": 1}))
+    with pytest.raises(ConfigError):
+        EmulatorConfig.load(state, "embedded")
+
+
+def test_embedded_start_is_fast_and_defaults_finish_a_few_hundred_lines_quickly(tmp_path):
+    began = time.monotonic()
+    handle = start_embedded(tmp_path / "emu")
+    assert time.monotonic() - began < 1.0
+    client = openai.OpenAI(base_url=handle.base_url, api_key="k", max_retries=0)
+    try:
+        lines = "\n".join(json.dumps(chat_line(i)) for i in range(300)).encode()
+        file_id = client.files.create(file=("a.jsonl", lines), purpose="batch").id
+        batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        began = time.monotonic()
+        done = handle.control.wait_for(batch.id, timeout=10)
+        assert done["status"] == "completed" and time.monotonic() - began < 4.0
+    finally:
+        client.close()
+        handle.stop()

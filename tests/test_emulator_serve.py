@@ -1,0 +1,115 @@
+"""`batchgen serve` as a real subprocess: SIGKILL in the middle of a batch and a restart on the same state answer
+every line exactly once; SIGINT/SIGTERM stop it cleanly; a public host needs a token."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+from emulator_fixtures import chat_line, jsonl, rows
+
+from batchgen.emulator import EmulatorControl
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(state: Path, port: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "batchgen", "serve", "--port", str(port), "--state", str(state), "--control",
+               "--log-level", "warning", *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(process.communicate()[1])
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("batchgen serve did not start")
+
+
+def _stop(process: subprocess.Popen, sig: int) -> tuple[int, str]:
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=15)
+    return process.returncode, err
+
+
+def test_sigkill_and_restart_answer_every_line_exactly_once(tmp_path):
+    state, port = tmp_path / "state", _free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    timing = ("--validation-seconds", "0", "--line-seconds", "0.0015", "--finalizing-seconds", "0")
+    total = 1500
+    process = _serve(state, port, *timing)
+    client = openai.OpenAI(base_url=base, api_key="k", max_retries=0)
+    try:
+        file_id = client.files.create(file=("in.jsonl", jsonl([chat_line(i) for i in range(total)])),
+                                      purpose="batch").id
+        batch_id = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                         completion_window="24h").id
+        kills = 0
+        while kills < 3:
+            done = client.batches.retrieve(batch_id).request_counts.completed
+            if done > (kills + 1) * total // 5:
+                process.kill()
+                process.communicate(timeout=10)
+                kills += 1
+                process = _serve(state, port, *timing)
+            time.sleep(0.05)
+        batch = EmulatorControl(base).wait_for(batch_id, timeout=30)
+        assert batch["status"] == "completed"
+        assert batch["request_counts"] == {"total": total, "completed": total, "failed": 0}
+        output = rows(client, batch["output_file_id"])
+        ids = [r["custom_id"] for r in output]
+        assert len(ids) == total and set(ids) == {f"req-{i}" for i in range(total)}
+        assert batch["usage"]["input_tokens"] == sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in output)
+        assert client.files.retrieve(file_id).bytes > 0
+        assert [b.id for b in client.batches.list()] == [batch_id]
+    finally:
+        client.close()
+        returncode, err = _stop(process, signal.SIGTERM)
+    assert returncode == 0 and "Traceback" not in err
+
+
+def test_sigint_stops_cleanly_and_state_survives(tmp_path):
+    state, port = tmp_path / "state", _free_port()
+    process = _serve(state, port)
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as client:
+        file_id = client.files.create(file=("a.jsonl", json.dumps(chat_line(0)).encode()), purpose="batch").id
+    returncode, err = _stop(process, signal.SIGINT)
+    assert returncode == 0 and "Traceback" not in err
+    process = _serve(state, port, "--token", "t0k")
+    try:
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="t0k", max_retries=0) as client:
+            assert client.files.retrieve(file_id).id == file_id
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="nope", max_retries=0) as client:
+            try:
+                client.files.list()
+            except openai.AuthenticationError as error:
+                assert error.status_code == 401
+            else:
+                raise AssertionError("a wrong token was accepted")
+    finally:
+        returncode, err = _stop(process, signal.SIGTERM)
+    assert returncode == 0 and "Traceback" not in err
+
+
+def test_public_host_without_token_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "batchgen", "serve", "--host", "0.0.0.0", "--state",
+                             str(tmp_path / "s")], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "BATCHGEN_SERVE_TOKEN": ""})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--token" in result.stderr and "Traceback" not in result.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any
 
 import click
@@ -129,6 +131,290 @@ def init_(name: str, parent: str, model: str, fmt: str) -> None:
 
     job_dir = scaffold_job(name, Path(parent), model=model, fmt=fmt)
     click.echo(f"Created {job_dir}: edit seeds.jsonl and prompt.j2, then run 'batchgen plan {job_dir}'")
+
+
+# --- the pipeline: run, submit, status, collect, tick, show, export, cancel, jobs, ledger -----------------------------
+
+workspace_option = click.option(
+    "--workspace", type=click.Path(file_okay=False), default=None, envvar="BATCHGEN_WORKSPACE",
+    help="Workspace directory (default: $BATCHGEN_WORKSPACE or ./.batchgen)")
+backend_option = click.option(
+    "--backend", type=click.Choice(["embedded", "openai", "azure"]), default=None,
+    help="Where batches run (default: $BATCHGEN_BACKEND, the job's backend, or the free embedded emulator)")
+
+
+def _runner(workspace: str | None, backend: str | None = None) -> Any:
+    """A Runner on the workspace's ledger, closed when the command ends."""
+    from batchgen.ledger import Ledger
+    from batchgen.scheduler import Runner
+    from batchgen.workspace import Workspace
+
+    space = Workspace.resolve(workspace).ensure()
+    ledger = Ledger.open(space.ledger_path)
+    runner = Runner(ledger, space, backend=backend)
+    ctx = click.get_current_context()
+    ctx.call_on_close(ledger.close)
+    ctx.call_on_close(runner.close)
+    return runner
+
+
+@cli.command(name="run")
+@click.argument("job")
+@backend_option
+@workspace_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress display")
+def run_(job: str, backend: str | None, workspace: str | None, quiet: bool) -> None:
+    """Run JOB to the end: compile, submit, poll, collect, validate, export. Safe to stop and start again.
+
+    Ctrl-C leaves the batches running; run the same command later to pick up where it stopped.
+
+    \b
+        batchgen run jobs/task_api                 # free, on the embedded emulator
+        batchgen run jobs/task_api --backend openai
+    """
+    from batchgen.pipeline import run_job
+
+    runner = _runner(workspace, backend)
+    spec = _register(runner, job)
+    try:
+        run_job(runner, spec, None if quiet else _progress_line)
+    except KeyboardInterrupt:
+        click.echo(f"\nStopped. Batches keep running; resume with 'batchgen run {job}' or check with "
+                   f"'batchgen status {spec.name}'", err=True)
+        sys.exit(130)
+    _print_summary(runner, spec.name, False)
+
+
+def _register(runner: Any, job: str) -> Any:
+    from batchgen.scheduler import register_job
+
+    return register_job(runner, job)
+
+
+def _progress_line(p: Any) -> None:
+    batches = ", ".join(f"{n} {s}" for s, n in sorted(p.batches.items())) or "none yet"
+    line = (f"[{p.job}/{p.stage}] requests {p.finished}/{p.requests} · batches: {batches} · "
+            f"valid examples {p.valid_examples} · spent ${p.spent_usd:.6f}")
+    if p.waiting_for_budget:
+        line += " · waiting: budget"
+    click.echo(("\r" + line.ljust(110)) if sys.stderr.isatty() else line, err=True, nl=not sys.stderr.isatty())
+
+
+def _print_summary(runner: Any, name: str, json_: bool) -> None:
+    from batchgen.report import job_summary
+
+    summary = job_summary(runner.ledger, name)
+    if json_:
+        echo_json(summary)
+        return
+    quality = summary["quality"]
+    reasons = {k: v for k, v in quality["reasons"].items()}
+    click.echo(f"Job {name}: {summary['status']} (stage {summary['stage']}, backend {summary['backend']})")
+    click.echo(f"Valid: {quality['valid']}/{quality['total']}")
+    click.echo(f"Invalid reasons: {reasons}")
+    click.echo("Requests: " + ", ".join(f"{k} {v}" for k, v in summary["requests"].items()))
+    t = summary["tokens"]
+    click.echo(f"Tokens: prompt {t.get('prompt', 0)} (cached {t.get('cached', 0)}), completion {t.get('completion', 0)}")
+    budget = f" of budget ${summary['budget_usd']}" if summary["budget_usd"] is not None else ""
+    click.echo(f"Cost: ${summary['spent_usd']} at batch price{budget} (estimated ${summary['estimated_usd']:.6f})")
+    if summary["dataset"]:
+        click.echo(f"Dataset: {summary['dataset']}")
+
+
+@cli.command(name="submit")
+@click.argument("job")
+@backend_option
+@workspace_option
+def submit_(job: str, backend: str | None, workspace: str | None) -> None:
+    """Compile JOB and submit its batches, then return at once (collect later with 'batchgen collect').
+
+    \b
+        batchgen submit jobs/task_api && batchgen status task_api
+    """
+    from batchgen.pipeline import submit_job
+
+    runner = _runner(workspace, backend)
+    spec = _register(runner, job)
+    count, blocked = submit_job(runner, spec)
+    click.echo(f"Submitted {count} batch(es) for job {spec.name}" + (f"; {blocked}" if blocked else ""))
+
+
+@cli.command(name="collect")
+@click.argument("job", required=False)
+@workspace_option
+def collect_(job: str | None, workspace: str | None) -> None:
+    """Poll the batches of JOB (default: every active job) and collect the ones that ended.
+
+    \b
+        batchgen collect task_api
+    """
+    from batchgen.pipeline import collect_jobs
+
+    runner = _runner(workspace)
+    for p in collect_jobs(runner, [job] if job else None):
+        running = sum(n for s, n in p.batches.items() if s not in ("completed", "failed", "expired", "cancelled"))
+        state = "done" if p.done else f"{running} batch(es) still running"
+        click.echo(f"{p.job}: collected {p.collected_now} batch(es); {p.finished}/{p.requests} requests answered; "
+                   f"{p.valid_examples} valid examples; {state}" + (f"; dataset {p.dataset}" if p.dataset else ""))
+
+
+@cli.command(name="tick")
+@workspace_option
+def tick_(workspace: str | None) -> None:
+    """One pass over every active job: submit, poll, collect, export. For cron; exits 0 with a one-line summary.
+
+    \b
+        */10 * * * * cd ~/data && batchgen tick >> batchgen.log 2>&1
+    """
+    from batchgen.scheduler import tick
+
+    runner = _runner(workspace)
+    report = tick(runner)
+    parts = [f"{p.job} {p.status} {p.finished}/{p.requests} (+{p.submitted_now} submitted, "
+             f"+{p.collected_now} collected)" for p in report]
+    click.echo("tick: " + ("; ".join(parts) if parts else "no active jobs"))
+
+
+@cli.command(name="status")
+@click.argument("job", required=False)
+@click.option("--watch", is_flag=True, help="Refresh every few seconds until every batch has ended")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between refreshes with --watch")
+@workspace_option
+@output_options
+def status_(job: str | None, watch: bool, interval: float, workspace: str | None, json_: bool,
+            fmt: str | None) -> None:
+    """List jobs and their batches: status, completed/failed/total, age, estimated vs actual cost.
+
+    \b
+        batchgen status
+        batchgen status task_api --json
+    """
+    from batchgen.pipeline import refresh_status
+    from batchgen.report import batch_rows
+
+    runner = _runner(workspace)
+    while True:
+        active = refresh_status(runner, job)
+        rows = batch_rows(runner.ledger, job)
+        if json_:
+            echo_json(rows)
+        else:
+            echo_table(rows, fmt=fmt) if rows else click.echo("No batches yet")
+        if not watch or not active:
+            return
+        time.sleep(interval)
+
+
+@cli.command(name="show")
+@click.argument("job")
+@workspace_option
+@output_options
+def show_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """The job's summary: valid examples, invalid reasons, requests by outcome, tokens and cost.
+
+    \b
+        batchgen show task_api
+    """
+    _print_summary(_runner(workspace), job, json_)
+
+
+@cli.command(name="export")
+@click.argument("job")
+@click.option("--format", "format_", type=click.Choice(["sharegpt", "alpaca", "chatml"]), default=None,
+              help="Dataset format (default: the job's)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File to write (default: <workspace>/datasets/<job>.<format>.jsonl)")
+@click.option("--provenance", type=click.Choice(["inline", "sidecar", "none"]), default="inline", show_default=True,
+              help="Where each line's provenance goes: a _provenance key, a .provenance.jsonl file, or nowhere")
+@workspace_option
+def export_(job: str, format_: str | None, output: str | None, provenance: str, workspace: str | None) -> None:
+    """Write the valid examples of JOB as JSONL, one example per line, with provenance.
+
+    \b
+        batchgen export task_api --format chatml -o train.jsonl --provenance sidecar
+    """
+    from pathlib import Path
+
+    from batchgen.report import export_job
+    from batchgen.scheduler import job_spec
+
+    runner = _runner(workspace)
+    spec = job_spec(runner, job)
+    fmt_ = format_ or spec.format
+    path = Path(output) if output else runner.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
+    result = export_job(runner.ledger, spec, path, fmt_, provenance)
+    skipped = f" ({result.skipped_total} skipped: {dict(result.skipped)})" if result.skipped_total else ""
+    click.echo(f"Wrote {result.written} examples to {result.path}{skipped}")
+
+
+@cli.command(name="cancel")
+@click.argument("target")
+@workspace_option
+def cancel_(target: str, workspace: str | None) -> None:
+    """Cancel a batch by id, or every running batch of a job. Finished work is kept and collected.
+
+    \b
+        batchgen cancel task_api
+        batchgen cancel batch_6a1f...
+    """
+    from batchgen.pipeline import cancel
+
+    for batch_id, status in cancel(_runner(workspace), target):
+        click.echo(f"{batch_id}: {status}")
+
+
+@cli.group(name="jobs", context_settings=CONTEXT_SETTINGS)
+def jobs_() -> None:
+    """Jobs in the ledger."""
+
+
+@jobs_.command(name="list")
+@workspace_option
+@output_options
+def jobs_list(workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """List every job: status, stage, backend, budget."""
+    runner = _runner(workspace)
+    rows = [{k: r[k] for k in ("name", "status", "stage", "backend", "budget_usd", "created_utc")}
+            for r in runner.ledger.jobs()]
+    echo_json(rows) if json_ else (echo_table(rows, fmt=fmt) if rows else click.echo("No jobs yet"))
+
+
+@cli.group(name="ledger", context_settings=CONTEXT_SETTINGS)
+def ledger_() -> None:
+    """The SQLite ledger: where it is, its schema version, a backup."""
+
+
+@ledger_.command(name="path")
+@workspace_option
+def ledger_path(workspace: str | None) -> None:
+    """Print the ledger's path (BATCHGEN_LEDGER overrides it)."""
+    from batchgen.workspace import Workspace
+
+    click.echo(str(Workspace.resolve(workspace).ledger_path))
+
+
+@ledger_.command(name="status")
+@workspace_option
+@output_options
+def ledger_status(workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """Applied and pending migrations, and the number of rows in each table."""
+    ledger = _runner(workspace).ledger
+    data = {"path": str(ledger.path), **ledger.migration_status(), "rows": ledger.table_counts()}
+    if json_:
+        echo_json(data)
+        return
+    click.echo(f"Ledger: {data['path']}\nMigrations applied: {', '.join(data['applied'])}; "
+               f"pending: {', '.join(data['pending']) or 'none'}")
+    echo_table(data["rows"].items(), headers=("table", "rows"), fmt=fmt)
+
+
+@ledger_.command(name="backup")
+@click.argument("target", type=click.Path(dir_okay=False))
+@workspace_option
+def ledger_backup(target: str, workspace: str | None) -> None:
+    """Copy the ledger to TARGET with VACUUM INTO (safe while a job runs)."""
+    path = _runner(workspace).ledger.backup(target)
+    click.echo(f"Backed up the ledger to {path}")
 
 
 # --- the emulator: serve -----------------------------------------------------------------------------------------------

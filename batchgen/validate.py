@@ -385,6 +385,9 @@ class Deduper:
     def __len__(self) -> int:
         return len(self._first)
 
+    def is_seed(self, digest: str) -> bool:
+        return digest in self._seeds
+
     def check(self, digest: str, key: str) -> Reason | None:
         """Why this example is not new (seed copy, duplicate), or None after recording it as first seen."""
         seed = self._seeds.get(digest)

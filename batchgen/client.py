@@ -1,0 +1,150 @@
+"""The Batch API client: the only module that imports `openai`.
+
+Backends:
+- `embedded` (default): the built-in emulator, started on a loopback port for the life of this client, with its
+  state under the workspace; costs nothing.
+- `openai`: the official API, or any compatible server named by OPENAI_BASE_URL (a `batchgen serve` elsewhere,
+  another provider). Needs OPENAI_API_KEY. Spending money is always asked for explicitly.
+- `azure`: Azure OpenAI (AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, OPENAI_API_VERSION).
+
+SDK errors become `BackendError`, so nothing above this module depends on openai. The SDK's own retries stay on for
+idempotent calls; batch creation runs with max_retries=0, because a retried create could start a second batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+from openai.types import Batch, FileObject
+
+from batchgen.errors import BackendError
+
+BACKENDS = ("embedded", "openai", "azure")
+ENV_BACKEND = "BATCHGEN_BACKEND"
+T = TypeVar("T")
+
+
+def choose_backend(flag: str | None = None, job_backend: str | None = None) -> str:
+    """--backend > BATCHGEN_BACKEND > the job's `backend` > embedded."""
+    backend = flag or os.environ.get(ENV_BACKEND) or job_backend or "embedded"
+    if backend not in BACKENDS:
+        raise BackendError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+class BatchClient:
+    """Upload, create, retrieve, list, cancel and download, with one-line errors."""
+
+    def __init__(self, backend: str, *, emulator_dir: Path | None = None, timeout: float = 60.0):
+        self.backend = backend
+        self._emulator: Any = None
+        self._sdk = self._connect(backend, emulator_dir, timeout)
+        self.base_url = str(self._sdk.base_url).rstrip("/")
+
+    def _connect(self, backend: str, emulator_dir: Path | None, timeout: float) -> openai.OpenAI:
+        if backend == "embedded":
+            from batchgen.emulator import start_embedded
+
+            if emulator_dir is None:
+                raise BackendError("The embedded backend needs a workspace for its state")
+            self._emulator = start_embedded(emulator_dir)
+            return openai.OpenAI(api_key="embedded", base_url=self._emulator.base_url, timeout=timeout)
+        if backend == "azure":
+            missing = [v for v in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION")
+                       if not os.environ.get(v)]
+            if missing:
+                raise BackendError(f"The azure backend needs {', '.join(missing)} set in the environment")
+            return openai.AzureOpenAI(timeout=timeout)
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise BackendError("OPENAI_API_KEY is not set; export it to use --backend openai "
+                               "(or drop --backend to run on the free embedded emulator)")
+        return openai.OpenAI(timeout=timeout)
+
+    @property
+    def identity(self) -> str:
+        """Where batches live: recorded with each batch so ids from different servers never mix."""
+        return "embedded" if self.backend == "embedded" else f"{self.backend}:{self.base_url}"
+
+    def close(self) -> None:
+        self._sdk.close()
+        if self._emulator is not None:
+            self._emulator.stop()
+            self._emulator = None
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls ---------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except openai.APIStatusError as error:
+            message = _error_message(error)
+            raise BackendError(f"{what} failed: HTTP {error.status_code}: {message}",
+                               status_code=error.status_code, request_id=error.request_id) from error
+        except openai.APIConnectionError as error:
+            raise BackendError(f"{what} failed: cannot reach {self.base_url} ({error.__cause__ or error})") from error
+
+    def upload(self, path: Path) -> FileObject:
+        with open(path, "rb") as handle:
+            return self._call(f"Uploading {path.name}",
+                              lambda: self._sdk.files.create(file=(path.name, handle), purpose="batch"))
+
+    def create_batch(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> Batch:
+        once = self._sdk.with_options(max_retries=0)
+        return self._call("Creating a batch", lambda: once.batches.create(
+            input_file_id=input_file_id, endpoint=endpoint, completion_window="24h",  # type: ignore[arg-type]
+            metadata=metadata))
+
+    def retrieve(self, batch_id: str) -> Batch:
+        return self._call(f"Retrieving batch {batch_id}", lambda: self._sdk.batches.retrieve(batch_id))
+
+    def cancel(self, batch_id: str) -> Batch:
+        return self._call(f"Cancelling batch {batch_id}", lambda: self._sdk.batches.cancel(batch_id))
+
+    def list_batches(self, limit: int = 100) -> Iterator[Batch]:
+        page = self._call("Listing batches", lambda: self._sdk.batches.list(limit=limit))
+        yield from self._call("Listing batches", lambda: list(page))
+
+    def list_files(self) -> list[FileObject]:
+        return self._call("Listing files", lambda: list(self._sdk.files.list(purpose="batch")))
+
+    def delete_file(self, file_id: str) -> None:
+        self._call(f"Deleting file {file_id}", lambda: self._sdk.files.delete(file_id))
+
+    def download(self, file_id: str, target: Path) -> Path:
+        """Stream a file's content to `target` through a temporary file, so it never exists half-written."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+
+        def fetch() -> None:
+            with self._sdk.files.with_streaming_response.content(file_id) as response:
+                with open(tmp, "wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+
+        try:
+            self._call(f"Downloading file {file_id}", fetch)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(target)
+        return target
+
+
+def _error_message(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(error.message)

@@ -216,9 +216,17 @@ def _print_summary(runner: Any, name: str, json_: bool) -> None:
     t = summary["tokens"]
     click.echo(f"Tokens: prompt {t.get('prompt', 0)} (cached {t.get('cached', 0)}), completion {t.get('completion', 0)}")
     budget = f" of budget ${summary['budget_usd']}" if summary["budget_usd"] is not None else ""
-    click.echo(f"Cost: ${summary['spent_usd']} at batch price{budget} (estimated ${summary['estimated_usd']:.6f})")
+    click.echo(f"Cost: ${_usd(summary['spent_usd'])} at batch price{budget} "
+               f"(estimated ${_usd(summary['estimated_usd'])})")
     if summary["dataset"]:
-        click.echo(f"Dataset: {summary['dataset']}")
+        click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
+
+
+def _usd(amount: Any) -> str:
+    """Money for people: exact, without trailing zeros, at least two decimals."""
+    text = format(amount.normalize(), "f")
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents.ljust(2, '0')}"
 
 
 @cli.command(name="submit")

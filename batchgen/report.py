@@ -65,9 +65,10 @@ def costs(ledger: Ledger, job: str) -> dict[str, Any]:
 
 def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
     row = ledger.job(job)
-    dataset = ledger.scalar("SELECT json_extract(detail_json, '$.dataset') FROM events WHERE job = ? AND "
-                            "kind = 'done' ORDER BY id DESC LIMIT 1", [job])
-    return {"job": job, "dataset": dataset, "status": row["status"], "stage": row["stage"], "backend": row["backend"],
+    done = ledger.one("SELECT json_extract(detail_json, '$.dataset') AS path, json_extract(detail_json, "
+                      "'$.written') AS examples FROM events WHERE job = ? AND kind = 'done' ORDER BY id DESC LIMIT 1",
+                      [job])
+    return {"job": job, "dataset": done, "status": row["status"], "stage": row["stage"], "backend": row["backend"],
             "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
             "requests": outcomes(ledger, job), "quality": quality(ledger, job).to_dict(), **costs(ledger, job)}
 

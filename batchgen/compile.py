@@ -11,12 +11,12 @@ A subset compile (a retry of some variants) gets its own directory, named by a d
 retries with the same attempt number never overwrite each other.
 
 Manifest line (compact JSON): {"custom_id", "index", "stage", "attempt", "cell", "seeds", "sources",
-"temperature", "input_tokens", "max_tokens"}: what the ledger records per request, read back one line at a time.
+"temperature", "input_tokens", "max_tokens"}: what the ledger records per request, read one line at a time.
 
-Shards are cut before a line would break any limit: `limits.max_lines` (≤ 50,000), `limits.max_bytes` (190 MB by
-default, under the 200 MB file limit), `limits.max_queued_tokens` (input tokens per shard, optional) and one model per
-file. Each file is written to a temporary name and renamed when complete; a leftover shard of an earlier compile in
-the same directory is removed.
+Shards are cut before a line would break any limit: `limits.max_lines` (≤ 50,000), `limits.max_bytes` (190 MB
+by default, under the 200 MB file limit), `limits.max_queued_tokens` (input tokens per shard, optional) and
+one model per file. Each file is written to a temporary name and renamed when complete; a leftover shard of an
+earlier compile in the same directory is removed.
 """
 
 from __future__ import annotations
@@ -81,8 +81,16 @@ class CompileResult:
 class _Packer:
     """Cuts a stream of request lines into shards under the limits; writes them unless `directory` is None."""
 
-    def __init__(self, limits: LimitsSpec, model: str, stage: ResolvedStage, attempt: int, directory: Path | None):
-        self.limits, self.model, self.stage, self.attempt, self.directory = limits, model, stage, attempt, directory
+    def __init__(
+        self, limits: LimitsSpec, model: str, stage: ResolvedStage, attempt: int, directory: Path | None
+    ):
+        self.limits, self.model, self.stage, self.attempt, self.directory = (
+            limits,
+            model,
+            stage,
+            attempt,
+            directory,
+        )
         self.shards: list[ShardInfo] = []
         self._lines = self._bytes = self._tokens = 0
         self._hash = hashlib.sha256()
@@ -93,10 +101,15 @@ class _Packer:
         size, tokens = len(request.line), request.input_tokens
         cap = self.limits.max_queued_tokens
         if size > self.limits.max_bytes or (cap is not None and tokens > cap):
-            raise SpecError(f"request {request.custom_id} alone ({size} bytes, {tokens} input tokens) exceeds the "
-                            f"shard limits (max_bytes {self.limits.max_bytes}, max_queued_tokens {cap})")
-        if self._lines and (self._lines + 1 > self.limits.max_lines or self._bytes + size > self.limits.max_bytes
-                            or (cap is not None and self._tokens + tokens > cap)):
+            raise SpecError(
+                f"request {request.custom_id} alone ({size} bytes, {tokens} input tokens) exceeds the "
+                f"shard limits (max_bytes {self.limits.max_bytes}, max_queued_tokens {cap})"
+            )
+        if self._lines and (
+            self._lines + 1 > self.limits.max_lines
+            or self._bytes + size > self.limits.max_bytes
+            or (cap is not None and self._tokens + tokens > cap)
+        ):
             self.close()
         if self._lines == 0 and self.directory is not None:
             self._open()
@@ -110,7 +123,10 @@ class _Packer:
 
     def _paths(self, number: int) -> tuple[Path, Path]:
         assert self.directory is not None
-        return (self.directory / f"shard-{number:05d}.jsonl", self.directory / f"shard-{number:05d}.manifest.jsonl")
+        return (
+            self.directory / f"shard-{number:05d}.jsonl",
+            self.directory / f"shard-{number:05d}.manifest.jsonl",
+        )
 
     def _open(self) -> None:
         path, manifest = self._paths(len(self.shards))
@@ -128,9 +144,21 @@ class _Packer:
                 handle.close()
                 os.replace(handle.name, final)
         self._out = self._manifest = None
-        self.shards.append(ShardInfo(str(path), str(manifest), number, self.stage.name, self.attempt, self.model,
-                                     self._lines, self._bytes, self._tokens, self._lines * self.stage.max_tokens,
-                                     self._hash.hexdigest()))
+        self.shards.append(
+            ShardInfo(
+                str(path),
+                str(manifest),
+                number,
+                self.stage.name,
+                self.attempt,
+                self.model,
+                self._lines,
+                self._bytes,
+                self._tokens,
+                self._lines * self.stage.max_tokens,
+                self._hash.hexdigest(),
+            )
+        )
         self._lines = self._bytes = self._tokens = 0
         self._hash = hashlib.sha256()
 
@@ -143,30 +171,51 @@ class _Packer:
 
 def _manifest_line(request: RenderedRequest, max_tokens: int) -> bytes:
     v = request.variant
-    return orjson.dumps({"custom_id": request.custom_id, "index": v.index, "stage": request.stage,
-                         "attempt": request.attempt, "cell": v.cell, "seeds": v.seeds, "sources": v.sources,
-                         "temperature": v.temperature, "input_tokens": request.input_tokens,
-                         "max_tokens": max_tokens}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "custom_id": request.custom_id,
+                "index": v.index,
+                "stage": request.stage,
+                "attempt": request.attempt,
+                "cell": v.cell,
+                "seeds": v.seeds,
+                "sources": v.sources,
+                "temperature": v.temperature,
+                "input_tokens": request.input_tokens,
+                "max_tokens": max_tokens,
+            }
+        )
+        + b"\n"
+    )
 
 
-def iter_requests(spec: JobSpec, stage: ResolvedStage | str | None = None, *, attempt: int = 1,
-                  indices: Iterable[int] | None = None,
-                  sources: Sequence[dict[str, Any]] | None = None) -> Iterator[RenderedRequest]:
+def iter_requests(
+    spec: JobSpec,
+    stage: ResolvedStage | str | None = None,
+    *,
+    attempt: int = 1,
+    indices: Iterable[int] | None = None,
+    sources: Sequence[dict[str, Any]] | None = None,
+) -> Iterator[RenderedRequest]:
     """The request lines of a stage, in index order, one at a time (nothing is written)."""
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     if attempt < 1:
         raise SpecError(f"attempt must be >= 1, not {attempt}")
     if resolved.source is not None and not sources:
-        raise SpecError(f"stage {resolved.name!r} is compiled from the examples of stage {resolved.source!r}; "
-                        "pass them as sources")
+        raise SpecError(
+            f"stage {resolved.name!r} is compiled from the examples of stage {resolved.source!r}; "
+            "pass them as sources"
+        )
     renderer = Renderer(spec, resolved, sources)
     plan = VariantPlan(spec, resolved, len(sources) if sources else None)
     for variant in plan.variants(indices):
         yield renderer.request(variant, attempt)
 
 
-def stage_directory(workspace: Workspace, spec: JobSpec, stage: str, attempt: int,
-                    indices: Iterable[int] | None) -> Path:
+def stage_directory(
+    workspace: Workspace, spec: JobSpec, stage: str, attempt: int, indices: Iterable[int] | None
+) -> Path:
     """Where the shards of one compile go (see the module docstring)."""
     name = f"a{attempt}"
     if indices is not None:
@@ -175,14 +224,21 @@ def stage_directory(workspace: Workspace, spec: JobSpec, stage: str, attempt: in
     return workspace.shards_dir / spec.name / stage / spec.spec_hash[:12] / name
 
 
-def compile_stage(spec: JobSpec, stage: ResolvedStage | str | None = None, *, workspace: Workspace | None = None,
-                  attempt: int = 1, indices: Iterable[int] | None = None,
-                  sources: Sequence[dict[str, Any]] | None = None, limits: LimitsSpec | None = None,
-                  write: bool = True) -> CompileResult:
+def compile_stage(
+    spec: JobSpec,
+    stage: ResolvedStage | str | None = None,
+    *,
+    workspace: Workspace | None = None,
+    attempt: int = 1,
+    indices: Iterable[int] | None = None,
+    sources: Sequence[dict[str, Any]] | None = None,
+    limits: LimitsSpec | None = None,
+    write: bool = True,
+) -> CompileResult:
     """Compile one stage (or the given variant indices of it) for one attempt; stream the shards to disk.
 
-    `sources` are the valid examples of the `from` stage (dicts in the job's format). `limits` overrides the job's
-    [limits]. With write=False nothing is written and the result describes the shards a compile would make.
+    `sources` are the valid examples of the `from` stage (dicts in the job's format). `limits` overrides the
+    job's [limits]. With write=False nothing is written; the result describes the shards it would write.
     """
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     chosen = sorted(set(indices)) if indices is not None else None
@@ -199,7 +255,9 @@ def compile_stage(spec: JobSpec, stage: ResolvedStage | str | None = None, *, wo
     except BaseException:
         packer.abort()
         raise
-    result = CompileResult(spec.name, resolved.name, attempt, spec.spec_hash, str(directory or ""), packer.shards)
+    result = CompileResult(
+        spec.name, resolved.name, attempt, spec.spec_hash, str(directory or ""), packer.shards
+    )
     if directory is not None:
         _finish_directory(directory, result)
     return result
@@ -212,8 +270,10 @@ def _finish_directory(directory: Path, result: CompileResult) -> None:
             old.unlink()
     summary = directory / "shards.json"
     tmp = summary.with_suffix(".json.tmp")
-    entries = [{**s.to_dict(), "path": Path(s.path).name, "manifest_path": Path(s.manifest_path).name}
-               for s in result.shards]
+    entries = [
+        {**s.to_dict(), "path": Path(s.path).name, "manifest_path": Path(s.manifest_path).name}
+        for s in result.shards
+    ]
     tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, summary)
 

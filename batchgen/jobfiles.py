@@ -1,7 +1,7 @@
 """Reading a job directory: job.toml, the seed file and the templates, each problem as one SpecError line.
 
-Used by `batchgen.spec.load_spec`; nothing here is read outside the job directory except the price tables, which
-`batchgen.pricing` reads to check that the model has a price.
+Used by `batchgen.spec.load_spec`; nothing here is read outside the job directory except the price tables,
+which `batchgen.pricing` reads to check that the model has a price.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from batchgen import formats
 from batchgen.errors import PricingError, SpecError
-from batchgen.spec import CHAT, JOB_FILE, JobSpec, spec_digest
+from batchgen.spec import CHAT, JOB_FILE, JobSpec, StageSpec, spec_digest
 from batchgen.tokens import UnknownEncoding, encoding_name_for_model
 
 
@@ -42,7 +42,8 @@ def load_job(job_dir: Path) -> JobSpec:
     _check_model(spec, job_dir)
     seeds, seeds_bytes = _load_seeds(spec, job_dir)
     templates = {}
-    for stage, raw in zip(spec.resolved_stages(), spec.stages or [None], strict=False):
+    raws: list[StageSpec | None] = list(spec.stages) or [None]
+    for stage, raw in zip(spec.resolved_stages(), raws, strict=True):
         key = f"stages.{stage.name}.template" if raw is not None and raw.template else "prompt.template"
         templates[stage.template] = _job_file(job_dir, stage.template, key).read_text(encoding="utf-8")
     spec._dir = job_dir
@@ -61,8 +62,10 @@ def _check_model(spec: JobSpec, job_dir: Path) -> None:
     try:
         encoding_name_for_model(spec.model)
     except UnknownEncoding:
-        raise SpecError(f"model = {spec.model!r}: no tokenizer is known for it, so its tokens cannot be counted; "
-                        "use an OpenAI model name (gpt-4o-mini, gpt-4.1-nano, gpt-5-nano ...)") from None
+        raise SpecError(
+            f"model = {spec.model!r}: no tokenizer is known for it, so its tokens cannot be counted; "
+            "use an OpenAI model name (gpt-4o-mini, gpt-4.1-nano, gpt-5-nano ...)"
+        ) from None
     try:
         get_price(spec.model, job_dir=job_dir)
     except PricingError as error:
@@ -75,8 +78,10 @@ def _load_seeds(spec: JobSpec, job_dir: Path) -> tuple[list[dict[str, Any]], byt
     name = spec.prompt.seeds
     if name is None:
         if spec.prompt.seeds_per_request and any(s.source is None for s in spec.resolved_stages()):
-            raise SpecError(f"prompt.seeds_per_request = {spec.prompt.seeds_per_request} but prompt.seeds names no "
-                            "file; add seeds = \"seeds.jsonl\" or set seeds_per_request = 0")
+            raise SpecError(
+                f"prompt.seeds_per_request = {spec.prompt.seeds_per_request} but prompt.seeds names no "
+                'file; add seeds = "seeds.jsonl" or set seeds_per_request = 0'
+            )
         return [], b""
     path = _job_file(job_dir, name, "prompt.seeds")
     raw = path.read_bytes()
@@ -91,26 +96,31 @@ def _load_seeds(spec: JobSpec, job_dir: Path) -> tuple[list[dict[str, Any]], byt
         try:
             example = formats.parse_example(data, spec.format)
         except ValidationError as error:
-            raise SpecError(f"{path} line {number}: not a valid {spec.format} example: {explain(error)}") from None
+            raise SpecError(
+                f"{path} line {number}: not a valid {spec.format} example: {explain(error)}"
+            ) from None
         seeds.append(formats.dump_example(example))
     needed = spec.prompt.seeds_per_request
     if needed > len(seeds) and any(s.source is None for s in spec.resolved_stages()):
-        raise SpecError(f"prompt.seeds_per_request = {needed} but {path} holds {len(seeds)} seed examples; "
-                        "add seeds or lower seeds_per_request")
+        raise SpecError(
+            f"prompt.seeds_per_request = {needed} but {path} holds {len(seeds)} seed examples; "
+            "add seeds or lower seeds_per_request"
+        )
     return seeds, raw
 
 
 def _job_file(job_dir: Path, name: str, key: str) -> Path:
-    path = (job_dir / name)
+    path = job_dir / name
     if not path.is_file():
         raise SpecError(f"{key} = {name!r}: file {path} not found")
     return path
 
 
-# --- rendering pydantic errors as one line ------------------------------------------------------------------------
+# --- rendering pydantic errors as one line -----------------------------------------------------------------
+
 
 def explain(error: ValidationError, toml_text: str | None = None, path: Path | None = None) -> str:
-    """One line for a pydantic error: `[<path>[ line N]: ]loc: message[; did you mean 'x'?]`, joined by '; '."""
+    """One line for pydantic errors: `[<path>[ line N]: ]loc: message[; did you mean 'x'?]`, joined by '; '"""
     parts = []
     for item in error.errors():
         loc = [str(p) for p in item["loc"]]
@@ -125,7 +135,11 @@ def explain(error: ValidationError, toml_text: str | None = None, path: Path | N
             message = "required key is missing"
         else:
             message = item["msg"]
-            if item["type"] not in ("value_error",) and "input" in item and not isinstance(item["input"], dict):
+            if (
+                item["type"] not in ("value_error",)
+                and "input" in item
+                and not isinstance(item["input"], dict)
+            ):
                 message += f" (got {item['input']!r})"
             message = message.replace("Value error, ", "")
         line = _line_of(toml_text, loc) if toml_text else None
@@ -192,9 +206,9 @@ def _template_line(error: BaseException, filename: str) -> int | None:
     return None
 
 
-# --- scaffolding a new job ----------------------------------------------------------------------------------------
+# --- scaffolding a new job ------------------------------------------------------------------------------
 
-_INIT_TOML = '''# A batchgen job. Plan it with `batchgen plan {path}`; see README "Job spec reference" for every key.
+_INIT_TOML = """# A batchgen job; plan it with: batchgen plan {path}
 name = "{name}"
 description = "Describe what the dataset teaches"
 model = "{model}"
@@ -224,9 +238,9 @@ difficulty = ["easy", "hard"]
 response_patterns = []
 min_turns = 2
 max_turns = 10
-'''
+"""
 
-_INIT_PROMPT = '''You are generating training examples for an assistant.
+_INIT_PROMPT = """You are generating training examples for an assistant.
 
 ## Examples
 {{ seed_examples }}
@@ -238,7 +252,7 @@ Generate {{ count }} NEW examples in the same format that:
 3. Do NOT repeat the examples above
 
 Return a JSON object {"examples": [...]} holding {{ count }} examples.
-'''
+"""
 
 _INIT_SEEDS = [
     ("How many days are there in a leap year?", "A leap year has 366 days: February gets a 29th day."),
@@ -247,9 +261,10 @@ _INIT_SEEDS = [
 ]
 
 
-def scaffold_job(name: str, parent: Path = Path("jobs"), *, model: str = "gpt-4o-mini",
-                 fmt: str = "sharegpt") -> Path:
-    """Create `<parent>/<name>/` with job.toml, prompt.j2 and seeds.jsonl; the new job loads and plans as is."""
+def scaffold_job(
+    name: str, parent: Path = Path("jobs"), *, model: str = "gpt-4o-mini", fmt: str = "sharegpt"
+) -> Path:
+    """Create `<parent>/<name>/` with job.toml, prompt.j2 and seeds.jsonl; the job loads and plans as is."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", name):
         raise SpecError(f"Job name {name!r}: use letters, digits, '_', '.', '-' (at most 40 characters)")
     if fmt not in formats.FORMATS:
@@ -257,13 +272,16 @@ def scaffold_job(name: str, parent: Path = Path("jobs"), *, model: str = "gpt-4o
     job_dir = parent / name
     if job_dir.exists():
         raise SpecError(f"{job_dir} already exists; choose another name or remove it")
-    turns = [[formats.Turn(role="user", content=q), formats.Turn(role="assistant", content=a)]
-             for q, a in _INIT_SEEDS]
+    turns = [
+        [formats.Turn(role="user", content=q), formats.Turn(role="assistant", content=a)]
+        for q, a in _INIT_SEEDS
+    ]
     seeds = "".join(json.dumps(formats.from_turns(t, fmt), ensure_ascii=False) + "\n" for t in turns)
     try:
         job_dir.mkdir(parents=True)
-        (job_dir / JOB_FILE).write_text(_INIT_TOML.format(name=name, model=model, fmt=fmt, path=job_dir),
-                                        encoding="utf-8")
+        (job_dir / JOB_FILE).write_text(
+            _INIT_TOML.format(name=name, model=model, fmt=fmt, path=job_dir), encoding="utf-8"
+        )
         (job_dir / "prompt.j2").write_text(_INIT_PROMPT, encoding="utf-8")
         (job_dir / "seeds.jsonl").write_text(seeds, encoding="utf-8")
     except OSError as error:

@@ -1,12 +1,15 @@
-"""The cost plan of a job, before a cent is spent: requests, shards, tokens, cost at batch and synchronous price.
+"""The cost plan of a job before a cent is spent: requests, shards, tokens, cost at batch and standard price.
 
 - Input tokens are exact: every request line is rendered and counted as compile would (nothing is written).
-  A stage with `from` has no sources before its earlier stage ran, so it is estimated with the seeds standing in
-  for them (`exact` is False for it).
-- Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as the model
-  returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens. Worst case = max_tokens.
-- Costs assume no cached input (prompt caching only ever lowers them) and apply the long-context tier per request.
-- The budget verdict compares the budget with the worst case first (what the budget guard reserves by default).
+  A stage with `from` has no sources before its earlier stage ran, so it is estimated with the seeds
+  standing in for them (`exact` is False for it).
+- Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as
+  the model returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens.
+  Worst case = max_tokens.
+- Costs assume no cached input (prompt caching only ever lowers them) and apply the long-context tier per
+  request.
+- The budget verdict compares the budget with the worst case first (what the budget guard reserves by
+  default).
 
 The budget guard of the pipeline reuses `plan_job` / `estimate_requests`.
 """
@@ -116,8 +119,8 @@ class Plan:
         return {
             "no_budget": "no budget set (budget_usd in job.toml)",
             "within": f"within budget: {_usd(cost.batch_worst)} worst case <= ${budget}",
-            "expected_within": f"expected {_usd(cost.batch_expected)} is within ${budget}, but the worst case "
-                               f"{_usd(cost.batch_worst)} (every request at max_tokens) is over it",
+            "expected_within": f"expected {_usd(cost.batch_expected)} is within ${budget}, but the worst "
+            f"case {_usd(cost.batch_worst)} (every request at max_tokens) is over it",
             "over": f"over budget: expected {_usd(cost.batch_expected)} > ${budget}",
         }[self.verdict]
 
@@ -126,34 +129,64 @@ class Plan:
         cost = self.cost
         target = self.target or 1
         return {
-            "job": self.job, "model": self.model, "endpoint": self.endpoint, "spec_hash": self.spec_hash,
-            "requests": self.requests, "target_examples": self.target,
-            "input_tokens": self.input_tokens, "expected_output_tokens": self.expected_output_tokens,
+            "job": self.job,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "spec_hash": self.spec_hash,
+            "requests": self.requests,
+            "target_examples": self.target,
+            "input_tokens": self.input_tokens,
+            "expected_output_tokens": self.expected_output_tokens,
             "worst_output_tokens": self.worst_output_tokens,
-            "cost_usd": {"batch_expected": cost.batch_expected, "batch_worst": cost.batch_worst,
-                         "standard_expected": cost.standard_expected, "standard_worst": cost.standard_worst,
-                         "saving_expected": cost.standard_expected - cost.batch_expected},
-            "per_example": {"input_tokens": Decimal(self.input_tokens) / target,
-                            "expected_output_tokens": Decimal(self.expected_output_tokens) / target,
-                            "batch_cost_usd": cost.batch_expected / target},
-            "budget_usd": self.budget_usd, "verdict": self.verdict, "verdict_text": self.verdict_text,
-            "price": {"source": self.price.source, "batch": _rates(self.price.batch),
-                      "standard": _rates(self.price.standard)},
+            "cost_usd": {
+                "batch_expected": cost.batch_expected,
+                "batch_worst": cost.batch_worst,
+                "standard_expected": cost.standard_expected,
+                "standard_worst": cost.standard_worst,
+                "saving_expected": cost.standard_expected - cost.batch_expected,
+            },
+            "per_example": {
+                "input_tokens": Decimal(self.input_tokens) / target,
+                "expected_output_tokens": Decimal(self.expected_output_tokens) / target,
+                "batch_cost_usd": cost.batch_expected / target,
+            },
+            "budget_usd": self.budget_usd,
+            "verdict": self.verdict,
+            "verdict_text": self.verdict_text,
+            "price": {
+                "source": self.price.source,
+                "batch": _rates(self.price.batch),
+                "standard": _rates(self.price.standard),
+            },
             "stages": [_stage_dict(s) for s in self.stages],
         }
 
 
 def _rates(rates: Rates) -> dict[str, Decimal]:
-    return {"input_per_1m": rates.input, "cached_input_per_1m": rates.cached_input, "output_per_1m": rates.output}
+    return {
+        "input_per_1m": rates.input,
+        "cached_input_per_1m": rates.cached_input,
+        "output_per_1m": rates.output,
+    }
 
 
 def _stage_dict(stage: StagePlan) -> dict[str, Any]:
-    return {"name": stage.name, "from": stage.source, "target": stage.target, "requests": stage.requests,
-            "exact": stage.exact, "input_tokens": stage.input_tokens,
-            "expected_output_tokens": stage.expected_output_tokens, "worst_output_tokens": stage.worst_output_tokens,
-            "cost_batch_expected_usd": stage.cost.batch_expected, "cost_batch_worst_usd": stage.cost.batch_worst,
-            "shards": [{"number": s.number, "lines": s.lines, "bytes": s.bytes, "input_tokens": s.input_tokens}
-                       for s in stage.shards]}
+    return {
+        "name": stage.name,
+        "from": stage.source,
+        "target": stage.target,
+        "requests": stage.requests,
+        "exact": stage.exact,
+        "input_tokens": stage.input_tokens,
+        "expected_output_tokens": stage.expected_output_tokens,
+        "worst_output_tokens": stage.worst_output_tokens,
+        "cost_batch_expected_usd": stage.cost.batch_expected,
+        "cost_batch_worst_usd": stage.cost.batch_worst,
+        "shards": [
+            {"number": s.number, "lines": s.lines, "bytes": s.bytes, "input_tokens": s.input_tokens}
+            for s in stage.shards
+        ],
+    }
 
 
 def expected_output_tokens(spec: JobSpec, stage: ResolvedStage) -> int:
@@ -199,11 +232,27 @@ def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice) -> StageP
     cost = Money()
     for tokens, count in by_input.items():
         one = estimate_requests(price, tokens, output, worst)
-        cost.add(Money(one.batch_expected * count, one.batch_worst * count,
-                       one.standard_expected * count, one.standard_worst * count))
+        cost.add(
+            Money(
+                one.batch_expected * count,
+                one.batch_worst * count,
+                one.standard_expected * count,
+                one.standard_worst * count,
+            )
+        )
     requests = sum(by_input.values())
-    return StagePlan(stage.name, stage.source, stage.target, requests, stage.source is None,
-                     sum(t * c for t, c in by_input.items()), output * requests, worst * requests, cost, packer.shards)
+    return StagePlan(
+        stage.name,
+        stage.source,
+        stage.target,
+        requests,
+        stage.source is None,
+        sum(t * c for t, c in by_input.items()),
+        output * requests,
+        worst * requests,
+        cost,
+        packer.shards,
+    )
 
 
 def plan_job(spec: JobSpec) -> Plan:
@@ -226,21 +275,42 @@ def summary_rows(plan: Plan) -> list[tuple[str, str]]:
     return [
         ("job", f"{plan.job} ({plan.spec_hash[:12]})"),
         ("model", f"{plan.model} {plan.endpoint}"),
-        ("price", f"batch {plan.price.batch.input} in / {plan.price.batch.output} out per 1M; {plan.price.source}"),
+        (
+            "price",
+            f"batch {plan.price.batch.input} in / {plan.price.batch.output} out per 1M; {plan.price.source}",
+        ),
         ("requests", f"{plan.requests:,} for {plan.target:,} examples"),
         ("shards", str(sum(len(s.shards) for s in plan.stages))),
         ("input tokens", f"{plan.input_tokens:,} ({exact})"),
-        ("output tokens", f"{plan.expected_output_tokens:,} expected; {plan.worst_output_tokens:,} worst case"),
+        (
+            "output tokens",
+            f"{plan.expected_output_tokens:,} expected; {plan.worst_output_tokens:,} worst case",
+        ),
         ("batch cost", f"{_usd(cost.batch_expected)} expected; {_usd(cost.batch_worst)} worst case"),
-        ("standard cost", f"{_usd(cost.standard_expected)} expected (batch saves {_usd(saving)}, {percent} %)"),
-        ("per example", f"{Decimal(plan.input_tokens) / target:.1f} input + "
-                        f"{Decimal(plan.expected_output_tokens) / target:.1f} output tokens; "
-                        f"{_usd(cost.batch_expected / target)}"),
+        (
+            "standard cost",
+            f"{_usd(cost.standard_expected)} expected (batch saves {_usd(saving)}, {percent} %)",
+        ),
+        (
+            "per example",
+            f"{Decimal(plan.input_tokens) / target:.1f} input + "
+            f"{Decimal(plan.expected_output_tokens) / target:.1f} output tokens; "
+            f"{_usd(cost.batch_expected / target)}",
+        ),
         ("budget", plan.verdict_text),
     ]
 
 
 def shard_rows(plan: Plan) -> list[dict[str, Any]]:
     """One row per shard: stage, number, lines, MB, input tokens."""
-    return [{"stage": stage.name, "shard": s.number, "lines": f"{s.lines:,}", "MB": f"{s.bytes / 1_000_000:.2f}",
-             "input tokens": f"{s.input_tokens:,}"} for stage in plan.stages for s in stage.shards]
+    return [
+        {
+            "stage": stage.name,
+            "shard": s.number,
+            "lines": f"{s.lines:,}",
+            "MB": f"{s.bytes / 1_000_000:.2f}",
+            "input tokens": f"{s.input_tokens:,}",
+        }
+        for stage in plan.stages
+        for s in stage.shards
+    ]

@@ -7,8 +7,8 @@ Where a price comes from, first match wins:
    batch price, which genai-prices prices at the standard rate);
 3. genai-prices, asked with the current date (it models batch prices only from 2026-10-14).
 
-An unknown model is a PricingError that says how to add a price; it is never priced at $0. Every price carries its
-source. Money is `Decimal`, never float: a cost is tokens * price / 1,000,000, exact.
+An unknown model is a PricingError that says how to add a price; it is never priced at $0. Every price carries
+its source. Money is `Decimal`, never float: a cost is tokens * price / 1,000,000, exact.
 
 Price file format (TOML; prices are strings or numbers, USD per 1M tokens)::
 
@@ -22,10 +22,11 @@ Price file format (TOML; prices are strings or numbers, USD per 1M tokens)::
     source = "where these numbers come from"
     [models."my-model".long_context]       # optional: a request with more prompt tokens than `above`
     above = 272000                          # pays these rates for all of its tokens
-    input = "5"  cached_input = "0.5"  output = "22.5"  batch_input = "2.5"  batch_cached_input = "0.25"  batch_output = "11.25"
+    input = "5"                             # and cached_input, output, batch_input, batch_cached_input,
+    batch_output = "11.25"                  # batch_output as above
 
-Reasoning tokens are part of `completion_tokens` in the API's usage and are billed as output; `request_cost` takes
-them for the record but does not add them a second time.
+Reasoning tokens are part of `completion_tokens` in the API's usage and are billed as output; `request_cost`
+takes them for the record but does not add them a second time.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Rates:
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """Prices of one model with their source; `long_context` applies per request above `long_context_above`."""
+    """Prices of one model with their source; the long-context rates apply per request above the threshold."""
 
     model: str
     standard: Rates
@@ -77,12 +78,15 @@ class ModelPrice:
                 return long
         return self.batch if batch else self.standard
 
-    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int, batch: bool = True) -> Decimal:
+    def cost(
+        self, prompt_tokens: int, cached_tokens: int, completion_tokens: int, batch: bool = True
+    ) -> Decimal:
         """Exact USD of one request."""
         rates = self.rates(prompt_tokens, batch)
         uncached = prompt_tokens - cached_tokens
-        return (uncached * rates.input + cached_tokens * rates.cached_input
-                + completion_tokens * rates.output) / MILLION
+        return (
+            uncached * rates.input + cached_tokens * rates.cached_input + completion_tokens * rates.output
+        ) / MILLION
 
 
 @dataclass(frozen=True)
@@ -93,15 +97,28 @@ class Cost:
     source: str
 
 
-def request_cost(model: str, prompt_tokens: int, cached_tokens: int = 0, completion_tokens: int = 0,
-                 reasoning_tokens: int = 0, *, job_dir: Path | None = None, batch: bool = True) -> Cost:
+def request_cost(
+    model: str,
+    prompt_tokens: int,
+    cached_tokens: int = 0,
+    completion_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    *,
+    job_dir: Path | None = None,
+    batch: bool = True,
+) -> Cost:
     """Cost of one result row (the API's usage fields) at batch price (or standard with batch=False).
 
     `reasoning_tokens` are already inside `completion_tokens` and are not added again.
     """
-    if min(prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens) < 0 or cached_tokens > prompt_tokens:
-        raise PricingError(f"impossible usage for {model}: prompt {prompt_tokens}, cached {cached_tokens}, "
-                           f"completion {completion_tokens}, reasoning {reasoning_tokens}")
+    if (
+        min(prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens) < 0
+        or cached_tokens > prompt_tokens
+    ):
+        raise PricingError(
+            f"impossible usage for {model}: prompt {prompt_tokens}, cached {cached_tokens}, "
+            f"completion {completion_tokens}, reasoning {reasoning_tokens}"
+        )
     price = get_price(model, job_dir=job_dir)
     return Cost(price.cost(prompt_tokens, cached_tokens, completion_tokens, batch), price.source)
 
@@ -136,16 +153,19 @@ def _get_price(model: str, user_file: str | None, day: str) -> ModelPrice:
     price = _from_genai_prices(model, day)
     if price is None:
         where = f"{user_file} or " if user_file else ""
-        raise PricingError(f"No price known for model {model!r}: add [models.\"{model}\"] with input and output "
-                           f"prices (USD per 1M tokens) to {where}prices.toml in the job directory or to the file "
-                           f"named by {ENV_VAR} (see README 'Costs')")
+        raise PricingError(
+            f'No price known for model {model!r}: add [models."{model}"] with input and output '
+            f"prices (USD per 1M tokens) to {where}prices.toml in the job directory or to the file "
+            f"named by {ENV_VAR} (see README 'Costs')"
+        )
     return price
 
 
 @lru_cache(maxsize=1)
 def _project_table() -> dict[str, Any]:
     text = files("batchgen").joinpath("data", "prices.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text).get("models", {})
+    models: dict[str, Any] = tomllib.loads(text).get("models", {})
+    return models
 
 
 def _read_table(path: Path) -> dict[str, Any]:
@@ -157,7 +177,7 @@ def _read_table(path: Path) -> dict[str, Any]:
         raise PricingError(f"{path}: TOML syntax error: {error}") from None
     models = data.get("models", {})
     if not isinstance(models, dict):
-        raise PricingError(f"{path}: expected tables [models.\"<name>\"]")
+        raise PricingError(f'{path}: expected tables [models."<name>"]')
     return models
 
 
@@ -191,13 +211,16 @@ def _rates_from(entry: dict[str, Any], where: str) -> tuple[Rates, Rates]:
     std_out = _money(entry, "output", None, where)
     standard = Rates(std_in, _money(entry, "cached_input", std_in, where), std_out)
     b_in = _money(entry, "batch_input", std_in * half, where)
-    batch = Rates(b_in, _money(entry, "batch_cached_input", b_in, where),
-                  _money(entry, "batch_output", std_out * half, where))
+    batch = Rates(
+        b_in,
+        _money(entry, "batch_cached_input", b_in, where),
+        _money(entry, "batch_output", std_out * half, where),
+    )
     return standard, batch
 
 
 def _from_entry(model: str, entry: dict[str, Any], origin: str) -> ModelPrice:
-    where = f"{origin} [models.\"{model}\"]"
+    where = f'{origin} [models."{model}"]'
     standard, batch = _rates_from(entry, where)
     source = f"{origin}: {entry['source']}" if entry.get("source") else origin
     long = entry.get("long_context")
@@ -215,8 +238,13 @@ def _from_genai_prices(model: str, day: str) -> ModelPrice | None:
     found: dict[str, Any] = {}
     for mode, context in (("standard", None), ("batch", {"processing": "batch"})):
         try:
-            result = calc_price(Usage(input_tokens=1, output_tokens=1), model_ref=model, provider_id="openai",
-                                genai_request_timestamp=when, price_context=context)  # type: ignore[arg-type]
+            result = calc_price(
+                Usage(input_tokens=1, output_tokens=1),
+                model_ref=model,
+                provider_id="openai",
+                genai_request_timestamp=when,
+                price_context=context,
+            )
         except LookupError:
             return None
         found[mode] = result
@@ -231,8 +259,15 @@ def _from_genai_prices(model: str, day: str) -> ModelPrice | None:
         above, long = None, None
         if tiered:
             above = tiered[0].tiers[0].start
-            tops = [v.tiers[0].price if isinstance(v, TieredPrices) and v.tiers else b for v, b in zip(values, base)]
-            long = Rates(tops[0] or base_in, tops[1] if tops[1] is not None else tops[0] or base_in, tops[2] or Decimal(0))
+            tops = [
+                v.tiers[0].price if isinstance(v, TieredPrices) and v.tiers else b
+                for v, b in zip(values, base, strict=True)
+            ]
+            long = Rates(
+                tops[0] or base_in,
+                tops[1] if tops[1] is not None else tops[0] or base_in,
+                tops[2] or Decimal(0),
+            )
         tiers[mode] = (rates, above, long)
     std, above, long_std = tiers["standard"]
     batch, batch_above, long_batch = tiers["batch"]

@@ -9,18 +9,22 @@ Template variables (Jinja2, StrictUndefined, so a misspelt name is an error, not
     cell           all axis values as a dict
     job, description, stage, temperature
     examples, example, examples_json, example_json   (stages with `from`: the source examples to evolve)
-    index, attempt the variant index and attempt; using them makes every prompt unique (slower token counting)
+    index, attempt the variant index and attempt (they make every prompt unique)
 
 Model-family rules for the request body (decided by the model name):
 
 - `max_completion_tokens` for o-series (o1, o3, o4 ...) and gpt-5 and later (gpt-5*, gpt-6* ...), which reject
   `max_tokens`; `max_tokens` for gpt-4o, gpt-4.1, gpt-4 and gpt-3.5, which the Batch API documents with it.
-- `temperature` is omitted for reasoning models (o-series, gpt-5 and later), which reject any value but the default;
-  the `*-chat*` variants (gpt-5-chat-latest) are not reasoning models and keep it.
+- `temperature` is omitted for reasoning models (o-series, gpt-5 and later), which reject any value but the
+  default; the `*-chat*` variants (gpt-5-chat-latest) are not reasoning models and keep it.
 
-Token counts: a request's prompt tokens are the sum of its messages' counts (tokens.count_messages); each distinct
-message content is tokenized once per compile and each distinct body rendered once, so a job whose prompts repeat
-(the same seeds, axes and temperature recur) costs one render per distinct prompt.
+Token counts are exact and fast because repeated parts are counted once (`PartCounter`). A message's text is
+cut into parts at line starts where tiktoken's pre-tokenizer (o200k_base and cl100k_base) must also split:
+after a newline, before a line whose first character after spaces or tabs is neither whitespace nor '/'. No
+pre-token can cross such a boundary (a newline-ending pre-token extends only over further newlines, whitespace
+that reaches a newline, or '/'), so the text's count is the sum of its parts' counts, and each distinct part
+(a seed's line, a template line) is tokenized once. Tests check this against tiktoken on compiled requests and
+on random text. Each distinct body (same seeds, axis values, temperature) is also rendered only once.
 """
 
 from __future__ import annotations
@@ -38,14 +42,28 @@ from jinja2 import meta
 from batchgen import formats
 from batchgen.errors import SpecError
 from batchgen.spec import CHAT, JobSpec, ResolvedStage
-from batchgen.tokens import REPLY_PRIMING_TOKENS, count_messages, count_text
+from batchgen.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, encoding_for_model
 from batchgen.variants import Variant, VariantPlan
 
-BASE_VARIABLES = frozenset({"count", "seeds", "seed_examples", "cell", "job", "description", "stage", "temperature",
-                            "index", "attempt"})
+BASE_VARIABLES = frozenset(
+    {
+        "count",
+        "seeds",
+        "seed_examples",
+        "cell",
+        "job",
+        "description",
+        "stage",
+        "temperature",
+        "index",
+        "attempt",
+    }
+)
 SOURCE_VARIABLES = frozenset({"examples", "example", "examples_json", "example_json"})
 MAX_CUSTOM_ID = 64
-_CACHE_LIMIT = 4096
+_CACHE_LIMIT = 1024
+_PART_LIMIT = 200_000
+_BOUNDARY = re.compile(r"\n(?=[ \t]*[^\s/])")
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -61,13 +79,17 @@ def max_tokens_param(model: str) -> str:
     """`max_completion_tokens` for o-series and gpt-5+, `max_tokens` for older families."""
     name = model.removeprefix("ft:")
     match = re.match(r"gpt-(\d+)", name)
-    return "max_completion_tokens" if re.match(r"o\d", name) or (match and int(match.group(1)) >= 5) else "max_tokens"
+    return (
+        "max_completion_tokens"
+        if re.match(r"o\d", name) or (match and int(match.group(1)) >= 5)
+        else "max_tokens"
+    )
 
 
 def custom_id(job: str, spec_hash: str, stage: str, index: int, attempt: int) -> str:
-    """`<job>-<spec hash 8>-<stage>-<index>-a<attempt>`, the job name shortened so the id fits 64 characters."""
+    """`<job>-<spec hash 8>-<stage>-<index>-a<attempt>`; the job name is cut so the id fits 64 characters."""
     rest = f"-{spec_hash[:8]}-{stage}-{index}-a{attempt}"
-    return f"{job[:MAX_CUSTOM_ID - len(rest)]}{rest}"
+    return f"{job[: MAX_CUSTOM_ID - len(rest)]}{rest}"
 
 
 def parse_custom_id(value: str) -> tuple[str, str, str, int, int]:
@@ -88,14 +110,45 @@ class RenderedRequest:
     line: bytes
 
 
+class PartCounter:
+    """Exact token counts of texts made of repeated lines (see the module docstring); caches bounded."""
+
+    def __init__(self, model: str):
+        self._encode = encoding_for_model(model).encode_ordinary
+        self._lines: dict[str, int] = {}  # part without its closing newline -> tokens of part + "\n"
+        self._tails: dict[str, int] = {}  # the last part of a text (no newline after it) -> tokens
+
+    def count(self, text: str) -> int:
+        *parts, tail = _BOUNDARY.split(text)
+        lines, encode = self._lines, self._encode
+        if len(lines) >= _PART_LIMIT:
+            lines.clear()
+        total = 0
+        for part in parts:
+            n = lines.get(part)
+            if n is None:
+                n = lines[part] = len(encode(part + "\n"))
+            total += n
+        n = self._tails.get(tail)
+        if n is None:
+            if len(self._tails) >= _CACHE_LIMIT:
+                self._tails.clear()
+            n = self._tails[tail] = len(encode(tail))
+        return total + n
+
+
 class Renderer:
     """Renders the variants of one stage; keeps small caches of bodies and token counts."""
 
     def __init__(self, spec: JobSpec, stage: ResolvedStage, sources: Sequence[dict[str, Any]] | None = None):
         self.spec, self.stage = spec, stage
         self.sources = list(sources) if sources is not None else None
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
-                                 loader=jinja2.FileSystemLoader(str(spec.job_dir)))
+        env = jinja2.Environment(
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,
+            loader=jinja2.FileSystemLoader(str(spec.job_dir)),
+        )
         self.template_name = stage.template
         try:
             self.template = env.get_template(stage.template)
@@ -107,26 +160,49 @@ class Renderer:
         self.used = used
         self.per_request = bool(used & {"index", "attempt"})
         self._bodies: dict[Any, tuple[bytes, int]] = {}
-        self._messages: dict[tuple[str, str], int] = {}
+        self._counter = PartCounter(spec.model)
+        self._seeds = spec.seeds
+        self._seed_blocks = [_indent(json.dumps(seed, indent=2, ensure_ascii=False)) for seed in spec.seeds]
+        self._fixed = {
+            "job": spec.name,
+            "description": spec.description,
+            "stage": stage.name,
+            "count": stage.examples_per_request,
+        }
+        self._model, self._chat = spec.model, spec.endpoint == CHAT
+        self._id_prefix = (spec.name, spec.spec_hash, stage.name)
         self._prefix = b'","method":"POST","url":' + orjson.dumps(spec.endpoint) + b',"body":'
         self._temperature = not is_reasoning_model(spec.model)
         self._max_param = max_tokens_param(spec.model)
-        self._response_format = (formats.response_format(spec.format, spec.prompt.structured_output)
-                                  if spec.prompt.structured_output != "none" else None)
+        self._response_format = (
+            formats.response_format(spec.format, spec.prompt.structured_output)
+            if spec.prompt.structured_output != "none"
+            else None
+        )
 
     def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
-        seeds = [self.spec.seeds[i] for i in variant.seeds]
+        seeds = [self._seeds[i] for i in variant.seeds]
+        seed_examples = (
+            "[\n" + ",\n".join(self._seed_blocks[i] for i in variant.seeds) + "\n]" if seeds else "[]"
+        )
         ctx: dict[str, Any] = {
-            "job": self.spec.name, "description": self.spec.description, "stage": self.stage.name,
-            "count": self.stage.examples_per_request, "temperature": variant.temperature,
-            "seeds": seeds, "seed_examples": json.dumps(seeds, indent=2, ensure_ascii=False),
-            "cell": dict(variant.cell), "index": variant.index, "attempt": attempt, **variant.cell,
+            **self._fixed,
+            "temperature": variant.temperature,
+            "seeds": seeds,
+            "seed_examples": seed_examples,
+            "cell": dict(variant.cell),
+            "index": variant.index,
+            "attempt": attempt,
+            **variant.cell,
         }
         if self.stage.source is not None:
             examples = [self.sources[i] for i in variant.sources] if self.sources else []
-            ctx.update(examples=examples, example=examples[0] if examples else {},
-                       examples_json=json.dumps(examples, indent=2, ensure_ascii=False),
-                       example_json=json.dumps(examples[0] if examples else {}, indent=2, ensure_ascii=False))
+            ctx.update(
+                examples=examples,
+                example=examples[0] if examples else {},
+                examples_json=json.dumps(examples, indent=2, ensure_ascii=False),
+                example_json=json.dumps(examples[0] if examples else {}, indent=2, ensure_ascii=False),
+            )
         return ctx
 
     def render_text(self, variant: Variant, attempt: int = 1) -> str:
@@ -147,10 +223,10 @@ class Renderer:
         if cached is not None:
             return cached
         text = self.render_text(variant, attempt)
-        if self.spec.endpoint == CHAT:
+        if self._chat:
             result = self._chat_body(text, variant.temperature)
         else:
-            result = (orjson.dumps({"model": self.spec.model, "input": text}), count_text(text, self.spec.model))
+            result = (orjson.dumps({"model": self._model, "input": text}), self._counter.count(text))
         if len(self._bodies) >= _CACHE_LIMIT:
             self._bodies.clear()
         self._bodies[key] = result
@@ -159,7 +235,7 @@ class Renderer:
     def _chat_body(self, text: str, temperature: float) -> tuple[bytes, int]:
         messages = [{"role": "system", "content": self.stage.system}] if self.stage.system else []
         messages.append({"role": "user", "content": text})
-        body: dict[str, Any] = {"model": self.spec.model, "messages": messages}
+        body: dict[str, Any] = {"model": self._model, "messages": messages}
         if self._temperature:
             body["temperature"] = temperature
         body[self._max_param] = self.stage.max_tokens
@@ -169,42 +245,45 @@ class Renderer:
         return orjson.dumps(body), tokens
 
     def _message_tokens(self, role: str, content: str) -> int:
-        key = (role, content)
-        count = self._messages.get(key)
-        if count is None:
-            if len(self._messages) >= _CACHE_LIMIT:
-                self._messages.clear()
-            count = count_messages([{"role": role, "content": content}], self.spec.model) - REPLY_PRIMING_TOKENS
-            self._messages[key] = count
-        return count
+        """Tokens of one chat message: the per-message overhead, its role and its content."""
+        return TOKENS_PER_MESSAGE + self._counter.count(role) + self._counter.count(content)
 
     def request(self, variant: Variant, attempt: int = 1) -> RenderedRequest:
         """The full request line of a variant."""
-        cid = custom_id(self.spec.name, self.spec.spec_hash, self.stage.name, variant.index, attempt)
+        cid = custom_id(*self._id_prefix, variant.index, attempt)
         body, tokens = self.body(variant, attempt)
         line = b'{"custom_id":"' + cid.encode() + self._prefix + body + b"}\n"
         return RenderedRequest(cid, variant, self.stage.name, attempt, tokens, line)
+
+
+def _indent(text: str) -> str:
+    """Indent every line by two spaces, as json.dumps(list, indent=2) does for the list's items."""
+    return "  " + text.replace("\n", "\n  ")
 
 
 def stand_in_sources(spec: JobSpec) -> list[dict[str, Any]]:
     """Examples to render a `from` stage before its sources exist: the seeds, or one neutral example."""
     if spec.seeds:
         return list(spec.seeds)
-    turns = [formats.Turn(role="user", content="example request"),
-             formats.Turn(role="assistant", content="example answer")]
+    turns = [
+        formats.Turn(role="user", content="example request"),
+        formats.Turn(role="assistant", content="example answer"),
+    ]
     return [formats.from_turns(turns, spec.format)]
 
 
 def check_templates(spec: JobSpec) -> None:
-    """Render the first request of every stage; raise SpecError naming the template line of any unknown variable."""
+    """Render the first request of every stage; a SpecError names the template line of an unknown variable."""
     for stage in spec.resolved_stages():
         allowed = BASE_VARIABLES | set(spec.axes.values)
         if stage.source is not None:
             allowed |= SOURCE_VARIABLES
         clash = set(spec.axes.values) & (BASE_VARIABLES | SOURCE_VARIABLES)
         if clash:
-            raise SpecError(f"axes.values: axis name {sorted(clash)[0]!r} is reserved for a template variable; "
-                            "rename the axis")
+            raise SpecError(
+                f"axes.values: axis name {sorted(clash)[0]!r} is reserved for a template variable; "
+                "rename the axis"
+            )
         sources = stand_in_sources(spec) if stage.source is not None else None
         renderer = Renderer(spec, stage, sources)
         unknown = sorted(renderer.used - allowed)
@@ -213,11 +292,15 @@ def check_templates(spec: JobSpec) -> None:
         plan = VariantPlan(spec, stage, len(sources) if sources else None)
         text = renderer.render_text(plan.variant(0))
         if spec.prompt.structured_output == "json_object" and "json" not in (text + stage.system).lower():
-            raise SpecError(f"{spec.job_dir / stage.template}: structured_output = \"json_object\" needs the word "
-                            "JSON in the prompt (the API rejects the request otherwise)")
+            raise SpecError(
+                f'{spec.job_dir / stage.template}: structured_output = "json_object" needs the word '
+                "JSON in the prompt (the API rejects the request otherwise)"
+            )
 
 
-def _unknown_variable(spec: JobSpec, stage: ResolvedStage, name: str, allowed: set[str] | frozenset[str]) -> SpecError:
+def _unknown_variable(
+    spec: JobSpec, stage: ResolvedStage, name: str, allowed: set[str] | frozenset[str]
+) -> SpecError:
     import difflib
 
     path = spec.job_dir / stage.template

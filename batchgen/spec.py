@@ -1,8 +1,9 @@
 """The job spec: `jobs/<name>/job.toml` plus the seed file and prompt templates it names.
 
-`load_spec(job_dir)` reads and checks everything a job needs before a request is compiled, and raises `SpecError`
-with one line naming the file (and line) and the fix. It renders the first request of every stage once, so a
-template variable that does not exist is caught when the job is loaded, not after a batch comes back.
+`load_spec(job_dir)` reads and checks everything a job needs before a request is compiled, and raises
+`SpecError` with one line naming the file (and line) and the fix. It renders the first request of every
+stage once, so a template variable that does not exist is caught when the job is loaded, not after a batch
+comes back.
 
 Layout of job.toml (every key is optional unless marked; see README "Job spec reference")::
 
@@ -11,17 +12,20 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
     model = "gpt-4o-mini"              # required
     endpoint = "/v1/chat/completions"  # or "/v1/embeddings"
     format = "sharegpt"                # sharegpt | alpaca | chatml
-    target = 500                       # required: valid examples wanted (per stage unless a stage says otherwise)
+    target = 500                       # required: valid examples wanted (per stage, unless it sets one)
     examples_per_request = 10          # 1..50
     overgeneration = 1.1               # requests = ceil(target / examples_per_request * overgeneration)
     budget_usd = 0.15
     backend = "embedded"               # embedded | openai (optional)
     max_attempts = 3
-    [prompt]   system, template, seeds, seeds_per_request, temperature (number or list), max_tokens, structured_output
-    [axes]     strategy = "cross" | "rotate" | "weighted";  [axes.values] name = [...];  [axes.weights] name = {v = w}
-    [validate] response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies
-    [limits]   max_lines, max_bytes, max_queued_tokens (per shard)
-    [[stages]] name, template, from, target, examples_per_request, temperature, max_tokens, system
+    [prompt]      system, template, seeds, seeds_per_request, temperature (number or list), max_tokens,
+                  structured_output
+    [axes]        strategy = "cross" | "rotate" | "weighted"
+    [axes.values] name = [...]
+    [axes.weights] name = {value = weight}
+    [validate]    response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies
+    [limits]      max_lines, max_bytes, max_queued_tokens (per shard)
+    [[stages]]    name, template, from, target, examples_per_request, temperature, max_tokens, system
 """
 
 from __future__ import annotations
@@ -29,11 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -42,8 +45,8 @@ from batchgen.errors import SpecError
 JOB_FILE = "job.toml"
 AxisValue = str | int | bool
 Temperature = Annotated[float, Field(ge=0, le=2)]
-CHAT = "/v1/chat/completions"
-EMBEDDINGS = "/v1/embeddings"
+CHAT: Final = "/v1/chat/completions"
+EMBEDDINGS: Final = "/v1/embeddings"
 
 
 class _Strict(BaseModel):
@@ -54,10 +57,14 @@ class PromptSpec(_Strict):
     """How each request is written."""
 
     system: str = Field("", description="System message (empty: none)")
-    template: str | None = Field(None, description="Jinja2 template file of the user message, relative to the job")
+    template: str | None = Field(
+        None, description="Jinja2 template file of the user message, relative to the job"
+    )
     seeds: str | None = Field(None, description="JSONL file of seed examples in the job's format")
     seeds_per_request: int = Field(5, ge=0, le=100)
-    temperature: Temperature | list[Temperature] = Field(1.0, description="A value, or a list rotated per request")
+    temperature: Temperature | list[Temperature] = Field(
+        1.0, description="A value, or a list rotated per request"
+    )
     max_tokens: int = Field(4000, gt=0, le=1_000_000)
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
 
@@ -96,7 +103,9 @@ class AxesSpec(_Strict):
 class ValidateSpec(_Strict):
     """Checks applied to generated examples (run by the validator after collection)."""
 
-    response_patterns: list[str] = Field(default_factory=list, description="each assistant turn contains one of these")
+    response_patterns: list[str] = Field(
+        default_factory=list, description="each assistant turn contains one of these"
+    )
     role_order: Literal["alternate", "any"] = "alternate"
     min_turns: int = Field(2, ge=1)
     max_turns: int = Field(50, ge=1)
@@ -115,7 +124,9 @@ class LimitsSpec(_Strict):
 
     max_lines: int = Field(50_000, gt=0, le=50_000)
     max_bytes: int = Field(190_000_000, gt=0, le=200_000_000)
-    max_queued_tokens: int | None = Field(None, gt=0, description="cap on input tokens per shard (queued-token limit)")
+    max_queued_tokens: int | None = Field(
+        None, gt=0, description="cap on input tokens per shard (queued-token limit)"
+    )
 
 
 class StageSpec(_Strict):
@@ -145,10 +156,10 @@ class JobSpec(_Strict):
     budget_usd: Decimal | None = Field(None, ge=0)
     backend: Literal["embedded", "openai"] | None = None
     max_attempts: int = Field(3, ge=1, le=20)
-    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    prompt: PromptSpec = Field(default_factory=lambda: PromptSpec.model_validate({}))
     axes: AxesSpec = Field(default_factory=AxesSpec)
-    validate_: ValidateSpec = Field(default_factory=ValidateSpec, alias="validate")
-    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    validate_: ValidateSpec = Field(default_factory=lambda: ValidateSpec.model_validate({}), alias="validate")
+    limits: LimitsSpec = Field(default_factory=lambda: LimitsSpec.model_validate({}))
     stages: list[StageSpec] = Field(default_factory=list)
 
     _dir: Path = PrivateAttr(default=Path("."))
@@ -163,15 +174,18 @@ class JobSpec(_Strict):
             raise ValueError("two stages have the same name")
         for position, stage in enumerate(self.stages):
             if stage.from_ is not None and stage.from_ not in names[:position]:
-                raise ValueError(f"stage {stage.name!r}: from = {stage.from_!r} is not an earlier stage "
-                                 f"(earlier: {', '.join(names[:position]) or 'none'})")
+                raise ValueError(
+                    f"stage {stage.name!r}: from = {stage.from_!r} is not an earlier stage "
+                    f"(earlier: {', '.join(names[:position]) or 'none'})"
+                )
             if stage.template is None and self.prompt.template is None:
                 raise ValueError(f"stage {stage.name!r} has no template and prompt.template is not set")
         if not self.stages and self.prompt.template is None:
             raise ValueError("prompt.template is required (or give each [[stages]] a template)")
         return self
 
-    # --- loaded content -------------------------------------------------------------------------------------------
+    # --- loaded content
+    # -------------------------------------------------------------------------------------------
     @property
     def job_dir(self) -> Path:
         """The directory the spec was loaded from."""
@@ -186,8 +200,8 @@ class JobSpec(_Strict):
     def spec_hash(self) -> str:
         """sha256 (hex) of everything that shapes the requests: settings, templates and seeds.
 
-        Description, budget, backend, validation rules, attempts and shard limits are left out, so changing them
-        keeps the custom_ids of a job stable.
+        Description, budget, backend, validation rules, attempts and shard limits are left out, so changing
+        them keeps the custom_ids of a job stable.
         """
         return self._hash
 
@@ -196,7 +210,7 @@ class JobSpec(_Strict):
 
     def resolved_stages(self) -> list[ResolvedStage]:
         """Every stage with job-level defaults filled in; a job without [[stages]] has one stage, "main"."""
-        stages = self.stages or [StageSpec(name="main")]
+        stages = self.stages or [StageSpec.model_validate({"name": "main"})]
         return [self._resolve(stage) for stage in stages]
 
     def stage(self, name: str | None = None) -> ResolvedStage:
@@ -207,7 +221,9 @@ class JobSpec(_Strict):
         for stage in stages:
             if stage.name == name:
                 return stage
-        raise SpecError(f"Job {self.name!r} has no stage {name!r}; stages: {', '.join(s.name for s in stages)}")
+        raise SpecError(
+            f"Job {self.name!r} has no stage {name!r}; stages: {', '.join(s.name for s in stages)}"
+        )
 
     def _resolve(self, stage: StageSpec) -> ResolvedStage:
         temps = stage.temperature if stage.temperature is not None else self.prompt.temperature
@@ -258,12 +274,32 @@ def load_spec(job_dir: str | Path) -> JobSpec:
 
 def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) -> str:
     """The spec hash (see `JobSpec.spec_hash`)."""
-    identity = spec.model_dump(mode="json", by_alias=True,
-                               exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "limits"})
-    payload = json.dumps({"spec": identity, "templates": templates,
-                          "seeds": hashlib.sha256(seeds_bytes).hexdigest()}, sort_keys=True, ensure_ascii=False)
+    identity = spec.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "limits"},
+    )
+    payload = json.dumps(
+        {"spec": identity, "templates": templates, "seeds": hashlib.sha256(seeds_bytes).hexdigest()},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-__all__ = ["JobSpec", "PromptSpec", "AxesSpec", "ValidateSpec", "LimitsSpec", "StageSpec", "ResolvedStage",
-           "load_spec", "resolve_job_dir", "spec_digest", "ValidationError", "JOB_FILE", "CHAT", "EMBEDDINGS"]
+__all__ = [
+    "JobSpec",
+    "PromptSpec",
+    "AxesSpec",
+    "ValidateSpec",
+    "LimitsSpec",
+    "StageSpec",
+    "ResolvedStage",
+    "load_spec",
+    "resolve_job_dir",
+    "spec_digest",
+    "ValidationError",
+    "JOB_FILE",
+    "CHAT",
+    "EMBEDDINGS",
+]

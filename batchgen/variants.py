@@ -1,21 +1,22 @@
 """Variants: what each request of a stage asks for. One variant = one request line.
 
-A stage needs `request_count(spec, stage)` = ceil(target * overgeneration / examples_per_request) requests. Variant i
-is computed directly from i (no state), so any subset of indices can be rebuilt for a retry:
+A stage needs `request_count(spec, stage)` = ceil(target * overgeneration / examples_per_request) requests.
+Variant i is computed directly from i (no state), so any subset of indices can be rebuilt for a retry:
 
 - **cell** (axis values), by the axes strategy:
   - `cross`: every combination of the axes, cycled. The combinations are ordered so that consecutive requests
     differ in the first axis (mostly in all) and any prefix is spread evenly: position p has mixed-radix
-    digits r0 (fastest) .. rk, and axis k takes value (r0 + ... + rk) mod len(axis k), a bijection on the product.
-  - `rotate`: each axis cycles through its own values (i mod n), shifted by one after every n x (joint cycle of the
-    earlier axes) requests, so each axis stays balanced in every prefix and axes do not lock together. For axes
-    whose cross product is far larger than the job.
-  - `weighted`: every combination gets a share of the requests proportional to the product of its values' weights
-    (default weight 1), allocated by largest remainder and interleaved evenly.
-- **seeds**: the lesson's rotation: request i uses k consecutive seeds (mod the number of seeds) starting at i*k,
-  moved one seed further after each full pass over the file, so the groups change from pass to pass.
+    digits r0 (fastest) .. rk, and axis k takes value (r0 + ... + rk) mod len(axis k), a bijection on the
+    product.
+  - `rotate`: each axis cycles through its own values (i mod n), shifted by one after every
+    n x (joint cycle of the earlier axes) requests, so each axis stays balanced in every prefix and axes do
+    not lock together. For axes whose cross product is far larger than the job.
+  - `weighted`: every combination gets a share of the requests proportional to the product of its values'
+    weights (default weight 1), allocated by largest remainder and interleaved evenly.
+- **seeds**: the lesson's rotation: request i uses k consecutive seeds (mod the number of seeds) starting
+  at i*k, moved one seed further after each full pass over the file, so the groups change from pass to pass.
 - **temperature**: the stage's temperatures, rotated (i mod n).
-- **sources** (stages with `from`): request i takes source examples i*e .. i*e+e-1 (mod the number of sources).
+- **sources** (stages with `from`): request i takes source examples i*e .. i*e+e-1 (mod their number).
 """
 
 from __future__ import annotations
@@ -160,8 +161,13 @@ class VariantPlan:
         return (self.variant(i) for i in chosen)
 
 
-def expand_variants(spec: JobSpec, stage: ResolvedStage | str | None = None, *,
-                    indices: Iterable[int] | None = None, source_count: int | None = None) -> Iterator[Variant]:
+def expand_variants(
+    spec: JobSpec,
+    stage: ResolvedStage | str | None = None,
+    *,
+    indices: Iterable[int] | None = None,
+    source_count: int | None = None,
+) -> Iterator[Variant]:
     """Variants of a stage, streamed (see the module docstring for the rules)."""
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     return VariantPlan(spec, resolved, source_count).variants(indices)

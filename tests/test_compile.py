@@ -38,8 +38,10 @@ def test_golden_compile(tmp_path: Path, name: str, update_goldens: bool) -> None
     result = compile_stage(spec, workspace=Workspace(tmp_path / "ws"))
     assert len(result.shards) == 1
     shard = result.shards[0]
-    for produced, golden in ((shard.path, GOLDEN / f"{name}.jsonl"),
-                             (shard.manifest_path, GOLDEN / f"{name}.manifest.jsonl")):
+    for produced, golden in (
+        (shard.path, GOLDEN / f"{name}.jsonl"),
+        (shard.manifest_path, GOLDEN / f"{name}.manifest.jsonl"),
+    ):
         data = Path(produced).read_bytes()
         if update_goldens:
             golden.write_bytes(data)
@@ -50,8 +52,11 @@ def test_compile_twice_gives_identical_bytes(tmp_path: Path) -> None:
     runner = CliRunner()
     digests = []
     for run in ("one", "two"):
-        result = runner.invoke(cli, ["compile", str(TASK_API), "--workspace", str(tmp_path / run), "--json"],
-                               catch_exceptions=False)
+        result = runner.invoke(
+            cli,
+            ["compile", str(TASK_API), "--workspace", str(tmp_path / run), "--json"],
+            catch_exceptions=False,
+        )
         assert result.exit_code == 0, result.output
         rows = json.loads(result.stdout)
         digests.append([(row["sha256"], Path(row["path"]).read_bytes()) for row in rows])
@@ -87,7 +92,12 @@ def test_manifest_matches_lines(tmp_path: Path) -> None:
     assert [m["custom_id"] for m in manifest] == [r["custom_id"] for r in rows]
     assert sum(m["input_tokens"] for m in manifest) == shard.input_tokens
     first = manifest[0]
-    assert first["index"] == 0 and first["stage"] == "main" and first["attempt"] == 1 and first["max_tokens"] == 2000
+    assert (
+        first["index"] == 0
+        and first["stage"] == "main"
+        and first["attempt"] == 1
+        and first["max_tokens"] == 2000
+    )
     assert first["cell"] == {"operation": "create", "style": "formal", "include_errors": False}
     assert Path(shard.path).parent.name == "a1"
     assert Path(shard.path).parent.parent.name == spec.spec_hash[:12]
@@ -109,12 +119,20 @@ def reference_prompt_tokens(body: dict[str, Any], enc: tiktoken.Encoding) -> int
         return len(enc.encode(body["input"], disallowed_special=()))
     total = 3
     for message in body["messages"]:
-        total += 3 + len(enc.encode(message["role"])) + len(enc.encode(message["content"], disallowed_special=()))
+        total += (
+            3 + len(enc.encode(message["role"])) + len(enc.encode(message["content"], disallowed_special=()))
+        )
     return total
 
 
-@pytest.mark.parametrize(("job", "encoding"), [(TASK_API, "o200k_base"), (FIXTURES / "jobs" / "mini", "o200k_base"),
-                                               (FIXTURES / "jobs" / "embed", "cl100k_base")])
+@pytest.mark.parametrize(
+    ("job", "encoding"),
+    [
+        (TASK_API, "o200k_base"),
+        (FIXTURES / "jobs" / "mini", "o200k_base"),
+        (FIXTURES / "jobs" / "embed", "cl100k_base"),
+    ],
+)
 def test_token_counts_equal_tiktoken(tmp_path: Path, job: Path, encoding: str) -> None:
     enc = reference_encoding(encoding, tmp_path)
     shard = compile_stage(load_spec(job), workspace=Workspace(tmp_path / "ws")).shards[0]
@@ -125,7 +143,7 @@ def test_token_counts_equal_tiktoken(tmp_path: Path, job: Path, encoding: str) -
 def big_job(tmp_path: Path, requests: int, limits: str = "") -> Path:
     job = tmp_path / "big"
     job.mkdir()
-    (job / "job.toml").write_text(f'''model = "gpt-4o-mini"
+    (job / "job.toml").write_text(f"""model = "gpt-4o-mini"
 target = {requests}
 examples_per_request = 1
 overgeneration = 1
@@ -136,7 +154,7 @@ temperature = [0.3, 0.6, 0.9]
 max_tokens = 200
 [axes.values]
 topic = ["bread", "tea", "rain", "maps", "bees", "glass", "salt"]
-{limits}''')
+{limits}""")
     (job / "p.j2").write_text("Write {{ count }} JSON example about {{ topic }}.\n" + "Context. " * 60)
     return job
 
@@ -152,7 +170,9 @@ def test_sixty_thousand_requests_make_several_shards(tmp_path: Path) -> None:
         assert shard.lines == data.count(b"\n") <= 50_000
         assert shard.bytes == len(data) <= 190_000_000 < 200 * 1024 * 1024
         assert hashlib.sha256(data).hexdigest() == shard.sha256
-        models = {json.loads(line)["body"]["model"] for line in data.splitlines()[:: max(1, shard.lines // 50)]}
+        models = {
+            json.loads(line)["body"]["model"] for line in data.splitlines()[:: max(1, shard.lines // 50)]
+        }
         assert models == {"gpt-4o-mini"}
         ids = {json.loads(line)["custom_id"] for line in data.splitlines()}
         assert not ids & seen
@@ -164,8 +184,11 @@ def test_sixty_thousand_requests_make_several_shards(tmp_path: Path) -> None:
 def test_queued_token_and_byte_caps_cut_shards(tmp_path: Path) -> None:
     spec = load_spec(big_job(tmp_path, 300))
     per_request = next(iter_requests(spec)).input_tokens
-    result = compile_stage(spec, workspace=Workspace(tmp_path / "ws"),
-                           limits=LimitsSpec(max_lines=120, max_queued_tokens=per_request * 100))
+    result = compile_stage(
+        spec,
+        workspace=Workspace(tmp_path / "ws"),
+        limits=LimitsSpec(max_lines=120, max_queued_tokens=per_request * 100),
+    )
     assert [s.lines for s in result.shards] == [100, 100, 100]
     assert all(s.input_tokens <= per_request * 100 for s in result.shards)
     by_lines = compile_stage(spec, workspace=Workspace(tmp_path / "ws2"), limits=LimitsSpec(max_lines=120))
@@ -204,7 +227,9 @@ def test_from_stage_compiles_from_sources(tmp_path: Path) -> None:
     assert manifest[1]["sources"] == [5, 6, 0, 1, 2]
 
 
-@pytest.mark.parametrize("path", sorted(p.parent for p in (ROOT / "jobs").glob("*/job.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p.parent for p in (ROOT / "jobs").glob("*/job.toml")), ids=lambda p: p.name
+)
 def test_every_shipped_job_compiles(tmp_path: Path, path: Path) -> None:
     spec = load_spec(path)
     for stage in spec.resolved_stages():
@@ -213,13 +238,21 @@ def test_every_shipped_job_compiles(tmp_path: Path, path: Path) -> None:
         assert result.requests > 0 and all(s.lines <= 50_000 for s in result.shards)
 
 
-@pytest.mark.parametrize(("model", "param", "reasoning"), [
-    ("gpt-4o-mini", "max_tokens", False), ("gpt-4.1-nano", "max_tokens", False), ("gpt-3.5-turbo", "max_tokens", False),
-    ("gpt-5-nano", "max_completion_tokens", True), ("gpt-5.4", "max_completion_tokens", True),
-    ("gpt-5-chat-latest", "max_completion_tokens", False), ("gpt-6-sol", "max_completion_tokens", True),
-    ("o4-mini", "max_completion_tokens", True), ("o3", "max_completion_tokens", True),
-    ("ft:gpt-4o-mini:org::x", "max_tokens", False),
-])
+@pytest.mark.parametrize(
+    ("model", "param", "reasoning"),
+    [
+        ("gpt-4o-mini", "max_tokens", False),
+        ("gpt-4.1-nano", "max_tokens", False),
+        ("gpt-3.5-turbo", "max_tokens", False),
+        ("gpt-5-nano", "max_completion_tokens", True),
+        ("gpt-5.4", "max_completion_tokens", True),
+        ("gpt-5-chat-latest", "max_completion_tokens", False),
+        ("gpt-6-sol", "max_completion_tokens", True),
+        ("o4-mini", "max_completion_tokens", True),
+        ("o3", "max_completion_tokens", True),
+        ("ft:gpt-4o-mini:org::x", "max_tokens", False),
+    ],
+)
 def test_model_family_rules(model: str, param: str, reasoning: bool) -> None:
     assert max_tokens_param(model) == param
     assert is_reasoning_model(model) is reasoning

@@ -38,13 +38,16 @@ def test_plan_tokens_equal_the_compiled_shards(tmp_path: Path) -> None:
     plan = plan_job(spec)
     compiled = compile_stage(spec, write=False)
     assert plan.input_tokens == compiled.input_tokens
-    assert [(s.lines, s.bytes, s.input_tokens, s.sha256) for s in plan.stages[0].shards] == \
-           [(s.lines, s.bytes, s.input_tokens, s.sha256) for s in compiled.shards]
+    assert [(s.lines, s.bytes, s.input_tokens, s.sha256) for s in plan.stages[0].shards] == [
+        (s.lines, s.bytes, s.input_tokens, s.sha256) for s in compiled.shards
+    ]
 
 
 def test_expected_output_is_the_mean_seed_as_json() -> None:
     spec = load_spec(TASK_API)
-    per_seed = [count_text(json.dumps(s, ensure_ascii=False, separators=(",", ":")), spec.model) for s in spec.seeds]
+    per_seed = [
+        count_text(json.dumps(s, ensure_ascii=False, separators=(",", ":")), spec.model) for s in spec.seeds
+    ]
     expected = expected_output_tokens(spec, spec.stage())
     assert 10 * sum(per_seed) / len(per_seed) < expected <= 10 * sum(per_seed) / len(per_seed) + 20
 
@@ -52,8 +55,10 @@ def test_expected_output_is_the_mean_seed_as_json() -> None:
 def test_plan_costs_are_exact() -> None:
     plan = plan_job(load_spec(TASK_API))
     cost = plan.cost
-    assert cost.batch_expected == (plan.input_tokens * Decimal("0.075")
-                                   + plan.expected_output_tokens * Decimal("0.3")) / 10**6
+    assert (
+        cost.batch_expected
+        == (plan.input_tokens * Decimal("0.075") + plan.expected_output_tokens * Decimal("0.3")) / 10**6
+    )
     assert cost.batch_worst == (plan.input_tokens * Decimal("0.075") + 55 * 2000 * Decimal("0.3")) / 10**6
 
 
@@ -61,8 +66,18 @@ def test_plan_command_table() -> None:
     result = CliRunner().invoke(cli, ["plan", str(TASK_API)], catch_exceptions=False)
     assert result.exit_code == 0
     out = result.stdout
-    for text in ("requests       55 for 500 examples", "input tokens", "(exact)", "worst case", "batch cost",
-                 "standard cost", "batch saves", "within budget", "shard", "0.21"):
+    for text in (
+        "requests       55 for 500 examples",
+        "input tokens",
+        "(exact)",
+        "worst case",
+        "batch cost",
+        "standard cost",
+        "batch saves",
+        "within budget",
+        "shard",
+        "0.21",
+    ):
         assert text in out, text
 
 
@@ -71,12 +86,17 @@ def test_plan_json_parses() -> None:
     data = json.loads(result.stdout)
     assert data["requests"] == 55 and data["verdict"] == "within"
     assert Decimal(data["cost_usd"]["batch_expected"]) < Decimal(data["budget_usd"]) == Decimal("0.15")
-    assert data["price"]["batch"] == {"input_per_1m": "0.075", "cached_input_per_1m": "0.075",
-                                      "output_per_1m": "0.3"}
+    assert data["price"]["batch"] == {
+        "input_per_1m": "0.075",
+        "cached_input_per_1m": "0.075",
+        "output_per_1m": "0.3",
+    }
     assert data["stages"][0]["shards"][0]["lines"] == 55
 
 
-@pytest.mark.parametrize(("budget", "verdict"), [("1", "within"), ("0.02", "expected_within"), ("0.001", "over")])
+@pytest.mark.parametrize(
+    ("budget", "verdict"), [("1", "within"), ("0.02", "expected_within"), ("0.001", "over")]
+)
 def test_budget_verdicts(tmp_path: Path, budget: str, verdict: str) -> None:
     job = tmp_path / "job"
     shutil.copytree(TASK_API, job)

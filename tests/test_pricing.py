@@ -1,4 +1,4 @@
-"""Prices: exact Decimals with their source; batch = half of standard; overrides; unknown models fail loudly."""
+"""Prices: exact Decimals with their source; batch = half of standard; overrides; unknown models fail."""
 
 from __future__ import annotations
 
@@ -24,20 +24,33 @@ def test_gpt_4o_mini_batch_prices() -> None:
     assert price.source.startswith("genai-prices 0.2.3 (openai/gpt-4o-mini")
 
 
-@pytest.mark.parametrize(("model", "batch_in", "batch_cached", "batch_out"), [
-    ("gpt-4o-mini", "0.075", "0.075", "0.3"),
-    ("gpt-4.1-nano", "0.05", "0.025", "0.2"),
-    ("gpt-5-nano", "0.025", "0.0025", "0.2"),
-    ("gpt-5-mini", "0.125", "0.0125", "1"),
-    ("gpt-5.4", "1.25", "0.125", "7.50"),
-    ("o4-mini", "0.55", "0.275", "2.2"),  # no batch cached rate: genai-prices keeps the standard cached one
-    ("text-embedding-3-small", "0.01", "0.01", "0"),
-    ("text-embedding-3-large", "0.065", "0.065", "0"),
-])
-def test_batch_prices_match_the_spec_table(model: str, batch_in: str, batch_cached: str, batch_out: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "batch_in", "batch_cached", "batch_out"),
+    [
+        ("gpt-4o-mini", "0.075", "0.075", "0.3"),
+        ("gpt-4.1-nano", "0.05", "0.025", "0.2"),
+        ("gpt-5-nano", "0.025", "0.0025", "0.2"),
+        ("gpt-5-mini", "0.125", "0.0125", "1"),
+        ("gpt-5.4", "1.25", "0.125", "7.50"),
+        (
+            "o4-mini",
+            "0.55",
+            "0.275",
+            "2.2",
+        ),  # no batch cached rate: genai-prices keeps the standard cached one
+        ("text-embedding-3-small", "0.01", "0.01", "0"),
+        ("text-embedding-3-large", "0.065", "0.065", "0"),
+    ],
+)
+def test_batch_prices_match_the_spec_table(
+    model: str, batch_in: str, batch_cached: str, batch_out: str
+) -> None:
     rates = get_price(model).batch
-    assert (rates.input, rates.cached_input, rates.output) == (Decimal(batch_in), Decimal(batch_cached),
-                                                               Decimal(batch_out))
+    assert (rates.input, rates.cached_input, rates.output) == (
+        Decimal(batch_in),
+        Decimal(batch_cached),
+        Decimal(batch_out),
+    )
 
 
 def test_request_cost_is_exact() -> None:
@@ -52,9 +65,12 @@ def test_request_cost_is_exact() -> None:
 
 def test_cached_and_reasoning_tokens() -> None:
     # gpt-5-nano: cached batch input 0.0025; reasoning tokens are inside completion tokens, not added again.
-    cost = request_cost("gpt-5-nano", prompt_tokens=1000, cached_tokens=400, completion_tokens=500,
-                        reasoning_tokens=300)
-    assert cost.usd == (Decimal(600) * Decimal("0.025") + 400 * Decimal("0.0025") + 500 * Decimal("0.2")) / 10**6
+    cost = request_cost(
+        "gpt-5-nano", prompt_tokens=1000, cached_tokens=400, completion_tokens=500, reasoning_tokens=300
+    )
+    assert (
+        cost.usd == (Decimal(600) * Decimal("0.025") + 400 * Decimal("0.0025") + 500 * Decimal("0.2")) / 10**6
+    )
     with pytest.raises(PricingError, match="impossible usage"):
         request_cost("gpt-5-nano", prompt_tokens=10, cached_tokens=20)
 
@@ -74,8 +90,9 @@ def test_unknown_model_says_how_to_add_a_price() -> None:
 
 
 def test_user_price_file_in_job_dir(tmp_path: Path) -> None:
-    (tmp_path / "prices.toml").write_text('[models."ft:gpt-4o-mini:acme::x"]\ninput = "0.30"\noutput = 1.2\n'
-                                          'source = "our fine-tune"\n')
+    (tmp_path / "prices.toml").write_text(
+        '[models."ft:gpt-4o-mini:acme::x"]\ninput = "0.30"\noutput = 1.2\nsource = "our fine-tune"\n'
+    )
     price = get_price("ft:gpt-4o-mini:acme::x", job_dir=tmp_path)
     assert price.standard.output == Decimal("1.2")
     assert price.batch.input == Decimal("0.150") and price.batch.output == Decimal("0.60")
@@ -91,12 +108,15 @@ def test_env_price_file_and_glob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert get_price("gpt-5-nano").source.startswith("genai-prices")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('[models."m"]\noutput = "1"\n', "'input' is required"),
-    ('[models."m"]\ninput = "x"\noutput = "1"\n', "is not a number"),
-    ('[models."m"]\ninput = "-1"\noutput = "1"\n', "must be a price >= 0"),
-    ('[models."m"\n', "TOML syntax error"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('[models."m"]\noutput = "1"\n', "'input' is required"),
+        ('[models."m"]\ninput = "x"\noutput = "1"\n', "is not a number"),
+        ('[models."m"]\ninput = "-1"\noutput = "1"\n', "must be a price >= 0"),
+        ('[models."m"\n', "TOML syntax error"),
+    ],
+)
 def test_bad_price_file(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "prices.toml").write_text(content)
     with pytest.raises(PricingError, match=message):

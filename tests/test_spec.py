@@ -19,8 +19,9 @@ TASK_API = ROOT / "jobs" / "task_api"
 Edit = Callable[[str], str]
 
 
-def make_job(tmp_path: Path, toml: Edit | None = None, template: Edit | None = None,
-             seeds: Edit | None = None) -> Path:
+def make_job(
+    tmp_path: Path, toml: Edit | None = None, template: Edit | None = None, seeds: Edit | None = None
+) -> Path:
     job = tmp_path / "job"
     shutil.copytree(TASK_API, job)
     for name, edit in (("job.toml", toml), ("prompt.j2", template), ("seeds.jsonl", seeds)):
@@ -44,14 +45,22 @@ def test_task_api_loads() -> None:
     assert spec.target == 500 and spec.budget_usd == Decimal("0.15")
     assert len(spec.seeds) >= 15
     assert list(spec.axes.values) == ["operation", "style", "include_errors"]
-    assert spec.validate_.response_patterns == ["Created task:", "Updated task:", "Completed task:",
-                                                "Deleted task:", "Error:", "tasks found"]
+    assert spec.validate_.response_patterns == [
+        "Created task:",
+        "Updated task:",
+        "Completed task:",
+        "Deleted task:",
+        "Error:",
+        "tasks found",
+    ]
     assert len(spec.spec_hash) == 64
 
 
 def test_task_api_seeds_cover_the_lesson() -> None:
     spec = load_spec(TASK_API)
-    answers = [turn["value"] for seed in spec.seeds for turn in seed["conversations"] if turn["from"] == "gpt"]
+    answers = [
+        turn["value"] for seed in spec.seeds for turn in seed["conversations"] if turn["from"] == "gpt"
+    ]
     for pattern in spec.validate_.response_patterns:
         assert any(pattern in answer for answer in answers), pattern
     for priority in ("low", "medium", "high"):
@@ -60,7 +69,9 @@ def test_task_api_seeds_cover_the_lesson() -> None:
     assert all(any(p in a for p in spec.validate_.response_patterns) for a in answers)
 
 
-@pytest.mark.parametrize("path", sorted(p.parent for p in (ROOT / "jobs").glob("*/job.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p.parent for p in (ROOT / "jobs").glob("*/job.toml")), ids=lambda p: p.name
+)
 def test_every_shipped_job_loads(path: Path) -> None:
     assert load_spec(path).resolved_stages()
 
@@ -79,46 +90,88 @@ def test_job_by_bare_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 BAD_CASES: dict[str, tuple[dict[str, Edit], list[str]]] = {
-    "toml syntax": ({"toml": lambda t: t.replace("target = 500", "target = = 500")},
-                    ["job.toml: TOML syntax error", "line 8, column 10"]),
-    "unknown key": ({"toml": lambda t: t.replace("seeds_per_request", "seed_per_request")},
-                    ["unknown key 'seed_per_request'", "did you mean 'seeds_per_request'?", "line 17"]),
-    "unknown top-level key": ({"toml": lambda t: t.replace("budget_usd", "budget")},
-                              ["unknown key 'budget'", "did you mean 'budget_usd'?"]),
-    "wrong type": ({"toml": lambda t: t.replace("max_tokens = 2000", 'max_tokens = "lots"')},
-                   ["prompt.max_tokens", "valid integer", "'lots'"]),
-    "target zero": ({"toml": lambda t: t.replace("target = 500", "target = 0")}, ["target", "greater than 0"]),
-    "target negative": ({"toml": lambda t: t.replace("target = 500", "target = -5")}, ["target", "greater than 0"]),
-    "too many examples per request": ({"toml": lambda t: t.replace("examples_per_request = 10",
-                                                                   "examples_per_request = 51")},
-                                      ["examples_per_request", "less than or equal to 50"]),
-    "unknown model": ({"toml": lambda t: t.replace('"gpt-4o-mini"', '"gpt-4o-mega"')},
-                      ["No price known for model 'gpt-4o-mega'", "prices.toml", "BATCHGEN_PRICES"]),
-    "model of no known family": ({"toml": lambda t: t.replace('"gpt-4o-mini"', '"llama-3"')},
-                                 ["'llama-3'", "no tokenizer"]),
-    "missing template file": ({"toml": lambda t: t.replace("prompt.j2", "nope.j2")},
-                              ["prompt.template = 'nope.j2'", "not found"]),
-    "missing seeds file": ({"toml": lambda t: t.replace("seeds.jsonl", "nope.jsonl")},
-                           ["prompt.seeds = 'nope.jsonl'", "not found"]),
-    "template variable": ({"template": lambda t: t.replace("{{ style }}", "{{ styel }}")},
-                          ["prompt.j2 line 30", "'styel' is not defined", "did you mean 'style'?"]),
-    "template attribute": ({"template": lambda t: t.replace("{{ style }}", "{{ cell.nope }}")},
-                           ["prompt.j2 line 30", "no attribute 'nope'"]),
-    "template syntax": ({"template": lambda t: t.replace("{% endif %}", "")},
-                        ["prompt.j2 line", "template syntax error"]),
-    "source variable outside a from-stage": ({"template": lambda t: t.replace("{{ style }}", "{{ example }}")},
-                                             ["'example' exists only in a stage with from"]),
-    "seed of the wrong format": ({"seeds": lambda t: t.replace('"gpt"', '"assistant"', 1)},
-                                 ["seeds.jsonl line 1", "not a valid sharegpt example", "conversations.1.from"]),
+    "toml syntax": (
+        {"toml": lambda t: t.replace("target = 500", "target = = 500")},
+        ["job.toml: TOML syntax error", "line 8, column 10"],
+    ),
+    "unknown key": (
+        {"toml": lambda t: t.replace("seeds_per_request", "seed_per_request")},
+        ["unknown key 'seed_per_request'", "did you mean 'seeds_per_request'?", "line 17"],
+    ),
+    "unknown top-level key": (
+        {"toml": lambda t: t.replace("budget_usd", "budget")},
+        ["unknown key 'budget'", "did you mean 'budget_usd'?"],
+    ),
+    "wrong type": (
+        {"toml": lambda t: t.replace("max_tokens = 2000", 'max_tokens = "lots"')},
+        ["prompt.max_tokens", "valid integer", "'lots'"],
+    ),
+    "target zero": (
+        {"toml": lambda t: t.replace("target = 500", "target = 0")},
+        ["target", "greater than 0"],
+    ),
+    "target negative": (
+        {"toml": lambda t: t.replace("target = 500", "target = -5")},
+        ["target", "greater than 0"],
+    ),
+    "too many examples per request": (
+        {"toml": lambda t: t.replace("examples_per_request = 10", "examples_per_request = 51")},
+        ["examples_per_request", "less than or equal to 50"],
+    ),
+    "unknown model": (
+        {"toml": lambda t: t.replace('"gpt-4o-mini"', '"gpt-4o-mega"')},
+        ["No price known for model 'gpt-4o-mega'", "prices.toml", "BATCHGEN_PRICES"],
+    ),
+    "model of no known family": (
+        {"toml": lambda t: t.replace('"gpt-4o-mini"', '"llama-3"')},
+        ["'llama-3'", "no tokenizer"],
+    ),
+    "missing template file": (
+        {"toml": lambda t: t.replace("prompt.j2", "nope.j2")},
+        ["prompt.template = 'nope.j2'", "not found"],
+    ),
+    "missing seeds file": (
+        {"toml": lambda t: t.replace("seeds.jsonl", "nope.jsonl")},
+        ["prompt.seeds = 'nope.jsonl'", "not found"],
+    ),
+    "template variable": (
+        {"template": lambda t: t.replace("{{ style }}", "{{ styel }}")},
+        ["prompt.j2 line 30", "'styel' is not defined", "did you mean 'style'?"],
+    ),
+    "template attribute": (
+        {"template": lambda t: t.replace("{{ style }}", "{{ cell.nope }}")},
+        ["prompt.j2 line 30", "no attribute 'nope'"],
+    ),
+    "template syntax": (
+        {"template": lambda t: t.replace("{% endif %}", "")},
+        ["prompt.j2 line", "template syntax error"],
+    ),
+    "source variable outside a from-stage": (
+        {"template": lambda t: t.replace("{{ style }}", "{{ example }}")},
+        ["'example' exists only in a stage with from"],
+    ),
+    "seed of the wrong format": (
+        {"seeds": lambda t: t.replace('"gpt"', '"assistant"', 1)},
+        ["seeds.jsonl line 1", "not a valid sharegpt example", "conversations.1.from"],
+    ),
     "seed that is not JSON": ({"seeds": lambda t: t + "{oops\n"}, ["seeds.jsonl line 21", "not JSON"]),
-    "too few seeds": ({"toml": lambda t: t.replace("seeds_per_request = 5", "seeds_per_request = 50")},
-                      ["seeds_per_request = 50", "holds 20 seed examples"]),
-    "unknown from stage": ({"toml": lambda t: t + '\n[[stages]]\nname = "two"\nfrom = "one"\n'},
-                           ["from = 'one' is not an earlier stage"]),
+    "too few seeds": (
+        {"toml": lambda t: t.replace("seeds_per_request = 5", "seeds_per_request = 50")},
+        ["seeds_per_request = 50", "holds 20 seed examples"],
+    ),
+    "unknown from stage": (
+        {"toml": lambda t: t + '\n[[stages]]\nname = "two"\nfrom = "one"\n'},
+        ["from = 'one' is not an earlier stage"],
+    ),
     "json_object without the word JSON": (
-        {"toml": lambda t: t.replace('structured_output = "json_schema"', 'structured_output = "json_object"')
-         .replace('"You generate training data in JSON format."', '"Be helpful."'),
-         "template": lambda t: t.replace("JSON", "object")}, ["needs the word JSON"]),
+        {
+            "toml": lambda t: t.replace(
+                'structured_output = "json_schema"', 'structured_output = "json_object"'
+            ).replace('"You generate training data in JSON format."', '"Be helpful."'),
+            "template": lambda t: t.replace("JSON", "object"),
+        },
+        ["needs the word JSON"],
+    ),
 }
 
 

@@ -87,8 +87,10 @@ def test_rotate_strategy_balances_each_axis(tmp_path: Path) -> None:
 
 
 def test_weighted_strategy_allocates_by_weight(tmp_path: Path) -> None:
-    weights = 'strategy = "weighted"\n\n[axes.weights]\noperation = { create = 3, list = 0 }\n' \
-              'include_errors = { true = 1, false = 3 }'
+    weights = (
+        'strategy = "weighted"\n\n[axes.weights]\noperation = { create = 3, list = 0 }\n'
+        "include_errors = { true = 1, false = 3 }"
+    )
     spec = load_spec(job_with(tmp_path, 'strategy = "cross"', weights))
     variants = list(expand_variants(spec))
     ops = Counter(v.cell["operation"] for v in variants)
@@ -113,8 +115,10 @@ def test_job_without_axes_has_one_cell(tmp_path: Path) -> None:
     job = tmp_path / "plain"
     shutil.copytree(TASK_API, job)
     text = (job / "job.toml").read_text()
-    text = text[:text.index("[axes]")] + text[text.index("[validate]"):]
+    text = text[: text.index("[axes]")] + text[text.index("[validate]") :]
     (job / "job.toml").write_text(text)
-    (job / "prompt.j2").write_text("Write {{ count }} examples like these:\n{{ seed_examples }}\nJSON please.\n")
+    (job / "prompt.j2").write_text(
+        "Write {{ count }} examples like these:\n{{ seed_examples }}\nJSON please.\n"
+    )
     variants = list(expand_variants(load_spec(job)))
     assert len(variants) == 55 and all(v.cell == {} for v in variants)

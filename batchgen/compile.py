@@ -204,8 +204,9 @@ def iter_requests(
         raise SpecError(f"attempt must be >= 1, not {attempt}")
     if resolved.source is not None and not sources:
         raise SpecError(
-            f"stage {resolved.name!r} is compiled from the examples of stage {resolved.source!r}; "
-            "pass them as sources"
+            f"Stage {resolved.name!r} is compiled from the valid examples of stage {resolved.source!r}, "
+            f"which are not there yet; 'batchgen run' compiles it once {resolved.source!r} is done "
+            "(library: pass them as sources=)"
         )
     renderer = Renderer(spec, resolved, sources)
     plan = VariantPlan(spec, resolved, len(sources) if sources else None)

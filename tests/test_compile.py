@@ -215,7 +215,7 @@ def test_retry_subset_gets_its_own_directory_and_ids(tmp_path: Path) -> None:
 
 def test_from_stage_compiles_from_sources(tmp_path: Path) -> None:
     spec = load_spec(ROOT / "jobs" / "evol_task_api")
-    with pytest.raises(SpecError, match="pass them as sources"):
+    with pytest.raises(SpecError, match="once 'simple' is done"):
         compile_stage(spec, "moderate", workspace=Workspace(tmp_path))
     sources = [dict(seed) for seed in spec.seeds[:7]]
     result = compile_stage(spec, "moderate", workspace=Workspace(tmp_path), sources=sources)

@@ -118,7 +118,9 @@ class CellPlan:
         by_remainder = sorted(range(len(quotas)), key=lambda p: (-(quotas[p] - counts[p]), p))
         for p in by_remainder[:spare]:
             counts[p] += 1
-        slots = sorted(((Fraction(2 * j + 1, 2 * n), p) for p, n in enumerate(counts) for j in range(n)))
+        # Slot j of a cell with n requests sits at (2j + 1) / 2n; floats order these exactly (distinct
+        # fractions with denominators up to 2n differ far above double precision) and fast.
+        slots = sorted(((2 * j + 1) / (2 * n), p) for p, n in enumerate(counts) for j in range(n))
         return array("q", (p for _, p in slots)) if slots else array("q", [0])
 
     def _cell_weight(self, digits: list[int]) -> Fraction:

@@ -34,7 +34,8 @@ class Analysis:
     seeds: tuple[dict[str, Any], ...]
     count: int | None
     words: tuple[str, ...]
-    matches: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict, compare=False, hash=False)
+    matches: dict[bytes, tuple[list[dict[str, Any]], list[str | None]]] = field(
+        default_factory=dict, compare=False, hash=False)
 
 
 class Composer:
@@ -115,12 +116,13 @@ class _Builder:
         self.root = root
         self.used_count = False
 
-    def matching(self, schema: Any) -> list[dict[str, Any]]:
-        """The seeds (converted to the schema's format if need be) valid against `schema`; cached."""
+    def matching(self, schema: Any) -> tuple[list[dict[str, Any]], list[str | None]]:
+        """The seeds (converted to the schema's format if need be) valid against `schema`, and their formats."""
         key = self.root_key + b"\x00" + orjson.dumps(schema)
         found = self.analysis.matches.get(key)
         if found is None:
-            found = self._matching(schema)
+            pool = self._matching(schema)
+            found = (pool, [kind_of(s) for s in pool])
             self.analysis.matches[key] = found
         return found
 
@@ -142,20 +144,20 @@ class _Builder:
         if kind == "array" or (kind is None and "items" in schema):
             return self._array(schema, depth)
         if kind == "object" or (kind is None and "properties" in schema):
-            pool = self.matching(schema) if depth == 0 and self.seeds else []
+            pool, kinds = self.matching(schema) if depth == 0 and self.seeds else ([], [])
             if pool:
-                return distinct_variants(pool, 1, self.rng)[0]
+                return distinct_variants(pool, 1, self.rng, kinds=kinds)[0]
             return {k: self.build(v, depth + 1) for k, v in schema.get("properties", {}).items()}
         return generate(schema, self.rng, self.words, self.root)
 
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
         items = schema.get("items", {})
-        pool = self.matching(items) if self.seeds else []
+        pool, kinds = self.matching(items) if self.seeds else ([], [])
         size = self.count if (pool or not self.used_count) and depth <= 2 else self.rng.randint(1, 3)
         self.used_count = True
         size = max(int(schema.get("minItems", 0)), min(size, int(schema.get("maxItems", size))))
         if pool:
-            return distinct_variants(pool, size, self.rng)
+            return distinct_variants(pool, size, self.rng, kinds=kinds)
         return [self.build(items, depth + 1) for _ in range(size)]
 
 
@@ -171,4 +173,14 @@ def dump(value: Any) -> str:
 
 
 def _lines(items: list[dict[str, Any]]) -> str:
-    return "[\n" + ",\n".join(orjson.dumps(v).decode() for v in items) + "\n]"
+    return "[\n" + ",\n".join(_item(v) for v in items) + "\n]"
+
+
+def _item(item: dict[str, Any]) -> str:
+    """One example; a conversation gets one turn per line (repeated turns then count from the token cache)."""
+    if len(item) == 1:
+        key, turns = next(iter(item.items()))
+        if isinstance(turns, list) and turns and all(isinstance(t, dict) for t in turns):
+            return ("{" + orjson.dumps(key).decode() + ": [\n"
+                    + ",\n".join(orjson.dumps(t).decode() for t in turns) + "]}")
+    return orjson.dumps(item).decode()

@@ -66,6 +66,8 @@ class FaultyExecutor:
 
     def execute(self, request: LineRequest) -> LineResult:
         config = self._config()
+        if not config.error_rate and not config.malformed_rate:
+            return self.inner.execute(request)
         rng = line_rng(config.seed, "fault", request.batch_id, request.index, request.custom_id)
         if config.error_rate and rng.random() < config.error_rate:
             if rng.random() < 0.5:
@@ -99,7 +101,7 @@ def malform(body: dict[str, Any], rng: random.Random, counter: TokenCounter) -> 
     usage = body.get("usage", {})
     model = str(body.get("model", ""))
     old = int(usage.get("completion_tokens", 0))
-    new = sum(counter.text(str(c.get("message", {}).get("content") or ""), model) for c in choices)
+    new = sum(counter.text(str(c.get("message", {}).get("content") or ""), model, unique=True) for c in choices)
     usage["completion_tokens"] = new
     usage["total_tokens"] = int(usage.get("total_tokens", 0)) - old + new
 

@@ -42,8 +42,14 @@ def derived_file_id(*parts: object) -> str:
     return "file-" + _base58(digest("file", *parts, size=24), 22)
 
 
+def row_ids(batch_id: str, line: int) -> tuple[str, str]:
+    """The `batch_req_` id of a result row and the `req_` id of its response, from one hash."""
+    raw = digest("row", batch_id, line, size=32).hex()
+    return "batch_req_" + raw[:32], "req_" + raw[32:]
+
+
 def batch_request_id(batch_id: str, line: int) -> str:
-    return "batch_req_" + digest("row", batch_id, line).hex()
+    return row_ids(batch_id, line)[0]
 
 
 def request_id(*parts: object) -> str:
@@ -54,5 +60,8 @@ def random_request_id() -> str:
     return "req_" + secrets.token_hex(16)
 
 
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 def completion_id(*parts: object) -> str:
-    return "chatcmpl-" + _base58(digest("cmpl", *parts, size=24), 29)
+    return "chatcmpl-" + "".join(_ALNUM[b % 62] for b in digest("cmpl", *parts, size=29))

@@ -19,7 +19,7 @@ from batchgen.emulator.runner import INPUT_LINK, Runner
 from batchgen.emulator.tokencount import TokenCounter
 from batchgen.emulator.validate import Verdict, batch_error, validate_input
 
-CHUNK = 128
+CHUNK = 256
 
 
 @dataclass

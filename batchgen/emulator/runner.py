@@ -129,9 +129,10 @@ class Runner:
         except Exception as error:  # an executor bug must not stop the batch: the line gets a 500 row
             result = LineResult(500, error_body(f"The executor failed: {type(error).__name__}", "server_error"))
         ok = 200 <= result.status_code < 300
-        row = {"id": ids.batch_request_id(record.id, index), "custom_id": custom_id,
-               "response": {"status_code": result.status_code, "request_id": ids.request_id(record.id, index),
-                            "body": result.body}, "error": None}
+        row_id, request_id = ids.row_ids(record.id, index)
+        row = {"id": row_id, "custom_id": custom_id,
+               "response": {"status_code": result.status_code, "request_id": request_id, "body": result.body},
+               "error": None}
         if ok:
             _add_usage(record.batch, result.body)
         counts = record.batch["request_counts"]

@@ -87,7 +87,7 @@ class SimulateExecutor:
         })
 
     def _truncate(self, text: str, model: str, limit: int | None) -> tuple[str, int, str]:
-        tokens = self._counter.text(text, model)
+        tokens = self._counter.text(text, model, unique=True)
         if limit is None or tokens <= limit:
             return text, tokens, "stop"
         encoding = self._counter.encoding(model)

@@ -252,11 +252,13 @@ def _vary_leaves(value: Any, change: Variation, first: list[bool]) -> Any:
 
 
 def distinct_variants(seeds: list[dict[str, Any]], count: int, rng: random.Random,
-                      avoid: Callable[[bytes], bool] | None = None) -> list[dict[str, Any]]:
-    """`count` variants rotating over the seeds, none equal to a seed or to each other."""
+                      avoid: Callable[[bytes], bool] | None = None,
+                      kinds: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """`count` variants rotating over the seeds, none equal to a seed or to each other (`kinds`: the seeds'
+    formats, when already known)."""
     taken = {orjson.dumps(s) for s in seeds}
     out: list[dict[str, Any]] = []
-    kinds = [kind_of(s) for s in seeds]
+    kinds = kinds if kinds is not None else [kind_of(s) for s in seeds]
     start = rng.randrange(len(seeds))
     for i in range(count):
         seed, kind = seeds[(start + i) % len(seeds)], kinds[(start + i) % len(seeds)]

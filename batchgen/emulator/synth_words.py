@@ -46,9 +46,7 @@ _POOLS: dict[str, tuple[str, ...]] = {
 
 
 def fill_qualifier(template: str, bits: int) -> str:
-    """A qualifier template with its placeholders filled from the pools, chosen by the random `bits`."""
-    values = {}
-    for name, pool in _POOLS.items():
-        bits, index = divmod(bits, len(pool))
-        values[name] = pool[index]
-    return template.format(**values)
+    """A qualifier template with its placeholder filled from its pool, chosen by the random `bits`."""
+    name = template[template.index("{") + 1:template.index("}")]
+    pool = _POOLS[name]
+    return template.replace("{" + name + "}", pool[bits % len(pool)])

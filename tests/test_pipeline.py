@@ -218,3 +218,22 @@ def test_corrupt_result_file_leaves_the_ledger_untouched(tmp_path, monkeypatch):
             break
     with Ledger.open(workspace / "ledger.db") as ledger:
         assert ledger.scalar("SELECT count(*) FROM results") == ledger.scalar("SELECT count(*) FROM requests")
+
+
+def test_a_50000_line_batch_has_exactly_one_result_per_custom_id(tmp_path):
+    """One shard at the Batch API's line limit, through the emulator and back."""
+    workspace = tmp_path / ".batchgen"
+    (workspace / "emulator").mkdir(parents=True)
+    (workspace / "emulator" / "config.json").write_text(json.dumps({"line_seconds": 0}), encoding="utf-8")
+    done = batchgen(workspace, "run", str(ROOT / "tests" / "fixtures" / "jobs" / "big"), "--quiet")
+    assert "Job big: done" in done.stdout
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.scalar("SELECT count(*) FROM batches") == 1
+        assert ledger.scalar("SELECT lines FROM shards") == 50_000
+        assert ledger.scalar("SELECT count(*) FROM requests") == 50_000
+        assert ledger.scalar("SELECT count(*) FROM results") == 50_000
+        assert ledger.scalar("SELECT count(*) FROM requests r LEFT JOIN results s USING (custom_id) "
+                             "WHERE s.custom_id IS NULL") == 0
+        assert ledger.scalar("SELECT count(DISTINCT custom_id) FROM results") == 50_000
+        counts = json.loads(ledger.scalar("SELECT batch_json FROM batches"))["request_counts"]
+        assert counts == {"total": 50_000, "completed": 50_000, "failed": 0}

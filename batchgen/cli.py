@@ -474,7 +474,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
     """
     from pathlib import Path
 
-    from batchgen.emulator import ConfigError, EmulatorConfig, check_bind, serve, serve_overrides
+    from batchgen.emulator import ConfigError, EmulatorConfig, StateInUse, check_bind, serve, serve_overrides
     from batchgen.workspace import Workspace
 
     state_dir = Path(state) if state else Workspace.resolve().root / "serve"
@@ -483,5 +483,5 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
         config = EmulatorConfig.load(state_dir, "serve", serve_overrides(options, models, limits))
         click.echo(f"Batch API emulator: http://{host}:{port}/v1 (state {state_dir})", err=True)
         serve(state_dir, config, host=host, port=port, token=token, log_level=log_level)
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, StateInUse, ValueError) as error:
         raise click.ClickException(str(error)) from error

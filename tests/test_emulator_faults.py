@@ -90,3 +90,12 @@ def test_embedded_start_is_fast_and_defaults_finish_a_few_hundred_lines_quickly(
     finally:
         client.close()
         handle.stop()
+
+
+def test_one_process_at_a_time_on_a_state_directory(tmp_path):
+    from batchgen.emulator import Engine, StateInUse
+
+    with start_embedded(tmp_path / "emu"):
+        with pytest.raises(StateInUse):
+            Engine(tmp_path / "emu", EmulatorConfig(), lock_timeout=0.1)
+    Engine(tmp_path / "emu", EmulatorConfig(), lock_timeout=0.1).stop()

@@ -11,7 +11,7 @@ The emulator imports nothing from batchgen except `batchgen.tokens`.
 
 from batchgen.emulator.config import ConfigError, EmulatorConfig, serve_overrides
 from batchgen.emulator.control import ControlError, EmulatorControl
-from batchgen.emulator.engine import Engine
+from batchgen.emulator.engine import Engine, StateInUse
 from batchgen.emulator.executor import Executor, LineRequest, LineResult
 from batchgen.emulator.server import EmbeddedEmulator, EmulatorStartError, check_bind, serve, start_embedded
 
@@ -26,6 +26,7 @@ __all__ = [
     "Executor",
     "LineRequest",
     "LineResult",
+    "StateInUse",
     "check_bind",
     "serve",
     "serve_overrides",

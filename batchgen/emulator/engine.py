@@ -7,6 +7,8 @@ recovers partial progress and carries on.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,9 +35,11 @@ _MAX_SLEEP = 0.5
 class Engine:
     """Files, batches and their progress under one state directory."""
 
-    def __init__(self, state_dir: str | Path, config: EmulatorConfig, executor: Executor | None = None) -> None:
+    def __init__(self, state_dir: str | Path, config: EmulatorConfig, executor: Executor | None = None,
+                 lock_timeout: float = 10.0) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_state(self.state_dir, lock_timeout)
         self.config = config
         self.clock = Clock(self.state_dir, config.time_scale)
         self.files = FileStore(self.state_dir)
@@ -66,11 +70,15 @@ class Engine:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the worker and release the state directory; idempotent."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def poke(self) -> None:
         self._wake.set()
@@ -198,6 +206,25 @@ class Engine:
         self.poke()
 
 
+class StateInUse(RuntimeError):
+    """Another emulator process works on the same state directory."""
+
+
+def _lock_state(state_dir: Path, timeout: float) -> int:
+    """An exclusive lock on `<state>/.lock`, so two processes never run the same batches."""
+    fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise StateInUse(f"the emulator state {state_dir} is in use by another process") from None
+            time.sleep(0.05)
+
+
 def _copy(batch: dict[str, Any]) -> dict[str, Any]:
     out = dict(batch)
     for key in ("request_counts", "usage", "errors", "metadata"):
@@ -262,4 +289,4 @@ def _check_output_expiry(value: Any) -> int | None:
     return int(value["seconds"])
 
 
-__all__ = ["APIError", "Engine", "ENDPOINTS"]
+__all__ = ["APIError", "ENDPOINTS", "Engine", "StateInUse"]

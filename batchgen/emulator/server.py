@@ -125,7 +125,7 @@ def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0
           token: str | None = None, log_level: str = "info") -> None:
     """Serve in the foreground until SIGINT/SIGTERM; raises ValueError for a public host without a token."""
     check_bind(host, token)
-    engine = Engine(state_dir, config)
+    engine = Engine(state_dir, config, lock_timeout=0.0)
     engine.start()
     try:
         app = build_app(engine, token=token, control=config.control)

@@ -158,6 +158,35 @@ def _runner(workspace: str | None, backend: str | None = None) -> Any:
     return runner
 
 
+def _lock(workspace: str | None, wait: float | None = None, on_wait: Any = None) -> Any:
+    """Take the workspace lock for the rest of the command (call before `_runner`, so that it is released last).
+
+    Waits as long as it takes (wait=None), or raises WorkspaceBusy after `wait` seconds; `on_wait` is told whom
+    it waits for.
+    """
+    from batchgen.lock import WorkspaceLock
+    from batchgen.workspace import Workspace
+
+    lock = WorkspaceLock(Workspace.resolve(workspace).ensure().root)
+    lock.acquire(timeout=wait, on_wait=on_wait)
+    click.get_current_context().call_on_close(lock.release)
+    return lock
+
+
+def _wait_note() -> Any:
+    """Say once on stderr that this process waits for another one."""
+    shown = False
+
+    def note(holder: Any) -> None:
+        nonlocal shown
+        if not shown:
+            shown = True
+            click.echo(f"Another batchgen ({holder.describe()}) is working on this workspace; waiting for its turn",
+                       err=True)
+
+    return note
+
+
 @cli.command(name="run")
 @click.argument("job")
 @backend_option
@@ -174,10 +203,12 @@ def run_(job: str, backend: str | None, workspace: str | None, quiet: bool) -> N
     """
     from batchgen.pipeline import run_job
 
+    note = _wait_note()
+    lock = _lock(workspace, on_wait=note)
     runner = _runner(workspace, backend)
     spec = _register(runner, job)
     try:
-        run_job(runner, spec, None if quiet else _progress_line)
+        run_job(runner, spec, None if quiet else _progress_line, sleep=lock.pausing(runner.close, note))
     except KeyboardInterrupt:
         click.echo(f"\nStopped. Batches keep running; resume with 'batchgen run {job}' or check with "
                    f"'batchgen status {spec.name}'", err=True)
@@ -241,6 +272,7 @@ def submit_(job: str, backend: str | None, workspace: str | None) -> None:
     """
     from batchgen.pipeline import submit_job
 
+    _lock(workspace, on_wait=_wait_note())
     runner = _runner(workspace, backend)
     spec = _register(runner, job)
     count, blocked = submit_job(runner, spec)
@@ -258,6 +290,7 @@ def collect_(job: str | None, workspace: str | None) -> None:
     """
     from batchgen.pipeline import collect_jobs
 
+    _lock(workspace, on_wait=_wait_note())
     runner = _runner(workspace)
     for p in collect_jobs(runner, [job] if job else None):
         running = sum(n for s, n in p.batches.items() if s not in ("completed", "failed", "expired", "cancelled"))
@@ -268,14 +301,22 @@ def collect_(job: str | None, workspace: str | None) -> None:
 
 @cli.command(name="tick")
 @workspace_option
-def tick_(workspace: str | None) -> None:
+@click.option("--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds to wait for another batchgen working on the workspace before skipping this tick")
+def tick_(workspace: str | None, wait: float) -> None:
     """One pass over every active job: submit, poll, collect, export. For cron; exits 0 with a one-line summary.
 
     \b
         */10 * * * * cd ~/data && batchgen tick >> batchgen.log 2>&1
     """
+    from batchgen.errors import WorkspaceBusy
     from batchgen.scheduler import tick
 
+    try:
+        _lock(workspace, wait=wait)
+    except WorkspaceBusy as error:
+        click.echo(f"{error}; skipped")
+        return
     runner = _runner(workspace)
     report = tick(runner)
     parts = [f"{p.job} {p.status} {p.finished}/{p.requests} (+{p.submitted_now} submitted, "
@@ -297,12 +338,13 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         batchgen status
         batchgen status task_api --json
     """
-    from batchgen.pipeline import refresh_status
+    from batchgen.lock import WorkspaceLock
     from batchgen.report import batch_rows
 
     runner = _runner(workspace)
+    lock = WorkspaceLock(runner.workspace.root)
     while True:
-        active = refresh_status(runner, job)
+        active = _refresh(runner, lock, job)
         rows = batch_rows(runner.ledger, job)
         if json_:
             echo_json(rows)
@@ -311,6 +353,21 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         if not watch or not active:
             return
         time.sleep(interval)
+
+
+def _refresh(runner: Any, lock: Any, job: str | None) -> bool:
+    """Poll unfinished batches unless another batchgen holds the workspace (it polls them); True while any runs."""
+    from batchgen.ledger import TERMINAL
+    from batchgen.pipeline import refresh_status
+    from batchgen.report import batch_rows
+
+    if lock.try_acquire():
+        try:
+            return bool(refresh_status(runner, job))
+        finally:
+            runner.close()  # the embedded emulator lives only while the lock is held
+            lock.release()
+    return any(row["status"] not in TERMINAL for row in batch_rows(runner.ledger, job))
 
 
 @cli.command(name="show")
@@ -367,6 +424,7 @@ def cancel_(target: str, workspace: str | None) -> None:
     """
     from batchgen.pipeline import cancel
 
+    _lock(workspace, on_wait=_wait_note())
     for batch_id, status in cancel(_runner(workspace), target):
         click.echo(f"{batch_id}: {status}")
 
@@ -389,7 +447,7 @@ def jobs_list(workspace: str | None, json_: bool, fmt: str | None) -> None:
 
 @cli.group(name="ledger", context_settings=CONTEXT_SETTINGS)
 def ledger_() -> None:
-    """The SQLite ledger: where it is, its schema version, a backup."""
+    """The SQLite ledger: where it is, its schema version, a backup, an integrity check."""
 
 
 @ledger_.command(name="path")
@@ -423,6 +481,30 @@ def ledger_backup(target: str, workspace: str | None) -> None:
     """Copy the ledger to TARGET with VACUUM INTO (safe while a job runs)."""
     path = _runner(workspace).ledger.backup(target)
     click.echo(f"Backed up the ledger to {path}")
+
+
+@ledger_.command(name="check")
+@workspace_option
+@output_options
+def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """Verify the ledger: one outcome per request, costs that add up, files that exist. Exits 1 if not clean.
+
+    \b
+        batchgen ledger check
+        batchgen ledger check --json
+    """
+    from batchgen.check import check_ledger
+
+    runner = _runner(workspace)
+    report = check_ledger(runner.ledger, runner.workspace)
+    if json_:
+        echo_json(report.to_dict())
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem.kind}: {problem.message}")
+        click.echo(report.summary())
+    if not report.clean:
+        click.get_current_context().exit(1)
 
 
 # --- the emulator: serve -----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import openai
 from openai.types import Batch, FileObject
 
+from batchgen.crashpoints import crash_point
 from batchgen.errors import BackendError
 
 BACKENDS = ("embedded", "openai", "azure")
@@ -92,10 +93,12 @@ class BatchClient:
         except openai.APIConnectionError as error:
             raise BackendError(f"{what} failed: cannot reach {self.base_url} ({error.__cause__ or error})") from error
 
-    def upload(self, path: Path) -> FileObject:
+    def upload(self, path: Path, filename: str | None = None) -> FileObject:
+        """Upload a batch input file, under `filename` (default: its own name)."""
+        name = filename or path.name
         with open(path, "rb") as handle:
             return self._call(f"Uploading {path.name}",
-                              lambda: self._sdk.files.create(file=(path.name, handle), purpose="batch"))
+                              lambda: self._sdk.files.create(file=(name, handle), purpose="batch"))
 
     def create_batch(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> Batch:
         once = self._sdk.with_options(max_retries=0)
@@ -129,6 +132,7 @@ class BatchClient:
                 with open(tmp, "wb") as out:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
+                        crash_point("download")
                     out.flush()
                     os.fsync(out.fileno())
 

@@ -24,6 +24,7 @@ import orjson
 
 from batchgen import pricing
 from batchgen.client import BatchClient
+from batchgen.crashpoints import crash_point
 from batchgen.errors import BackendError
 from batchgen.ledger import Ledger, utcnow
 from batchgen.spec import JobSpec
@@ -232,6 +233,7 @@ class _Collector:
             "finish_reason, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, "
             "priced_by, request_id, collected_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self.results)
+        crash_point("ingest")
         self.ledger.db.conn.executemany(
             "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, cell_json, valid, "
             "category, reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.examples)

@@ -7,6 +7,7 @@
     ├── BackendError       the Batch API (OpenAI, a compatible server or the emulator) said no
     ├── ValidationFailed   generated data failed a check that was required to pass
     ├── BudgetExceeded     the budget guard refused to spend more
+    ├── WorkspaceBusy      another batchgen process holds the workspace lock
     └── PricingError       no price is known for a model
 
 The CLI turns each into `Error: <message>` and exit status 1. The library never prints and never exits.
@@ -47,4 +48,8 @@ class BudgetExceeded(BatchgenError):
 
 
 class PricingError(BatchgenError):
+    pass
+
+
+class WorkspaceBusy(BatchgenError):
     pass

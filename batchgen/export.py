@@ -31,6 +31,7 @@ from typing import IO, Any, Literal
 import orjson
 from pydantic import ValidationError
 
+from batchgen.crashpoints import crash_point
 from batchgen.errors import BatchgenError
 from batchgen.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
 
@@ -168,6 +169,7 @@ def _write_records(records: Iterable[ExportRecord], fmt: str, provenance: str, m
         elif side is not None:
             side.write_line({"line": result.written, **record.provenance.to_dict()})
         main.write_line(example)
+        crash_point("export")
 
 
 class _HashingFile:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 from batchgen.errors import NotFoundError
 from batchgen.ledger import TERMINAL
+from batchgen.reconcile import reconcile
 from batchgen.scheduler import (
     JobProgress,
     Runner,
@@ -50,6 +51,7 @@ def submit_job(runner: Runner, spec: JobSpec) -> tuple[int, str | None]:
     """Compile the current stage if needed and submit what the budget allows."""
     row = runner.ledger.job(spec.name)
     ensure_compiled(runner, spec, spec.stage(row["stage"]))
+    reconcile(runner, runner.client(row["backend"]), spec)
     return submit_pending(runner, runner.client(row["backend"]), spec, row)
 
 

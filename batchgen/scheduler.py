@@ -8,7 +8,6 @@ anywhere can be started again without spending twice or losing a result.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -20,9 +19,11 @@ from typing import Any
 
 from batchgen.client import BatchClient, choose_backend
 from batchgen.collect import collect_batch
+from batchgen.crashpoints import crash_point
 from batchgen.compile import compile_stage, read_manifest
 from batchgen.errors import BatchgenError, BudgetExceeded, SpecError
 from batchgen.ledger import TERMINAL, Ledger, dec_sum, utcnow
+from batchgen.reconcile import open_intent, reconcile, upload_name
 from batchgen.plan import expected_output_tokens
 from batchgen.pricing import get_price
 from batchgen.report import export_job
@@ -139,6 +140,7 @@ def advance(runner: Runner, spec: JobSpec) -> JobProgress:
     stage = spec.stage(row["stage"])
     ensure_compiled(runner, spec, stage)
     client = runner.client(row["backend"])
+    reconcile(runner, client, spec)
     submitted, blocked = submit_pending(runner, client, spec, row)
     poll_due(runner, client, spec.name)
     collected = collect_ended(runner, client, spec)
@@ -230,24 +232,24 @@ def submit_pending(runner: Runner, client: BatchClient, spec: JobSpec, job: dict
 
 
 def submit_shard(runner: Runner, client: BatchClient, spec: JobSpec, shard: dict[str, Any]) -> None:
-    """Intent row, then upload, then create, then record: each step is in the ledger before the next call."""
+    """Intent row, then upload, then create, then record: each step is in the ledger before the next call.
+
+    The idempotency key is in the uploaded file's name and the batch's metadata, so `reconcile` can find what a
+    crash or an unanswered create left behind (a pending intent resumes here with its file, if it has one).
+    """
     ledger = runner.ledger
-    key = hashlib.sha256(f"{spec.name}|{shard['id']}|{shard['sha256']}".encode()).hexdigest()[:32]
-    with ledger.transaction():
-        intent = ledger.one("SELECT * FROM intents WHERE idempotency_key = ?", [key])
-        if intent is None:
-            ledger.execute("INSERT INTO intents (idempotency_key, job, shard_id, kind, status, created_utc, "
-                           "updated_utc) VALUES (?, ?, ?, 'submit', 'pending', ?, ?)",
-                           [key, spec.name, shard["id"], utcnow(), utcnow()])
-            intent = ledger.one("SELECT * FROM intents WHERE idempotency_key = ?", [key])
-    assert intent is not None
+    intent = open_intent(ledger, spec.name, shard)
+    key = intent["idempotency_key"]
+    crash_point("intent")
     file_id = intent["file_id"]
     if not file_id:
-        file_id = client.upload(Path(shard["path"])).id
+        file_id = client.upload(Path(shard["path"]), upload_name(key, shard["path"])).id
+        crash_point("upload")
         with ledger.transaction():
             ledger.execute("UPDATE intents SET file_id = ?, updated_utc = ? WHERE id = ?", [file_id, utcnow(), intent["id"]])
     metadata = {"batchgen_job": spec.name, "batchgen_shard": shard["id"], "batchgen_key": key}
     batch = client.create_batch(file_id, spec.endpoint, metadata)
+    crash_point("create")
     with ledger.transaction():
         record_batch(ledger, client, spec.name, shard, batch.model_dump(mode="json"), runner.clock())
         ledger.execute("UPDATE intents SET status = 'done', batch_id = ?, updated_utc = ? WHERE id = ?",
@@ -323,12 +325,14 @@ def next_stage_or_finish(runner: Runner, spec: JobSpec, stage: ResolvedStage) ->
         if position + 1 < len(names):
             ledger.set_job(spec.name, stage=names[position + 1])
             ledger.event("stage_opened", job=spec.name, stage=names[position + 1])
+            crash_point("stage")
             return
     exported = export_job(ledger, spec, runner.workspace.datasets_dir / f"{spec.name}.{spec.format}.jsonl")
     with ledger.transaction():
         ledger.set_job(spec.name, status="done")
         ledger.event("done", job=spec.name, dataset=str(exported.path), written=exported.written,
                      sha256=exported.sha256)
+        crash_point("stage")
 
 
 def progress(runner: Runner, name: str) -> JobProgress:

@@ -1,0 +1,86 @@
+"""Helpers for tests that run `python -m batchgen` in real processes on a fast embedded emulator."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from batchgen.emulator import start_embedded
+from batchgen.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK_API = ROOT / "jobs" / "task_api"
+EVOL = ROOT / "jobs" / "evol_task_api"
+FAST = '{"line_seconds": 0, "validation_seconds": 0, "finalizing_seconds": 0}'
+_BATCH_ID = re.compile(rb'"batch_id":"batch_[0-9a-f]+"')
+
+
+def fresh_workspace(parent: Path, config: str = FAST) -> Path:
+    """An empty workspace whose embedded emulator answers at once."""
+    workspace = parent / ".batchgen"
+    (workspace / "emulator").mkdir(parents=True)
+    (workspace / "emulator" / "config.json").write_text(config, encoding="utf-8")
+    return workspace
+
+
+def env_for(workspace: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "BATCHGEN_CRASH_AT"}
+    return {**env, "BATCHGEN_WORKSPACE": str(workspace), **extra}
+
+
+def batchgen(workspace: Path, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m batchgen ARGS` in a new process on the workspace (extra: more environment variables)."""
+    return subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True,
+                          env=env_for(workspace, **extra), cwd=ROOT, timeout=timeout)
+
+
+def spawn(workspace: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "batchgen", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env_for(workspace, **extra), cwd=ROOT)
+
+
+def dataset(workspace: Path, job: str = "task_api") -> bytes:
+    """The job's dataset, byte for byte, except `_provenance.batch_id` (batch ids differ between emulators)."""
+    data = (workspace / "datasets" / f"{job}.sharegpt.jsonl").read_bytes()
+    return _BATCH_ID.sub(b'"batch_id":"-"', data)
+
+
+def remote_state(workspace: Path) -> tuple[list[Any], list[Any]]:
+    """Every batch and every batch input file on the workspace's emulator, read through the openai SDK."""
+    with start_embedded(workspace / "emulator") as emulator:
+        with openai.OpenAI(base_url=emulator.base_url, api_key="test-key") as client:
+            return list(client.batches.list(limit=100)), list(client.files.list(purpose="batch"))
+
+
+def assert_no_duplicate_batches(workspace: Path) -> list[Any]:
+    batches, files = remote_state(workspace)
+    keys = Counter((b.metadata or {}).get("batchgen_key") for b in batches)
+    assert None not in keys, "a batch without an idempotency key"
+    assert max(keys.values(), default=0) <= 1, f"a shard was submitted twice: {keys}"
+    used = {b.input_file_id for b in batches}
+    assert [f.filename for f in files if f.id not in used] == [], "an orphaned input file was left behind"
+    return batches
+
+
+def assert_one_final_outcome_each(workspace: Path) -> None:
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        requests = ledger.scalar("SELECT count(*) FROM requests")
+        per_request = ledger.rows("SELECT r.custom_id, count(s.custom_id) AS n FROM requests r LEFT JOIN results s "
+                                  "ON s.custom_id = r.custom_id GROUP BY r.custom_id HAVING n != 1")
+        per_variant = ledger.rows("SELECT r.job, r.stage, r.variant, count(*) AS n FROM requests r JOIN results s "
+                                  "ON s.custom_id = r.custom_id WHERE r.status != 'retried' "
+                                  "GROUP BY r.job, r.stage, r.variant HAVING n != 1")
+    assert requests > 0
+    assert per_request == [] and per_variant == []
+
+
+def events(workspace: Path, kind: str) -> list[dict[str, Any]]:
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        return ledger.rows("SELECT * FROM events WHERE kind = ?", [kind])

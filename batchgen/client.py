@@ -2,7 +2,8 @@
 
 Backends:
 - `embedded` (default): the built-in emulator, started on a loopback port for the life of this client, with its
-  state under the workspace; costs nothing.
+  state under the workspace; costs nothing. If another process already runs the workspace's emulator, the
+  client attaches to that one, and follows the state (starts or attaches again) if that process exits first.
 - `openai`: the official API, or any compatible server named by OPENAI_BASE_URL (a `batchgen serve` elsewhere,
   another provider). Needs OPENAI_API_KEY. Spending money is always asked for explicitly.
 - `azure`: Azure OpenAI (AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, OPENAI_API_VERSION).
@@ -16,13 +17,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import openai
 from openai.types import Batch, FileObject
 
 from batchgen.crashpoints import crash_point
 from batchgen.errors import BackendError
+
+if TYPE_CHECKING:
+    from batchgen.emulator import AttachedEmulator, EmbeddedEmulator
 
 BACKENDS = ("embedded", "openai", "azure")
 ENV_BACKEND = "BATCHGEN_BACKEND"
@@ -42,18 +46,16 @@ class BatchClient:
 
     def __init__(self, backend: str, *, emulator_dir: Path | None = None, timeout: float = 60.0):
         self.backend = backend
-        self._emulator: Any = None
+        self._timeout = timeout
+        self._emulator: EmbeddedEmulator | AttachedEmulator | None = None
         self._sdk = self._connect(backend, emulator_dir, timeout)
         self.base_url = str(self._sdk.base_url).rstrip("/")
 
     def _connect(self, backend: str, emulator_dir: Path | None, timeout: float) -> openai.OpenAI:
         if backend == "embedded":
-            from batchgen.emulator import start_embedded
-
             if emulator_dir is None:
                 raise BackendError("The embedded backend needs a workspace for its state")
-            self._emulator = start_embedded(emulator_dir)
-            return openai.OpenAI(api_key="embedded", base_url=self._emulator.base_url, timeout=timeout)
+            return self._open_emulator(emulator_dir, timeout)
         if backend == "azure":
             missing = [v for v in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION")
                        if not os.environ.get(v)]
@@ -64,6 +66,28 @@ class BatchClient:
             raise BackendError("OPENAI_API_KEY is not set; export it to use --backend openai "
                                "(or drop --backend to run on the free embedded emulator)")
         return openai.OpenAI(timeout=timeout)
+
+    def _open_emulator(self, state_dir: Path, timeout: float) -> openai.OpenAI:
+        """Start the workspace's emulator, or attach to the one another process runs on the same state."""
+        from batchgen.emulator import EmulatorStartError, StateInUse, connect_embedded
+
+        try:
+            self._emulator = connect_embedded(state_dir)
+        except (StateInUse, EmulatorStartError) as error:
+            raise BackendError(f"Cannot use the embedded emulator: {error}") from error
+        return openai.OpenAI(api_key="embedded", base_url=self._emulator.base_url, timeout=timeout)
+
+    def _reconnect(self) -> bool:
+        """After a connection failure: if the attached emulator's process has gone, switch to the emulator now
+        serving the state (start one, or attach to the new holder). True if the client switched."""
+        emulator = self._emulator
+        if emulator is None or not emulator.attached or emulator.alive():
+            return False
+        sdk = self._open_emulator(emulator.state_dir, self._timeout)
+        old, self._sdk = self._sdk, sdk
+        old.close()
+        self.base_url = str(sdk.base_url).rstrip("/")
+        return True
 
     @property
     def identity(self) -> str:
@@ -83,7 +107,22 @@ class BatchClient:
         self.close()
 
     # -- calls ---------------------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """`fn()` with SDK errors as BackendError.
+
+        If it could not reach an attached embedded emulator whose process has exited, the client switches to
+        the emulator now serving the state and calls `fn` once more (with `retry=False` it switches but
+        re-raises: for calls that must not be repeated blindly).
+        """
+        try:
+            return self._translated(what, fn)
+        except BackendError as error:
+            unreachable = isinstance(error.__cause__, openai.APIConnectionError)
+            if not unreachable or not self._reconnect() or not retry:
+                raise
+        return self._translated(what, fn)
+
+    def _translated(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except openai.APIStatusError as error:
@@ -102,9 +141,10 @@ class BatchClient:
 
     def create_batch(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> Batch:
         once = self._sdk.with_options(max_retries=0)
+        # Never repeated: a create that got no answer may have made a batch; reconciliation finds it by metadata.
         return self._call("Creating a batch", lambda: once.batches.create(
             input_file_id=input_file_id, endpoint=endpoint, completion_window="24h",  # type: ignore[arg-type]
-            metadata=metadata))
+            metadata=metadata), retry=False)
 
     def retrieve(self, batch_id: str) -> Batch:
         return self._call(f"Retrieving batch {batch_id}", lambda: self._sdk.batches.retrieve(batch_id))
@@ -113,8 +153,7 @@ class BatchClient:
         return self._call(f"Cancelling batch {batch_id}", lambda: self._sdk.batches.cancel(batch_id))
 
     def list_batches(self, limit: int = 100) -> Iterator[Batch]:
-        page = self._call("Listing batches", lambda: self._sdk.batches.list(limit=limit))
-        yield from self._call("Listing batches", lambda: list(page))
+        yield from self._call("Listing batches", lambda: list(self._sdk.batches.list(limit=limit)))
 
     def list_files(self) -> list[FileObject]:
         return self._call("Listing files", lambda: list(self._sdk.files.list(purpose="batch")))

@@ -6,6 +6,9 @@
         client = openai.OpenAI(base_url=emulator.base_url, api_key="local")
         ...
 
+`start_embedded` runs the emulator in this process (it waits for the state directory if another process holds
+it); `connect_embedded` does that when the state is free and otherwise attaches to the holder's server.
+
 The emulator imports nothing from batchgen except `batchgen.tokens`.
 """
 
@@ -13,9 +16,18 @@ from batchgen.emulator.config import ConfigError, EmulatorConfig, serve_override
 from batchgen.emulator.control import ControlError, EmulatorControl
 from batchgen.emulator.engine import Engine, StateInUse
 from batchgen.emulator.executor import Executor, LineRequest, LineResult
-from batchgen.emulator.server import EmbeddedEmulator, EmulatorStartError, check_bind, serve, start_embedded
+from batchgen.emulator.server import (
+    EmbeddedEmulator,
+    EmulatorStartError,
+    check_bind,
+    connect_embedded,
+    serve,
+    start_embedded,
+)
+from batchgen.emulator.shared import AttachedEmulator
 
 __all__ = [
+    "AttachedEmulator",
     "ConfigError",
     "ControlError",
     "EmbeddedEmulator",
@@ -28,6 +40,7 @@ __all__ = [
     "LineResult",
     "StateInUse",
     "check_bind",
+    "connect_embedded",
     "serve",
     "serve_overrides",
     "start_embedded",

@@ -148,6 +148,13 @@ async def _synchronous(engine: Engine, request: Request, endpoint: str) -> Respo
     return JSON(result.body, status_code=result.status_code, headers={"x-request-id": ids.random_request_id()})
 
 
+def _health_route(identity: dict[str, Any]) -> Route:
+    async def health(request: Request) -> Response:
+        return JSON(identity)
+
+    return Route("/_emulator/health", health, methods=["GET"])
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths (404) and wrong methods (405) get the envelope too."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -155,12 +162,18 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSON(error_envelope(message), status_code=status)
 
 
-def build_app(engine: Engine, *, token: str | None = None, control: bool = False) -> Starlette:
-    """The ASGI app: /v1 routes, optional control routes, bearer auth and HTTP fault injection."""
+def build_app(engine: Engine, *, token: str | None = None, control: bool = False,
+              identity: dict[str, Any] | None = None) -> Starlette:
+    """The ASGI app: /v1 routes, optional control routes, bearer auth and HTTP fault injection.
+
+    With `identity`, `GET /_emulator/health` answers it (outside /v1, so injected faults never hit it).
+    """
     from batchgen.emulator.control import control_routes
     from batchgen.emulator.middleware import AuthMiddleware, FaultMiddleware
 
     routes = api_routes(engine) + (control_routes(engine) if control else [])
+    if identity is not None:
+        routes.append(_health_route(dict(identity)))
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.add_middleware(FaultMiddleware, engine=engine)
     app.add_middleware(AuthMiddleware, token=token)

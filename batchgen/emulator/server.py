@@ -16,8 +16,9 @@ import uvicorn
 from batchgen.emulator.app import build_app
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.control import EmulatorControl
-from batchgen.emulator.engine import Engine
+from batchgen.emulator.engine import Engine, StateInUse
 from batchgen.emulator.executor import Executor
+from batchgen.emulator.shared import AttachedEmulator, Published, attach, publish, read_published, withdraw
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -35,22 +36,30 @@ class EmbeddedEmulator:
     """An emulator on 127.0.0.1:<ephemeral> in a background thread; a context manager.
 
     `config` is an EmulatorConfig (used as is) or a mapping of overrides applied over the `embedded` preset and
-    `<state_dir>/config.json`. The control API is on unless `config` turns it off.
+    `<state_dir>/config.json`. The control API is on unless `config` turns it off. Constructing it takes
+    the state directory's lock (waiting up to `lock_timeout` seconds, else StateInUse); while it serves, its
+    address is published in `<state_dir>/server.json` for other processes to attach to (see `shared`).
     """
 
+    attached = False
+
     def __init__(self, state_dir: str | Path, config: EmulatorConfig | Mapping[str, Any] | None = None, *,
-                 token: str | None = None, executor: Executor | None = None) -> None:
+                 token: str | None = None, executor: Executor | None = None,
+                 lock_timeout: float = 10.0) -> None:
         if isinstance(config, EmulatorConfig):
             self.config = config
         else:
             self.config = EmulatorConfig.load(state_dir, "embedded", config)
         self.token = token
-        self.engine = Engine(state_dir, self.config, executor)
+        self.state_dir = Path(state_dir)
+        self.engine = Engine(state_dir, self.config, executor, lock_timeout=lock_timeout)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = int(self._socket.getsockname()[1])
-        app = build_app(self.engine, token=token, control=self.config.control)
+        self.published = Published.new(self.base_url, control=self.config.control, auth=bool(token))
+        app = build_app(self.engine, token=token, control=self.config.control,
+                        identity=self.published.identity())
         self._server = uvicorn.Server(_uvicorn_config(app, "warning"))
         self._thread: threading.Thread | None = None
 
@@ -61,6 +70,10 @@ class EmbeddedEmulator:
     @property
     def control(self) -> EmulatorControl:
         return EmulatorControl(self.base_url, self.token)
+
+    def alive(self) -> bool:
+        """True while this process serves."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self, timeout: float = 10.0) -> EmbeddedEmulator:
         """Start serving; returns once the server accepts connections."""
@@ -74,10 +87,13 @@ class EmbeddedEmulator:
                 self.stop()
                 raise EmulatorStartError("the embedded Batch API emulator did not start")
             time.sleep(0.002)
+        publish(self.state_dir, self.published)
         return self
 
     def stop(self) -> None:
-        """Stop serving and the worker; idempotent."""
+        """Withdraw the published address, stop serving and the worker, release the state; idempotent."""
+        if self._thread is not None:
+            withdraw(self.state_dir, self.published)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join()
@@ -97,6 +113,32 @@ def start_embedded(state_dir: str | Path, config: EmulatorConfig | Mapping[str, 
                    token: str | None = None, executor: Executor | None = None) -> EmbeddedEmulator:
     """Start an embedded emulator; call `.stop()` or use it as a context manager."""
     return EmbeddedEmulator(state_dir, config, token=token, executor=executor).start()
+
+
+def connect_embedded(state_dir: str | Path, timeout: float = 10.0) -> EmbeddedEmulator | AttachedEmulator:
+    """The state directory's emulator: started here if the state is free, else the holder's, attached to.
+
+    Waits up to `timeout` seconds for a holder that is starting or stopping to publish its server or to
+    release the state; StateInUse if neither happens, or if the holder requires a token.
+    """
+    state = Path(state_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return EmbeddedEmulator(state, lock_timeout=0.0).start()
+        except StateInUse:
+            pass
+        attached = attach(state)
+        if attached is not None:
+            return attached
+        published = read_published(state)
+        if published is not None and published.auth:
+            raise StateInUse(f"the emulator state {state} is served by pid {published.pid} with a token; "
+                             "connect to it as an OpenAI-compatible server instead")
+        if time.monotonic() > deadline:
+            holder = f"pid {published.pid}" if published is not None else "another process"
+            raise StateInUse(f"the emulator state {state} is held by {holder}, which does not answer")
+        time.sleep(0.05)
 
 
 class _QuietSignalsServer(uvicorn.Server):

@@ -138,12 +138,24 @@ def init_(name: str, parent: str, model: str, fmt: str) -> None:
 workspace_option = click.option(
     "--workspace", type=click.Path(file_okay=False), default=None, envvar="BATCHGEN_WORKSPACE",
     help="Workspace directory (default: $BATCHGEN_WORKSPACE or ./.batchgen)")
+def guard_options(func: Any) -> Any:
+    """--budget-mode and --queue-limit, for the commands that submit."""
+    func = click.option("--queue-limit", type=click.IntRange(min=1), default=None, metavar="TOKENS",
+                        help="Cap on a model's queued input tokens (default: the job's limits.max_queued_tokens, "
+                             "else the tier-1 limit on OpenAI)")(func)
+    func = click.option("--budget-mode", type=click.Choice(["worst", "expected"]), default="worst", show_default=True,
+                        help="Count batches in flight at their worst case (every request at max_tokens) or at the "
+                             "expected cost when guarding the budget")(func)
+    return func
+
+
 backend_option = click.option(
     "--backend", type=click.Choice(["embedded", "openai", "azure"]), default=None,
     help="Where batches run (default: $BATCHGEN_BACKEND, the job's backend, or the free embedded emulator)")
 
 
-def _runner(workspace: str | None, backend: str | None = None) -> Any:
+def _runner(workspace: str | None, backend: str | None = None, budget_mode: str = "worst",
+            queue_limit: int | None = None) -> Any:
     """A Runner on the workspace's ledger, closed when the command ends."""
     from batchgen.ledger import Ledger
     from batchgen.scheduler import Runner
@@ -151,7 +163,7 @@ def _runner(workspace: str | None, backend: str | None = None) -> Any:
 
     space = Workspace.resolve(workspace).ensure()
     ledger = Ledger.open(space.ledger_path)
-    runner = Runner(ledger, space, backend=backend)
+    runner = Runner(ledger, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit)
     ctx = click.get_current_context()
     ctx.call_on_close(ledger.close)
     ctx.call_on_close(runner.close)
@@ -190,9 +202,11 @@ def _wait_note() -> Any:
 @cli.command(name="run")
 @click.argument("job")
 @backend_option
+@guard_options
 @workspace_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display")
-def run_(job: str, backend: str | None, workspace: str | None, quiet: bool) -> None:
+def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, workspace: str | None,
+         quiet: bool) -> None:
     """Run JOB to the end: compile, submit, poll, collect, validate, export. Safe to stop and start again.
 
     Ctrl-C leaves the batches running; run the same command later to pick up where it stopped.
@@ -205,15 +219,20 @@ def run_(job: str, backend: str | None, workspace: str | None, quiet: bool) -> N
 
     note = _wait_note()
     lock = _lock(workspace, on_wait=note)
-    runner = _runner(workspace, backend)
+    runner = _runner(workspace, backend, budget_mode, queue_limit)
     spec = _register(runner, job)
     try:
-        run_job(runner, spec, None if quiet else _progress_line, sleep=lock.pausing(runner.close, note))
+        run_job(runner, spec, None if quiet else _progress_line, sleep=lock.pausing(runner.close, note),
+                on_outage=_outage_note)
     except KeyboardInterrupt:
         click.echo(f"\nStopped. Batches keep running; resume with 'batchgen run {job}' or check with "
                    f"'batchgen status {spec.name}'", err=True)
         sys.exit(130)
     _print_summary(runner, spec.name, False)
+
+
+def _outage_note(message: str) -> None:
+    click.echo(f"\nBackend unavailable: {message}", err=True)
 
 
 def _register(runner: Any, job: str) -> Any:
@@ -244,6 +263,10 @@ def _print_summary(runner: Any, name: str, json_: bool) -> None:
     click.echo(f"Valid: {quality['valid']}/{quality['total']}")
     click.echo(f"Invalid reasons: {reasons}")
     click.echo("Requests: " + ", ".join(f"{k} {v}" for k, v in summary["requests"].items()))
+    if summary["failures"]:
+        click.echo("Failed lines: " + ", ".join(f"{k} {v}" for k, v in summary["failures"].items()))
+    if summary["faults"]:
+        click.echo("Faults: " + ", ".join(f"{k} {v}" for k, v in summary["faults"].items()))
     t = summary["tokens"]
     click.echo(f"Tokens: prompt {t.get('prompt', 0)} (cached {t.get('cached', 0)}), completion {t.get('completion', 0)}")
     budget = f" of budget ${summary['budget_usd']}" if summary["budget_usd"] is not None else ""
@@ -263,8 +286,9 @@ def _usd(amount: Any) -> str:
 @cli.command(name="submit")
 @click.argument("job")
 @backend_option
+@guard_options
 @workspace_option
-def submit_(job: str, backend: str | None, workspace: str | None) -> None:
+def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, workspace: str | None) -> None:
     """Compile JOB and submit its batches, then return at once (collect later with 'batchgen collect').
 
     \b
@@ -273,7 +297,7 @@ def submit_(job: str, backend: str | None, workspace: str | None) -> None:
     from batchgen.pipeline import submit_job
 
     _lock(workspace, on_wait=_wait_note())
-    runner = _runner(workspace, backend)
+    runner = _runner(workspace, backend, budget_mode, queue_limit)
     spec = _register(runner, job)
     count, blocked = submit_job(runner, spec)
     click.echo(f"Submitted {count} batch(es) for job {spec.name}" + (f"; {blocked}" if blocked else ""))
@@ -300,10 +324,11 @@ def collect_(job: str | None, workspace: str | None) -> None:
 
 
 @cli.command(name="tick")
+@guard_options
 @workspace_option
 @click.option("--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for another batchgen working on the workspace before skipping this tick")
-def tick_(workspace: str | None, wait: float) -> None:
+def tick_(budget_mode: str, queue_limit: int | None, workspace: str | None, wait: float) -> None:
     """One pass over every active job: submit, poll, collect, export. For cron; exits 0 with a one-line summary.
 
     \b
@@ -317,10 +342,11 @@ def tick_(workspace: str | None, wait: float) -> None:
     except WorkspaceBusy as error:
         click.echo(f"{error}; skipped")
         return
-    runner = _runner(workspace)
+    runner = _runner(workspace, None, budget_mode, queue_limit)
     report = tick(runner)
     parts = [f"{p.job} {p.status} {p.finished}/{p.requests} (+{p.submitted_now} submitted, "
-             f"+{p.collected_now} collected)" for p in report]
+             f"+{p.collected_now} collected)" + (f" error: {p.error}" if p.error else "")
+             + (f" waiting: {p.waiting_for_budget}" if p.waiting_for_budget else "") for p in report]
     click.echo("tick: " + ("; ".join(parts) if parts else "no active jobs"))
 
 

@@ -127,10 +127,13 @@ class BatchClient:
             return fn()
         except openai.APIStatusError as error:
             message = _error_message(error)
-            raise BackendError(f"{what} failed: HTTP {error.status_code}: {message}",
-                               status_code=error.status_code, request_id=error.request_id) from error
+            code = error.status_code
+            raise BackendError(f"{what} failed: HTTP {code}: {message}", status_code=code,
+                               request_id=error.request_id,
+                               transient=code in (408, 409, 429) or code >= 500) from error
         except openai.APIConnectionError as error:
-            raise BackendError(f"{what} failed: cannot reach {self.base_url} ({error.__cause__ or error})") from error
+            raise BackendError(f"{what} failed: cannot reach {self.base_url} ({error.__cause__ or error})",
+                               transient=True) from error
 
     def upload(self, path: Path, filename: str | None = None) -> FileObject:
         """Upload a batch input file, under `filename` (default: its own name)."""
@@ -182,6 +185,11 @@ class BatchClient:
             raise
         tmp.replace(target)
         return target
+
+
+def is_transient(error: BackendError) -> bool:
+    """A fault worth waiting out: no answer at all, 408, 409, 429 or a 5xx (set where the API call failed)."""
+    return error.transient
 
 
 def _error_message(error: openai.APIStatusError) -> str:

@@ -13,22 +13,23 @@ that the next collect downloads it again.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from batchgen import pricing
 from batchgen.client import BatchClient
 from batchgen.crashpoints import crash_point
 from batchgen.errors import BackendError
+from batchgen.judge import Judged, judged_lines
 from batchgen.ledger import Ledger, utcnow
 from batchgen.spec import JobSpec
-from batchgen.validate import Deduper, ResponseVerdict, Rules, example_key, validate_response
+from batchgen.validate import Deduper, Rules, example_key
 from batchgen.workspace import Workspace
 
 CHUNK = 2000
@@ -65,14 +66,30 @@ def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: Rules) -> 
     return Deduper.for_rules(rules, spec.format, spec.seeds, known=known)
 
 
-def dedupe_stage(ledger: Ledger, job: str, stage: str) -> None:
+def stage_hashes(ledger: Ledger, job: str, stage: str) -> set[str]:
+    """Hashes of the stage's examples that passed every check but dedupe (valid ones and duplicates)."""
+    return {h for (h,) in ledger.execute(
+        "SELECT content_hash FROM examples WHERE job = ? AND stage = ? AND content_hash IS NOT NULL AND "
+        "(valid = 1 OR category = 'duplicate')", [job, stage])}
+
+
+def dedupe_stage(ledger: Ledger, job: str, stage: str, candidates: Iterable[str]) -> None:
     """Mark repeats inside a stage, keeping the first in canonical order (variant, attempt, position).
 
-    Run after every collection of the stage: a batch collected later may hold an earlier twin of an example
-    that was valid so far, so the stage's duplicates are settled again from scratch each time.
+    Run after every collection of the stage, with the hashes that can have changed: those the batch brought
+    twice, or brought again after an earlier batch. A batch collected later may hold an earlier twin of an example
+    that was valid so far, so each such hash is settled again from scratch; the result does not depend on the
+    order in which lines or batches arrive.
     """
+    candidates = list(candidates)
+    if not candidates:
+        return
+    ledger.execute("CREATE TEMP TABLE IF NOT EXISTS dedupe_candidates (hash TEXT PRIMARY KEY)")
+    ledger.execute("DELETE FROM dedupe_candidates")
+    ledger.db.conn.executemany("INSERT OR IGNORE INTO dedupe_candidates VALUES (?)", ((h,) for h in candidates))
     ledger.execute("UPDATE examples SET valid = 1, category = NULL, reason = NULL, duplicate_of = NULL "
-                   "WHERE job = ? AND stage = ? AND category = 'duplicate'", [job, stage])
+                   "WHERE job = ? AND stage = ? AND category = 'duplicate' AND content_hash IN "
+                   "(SELECT hash FROM dedupe_candidates)", [job, stage])
     ledger.execute(
         """
         UPDATE examples SET valid = 0, category = 'duplicate', reason = 'Duplicate: ' || d.first_key,
@@ -82,7 +99,8 @@ def dedupe_stage(ledger: Ledger, job: str, stage: str) -> None:
                    row_number() OVER w AS rank,
                    first_value(e.custom_id || '#' || e.position) OVER w AS first_key
             FROM examples e JOIN requests r ON r.custom_id = e.custom_id
-            WHERE e.job = ? AND e.stage = ? AND e.valid = 1 AND e.content_hash IS NOT NULL
+            WHERE e.job = ? AND e.stage = ? AND e.valid = 1
+              AND e.content_hash IN (SELECT hash FROM dedupe_candidates)
             WINDOW w AS (PARTITION BY e.content_hash ORDER BY r.variant, r.attempt, e.position)
         ) AS d
         WHERE examples.id = d.id AND d.rank > 1
@@ -103,20 +121,6 @@ def download_results(client: BatchClient, workspace: Workspace, job: str, batch:
     return paths
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                raise BackendError(f"Result file {path} is corrupt at line {number}: {error}") from error
-            if not isinstance(row, dict) or "custom_id" not in row:
-                raise BackendError(f"Result file {path} is corrupt at line {number}: not a batch result line")
-            yield number, row
-
-
 class _Collector:
     """The state of one batch's collection inside its transaction."""
 
@@ -126,17 +130,19 @@ class _Collector:
         self.stage = ledger.scalar("SELECT stage FROM shards WHERE id = ?", [batch["shard_id"]])
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, job_dir=spec.job_dir)
-        self.pending: dict[str, tuple[str, str]] = {
-            row[0]: (row[1], row[2]) for row in ledger.execute(
-                "SELECT custom_id, stage, cell_json FROM requests WHERE batch_id = ?", [batch["id"]])}
+        self.pending: dict[str, str] = {
+            row[0]: row[1] for row in ledger.execute(
+                "SELECT custom_id, stage FROM requests WHERE batch_id = ?", [batch["id"]])}
         self.report = CollectReport(batch["id"])
+        self.hashes: Counter[str] = Counter()  # valid hashes of this batch
+        self.prior = stage_hashes(ledger, spec.name, self.stage) if self.rules.dedupe != "none" else set()
         self.now = utcnow()
         self.results: list[tuple[Any, ...]] = []
         self.examples: list[tuple[Any, ...]] = []
         self.statuses: list[tuple[str, str]] = []
 
-    def add(self, row: dict[str, Any]) -> None:
-        custom_id = row["custom_id"]
+    def add(self, judged: Judged) -> None:
+        kind, custom_id = judged[0], judged[1]
         if custom_id not in self.pending:
             seen = self.ledger.scalar("SELECT 1 FROM results WHERE custom_id = ?", [custom_id])
             if seen or any(r[0] == custom_id for r in self.results):
@@ -146,75 +152,55 @@ class _Collector:
                 self.ledger.event("unknown_custom_id", job=self.spec.name, batch_id=self.batch["id"],
                                   custom_id=custom_id)
             return
-        stage, cell_json = self.pending.pop(custom_id)
-        response = row.get("response")
-        if response is not None and 200 <= int(response.get("status_code") or 0) < 300:
-            self._success(custom_id, stage, cell_json, response)
+        stage = self.pending.pop(custom_id)
+        if kind == "ok":
+            self._success(judged, stage)
         else:
-            self._failure(custom_id, row, response)
+            self._failure(judged)
         if len(self.results) >= CHUNK:
             self.flush()
 
-    def _success(self, custom_id: str, stage: str, cell_json: str, response: dict[str, Any]) -> None:
-        body = response.get("body") or {}
-        usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    def _success(self, judged: Judged, stage: str) -> None:
+        _, custom_id, status_code, request_id, finish, prompt, cached, completion, reasoning, reason, examples = judged
         cost = self.price.cost(prompt, cached, completion)
-        choice = (body.get("choices") or [{}])[0]
-        message = choice.get("message") or {}
-        finish = choice.get("finish_reason")
-        verdict = validate_response(message.get("content"), finish, self.spec.format, self.rules, None,
-                                    custom_id=custom_id, refusal=message.get("refusal"))
-        verdict = self._check_earlier(verdict, custom_id)
-        self._examples(custom_id, stage, cell_json, verdict)
-        status = "succeeded" if verdict.valid_count else "invalid"
-        self.results.append((custom_id, self.batch["id"], self.spec.name, "output", response.get("status_code"),
-                             None, None, finish, prompt, cached, completion, reasoning, str(cost),
-                             self.price.source, response.get("request_id"), self.now))
+        valid = self._examples(custom_id, stage, reason, examples)
+        status = "succeeded" if valid else "invalid"
+        self.results.append((custom_id, self.batch["id"], self.spec.name, "output", status_code, None, None, finish,
+                             prompt, cached, completion, reasoning, str(cost), self.price.source, request_id,
+                             self.now))
         self.statuses.append((status, custom_id))
         self.report.outcomes[status] += 1
         self.report.cost_usd += cost
 
-    def _check_earlier(self, verdict: ResponseVerdict, custom_id: str) -> ResponseVerdict:
-        """Seed copies and repeats of earlier stages; the Deduper is told nothing new (see dedupe_stage)."""
-        examples = []
-        for position, example in enumerate(verdict.examples):
-            digest = example.content_hash
-            if example.valid and digest is not None and (digest in self.deduper.known or self.deduper.is_seed(digest)):
-                example = self.deduper.admit(example, example_key(custom_id, position))
-            examples.append(example)
-        return ResponseVerdict(verdict.reason, examples, verdict.parsed)
-
-    def _examples(self, custom_id: str, stage: str, cell_json: str, verdict: ResponseVerdict) -> None:
-        job = self.spec.name
-        if verdict.reason is not None:
-            self.examples.append((job, stage, custom_id, -1, None, None, cell_json, 0, verdict.reason.category,
-                                  str(verdict.reason), None))
+    def _examples(self, custom_id: str, stage: str, reason: tuple[str, str] | None,
+                  examples: list[tuple[Any, ...]]) -> int:
+        """Record a response's examples; how many are valid. Seed copies and repeats of earlier stages are
+        rejected here; repeats inside the stage are settled afterwards (see dedupe_stage)."""
+        job, valid_count = self.spec.name, 0
+        if reason is not None:
+            self.examples.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None))
             self.report.examples_total += 1
-            return
-        for position, (raw, example) in enumerate(zip(verdict.parsed.examples, verdict.examples)):
-            reason = example.reason
-            self.examples.append((job, stage, custom_id, position, orjson.dumps(raw).decode(),
-                                  example.content_hash, cell_json, int(example.valid),
-                                  reason.category if reason else None, str(reason) if reason else None,
-                                  example.duplicate_of))
-            self.report.examples_total += 1
-            self.report.examples_valid += int(example.valid)
+            return 0
+        for position, (content, digest, valid, category, text) in enumerate(examples):
+            duplicate_of = None
+            if valid and digest is not None and (digest in self.deduper.known or self.deduper.is_seed(digest)):
+                found = self.deduper.check(digest, example_key(custom_id, position))
+                if found is not None:
+                    valid, category, text, duplicate_of = False, found.category, str(found), found.detail
+            self.examples.append((job, stage, custom_id, position, content, digest, int(valid), category, text,
+                                  duplicate_of))
+            if valid and digest is not None:
+                self.hashes[digest] += 1
+            valid_count += int(valid)
+        self.report.examples_total += len(examples)
+        self.report.examples_valid += valid_count
+        return valid_count
 
-    def _failure(self, custom_id: str, row: dict[str, Any], response: dict[str, Any] | None) -> None:
-        error = row.get("error") or {}
-        if response is not None:
-            inner = ((response.get("body") or {}).get("error") or {})
-            code, message, status = inner.get("code") or inner.get("type"), inner.get("message"), "failed"
-        else:
-            code, message = error.get("code"), error.get("message")
-            status = ERROR_STATUS.get(str(code), "failed")
-        self.results.append((custom_id, self.batch["id"], self.spec.name, "error",
-                             response.get("status_code") if response else None, code, message, None,
-                             0, 0, 0, 0, "0", None, response.get("request_id") if response else None, self.now))
+    def _failure(self, judged: Judged) -> None:
+        _, custom_id, status_code, code, message, request_id = judged
+        status = "failed" if status_code is not None else ERROR_STATUS.get(str(code), "failed")
+        self.results.append((custom_id, self.batch["id"], self.spec.name, "error", status_code, code, message, None,
+                             0, 0, 0, 0, "0", None, request_id, self.now))
         self.statuses.append((status, custom_id))
         self.report.outcomes[status] += 1
 
@@ -227,6 +213,9 @@ class _Collector:
             self.report.outcomes["missing"] += 1
         self.pending.clear()
 
+    def dedupe_candidates(self) -> list[str]:
+        return [h for h, n in self.hashes.items() if n > 1 or h in self.prior]
+
     def flush(self) -> None:
         self.ledger.db.conn.executemany(
             "INSERT INTO results (custom_id, batch_id, job, source, status_code, error_code, error_message, "
@@ -235,15 +224,91 @@ class _Collector:
             self.results)
         crash_point("ingest")
         self.ledger.db.conn.executemany(
-            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, cell_json, valid, "
-            "category, reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.examples)
+            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid, category, "
+            "reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.examples)
         self.ledger.db.conn.executemany("UPDATE requests SET status = ? WHERE custom_id = ?", self.statuses)
         self.results, self.examples, self.statuses = [], [], []
+
+
+def settle_failed_batch(ledger: Ledger, client: BatchClient, spec: JobSpec, batch: dict[str, Any]) -> CollectReport:
+    """A batch whose input failed validation ran nothing and produced no files.
+
+    `token_limit_exceeded` (too many tokens queued for the model) sends its requests back to the queue in a fresh
+    shard record and deletes the dead input file; any other code is a permanent rejection of the input file, reported
+    on every request with the code and line the API gave.
+    """
+    errors = (json.loads(batch["batch_json"]).get("errors") or {}).get("data") or [{}]
+    first = errors[0]
+    code, line, message = first.get("code") or "failed", first.get("line"), first.get("message") or ""
+    report = CollectReport(batch["id"])
+    with ledger.transaction():
+        if ledger.scalar("SELECT collected FROM batches WHERE id = ?", [batch["id"]]):
+            return report
+        ledger.execute("UPDATE batches SET collected = 1, actual_cost_usd = '0', updated_utc = ? WHERE id = ?",
+                       [utcnow(), batch["id"]])
+        if code == "token_limit_exceeded":
+            _learn_queue_limit(ledger, spec, batch, message)
+            requeue_shard(ledger, batch["shard_id"])
+            report.outcomes["requeued"] = int(ledger.scalar("SELECT lines FROM shards WHERE id = ?",
+                                                            [batch["shard_id"]]))
+        else:
+            detail = f"line {line}: {message}" if line else message
+            rows = ledger.execute("SELECT custom_id FROM requests WHERE batch_id = ?", [batch["id"]]).fetchall()
+            ledger.db.conn.executemany(
+                "INSERT INTO results (custom_id, batch_id, job, source, error_code, error_message, cost_usd, "
+                "collected_utc) VALUES (?, ?, ?, 'batch_failed', ?, ?, '0', ?)",
+                ((r[0], batch["id"], spec.name, code, detail, utcnow()) for r in rows))
+            ledger.execute("UPDATE requests SET status = 'rejected' WHERE batch_id = ?", [batch["id"]])
+            ledger.execute("UPDATE shards SET status = 'failed' WHERE id = ?", [batch["shard_id"]])
+            report.outcomes["rejected"] = len(rows)
+        ledger.event("batch_failed", job=spec.name, batch_id=batch["id"], code=code, line=line, message=message)
+    try:
+        client.delete_file(batch["input_file_id"])
+    except BackendError:
+        pass  # already gone, or the backend refuses: nothing depends on it
+    return report
+
+
+_LIMIT = re.compile(r"Limit: ([\d,]+) enqueued tokens")
+
+
+def _learn_queue_limit(ledger: Ledger, spec: JobSpec, batch: dict[str, Any], message: str) -> None:
+    """Remember the provider's queued-token limit from its message; refuse to loop on a shard that can never fit."""
+    found = _LIMIT.search(message)
+    shard = ledger.one("SELECT model, input_tokens FROM shards WHERE id = ?", [batch["shard_id"]]) or {}
+    if found:
+        ledger.event("queue_limit", job=spec.name, batch_id=batch["id"], model=shard.get("model"),
+                     limit=int(found.group(1).replace(",", "")))
+        return
+    others = ledger.scalar(
+        "SELECT count(*) FROM batches b JOIN shards s ON s.id = b.shard_id WHERE s.model = ? AND b.id != ? AND "
+        "b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')", [shard.get("model"), batch["id"]])
+    if not others:
+        raise BackendError(f"The Batch API refused shard {batch['shard_id']} ({shard.get('input_tokens')} tokens) "
+                           f"with nothing else queued: {message}; set limits.max_queued_tokens in job.toml or "
+                           "--queue-limit below that")
+
+
+def requeue_shard(ledger: Ledger, shard_id: str) -> str:
+    """A new pending shard record for the same file, taking over the shard's requests (inside a transaction)."""
+    base = shard_id.split("~", 1)[0]
+    tries = int(ledger.scalar("SELECT count(*) FROM shards WHERE id = ? OR id LIKE ?", [base, base + "~%"]))
+    new_id = f"{base}~{tries}"
+    ledger.execute(
+        "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, est_cost_usd, "
+        "max_cost_usd, status, created_utc) SELECT ?, job, stage, attempt, model, path, sha256, lines, bytes, "
+        "input_tokens, est_cost_usd, max_cost_usd, 'pending', ? FROM shards WHERE id = ?", [new_id, utcnow(), shard_id])
+    ledger.execute("UPDATE shards SET status = 'requeued' WHERE id = ?", [shard_id])
+    ledger.execute("UPDATE requests SET shard_id = ?, status = 'compiled', batch_id = NULL WHERE shard_id = ?",
+                   [new_id, shard_id])
+    return new_id
 
 
 def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spec: JobSpec,
                   batch: dict[str, Any]) -> CollectReport:
     """Collect one terminal batch (a second call for the same batch does nothing and says so)."""
+    if batch["status"] == "failed":
+        return settle_failed_batch(ledger, client, spec, batch)
     paths = download_results(client, workspace, spec.name, batch)
     try:
         with ledger.transaction():
@@ -251,12 +316,14 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
                 return CollectReport(batch["id"])
             collector = _Collector(ledger, spec, batch)
             for path in paths:
-                for _, row in _lines(path):
-                    collector.add(row)
+                for judged in judged_lines(path, spec.format, collector.rules):
+                    if judged[0] == "corrupt":
+                        raise BackendError(f"Result file {path} is corrupt at line {judged[1]}: {judged[2]}")
+                    collector.add(judged)
             collector.missing()
             collector.flush()
             if collector.rules.dedupe != "none":
-                dedupe_stage(ledger, spec.name, collector.stage)
+                dedupe_stage(ledger, spec.name, collector.stage, collector.dedupe_candidates())
             report = collector.report
             ledger.execute("UPDATE batches SET collected = 1, actual_cost_usd = ?, updated_utc = ? WHERE id = ?",
                            [str(report.cost_usd), utcnow(), batch["id"]])

@@ -33,10 +33,14 @@ class NotFoundError(BatchgenError):
 
 
 class BackendError(BatchgenError):
-    def __init__(self, message: str, *, status_code: int | None = None, request_id: str | None = None):
+    """`transient` marks a fault worth waiting out: no answer, 408, 409, 429 or 5xx."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, request_id: str | None = None,
+                 transient: bool = False):
         super().__init__(message)
         self.status_code = status_code
         self.request_id = request_id
+        self.transient = transient
 
 
 class ValidationFailed(BatchgenError):

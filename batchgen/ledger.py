@@ -55,6 +55,7 @@ class Ledger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA cache_size=-32768")  # 32 MB of page cache: collecting 50,000 lines touches big indexes
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
         except (OSError, sqlite3.Error) as error:

@@ -126,12 +126,10 @@ def m001_initial(db: Database) -> None:
             position INTEGER NOT NULL,       -- index of the example inside its response
             content_json TEXT,
             content_hash TEXT,
-            cell_json TEXT NOT NULL,
             valid INTEGER NOT NULL,
             category TEXT,                   -- rejection category, null when valid
             reason TEXT,
-            duplicate_of TEXT,
-            UNIQUE (custom_id, position)
+            duplicate_of TEXT                -- one row per (custom_id, position): collect records a batch once
         );
         CREATE INDEX examples_job ON examples(job, stage, valid);
         CREATE TABLE events (

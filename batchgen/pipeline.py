@@ -2,35 +2,59 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 
-from batchgen.errors import NotFoundError
+from batchgen.client import is_transient
+from batchgen.errors import BackendError, NotFoundError
 from batchgen.ledger import TERMINAL
 from batchgen.reconcile import reconcile
 from batchgen.scheduler import (
     JobProgress,
     Runner,
     advance,
-    collect_ended,
     ensure_compiled,
     job_spec,
-    next_stage_or_finish,
     poll_due,
-    progress,
     submit_pending,
     update_batch,
 )
 from batchgen.spec import JobSpec
 
 MAX_SLEEP = 60.0
+MAX_OUTAGE = 1800.0
 
 
 def run_job(runner: Runner, spec: JobSpec, on_progress: Callable[[JobProgress], None] | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> JobProgress:
-    """Tick one job until it is done, sleeping until the next batch is due for a poll."""
+            sleep: Callable[[float], None] = time.sleep, on_outage: Callable[[str], None] | None = None,
+            max_outage: float = MAX_OUTAGE) -> JobProgress:
+    """Tick one job until it is done, sleeping until the next batch is due for a poll.
+
+    A transient fault (no connection, 429, 5xx) after the backend has answered once is waited out with growing
+    pauses for up to `max_outage` seconds in a row; every step of a tick is recorded before it is taken, so the next
+    tick resumes where this one broke. A backend that does not answer the first tick is an error at once.
+    """
+    outage_started: float | None = None
+    pause = 1.0
+    reached = False
     while True:
-        state = advance(runner, spec)
+        try:
+            state = advance(runner, spec)
+            reached = True
+        except BackendError as error:
+            if not (reached and is_transient(error)):
+                raise
+            now = time.monotonic()
+            outage_started = outage_started or now
+            if now - outage_started > max_outage:
+                raise BackendError(f"Gave up after {max_outage:.0f} s of failures: {error}") from error
+            if on_outage is not None:
+                on_outage(f"{error}; retrying in {pause:.0f} s")
+            sleep(pause * random.uniform(0.8, 1.2))
+            pause = min(pause * 2, 60.0)
+            continue
+        outage_started, pause = None, 1.0
         if on_progress is not None:
             on_progress(state)
         if state.done:
@@ -62,20 +86,10 @@ def _names(runner: Runner, names: Iterable[str] | None) -> list[str]:
 
 
 def collect_jobs(runner: Runner, names: Iterable[str] | None = None) -> list[JobProgress]:
-    """Poll, collect what ended and (after the last stage) export; submit nothing."""
+    """Poll, collect what ended, plan retries and (after the last stage) export; submit nothing."""
     reports = []
     for name in _names(runner, names):
-        spec = job_spec(runner, name)
-        row = runner.ledger.job(name)
-        collected = 0
-        if row["status"] == "active":
-            client = runner.client(row["backend"])
-            poll_due(runner, client, name)
-            collected = collect_ended(runner, client, spec)
-            next_stage_or_finish(runner, spec, spec.stage(row["stage"]))
-        report = progress(runner, name)
-        report.collected_now = collected
-        reports.append(report)
+        reports.append(advance(runner, job_spec(runner, name), submit=False))
     return reports
 
 
@@ -100,6 +114,10 @@ def cancel(runner: Runner, target: str) -> list[tuple[str, str]]:
     if batch is not None:
         batches = [batch]
     elif ledger.find_job(target) is not None:
+        with ledger.transaction():
+            if ledger.job(target)["status"] == "active":
+                ledger.set_job(target, status="cancelled")
+                ledger.event("job_cancelled", job=target)
         placeholders = ",".join("?" * len(TERMINAL))
         batches = ledger.rows(f"SELECT * FROM batches WHERE job = ? AND status NOT IN ({placeholders})",
                               [target, *TERMINAL])

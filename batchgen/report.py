@@ -19,7 +19,7 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
     """The job's valid examples, stage by stage, each stage capped at its target, in variant order."""
     for stage in spec.resolved_stages():
         cursor = ledger.execute(
-            "SELECT e.content_json, e.custom_id, e.position, e.cell_json, e.content_hash, r.batch_id, r.attempt, "
+            "SELECT e.content_json, e.custom_id, e.position, r.cell_json, e.content_hash, r.batch_id, r.attempt, "
             "s.model FROM examples e JOIN requests r ON r.custom_id = e.custom_id JOIN shards s ON s.id = r.shard_id "
             "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position LIMIT ?",
             [spec.name, stage.name, stage.target])
@@ -54,6 +54,20 @@ def outcomes(ledger: Ledger, job: str) -> dict[str, int]:
                                [job]).fetchall())
 
 
+def failures(ledger: Ledger, job: str) -> dict[str, int]:
+    """Results that are not successes, by error code (e.g. rate_limit_exceeded, batch_expired, missing)."""
+    return dict(ledger.execute(
+        "SELECT coalesce(error_code, 'http_' || status_code, source), count(*) FROM results "
+        "WHERE job = ? AND source != 'output' GROUP BY 1 ORDER BY 2 DESC, 1", [job]).fetchall())
+
+
+def faults(ledger: Ledger, job: str) -> dict[str, int]:
+    """Transient faults met while polling or ticking, and batches the API refused, by kind."""
+    return dict(ledger.execute(
+        "SELECT kind, count(*) FROM events WHERE job = ? AND kind IN ('poll_error', 'tick_error', 'batch_failed') "
+        "GROUP BY kind ORDER BY kind", [job]).fetchall())
+
+
 def costs(ledger: Ledger, job: str) -> dict[str, Any]:
     tokens = ledger.one("SELECT coalesce(sum(prompt_tokens), 0) AS prompt, coalesce(sum(cached_tokens), 0) AS cached, "
                         "coalesce(sum(completion_tokens), 0) AS completion, "
@@ -70,7 +84,8 @@ def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
                       [job])
     return {"job": job, "dataset": done, "status": row["status"], "stage": row["stage"], "backend": row["backend"],
             "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
-            "requests": outcomes(ledger, job), "quality": quality(ledger, job).to_dict(), **costs(ledger, job)}
+            "requests": outcomes(ledger, job), "failures": failures(ledger, job), "faults": faults(ledger, job),
+            "quality": quality(ledger, job).to_dict(), **costs(ledger, job)}
 
 
 def batch_rows(ledger: Ledger, job: str | None = None) -> list[dict[str, Any]]:

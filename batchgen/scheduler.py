@@ -17,20 +17,30 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen.client import BatchClient, choose_backend
+from batchgen import shards
+from batchgen.client import BatchClient, choose_backend, is_transient
 from batchgen.collect import collect_batch
 from batchgen.crashpoints import crash_point
-from batchgen.compile import compile_stage, read_manifest
-from batchgen.errors import BatchgenError, BudgetExceeded, SpecError
+from batchgen.errors import BackendError, BatchgenError, BudgetExceeded, SpecError
 from batchgen.ledger import TERMINAL, Ledger, dec_sum, utcnow
 from batchgen.reconcile import open_intent, reconcile, upload_name
-from batchgen.plan import expected_output_tokens
-from batchgen.pricing import get_price
 from batchgen.report import export_job
-from batchgen.spec import JobSpec, ResolvedStage, load_spec
+from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage, load_spec
 from batchgen.workspace import Workspace
 
 ACTIVE = "active"
+CANCELLED = "cancelled"
+BUDGET_MODES = ("worst", "expected")
+LEARNED_MARGIN = 0.95  # a limit learned from the provider's message is used with a margin for counting differences
+IN_FLIGHT = ("validating", "in_progress", "finalizing", "cancelling")
+# Queued-token limits of usage tier 1 (spec/batch-api.md §6), used for the openai and azure backends when neither
+# --queue-limit nor the job's limits.max_queued_tokens says otherwise. Higher tiers allow far more.
+KNOWN_QUEUE_LIMITS = {
+    "gpt-4o-mini": 2_000_000,
+    "gpt-4o": 90_000,
+    "text-embedding-3-small": 3_000_000,
+    "text-embedding-3-large": 3_000_000,
+}
 
 
 @dataclass
@@ -49,6 +59,7 @@ class JobProgress:
     spent_usd: Decimal = Decimal(0)
     dataset: str | None = None
     waiting_for_budget: str | None = None
+    error: str | None = None
 
     @property
     def done(self) -> bool:
@@ -59,12 +70,39 @@ class Runner:
     """What a tick needs: the ledger, the workspace and (lazily) one Batch API client per backend."""
 
     def __init__(self, ledger: Ledger, workspace: Workspace, *, backend: str | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, budget_mode: str = "worst",
+                 queue_limit: int | None = None):
+        if budget_mode not in BUDGET_MODES:
+            raise BatchgenError(f"Unknown budget mode {budget_mode!r}; use one of {', '.join(BUDGET_MODES)}")
         self.ledger = ledger
         self.workspace = workspace
         self.backend_flag = backend
         self.clock = clock
+        self.budget_mode = budget_mode
+        self.queue_limit = queue_limit
         self._clients: dict[str, BatchClient] = {}
+
+    def queue_cap(self, spec: JobSpec, backend: str) -> int | None:
+        """Tokens the model may have queued at once: --queue-limit > the job's limits > known tier-1 limits."""
+        if self.queue_limit is not None:
+            return self.queue_limit
+        if spec.limits.max_queued_tokens is not None:
+            return spec.limits.max_queued_tokens
+        learned = self.ledger.scalar(
+            "SELECT json_extract(detail_json, '$.limit') FROM events WHERE kind = 'queue_limit' AND "
+            "json_extract(detail_json, '$.model') = ? ORDER BY id DESC LIMIT 1", [spec.model])
+        if learned:
+            return int(int(learned) * LEARNED_MARGIN)
+        return None if backend == "embedded" else KNOWN_QUEUE_LIMITS.get(spec.model)
+
+    def limits(self, spec: JobSpec) -> LimitsSpec:
+        """The job's shard limits, with shards cut to the queued-token cap so each one alone fits the queue."""
+        row = self.ledger.find_job(spec.name)
+        cap = self.queue_cap(spec, row["backend"] if row else "embedded")
+        current = spec.limits.max_queued_tokens
+        if cap is None or (current is not None and current <= cap):
+            return spec.limits
+        return spec.limits.model_copy(update={"max_queued_tokens": cap})
 
     def client(self, backend: str) -> BatchClient:
         if backend not in self._clients:
@@ -128,102 +166,116 @@ def job_spec(runner: Runner, name: str) -> JobSpec:
 
 
 def tick(runner: Runner, names: Iterable[str] | None = None) -> list[JobProgress]:
-    """One pass over the named jobs (default: every active job)."""
-    rows = [runner.ledger.job(n) for n in names] if names is not None else runner.ledger.jobs(ACTIVE)
-    return [advance(runner, job_spec(runner, row["name"])) for row in rows]
+    """One pass over the named jobs (default: every active or cancelling job); a job that fails is reported in
+    its progress (`error`) and the others go on."""
+    if names is not None:
+        rows = [runner.ledger.job(n) for n in names]
+    else:
+        rows = runner.ledger.jobs(ACTIVE) + [r for r in runner.ledger.jobs(CANCELLED) if _unfinished_name(runner, r)]
+    reports = []
+    for row in rows:
+        try:
+            reports.append(advance(runner, job_spec(runner, row["name"])))
+        except BatchgenError as error:
+            with runner.ledger.transaction():
+                runner.ledger.event("tick_error", job=row["name"], message=str(error))
+            report = progress(runner, row["name"])
+            report.error = str(error)
+            reports.append(report)
+    return reports
 
 
-def advance(runner: Runner, spec: JobSpec) -> JobProgress:
+def _unfinished_name(runner: Runner, row: dict[str, Any]) -> bool:
+    return bool(runner.ledger.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [row["name"]]))
+
+
+def advance(runner: Runner, spec: JobSpec, *, submit: bool = True) -> JobProgress:
+    """Move one job forward as far as it can go now (with submit=False: poll, collect and plan retries only)."""
     row = runner.ledger.job(spec.name)
-    if row["status"] != ACTIVE:
+    if row["status"] not in (ACTIVE, CANCELLED) or (row["status"] == CANCELLED and not _unfinished(runner, spec)):
         return progress(runner, spec.name)
     stage = spec.stage(row["stage"])
-    ensure_compiled(runner, spec, stage)
     client = runner.client(row["backend"])
-    reconcile(runner, client, spec)
-    submitted, blocked = submit_pending(runner, client, spec, row)
+    reconcile(runner, client, spec, resume=submit and row["status"] == ACTIVE)
+    submitted, blocked = 0, None
+    if row["status"] == ACTIVE:
+        ensure_compiled(runner, spec, stage)
+        if submit:
+            submitted, blocked = submit_pending(runner, client, spec, row)
     poll_due(runner, client, spec.name)
     collected = collect_ended(runner, client, spec)
+    if row["status"] == ACTIVE and not _open_shards(runner, spec, stage):
+        shards.schedule_retries(runner.ledger, runner.workspace, spec, stage, runner.limits(spec))
     next_stage_or_finish(runner, spec, stage)
     result = progress(runner, spec.name)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
     return result
 
 
+def _unfinished(runner: Runner, spec: JobSpec) -> int:
+    return int(runner.ledger.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [spec.name]))
+
+
+def _open_shards(runner: Runner, spec: JobSpec, stage: ResolvedStage) -> int:
+    """Shards of the stage that are still to submit or still running."""
+    return int(runner.ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ? AND status IN "
+                                    "('pending', 'submitted')", [spec.name, stage.name]))
+
+
 # -- compile -------------------------------------------------------------------------------------------------
 
 
 def ensure_compiled(runner: Runner, spec: JobSpec, stage: ResolvedStage) -> None:
-    """Compile the stage and record its shards and requests, once."""
-    ledger = runner.ledger
-    if ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
-        return
-    sources = stage_sources(ledger, spec, stage)
-    result = compile_stage(spec, stage, workspace=runner.workspace, sources=sources)
-    price = get_price(spec.model, job_dir=spec.job_dir)
-    expected = expected_output_tokens(spec, stage)
-    with ledger.transaction():
-        if ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
-            return
-        for shard in result.shards:
-            shard_id = f"{spec.name}/{stage.name}/a{shard.attempt}/{shard.number:05d}"
-            est = sum((price.cost(r["input_tokens"], 0, expected) for r in read_manifest(shard.manifest_path)),
-                      Decimal(0))
-            worst = sum((price.cost(r["input_tokens"], 0, r["max_tokens"]) for r in read_manifest(shard.manifest_path)),
-                        Decimal(0))
-            ledger.execute(
-                "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, "
-                "est_cost_usd, max_cost_usd, status, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [shard_id, spec.name, stage.name, shard.attempt, shard.model, shard.path, shard.sha256, shard.lines,
-                 shard.bytes, shard.input_tokens, str(est), str(worst), "pending", utcnow()])
-            ledger.db.conn.executemany(
-                "INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, input_tokens, "
-                "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'compiled')",
-                ((r["custom_id"], spec.name, stage.name, r["index"], json.dumps(r["cell"], sort_keys=True),
-                  shard_id, r["attempt"], r["input_tokens"]) for r in read_manifest(shard.manifest_path)))
-        ledger.event("compiled", job=spec.name, stage=stage.name, shards=len(result.shards),
-                     requests=result.requests, input_tokens=result.input_tokens)
-
-
-def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | None:
-    """The valid examples of the stage a `from` stage is compiled from, in a stable order."""
-    if stage.source is None:
-        return None
-    rows = ledger.execute("SELECT content_json FROM examples WHERE job = ? AND stage = ? AND valid = 1 "
-                          "ORDER BY custom_id, position", [spec.name, stage.source])
-    sources = [json.loads(r[0]) for r in rows]
-    if not sources:
-        raise BatchgenError(f"Stage {stage.name!r} of job {spec.name!r} has no valid examples of stage "
-                            f"{stage.source!r} to start from")
-    return sources
+    """Compile the stage once, with shards no larger than the queued-token cap."""
+    shards.ensure_compiled(runner.ledger, runner.workspace, spec, stage, runner.limits(spec))
 
 
 # -- submit --------------------------------------------------------------------------------------------------
 
 
-def committed_spend(ledger: Ledger, job: str) -> Decimal:
-    """Actual cost of what was collected plus the worst case of batches still in flight."""
+def committed_spend(ledger: Ledger, job: str, mode: str = "worst") -> Decimal:
+    """Actual cost of what was collected plus the estimate of batches in flight (worst case or expected)."""
+    column = "max_cost_usd" if mode == "worst" else "est_cost_usd"
     done = dec_sum(r[0] for r in ledger.execute("SELECT cost_usd FROM results WHERE job = ?", [job]))
     flying = dec_sum(r[0] for r in ledger.execute(
-        "SELECT s.max_cost_usd FROM batches b JOIN shards s ON s.id = b.shard_id "
-        "WHERE b.job = ? AND b.collected = 0", [job]))
+        f"SELECT s.{column} FROM batches b JOIN shards s ON s.id = b.shard_id WHERE b.job = ? AND b.collected = 0",
+        [job]))
     return done + flying
 
 
+def queued_tokens(ledger: Ledger, model: str) -> int:
+    """Input tokens of this model's batches that the provider still holds in its queue (every job)."""
+    placeholders = ",".join("?" * len(IN_FLIGHT))
+    return int(ledger.scalar(
+        f"SELECT coalesce(sum(s.input_tokens), 0) FROM batches b JOIN shards s ON s.id = b.shard_id "
+        f"WHERE s.model = ? AND b.status IN ({placeholders})", [model, *IN_FLIGHT]))
+
+
 def submit_pending(runner: Runner, client: BatchClient, spec: JobSpec, job: dict[str, Any]) -> tuple[int, str | None]:
-    """Submit every pending shard the budget allows: how many, and the budget message when one had to wait."""
-    submitted = 0
-    ledger = runner.ledger
+    """Submit the pending shards that the queue and the budget admit: how many, and why the rest waits."""
+    ledger, submitted = runner.ledger, 0
     budget = Decimal(job["budget_usd"]) if job["budget_usd"] is not None else None
-    for shard in ledger.rows("SELECT * FROM shards WHERE job = ? AND status = 'pending' ORDER BY id", [spec.name]):
+    cap = runner.queue_cap(spec, job["backend"])
+    column = "max_cost_usd" if runner.budget_mode == "worst" else "est_cost_usd"
+    pending = ledger.rows("SELECT * FROM shards WHERE job = ? AND status = 'pending' ORDER BY id", [spec.name])
+    if cap is not None and any(s["input_tokens"] > cap for s in pending):
+        for shard in pending:
+            if shard["input_tokens"] > cap:
+                shards.split_shard(ledger, runner.workspace, spec, shard, runner.limits(spec))
+        pending = ledger.rows("SELECT * FROM shards WHERE job = ? AND status = 'pending' ORDER BY id", [spec.name])
+    for position, shard in enumerate(pending):
+        if cap is not None and queued_tokens(ledger, shard["model"]) + shard["input_tokens"] > cap \
+                and queued_tokens(ledger, shard["model"]) > 0:
+            return submitted, f"queue: {shard['model']} has its {cap:,} queued-token limit in use"
         if budget is not None:
-            committed = committed_spend(ledger, spec.name)
-            need = Decimal(shard["max_cost_usd"])
-            if committed + need > budget:
-                message = (f"Budget ${budget} of job {spec.name!r}: ${committed:.6f} committed, shard {shard['id']} "
-                           f"needs up to ${need:.6f}; raise budget_usd in job.toml to go on")
-                in_flight = ledger.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [spec.name])
-                if not in_flight:
+            committed = committed_spend(ledger, spec.name, runner.budget_mode)
+            if committed + Decimal(shard[column]) > budget:
+                rest = dec_sum(s[column] for s in pending[position:])
+                message = (f"Budget ${budget} of job {spec.name!r} reached: ${committed:.6f} committed, "
+                           f"${max(budget - committed, Decimal(0)):.6f} left, the remaining {len(pending) - position} "
+                           f"shard(s) need up to ${rest:.6f} ({runner.budget_mode} case); raise budget_usd in "
+                           "job.toml to go on")
+                if not _unfinished(runner, spec):
                     raise BudgetExceeded(message)
                 return submitted, message
         submit_shard(runner, client, spec, shard)
@@ -280,8 +332,24 @@ def poll_due(runner: Runner, client: BatchClient, job: str) -> None:
                            f"({placeholders})", [job, *TERMINAL]):
         if row["next_poll_utc"] and float(row["next_poll_utc"]) > now:
             continue
-        batch = client.retrieve(row["id"]).model_dump(mode="json")
+        try:
+            batch = client.retrieve(row["id"]).model_dump(mode="json")
+        except BackendError as error:
+            if not is_transient(error):
+                raise
+            _poll_failed(runner, client, job, row, error)
+            continue
         update_batch(runner, client, job, batch, row["polls"] + 1)
+
+
+def _poll_failed(runner: Runner, client: BatchClient, job: str, row: dict[str, Any], error: BackendError) -> None:
+    """A poll that met a transient fault (outage, 429, 5xx): note it and try again after a longer wait."""
+    wait = runner.poll_interval(client.backend, "error", row["polls"] + 1) * 2
+    with runner.ledger.transaction():
+        runner.ledger.execute("UPDATE batches SET polls = polls + 1, next_poll_utc = ? WHERE id = ?",
+                              [str(runner.clock() + wait), row["id"]])
+        runner.ledger.event("poll_error", job=job, batch_id=row["id"], status_code=error.status_code,
+                            message=str(error))
 
 
 def update_batch(runner: Runner, client: BatchClient, job: str, batch: dict[str, Any], polls: int) -> None:
@@ -315,21 +383,21 @@ def collect_ended(runner: Runner, client: BatchClient, spec: JobSpec) -> int:
 
 def next_stage_or_finish(runner: Runner, spec: JobSpec, stage: ResolvedStage) -> None:
     ledger = runner.ledger
-    open_shards = ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ? AND status != 'done'",
-                                [spec.name, stage.name])
-    if open_shards:
+    if _open_shards(runner, spec, stage) or _unfinished(runner, spec):
         return
+    row = ledger.job(spec.name)
     names = [s.name for s in spec.resolved_stages()]
     position = names.index(stage.name)
     with ledger.transaction():
-        if position + 1 < len(names):
+        if position + 1 < len(names) and row["status"] == ACTIVE:
             ledger.set_job(spec.name, stage=names[position + 1])
             ledger.event("stage_opened", job=spec.name, stage=names[position + 1])
             crash_point("stage")
             return
     exported = export_job(ledger, spec, runner.workspace.datasets_dir / f"{spec.name}.{spec.format}.jsonl")
     with ledger.transaction():
-        ledger.set_job(spec.name, status="done")
+        if row["status"] == ACTIVE:
+            ledger.set_job(spec.name, status="done")
         ledger.event("done", job=spec.name, dataset=str(exported.path), written=exported.written,
                      sha256=exported.sha256)
         crash_point("stage")

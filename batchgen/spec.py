@@ -154,8 +154,9 @@ class JobSpec(_Strict):
     examples_per_request: int = Field(10, gt=0, le=50)
     overgeneration: Decimal = Field(Decimal("1.1"), ge=1, le=10)
     budget_usd: Decimal | None = Field(None, ge=0)
-    backend: Literal["embedded", "openai"] | None = None
+    backend: Literal["embedded", "openai", "azure"] | None = None
     max_attempts: int = Field(3, ge=1, le=20)
+    retry_invalid: bool = True
     prompt: PromptSpec = Field(default_factory=lambda: PromptSpec.model_validate({}))
     axes: AxesSpec = Field(default_factory=AxesSpec)
     validate_: ValidateSpec = Field(default_factory=lambda: ValidateSpec.model_validate({}), alias="validate")
@@ -277,7 +278,8 @@ def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) ->
     identity = spec.model_dump(
         mode="json",
         by_alias=True,
-        exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "limits"},
+        exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "retry_invalid",
+                 "limits"},
     )
     payload = json.dumps(
         {"spec": identity, "templates": templates, "seeds": hashlib.sha256(seeds_bytes).hexdigest()},

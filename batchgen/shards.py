@@ -1,0 +1,165 @@
+"""Which shards a job needs: a stage's first compile, the retries of what failed, and shards sent back to the
+queue after `token_limit_exceeded`.
+
+Retry rules (per variant, looking at its latest request):
+  expired, cancelled (batch_expired / batch_cancelled rows)   resubmitted; does not use up an attempt
+  failed with HTTP 429 / 5xx, request_timeout, missing        resubmitted while attempts remain
+  invalid (no valid example), when the job's retry_invalid    resubmitted while attempts remain
+  failed with any other 4xx (invalid request, context length) permanent: reported, never retried
+A retry is a new request with a new custom_id (the attempt number is part of it) in a new shard; the old request
+keeps its outcome and is marked `retried`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from batchgen.compile import CompileResult, compile_stage, read_manifest
+from batchgen.errors import BatchgenError
+from batchgen.ledger import Ledger, utcnow
+from batchgen.plan import expected_output_tokens
+from batchgen.pricing import get_price
+from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage
+from batchgen.workspace import Workspace
+
+RETRY_FREE = ("expired", "cancelled")
+RETRY_CODES = ("rate_limit_exceeded", "server_error", "request_timeout", "missing", "timeout")
+
+
+def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
+                    limits: LimitsSpec | None = None) -> None:
+    """Compile the stage's first attempt and record its shards and requests, once."""
+    if ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
+        return
+    sources = stage_sources(ledger, spec, stage)
+    result = compile_stage(spec, stage, workspace=workspace, sources=sources, limits=limits)
+    with ledger.transaction():
+        if not ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
+            record_compile(ledger, spec, stage, result)
+
+
+def record_compile(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, result: CompileResult) -> None:
+    """Shard rows and one request row per manifest line (call inside a transaction)."""
+    for shard_id, manifest in _insert_shards(ledger, spec, stage, result):
+        ledger.db.conn.executemany(
+            "INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, input_tokens, "
+            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'compiled')",
+            ((r["custom_id"], spec.name, stage.name, r["index"], json.dumps(r["cell"], sort_keys=True), shard_id,
+              r["attempt"], r["input_tokens"]) for r in manifest))
+    ledger.event("compiled", job=spec.name, stage=stage.name, attempt=result.attempt, shards=len(result.shards),
+                 requests=result.requests, input_tokens=result.input_tokens)
+
+
+def _insert_shards(ledger: Ledger, spec: JobSpec, stage: ResolvedStage,
+                   result: CompileResult) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
+    """Insert a pending shard row per compiled shard (priced expected and worst case); yield (id, manifest)."""
+    price = get_price(spec.model, job_dir=spec.job_dir)
+    expected = expected_output_tokens(spec, stage)
+    folder = Path(result.directory).name
+    for shard in result.shards:
+        shard_id = f"{spec.name}/{stage.name}/{folder}/{shard.number:05d}"
+        est = worst = Decimal(0)
+        for r in read_manifest(shard.manifest_path):
+            est += price.cost(r["input_tokens"], 0, expected)
+            worst += price.cost(r["input_tokens"], 0, r["max_tokens"])
+        ledger.execute(
+            "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, "
+            "est_cost_usd, max_cost_usd, status, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [shard_id, spec.name, stage.name, shard.attempt, shard.model, shard.path, shard.sha256, shard.lines,
+             shard.bytes, shard.input_tokens, str(est), str(worst), "pending", utcnow()])
+        yield shard_id, read_manifest(shard.manifest_path)
+
+
+def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | None:
+    """The valid examples of the stage a `from` stage is compiled from, in a stable order."""
+    if stage.source is None:
+        return None
+    rows = ledger.execute(
+        "SELECT e.content_json FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
+        "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position",
+        [spec.name, stage.source])
+    sources = [json.loads(r[0]) for r in rows]
+    if not sources:
+        raise BatchgenError(f"Stage {stage.name!r} of job {spec.name!r} has no valid examples of stage "
+                            f"{stage.source!r} to start from")
+    return sources
+
+
+# -- retries -------------------------------------------------------------------------------------------------
+
+
+def retry_candidates(ledger: Ledger, spec: JobSpec, stage: str) -> tuple[list[int], list[str]]:
+    """(variant indices to resubmit, custom_ids they replace) for a stage whose shards have all ended."""
+    latest = ledger.rows(
+        "SELECT r.custom_id, r.variant, r.status, s.status_code, s.error_code FROM requests r "
+        "LEFT JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? AND r.status != 'retried'",
+        [spec.name, stage])
+    used = dict(ledger.execute(
+        "SELECT variant, count(*) FROM requests WHERE job = ? AND stage = ? AND status IN ('retried', 'failed', "
+        "'invalid', 'missing') AND custom_id NOT IN (SELECT custom_id FROM results WHERE error_code IN "
+        "('batch_expired', 'batch_cancelled')) GROUP BY variant", [spec.name, stage]).fetchall())
+    variants, replaced = [], []
+    for row in latest:
+        if not _retryable(row, spec):
+            continue
+        free = row["status"] in RETRY_FREE
+        if free or used.get(row["variant"], 0) < spec.max_attempts:
+            variants.append(row["variant"])
+            replaced.append(row["custom_id"])
+    return variants, replaced
+
+
+def _retryable(row: dict[str, Any], spec: JobSpec) -> bool:
+    status = row["status"]
+    if status in RETRY_FREE or status == "missing":
+        return True
+    if status == "invalid":
+        return spec.retry_invalid
+    if status == "failed":
+        code = row["status_code"]
+        return code is None or code == 429 or code >= 500 or (row["error_code"] or "") in RETRY_CODES
+    return False
+
+
+def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
+                     limits: LimitsSpec | None = None) -> int:
+    """Compile and record a retry shard set for what failed in the stage; how many requests were resubmitted."""
+    variants, replaced = retry_candidates(ledger, spec, stage.name)
+    if not variants:
+        return 0
+    attempt = int(ledger.scalar("SELECT max(attempt) FROM requests WHERE job = ? AND stage = ?",
+                                [spec.name, stage.name])) + 1
+    result = compile_stage(spec, stage, workspace=workspace, attempt=attempt, indices=variants,
+                           sources=stage_sources(ledger, spec, stage), limits=limits)
+    with ledger.transaction():
+        still = retry_candidates(ledger, spec, stage.name)[1]
+        if sorted(still) != sorted(replaced):
+            return 0  # another process scheduled these meanwhile
+        record_compile(ledger, spec, stage, result)
+        ledger.db.conn.executemany("UPDATE requests SET status = 'retried' WHERE custom_id = ?",
+                                   ((cid,) for cid in replaced))
+        ledger.event("retry", job=spec.name, stage=stage.name, attempt=attempt, requests=len(variants))
+    return len(variants)
+
+
+
+def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict[str, Any],
+                limits: LimitsSpec) -> None:
+    """Cut a pending shard that alone exceeds the queued-token cap into smaller ones with the same requests."""
+    variants = [r[0] for r in ledger.execute("SELECT variant FROM requests WHERE shard_id = ?", [shard["id"]])]
+    stage = spec.stage(shard["stage"])
+    result = compile_stage(spec, stage, workspace=workspace, attempt=shard["attempt"], indices=variants,
+                           sources=stage_sources(ledger, spec, stage), limits=limits)
+    with ledger.transaction():
+        if ledger.scalar("SELECT status FROM shards WHERE id = ?", [shard["id"]]) != "pending":
+            return
+        for part_id, manifest in _insert_shards(ledger, spec, stage, result):
+            ledger.db.conn.executemany("UPDATE requests SET shard_id = ? WHERE custom_id = ?",
+                                       ((part_id, r["custom_id"]) for r in manifest))
+        ledger.execute("UPDATE shards SET status = 'split' WHERE id = ?", [shard["id"]])
+        ledger.event("split", job=spec.name, shard=shard["id"], parts=len(result.shards),
+                     max_queued_tokens=limits.max_queued_tokens)

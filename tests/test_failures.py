@@ -1,0 +1,158 @@
+"""Failures an overnight job meets, on the embedded emulator's fault injection: expiry, line errors, malformed
+output, transient HTTP errors, the queued-token limit and the budget. Nothing is lost and nothing is paid twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from batchgen.emulator import EmulatorControl
+from batchgen.ledger import Ledger
+from batchgen.pipeline import run_job
+from batchgen.scheduler import Runner, advance, register_job
+from batchgen.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def job_copy(tmp_path: Path, **settings: str) -> Path:
+    """jobs/task_api with top-level job.toml settings replaced or added (values are TOML literals)."""
+    target = tmp_path / "task_api"
+    shutil.copytree(ROOT / "jobs" / "task_api", target)
+    toml = (target / "job.toml").read_text(encoding="utf-8")
+    head, _, rest = toml.partition("\n[")
+    for key, value in settings.items():
+        if key == "limits":
+            rest += f"\n[limits]\n{value}\n"
+            continue
+        head, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", head)
+        if not count:
+            head += f"\n{key} = {value}"
+    (target / "job.toml").write_text(head + "\n[" + rest, encoding="utf-8")
+    return target
+
+
+def emulator_config(workspace: Path, **config: object) -> None:
+    (workspace / "emulator").mkdir(parents=True, exist_ok=True)
+    (workspace / "emulator" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def batchgen(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BATCHGEN_WORKSPACE": str(workspace)}
+    return subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+def one_outcome_per_request_and_costs_once(ledger: Ledger) -> None:
+    assert ledger.scalar("SELECT count(*) FROM requests r LEFT JOIN results s USING (custom_id) "
+                         "WHERE s.custom_id IS NULL") == 0
+    per_result = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+    per_batch = sum((Decimal(r[0]) for r in ledger.execute("SELECT actual_cost_usd FROM batches")), Decimal(0))
+    assert per_result == per_batch
+
+
+def dataset(workspace: Path) -> list[dict]:
+    path = workspace / "datasets" / "task_api.sharegpt.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_batch_that_expires_half_done_keeps_its_partial_output(tmp_path):
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, expire_after_fraction=0.5)
+    space = Workspace(workspace).ensure()
+    with Ledger.open(space.ledger_path) as ledger:
+        runner = Runner(ledger, space)
+        try:
+            spec = register_job(runner, ROOT / "jobs" / "task_api")
+            deadline = time.monotonic() + 60
+            while not ledger.scalar("SELECT count(*) FROM batches WHERE collected = 1"):
+                assert time.monotonic() < deadline
+                advance(runner, spec)
+                time.sleep(0.1)
+            first = ledger.one("SELECT * FROM batches")
+            assert first["status"] == "expired"
+            EmulatorControl(runner.client("embedded").base_url).configure(expire_after_fraction=None)
+            run_job(runner, spec, sleep=lambda s: time.sleep(min(s, 0.1)))
+            kept = ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND source = 'output'",
+                                 [first["id"]])
+            expired = ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND error_code = "
+                                    "'batch_expired'", [first["id"]])
+            assert kept > 0 and expired > 0 and kept + expired == 55
+            assert ledger.scalar("SELECT count(*) FROM requests WHERE status = 'retried'") == expired
+            assert ledger.scalar("SELECT count(*) FROM batches") == 2
+            assert ledger.scalar("SELECT count(*) FROM requests WHERE status = 'succeeded'") == 55
+            assert ledger.scalar("SELECT max(attempt) FROM requests") == 2
+            one_outcome_per_request_and_costs_once(ledger)
+        finally:
+            runner.close()
+    assert len(dataset(workspace)) == 500
+
+
+def test_line_errors_malformed_output_and_http_faults_still_reach_the_target(tmp_path):
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, http_error_rate=0.05, error_rate=0.1, malformed_rate=0.1, seed=3)
+    done = batchgen(workspace, "run", str(ROOT / "jobs" / "task_api"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert len(dataset(workspace)) == 500
+    summary = json.loads(batchgen(workspace, "show", "task_api", "--json").stdout)
+    assert summary["failures"], summary            # line errors, by code
+    assert summary["quality"]["categories"]        # malformed output, by reason
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.scalar("SELECT count(*) FROM requests WHERE status = 'retried'") > 0
+        one_outcome_per_request_and_costs_once(ledger)
+
+
+def test_a_queued_token_cap_smaller_than_the_job_lets_shards_through_one_after_another(tmp_path):
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, queued_token_limits={"gpt-4o-mini": 12_000})
+    done = batchgen(workspace, "run", str(ROOT / "jobs" / "task_api"), "--quiet", "--queue-limit", "12000")
+    assert done.returncode == 0, done.stderr
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        shards = ledger.rows("SELECT input_tokens FROM shards")
+        assert len(shards) > 3 and all(s["input_tokens"] <= 12_000 for s in shards)
+        assert ledger.scalar("SELECT count(*) FROM batches WHERE status != 'completed'") == 0
+        assert ledger.scalar("SELECT count(*) FROM requests WHERE status != 'succeeded'") == 0
+    assert len(dataset(workspace)) == 500
+
+
+def test_token_limit_exceeded_requeues_the_shard_until_the_queue_drains(tmp_path):
+    """No cap on our side: the emulator refuses what does not fit and the shard goes back to the queue."""
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, queued_token_limits={"gpt-4o-mini": 12_000}, line_seconds=0.1)
+    job = job_copy(tmp_path, limits="max_lines = 10")
+    done = batchgen(workspace, "run", str(job), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        refused = ledger.scalar("SELECT count(*) FROM batches WHERE status = 'failed'")
+        assert refused > 0, "the emulator never refused a batch: the test does not test anything"
+        assert ledger.scalar("SELECT count(*) FROM shards WHERE status = 'requeued'") == refused
+        assert ledger.scalar("SELECT count(*) FROM requests WHERE status != 'succeeded'") == 0
+        one_outcome_per_request_and_costs_once(ledger)
+    assert len(dataset(workspace)) == 500
+
+
+def test_a_budget_smaller_than_the_job_stops_at_the_budget(tmp_path):
+    workspace = tmp_path / ".batchgen"
+    job = job_copy(tmp_path, budget_usd="0.01", limits="max_lines = 10")
+    done = batchgen(workspace, "run", str(job), "--quiet")
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: Budget $0.01 of job 'task_api' reached") and "left" in done.stderr
+    assert "Traceback" not in done.stderr
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+        submitted = ledger.scalar("SELECT count(*) FROM batches")
+        assert 0 < submitted < ledger.scalar("SELECT count(*) FROM shards")
+        next_worst = Decimal(ledger.scalar("SELECT max_cost_usd FROM shards WHERE status = 'pending' ORDER BY id"))
+    assert 0 < spent <= Decimal("0.01") < spent + next_worst
+    with_more = job_copy(tmp_path / "more", budget_usd="0.15", limits="max_lines = 10")
+    assert batchgen(workspace, "run", str(with_more), "--quiet").returncode == 0
+    assert len(dataset(workspace)) == 500

@@ -17,7 +17,7 @@ import yaml
 
 from batchgen.emulator import EmbeddedEmulator, EmulatorControl, start_embedded
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "openai-batch-openapi.yaml"
+SPEC = Path(__file__).resolve().parent / "fixtures" / "spec" / "openai-batch-openapi.yaml"  # official extract
 FAST = {"validation_seconds": 0, "line_seconds": 0, "finalizing_seconds": 0, "cancelling_seconds": 0}
 TERMINAL = ("failed", "completed", "expired", "cancelled")
 

@@ -139,7 +139,10 @@ workspace_option = click.option(
     "--workspace", type=click.Path(file_okay=False), default=None, envvar="BATCHGEN_WORKSPACE",
     help="Workspace directory (default: $BATCHGEN_WORKSPACE or ./.batchgen)")
 def guard_options(func: Any) -> Any:
-    """--budget-mode and --queue-limit, for the commands that submit."""
+    """--budget-mode, --queue-limit and --poll-interval, for the commands that submit."""
+    func = click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, metavar="SECONDS",
+                        help="First wait between polls of a batch, growing by half each poll up to 5 minutes "
+                             "(default: 30 on an API, 0.25 on the embedded emulator)")(func)
     func = click.option("--queue-limit", type=click.IntRange(min=1), default=None, metavar="TOKENS",
                         help="Cap on a model's queued input tokens (default: the job's limits.max_queued_tokens, "
                              "else the tier-1 limit on OpenAI)")(func)
@@ -155,7 +158,7 @@ backend_option = click.option(
 
 
 def _runner(workspace: str | None, backend: str | None = None, budget_mode: str = "worst",
-            queue_limit: int | None = None) -> Any:
+            queue_limit: int | None = None, poll_interval: float | None = None) -> Any:
     """A Runner on the workspace's ledger, closed when the command ends."""
     from batchgen.ledger import Ledger
     from batchgen.scheduler import Runner
@@ -163,7 +166,8 @@ def _runner(workspace: str | None, backend: str | None = None, budget_mode: str 
 
     space = Workspace.resolve(workspace).ensure()
     ledger = Ledger.open(space.ledger_path)
-    runner = Runner(ledger, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit)
+    runner = Runner(ledger, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
+                    poll_interval=poll_interval)
     ctx = click.get_current_context()
     ctx.call_on_close(ledger.close)
     ctx.call_on_close(runner.close)
@@ -205,8 +209,8 @@ def _wait_note() -> Any:
 @guard_options
 @workspace_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display")
-def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, workspace: str | None,
-         quiet: bool) -> None:
+def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, poll_interval: float | None,
+         workspace: str | None, quiet: bool) -> None:
     """Run JOB to the end: compile, submit, poll, collect, validate, export. Safe to stop and start again.
 
     Ctrl-C leaves the batches running; run the same command later to pick up where it stopped.
@@ -219,7 +223,7 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
 
     note = _wait_note()
     lock = _lock(workspace, on_wait=note)
-    runner = _runner(workspace, backend, budget_mode, queue_limit)
+    runner = _runner(workspace, backend, budget_mode, queue_limit, poll_interval)
     spec = _register(runner, job)
     try:
         run_job(runner, spec, None if quiet else _progress_line, sleep=lock.pausing(runner.close, note),
@@ -288,7 +292,8 @@ def _usd(amount: Any) -> str:
 @backend_option
 @guard_options
 @workspace_option
-def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, workspace: str | None) -> None:
+def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, poll_interval: float | None,
+            workspace: str | None) -> None:
     """Compile JOB and submit its batches, then return at once (collect later with 'batchgen collect').
 
     \b
@@ -297,7 +302,7 @@ def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | 
     from batchgen.pipeline import submit_job
 
     _lock(workspace, on_wait=_wait_note())
-    runner = _runner(workspace, backend, budget_mode, queue_limit)
+    runner = _runner(workspace, backend, budget_mode, queue_limit, poll_interval)
     spec = _register(runner, job)
     count, blocked = submit_job(runner, spec)
     click.echo(f"Submitted {count} batch(es) for job {spec.name}" + (f"; {blocked}" if blocked else ""))
@@ -328,7 +333,8 @@ def collect_(job: str | None, workspace: str | None) -> None:
 @workspace_option
 @click.option("--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for another batchgen working on the workspace before skipping this tick")
-def tick_(budget_mode: str, queue_limit: int | None, workspace: str | None, wait: float) -> None:
+def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None, workspace: str | None,
+          wait: float) -> None:
     """One pass over every active job: submit, poll, collect, export. For cron; exits 0 with a one-line summary.
 
     \b
@@ -342,7 +348,7 @@ def tick_(budget_mode: str, queue_limit: int | None, workspace: str | None, wait
     except WorkspaceBusy as error:
         click.echo(f"{error}; skipped")
         return
-    runner = _runner(workspace, None, budget_mode, queue_limit)
+    runner = _runner(workspace, None, budget_mode, queue_limit, poll_interval)
     report = tick(runner)
     parts = [f"{p.job} {p.status} {p.finished}/{p.requests} (+{p.submitted_now} submitted, "
              f"+{p.collected_now} collected)" + (f" error: {p.error}" if p.error else "")

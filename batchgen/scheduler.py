@@ -71,7 +71,7 @@ class Runner:
 
     def __init__(self, ledger: Ledger, workspace: Workspace, *, backend: str | None = None,
                  clock: Callable[[], float] = time.time, budget_mode: str = "worst",
-                 queue_limit: int | None = None):
+                 queue_limit: int | None = None, poll_interval: float | None = None):
         if budget_mode not in BUDGET_MODES:
             raise BatchgenError(f"Unknown budget mode {budget_mode!r}; use one of {', '.join(BUDGET_MODES)}")
         self.ledger = ledger
@@ -80,6 +80,7 @@ class Runner:
         self.clock = clock
         self.budget_mode = budget_mode
         self.queue_limit = queue_limit
+        self.poll_base = poll_interval
         self._clients: dict[str, BatchClient] = {}
 
     def queue_cap(self, spec: JobSpec, backend: str) -> int | None:
@@ -116,9 +117,10 @@ class Runner:
 
     def poll_interval(self, backend: str, status: str, polls: int) -> float:
         """Seconds until the next retrieve of a batch: quick on the emulator, backing off with jitter on a real API."""
-        if backend == "embedded":
+        if backend == "embedded" and self.poll_base is None:
             return 0.25
-        base = min(30.0 * (1.5 ** min(polls, 10)), 300.0)
+        first = self.poll_base if self.poll_base is not None else 30.0
+        base = min(first * (1.5 ** min(polls, 10)), max(first, 300.0))
         if status == "finalizing":
             base = min(base * 2, 600.0)
         return base * random.uniform(0.8, 1.2)

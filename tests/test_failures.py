@@ -156,3 +156,68 @@ def test_a_budget_smaller_than_the_job_stops_at_the_budget(tmp_path):
     with_more = job_copy(tmp_path / "more", budget_usd="0.15", limits="max_lines = 10")
     assert batchgen(workspace, "run", str(with_more), "--quiet").returncode == 0
     assert len(dataset(workspace)) == 500
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(state: Path, port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "serve", "--port", str(port), "--state", str(state),
+         "--line-seconds", "0.1", "--validation-seconds", "0.2", "--finalizing-seconds", "0.2"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import urllib.request
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/batches?limit=1", timeout=1).close()
+            return server
+        except OSError:
+            assert server.poll() is None, "the emulator exited at start"
+            time.sleep(0.1)
+    raise AssertionError("the emulator did not start")
+
+
+def test_an_outage_in_the_middle_of_a_run_is_waited_out(tmp_path):
+    """`run` against a server that goes away for a few seconds and comes back on the same state."""
+    state, workspace, port = tmp_path / "server", tmp_path / ".batchgen", free_port()
+    server = start_server(state, port)
+    env = {**os.environ, "BATCHGEN_WORKSPACE": str(workspace), "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+           "OPENAI_API_KEY": "local"}
+    run = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(ROOT / "jobs" / "task_api"), "--backend",
+                            "openai", "--poll-interval", "0.3", "--quiet"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workspace / "ledger.db").exists() or not _batches(workspace):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.2)
+        server.terminate()
+        server.wait(timeout=20)
+        time.sleep(4)                               # the outage: every poll meanwhile fails to connect
+        assert run.poll() is None, run.communicate()
+        server = start_server(state, port)
+        out, err = run.communicate(timeout=180)
+    finally:
+        for process in (run, server):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert run.returncode == 0, err
+    assert "Job task_api: done" in out
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.scalar("SELECT count(*) FROM batches") == 1
+        assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'poll_error'") > 0
+        one_outcome_per_request_and_costs_once(ledger)
+    assert len(dataset(workspace)) == 500
+
+
+def _batches(workspace: Path) -> int:
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        return int(ledger.scalar("SELECT count(*) FROM batches"))

@@ -272,7 +272,8 @@ def _print_summary(runner: Any, name: str, json_: bool) -> None:
     if summary["faults"]:
         click.echo("Faults: " + ", ".join(f"{k} {v}" for k, v in summary["faults"].items()))
     t = summary["tokens"]
-    click.echo(f"Tokens: prompt {t.get('prompt', 0)} (cached {t.get('cached', 0)}), completion {t.get('completion', 0)}")
+    click.echo(f"Tokens: prompt {t.get('prompt', 0)} (cached {t.get('cached', 0)}), "
+               f"completion {t.get('completion', 0)}")
     budget = f" of budget ${summary['budget_usd']}" if summary["budget_usd"] is not None else ""
     click.echo(f"Cost: ${_usd(summary['spent_usd'])} at batch price{budget} "
                f"(estimated ${_usd(summary['estimated_usd'])})")
@@ -539,7 +540,7 @@ def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
         click.get_current_context().exit(1)
 
 
-# --- the emulator: serve -----------------------------------------------------------------------------------------------
+# --- the emulator: serve ---------------------------------------------------------------------------------------------
 
 def _rate(name: str, help_: str) -> Any:
     return click.option(name, type=click.FloatRange(0, 1), default=None, help=help_)

@@ -300,7 +300,8 @@ def submit_shard(runner: Runner, client: BatchClient, spec: JobSpec, shard: dict
         file_id = client.upload(Path(shard["path"]), upload_name(key, shard["path"])).id
         crash_point("upload")
         with ledger.transaction():
-            ledger.execute("UPDATE intents SET file_id = ?, updated_utc = ? WHERE id = ?", [file_id, utcnow(), intent["id"]])
+            ledger.execute("UPDATE intents SET file_id = ?, updated_utc = ? WHERE id = ?",
+                           [file_id, utcnow(), intent["id"]])
     metadata = {"batchgen_job": spec.name, "batchgen_shard": shard["id"], "batchgen_key": key}
     batch = client.create_batch(file_id, spec.endpoint, metadata)
     crash_point("create")
@@ -408,7 +409,8 @@ def next_stage_or_finish(runner: Runner, spec: JobSpec, stage: ResolvedStage) ->
 def progress(runner: Runner, name: str) -> JobProgress:
     ledger = runner.ledger
     job = ledger.job(name)
-    counts = dict(ledger.execute("SELECT status, count(*) FROM batches WHERE job = ? GROUP BY status", [name]).fetchall())
+    counts = dict(ledger.execute("SELECT status, count(*) FROM batches WHERE job = ? GROUP BY status",
+                                 [name]).fetchall())
     requests = ledger.scalar("SELECT count(*) FROM requests WHERE job = ?", [name])
     finished = ledger.scalar("SELECT count(*) FROM results WHERE job = ?", [name])
     valid = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [name])

@@ -2,8 +2,9 @@
 
 Setup (not timed): a job of 50,000 requests is compiled and recorded in a fresh ledger as one submitted batch, and
 an output file is written the way the Batch API writes one (rows shuffled, each a chat.completion holding six
-ShareGPT examples, which makes the file about 100 MB). Timed, in a fresh process: `collect_batch` streams the file, joins every row by custom_id,
-prices it, validates and deduplicates its examples, and records results and examples in the ledger.
+ShareGPT examples, which makes the file about 100 MB). Timed, in a fresh process: `collect_batch` streams the
+file, joins every row by custom_id, prices it, validates and deduplicates its examples, and records results and
+examples in the ledger.
 
     python scripts/bench_collect.py [--runs 3] [--lines 50000]
 
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +148,8 @@ def main() -> None:
     results = [run_once(args.lines, args.examples_per_line) for _ in range(args.runs)]
     wall = statistics.median(r[0] for r in results)
     rss = max(r[1] for r in results)
-    print(f"collect {args.lines} lines, {args.examples_per_line} examples each ({results[0][2] / 1e6:.0f} MB): median {wall:.2f} s over {args.runs} runs, "
+    print(f"collect {args.lines} lines, {args.examples_per_line} examples each ({results[0][2] / 1e6:.0f} MB): "
+          f"median {wall:.2f} s over {args.runs} runs, "
           f"peak RSS {rss:.0f} MB (machine: {os.cpu_count()} cores, Python {sys.version.split()[0]})")
 
 

@@ -13,8 +13,6 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
-
 from batchgen.emulator import EmulatorControl
 from batchgen.ledger import Ledger
 from batchgen.pipeline import run_job

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from batchgen import pricing
 from batchgen.cli import cli
+from batchgen.collect import rules_for
 from batchgen.formats import parse_example
 from batchgen.ledger import Ledger
-from batchgen.collect import rules_for
 from batchgen.spec import load_spec
 from batchgen.validate import validate_example
 

@@ -1,5 +1,5 @@
-import hashlib
 import gzip
+import hashlib
 from importlib.resources import files
 
 import pytest

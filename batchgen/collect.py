@@ -205,12 +205,15 @@ class _Collector:
         self.report.outcomes[status] += 1
 
     def missing(self) -> None:
+        """Requests in neither file: not executed when the batch was cancelled or expired, else missing."""
+        code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(self.batch["status"], "missing")
+        status = ERROR_STATUS.get(code, "missing")
         for custom_id in list(self.pending):
-            self.results.append((custom_id, self.batch["id"], self.spec.name, "missing", None, "missing",
+            self.results.append((custom_id, self.batch["id"], self.spec.name, "missing", None, code,
                                  "in neither the output nor the error file", None, 0, 0, 0, 0, "0", None,
                                  None, self.now))
-            self.statuses.append(("missing", custom_id))
-            self.report.outcomes["missing"] += 1
+            self.statuses.append((status, custom_id))
+            self.report.outcomes[status] += 1
         self.pending.clear()
 
     def dedupe_candidates(self) -> list[str]:

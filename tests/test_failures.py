@@ -214,8 +214,35 @@ def test_an_outage_in_the_middle_of_a_run_is_waited_out(tmp_path):
         assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'poll_error'") > 0
         one_outcome_per_request_and_costs_once(ledger)
     assert len(dataset(workspace)) == 500
+    check = batchgen(workspace, "ledger", "check")
+    assert check.returncode == 0, check.stdout
 
 
 def _batches(workspace: Path) -> int:
     with Ledger.open(workspace / "ledger.db") as ledger:
         return int(ledger.scalar("SELECT count(*) FROM batches"))
+
+
+def test_cancelling_a_job_keeps_finished_work_and_submits_nothing_more(tmp_path):
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, line_seconds=0.2)
+    assert batchgen(workspace, "submit", str(ROOT / "jobs" / "task_api")).returncode == 0
+    cancelled = batchgen(workspace, "cancel", "task_api")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.startswith("batch_") and "cancelling" in cancelled.stdout
+    deadline = time.monotonic() + 60
+    while "done" not in (collected := batchgen(workspace, "collect", "task_api")).stdout:
+        assert collected.returncode == 0, collected.stderr
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.job("task_api")["status"] == "cancelled"
+        assert ledger.scalar("SELECT count(*) FROM batches") == 1
+        assert ledger.scalar("SELECT status FROM batches") == "cancelled"
+        assert ledger.scalar("SELECT count(*) FROM requests WHERE status = 'cancelled'") > 0
+        assert ledger.scalar("SELECT count(*) FROM requests WHERE status = 'retried'") == 0
+        one_outcome_per_request_and_costs_once(ledger)
+    tick = batchgen(workspace, "tick")
+    assert tick.returncode == 0 and tick.stdout == "tick: no active jobs\n"
+    check = batchgen(workspace, "ledger", "check")
+    assert check.returncode == 0, check.stdout

@@ -29,9 +29,8 @@ _COMMON_RE = re.compile(r"\b(?:(?P<date>(\d{4})-(\d{2})-(\d{2}))|(?P<weekday>" +
 _WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
                  "nine": 9, "ten": 10, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30, "fifty": 50}
 _COUNT_RE = re.compile(
-    r"\b(?:generate|create|write|produce|give(?: me)?|return|make|output|provide)\s+(?:exactly\s+|me\s+)?"
-    r"(\d{1,4}|" + "|".join(_WORD_NUMBERS) + r")\s+(?:(?:new|more|different|unique|diverse|additional|"
-    r"distinct|varied|high-quality|synthetic|training|json|sharegpt|alpaca|chatml)\s+)*"
+    r"\b(?:generate|create|write|produce|give(?: me)?|return|make|output|provide|holding)\s+(?:exactly\s+|me\s+)?"
+    r"(\d{1,4}|" + "|".join(_WORD_NUMBERS) + r")\s+(?:[A-Za-z-]+,?\s+){0,4}?"  # "NEW, SIMPLE", "more diverse"
     r"(?:examples?|conversations?|samples?|items?|pairs?|instructions?|questions?|dialogues?|records?)\b",
     re.IGNORECASE)
 USER_ROLES = ("human", "user")

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +131,18 @@ class _Collector:
         self.stage = ledger.scalar("SELECT stage FROM shards WHERE id = ?", [batch["shard_id"]])
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, job_dir=spec.job_dir)
-        self.pending: dict[str, str] = {
-            row[0]: row[1] for row in ledger.execute(
-                "SELECT custom_id, stage FROM requests WHERE batch_id = ?", [batch["id"]])}
+        self.pending: dict[str, tuple[str, int]] = {  # custom_id -> (stage, rowid)
+            row[0]: (row[1], row[2]) for row in ledger.execute(
+                "SELECT custom_id, stage, rowid FROM requests WHERE batch_id = ?", [batch["id"]])}
         self.report = CollectReport(batch["id"])
-        self.hashes: Counter[str] = Counter()  # valid hashes of this batch
-        self.prior = stage_hashes(ledger, spec.name, self.stage) if self.rules.dedupe != "none" else set()
+        self.track_hashes = self.rules.dedupe != "none"
+        self.prior = stage_hashes(ledger, spec.name, self.stage) if self.track_hashes else set()
+        self.seen: set[int] = set()  # hash() of each valid hash of this batch
+        self.candidates: set[str] = set()  # valid hashes this batch brings twice, or again after the stage had it
         self.now = utcnow()
         self.results: list[tuple[Any, ...]] = []
         self.examples: list[tuple[Any, ...]] = []
-        self.statuses: list[tuple[str, str]] = []
+        self.statuses: list[tuple[str, int]] = []  # (status, requests.rowid), written last in rowid order
 
     def add(self, judged: Judged) -> None:
         kind, custom_id = judged[0], judged[1]
@@ -152,15 +155,15 @@ class _Collector:
                 self.ledger.event("unknown_custom_id", job=self.spec.name, batch_id=self.batch["id"],
                                   custom_id=custom_id)
             return
-        stage = self.pending.pop(custom_id)
+        stage, rowid = self.pending.pop(custom_id)
         if kind == "ok":
-            self._success(judged, stage)
+            self._success(judged, stage, rowid)
         else:
-            self._failure(judged)
+            self._failure(judged, rowid)
         if len(self.results) >= CHUNK:
             self.flush()
 
-    def _success(self, judged: Judged, stage: str) -> None:
+    def _success(self, judged: Judged, stage: str, rowid: int) -> None:
         _, custom_id, status_code, request_id, finish, prompt, cached, completion, reasoning, reason, examples = judged
         cost = self.price.cost(prompt, cached, completion)
         valid = self._examples(custom_id, stage, reason, examples)
@@ -168,7 +171,7 @@ class _Collector:
         self.results.append((custom_id, self.batch["id"], self.spec.name, "output", status_code, None, None, finish,
                              prompt, cached, completion, reasoning, str(cost), self.price.source, request_id,
                              self.now))
-        self.statuses.append((status, custom_id))
+        self.statuses.append((status, rowid))
         self.report.outcomes[status] += 1
         self.report.cost_usd += cost
 
@@ -176,48 +179,64 @@ class _Collector:
                   examples: list[tuple[Any, ...]]) -> int:
         """Record a response's examples; how many are valid. Seed copies and repeats of earlier stages are
         rejected here; repeats inside the stage are settled afterwards (see dedupe_stage)."""
-        job, valid_count = self.spec.name, 0
+        job, valid_count, rows = self.spec.name, 0, self.examples
         if reason is not None:
-            self.examples.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None))
+            rows.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None))
             self.report.examples_total += 1
             return 0
+        known, is_seed, track = self.deduper.known, self.deduper.is_seed, self.track_hashes
         for position, (content, digest, valid, category, text) in enumerate(examples):
             duplicate_of = None
-            if valid and digest is not None and (digest in self.deduper.known or self.deduper.is_seed(digest)):
-                found = self.deduper.check(digest, example_key(custom_id, position))
-                if found is not None:
-                    valid, category, text, duplicate_of = False, found.category, str(found), found.detail
-            self.examples.append((job, stage, custom_id, position, content, digest, int(valid), category, text,
-                                  duplicate_of))
             if valid and digest is not None:
-                self.hashes[digest] += 1
-            valid_count += int(valid)
+                if digest in known or is_seed(digest):
+                    found = self.deduper.check(digest, example_key(custom_id, position))
+                    if found is not None:
+                        valid, category, text, duplicate_of = False, found.category, str(found), found.detail
+                if valid and track:
+                    self._track(digest)
+            rows.append((job, stage, custom_id, position, content, digest, int(valid), category, text,
+                         duplicate_of))
+            if valid:
+                valid_count += 1
         self.report.examples_total += len(examples)
         self.report.examples_valid += valid_count
         return valid_count
 
-    def _failure(self, judged: Judged) -> None:
+    def _track(self, digest: str) -> None:
+        """Note a valid hash of this batch: a candidate for dedupe_stage if the stage already holds it or the batch
+        brings it twice. `seen` keeps only each hash's `hash()` (a small int, not the 32-character text); two
+        different hashes sharing one only add a candidate, which dedupe_stage settles to what it was."""
+        if digest in self.prior:
+            self.candidates.add(digest)
+            return
+        key = hash(digest)
+        if key in self.seen:
+            self.candidates.add(digest)
+        else:
+            self.seen.add(key)
+
+    def _failure(self, judged: Judged, rowid: int) -> None:
         _, custom_id, status_code, code, message, request_id = judged
         status = "failed" if status_code is not None else ERROR_STATUS.get(str(code), "failed")
         self.results.append((custom_id, self.batch["id"], self.spec.name, "error", status_code, code, message, None,
                              0, 0, 0, 0, "0", None, request_id, self.now))
-        self.statuses.append((status, custom_id))
+        self.statuses.append((status, rowid))
         self.report.outcomes[status] += 1
 
     def missing(self) -> None:
         """Requests in neither file: not executed when the batch was cancelled or expired, else missing."""
         code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(self.batch["status"], "missing")
         status = ERROR_STATUS.get(code, "missing")
-        for custom_id in list(self.pending):
+        for custom_id, (_, rowid) in self.pending.items():
             self.results.append((custom_id, self.batch["id"], self.spec.name, "missing", None, code,
                                  "in neither the output nor the error file", None, 0, 0, 0, 0, "0", None,
                                  None, self.now))
-            self.statuses.append((status, custom_id))
+            self.statuses.append((status, rowid))
             self.report.outcomes[status] += 1
         self.pending.clear()
 
     def dedupe_candidates(self) -> list[str]:
-        return [h for h, n in self.hashes.items() if n > 1 or h in self.prior]
+        return sorted(self.candidates)
 
     def flush(self) -> None:
         self.ledger.db.conn.executemany(
@@ -229,8 +248,16 @@ class _Collector:
         self.ledger.db.conn.executemany(
             "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid, category, "
             "reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.examples)
-        self.ledger.db.conn.executemany("UPDATE requests SET status = ? WHERE custom_id = ?", self.statuses)
-        self.results, self.examples, self.statuses = [], [], []
+        self.results, self.examples = [], []
+
+    def finish(self) -> None:
+        """Write what is left, then every request's status in table order (lines arrive in any order; updating
+        the requests in rowid order touches each page of the table once)."""
+        self.missing()
+        self.flush()
+        self.statuses.sort(key=itemgetter(1))
+        self.ledger.db.conn.executemany("UPDATE requests SET status = ? WHERE rowid = ?", self.statuses)
+        self.statuses = []
 
 
 def settle_failed_batch(ledger: Ledger, client: BatchClient, spec: JobSpec, batch: dict[str, Any]) -> CollectReport:
@@ -323,8 +350,7 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
                     if judged[0] == "corrupt":
                         raise BackendError(f"Result file {path} is corrupt at line {judged[1]}: {judged[2]}")
                     collector.add(judged)
-            collector.missing()
-            collector.flush()
+            collector.finish()
             if collector.rules.dedupe != "none":
                 dedupe_stage(ledger, spec.name, collector.stage, collector.dedupe_candidates())
             report = collector.report

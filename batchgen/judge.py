@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from batchgen.validate import Rules, validate_response
+from batchgen.validate import Rules, judge_examples, parse_response
 
 Judged = tuple[Any, ...]
 
@@ -48,34 +48,14 @@ def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: Rules) -
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     finish = choice.get("finish_reason")
-    verdict = validate_response(message.get("content"), finish, fmt, rules, None, custom_id=custom_id,
-                                refusal=message.get("refusal"))
-    reason = (verdict.reason.category, str(verdict.reason)) if verdict.reason is not None else None
-    examples = [(orjson.dumps(raw).decode(), v.content_hash, v.valid, v.category,
-                 str(v.reason) if v.reason else None)
-                for raw, v in zip(verdict.parsed.examples, verdict.examples, strict=True)]
+    parsed = parse_response(message.get("content"), finish, fmt, refusal=message.get("refusal"))
+    reason = (parsed.reason.category, str(parsed.reason)) if parsed.reason is not None else None
+    examples = judge_examples(parsed.examples, fmt, rules)
     return ("ok", custom_id, response.get("status_code"), response.get("request_id"), finish,
             int(usage.get("prompt_tokens") or 0),
             int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
             int(usage.get("completion_tokens") or 0),
             int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0), reason, examples)
-
-
-def _judge_chunk(chunk: list[tuple[int, bytes]], fmt: str, rules: Rules) -> list[Judged]:
-    return [judge_line(line, number, fmt, rules) for number, line in chunk]
-
-
-def _chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
-    chunk: list[tuple[int, bytes]] = []
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                chunk.append((number, line))
-                if len(chunk) >= CHUNK_LINES:
-                    yield chunk
-                    chunk = []
-    if chunk:
-        yield chunk
 
 
 def judged_lines(path: Path, fmt: str, rules: Rules) -> Iterator[Judged]:

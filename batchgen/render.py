@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,13 +114,18 @@ class PartCounter:
     """Exact token counts of texts made of repeated lines (see the module docstring); caches bounded."""
 
     def __init__(self, model: str):
-        self._encode = encoding_for_model(model).encode_ordinary
+        self._model = model
+        self._encoder: Callable[[str], list[int]] | None = None  # loaded on first count: rendering alone needs none
         self._lines: dict[str, int] = {}  # part without its closing newline -> tokens of part + "\n"
         self._tails: dict[str, int] = {}  # the last part of a text (no newline after it) -> tokens
 
+    def _load(self) -> Callable[[str], list[int]]:
+        self._encoder = encoding_for_model(self._model).encode_ordinary
+        return self._encoder
+
     def count(self, text: str) -> int:
         *parts, tail = _BOUNDARY.split(text)
-        lines, encode = self._lines, self._encode
+        lines, encode = self._lines, self._encoder or self._load()
         if len(lines) >= _PART_LIMIT:
             lines.clear()
         total = 0

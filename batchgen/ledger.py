@@ -56,7 +56,7 @@ class Ledger:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             # 8 MB of page cache: collect writes in table order, so a bigger cache only adds to the peak RSS
-            conn.execute("PRAGMA cache_size=-8192")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MB: fewer index pages spilled to the WAL while collecting
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
         except (OSError, sqlite3.Error) as error:

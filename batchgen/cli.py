@@ -318,12 +318,13 @@ def collect_(job: str | None, workspace: str | None) -> None:
     \b
         batchgen collect task_api
     """
+    from batchgen.ledger import TERMINAL
     from batchgen.pipeline import collect_jobs
 
     _lock(workspace, on_wait=_wait_note())
     runner = _runner(workspace)
     for p in collect_jobs(runner, [job] if job else None):
-        running = sum(n for s, n in p.batches.items() if s not in ("completed", "failed", "expired", "cancelled"))
+        running = sum(n for s, n in p.batches.items() if s not in TERMINAL)
         state = "done" if p.done else f"{running} batch(es) still running"
         click.echo(f"{p.job}: collected {p.collected_now} batch(es); {p.finished}/{p.requests} requests answered; "
                    f"{p.valid_examples} valid examples; {state}" + (f"; dataset {p.dataset}" if p.dataset else ""))

@@ -21,6 +21,8 @@ from batchgen import migrations
 from batchgen.errors import LedgerError, NotFoundError
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# SQL condition on batches.status: the batch has not ended yet (the values are constants, not user input).
+UNFINISHED = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in sorted(TERMINAL)))
 
 
 def utcnow() -> str:
@@ -176,6 +178,14 @@ class Ledger:
         if status:
             return self.rows("SELECT * FROM jobs WHERE status = ? ORDER BY created_utc", [status])
         return self.rows("SELECT * FROM jobs ORDER BY created_utc")
+
+    def unfinished_batches(self, job: str) -> int:
+        """Batches of the job that have not ended yet."""
+        return int(self.scalar(f"SELECT count(*) FROM batches WHERE job = ? AND {UNFINISHED}", [job]))
+
+    def uncollected_batches(self, job: str) -> int:
+        """Batches of the job whose results are not in the ledger yet (running, or ended and not collected)."""
+        return int(self.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [job]))
 
     def set_job(self, name: str, **fields: Any) -> None:
         fields["updated_utc"] = utcnow()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 from batchgen.client import is_transient
 from batchgen.errors import BackendError, NotFoundError
-from batchgen.ledger import TERMINAL
+from batchgen.ledger import UNFINISHED
 from batchgen.reconcile import reconcile
 from batchgen.scheduler import (
     JobProgress,
@@ -63,9 +63,8 @@ def run_job(runner: Runner, spec: JobSpec, on_progress: Callable[[JobProgress], 
 
 
 def seconds_to_next_poll(runner: Runner, job: str) -> float:
-    placeholders = ",".join("?" * len(TERMINAL))
-    due = runner.ledger.scalar(f"SELECT min(CAST(next_poll_utc AS REAL)) FROM batches WHERE job = ? AND "
-                               f"status NOT IN ({placeholders})", [job, *TERMINAL])
+    due = runner.ledger.scalar(f"SELECT min(CAST(next_poll_utc AS REAL)) FROM batches WHERE job = ? AND {UNFINISHED}",
+                               [job])
     if due is None:
         return 0.05
     return min(max(float(due) - runner.clock(), 0.05), MAX_SLEEP)
@@ -97,13 +96,9 @@ def refresh_status(runner: Runner, job: str | None = None) -> bool:
     """Poll the unfinished batches (of one job, or all); True while any is unfinished."""
     active = False
     for name in _names(runner, [job] if job else None):
-        row = runner.ledger.job(name)
-        placeholders = ",".join("?" * len(TERMINAL))
-        if runner.ledger.scalar(f"SELECT count(*) FROM batches WHERE job = ? AND status NOT IN ({placeholders})",
-                                [name, *TERMINAL]):
-            poll_due(runner, runner.client(row["backend"]), name)
-            active = active or bool(runner.ledger.scalar(
-                f"SELECT count(*) FROM batches WHERE job = ? AND status NOT IN ({placeholders})", [name, *TERMINAL]))
+        if runner.ledger.unfinished_batches(name):
+            poll_due(runner, runner.client(runner.ledger.job(name)["backend"]), name)
+            active = active or bool(runner.ledger.unfinished_batches(name))
     return active
 
 
@@ -118,9 +113,7 @@ def cancel(runner: Runner, target: str) -> list[tuple[str, str]]:
             if ledger.job(target)["status"] == "active":
                 ledger.set_job(target, status="cancelled")
                 ledger.event("job_cancelled", job=target)
-        placeholders = ",".join("?" * len(TERMINAL))
-        batches = ledger.rows(f"SELECT * FROM batches WHERE job = ? AND status NOT IN ({placeholders})",
-                              [target, *TERMINAL])
+        batches = ledger.rows(f"SELECT * FROM batches WHERE job = ? AND {UNFINISHED}", [target])
     else:
         raise NotFoundError(f"No job or batch {target!r} in ledger {ledger.path}; run 'batchgen status'")
     done = []

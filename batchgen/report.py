@@ -54,6 +54,12 @@ def outcomes(ledger: Ledger, job: str) -> dict[str, int]:
                                [job]).fetchall())
 
 
+def dataset(ledger: Ledger, job: str) -> dict[str, Any] | None:
+    """The last export made when the job finished: {"path", "examples"}, or None."""
+    return ledger.one("SELECT json_extract(detail_json, '$.dataset') AS path, json_extract(detail_json, '$.written') "
+                      "AS examples FROM events WHERE job = ? AND kind = 'done' ORDER BY id DESC LIMIT 1", [job])
+
+
 def failures(ledger: Ledger, job: str) -> dict[str, int]:
     """Results that are not successes, by error code (e.g. rate_limit_exceeded, batch_expired, missing)."""
     return dict(ledger.execute(
@@ -79,10 +85,8 @@ def costs(ledger: Ledger, job: str) -> dict[str, Any]:
 
 def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
     row = ledger.job(job)
-    done = ledger.one("SELECT json_extract(detail_json, '$.dataset') AS path, json_extract(detail_json, "
-                      "'$.written') AS examples FROM events WHERE job = ? AND kind = 'done' ORDER BY id DESC LIMIT 1",
-                      [job])
-    return {"job": job, "dataset": done, "status": row["status"], "stage": row["stage"], "backend": row["backend"],
+    return {"job": job, "dataset": dataset(ledger, job), "status": row["status"], "stage": row["stage"],
+            "backend": row["backend"],
             "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
             "requests": outcomes(ledger, job), "failures": failures(ledger, job), "faults": faults(ledger, job),
             "quality": quality(ledger, job).to_dict(), **costs(ledger, job)}

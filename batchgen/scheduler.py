@@ -22,9 +22,9 @@ from batchgen.client import BatchClient, choose_backend, is_transient
 from batchgen.collect import collect_batch
 from batchgen.crashpoints import crash_point
 from batchgen.errors import BackendError, BatchgenError, BudgetExceeded, SpecError
-from batchgen.ledger import TERMINAL, Ledger, dec_sum, utcnow
+from batchgen.ledger import UNFINISHED, Ledger, dec_sum, utcnow
 from batchgen.reconcile import open_intent, reconcile, upload_name
-from batchgen.report import export_job
+from batchgen.report import dataset, export_job
 from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage, load_spec
 from batchgen.workspace import Workspace
 
@@ -173,7 +173,8 @@ def tick(runner: Runner, names: Iterable[str] | None = None) -> list[JobProgress
     if names is not None:
         rows = [runner.ledger.job(n) for n in names]
     else:
-        rows = runner.ledger.jobs(ACTIVE) + [r for r in runner.ledger.jobs(CANCELLED) if _unfinished_name(runner, r)]
+        ledger = runner.ledger
+        rows = ledger.jobs(ACTIVE) + [r for r in ledger.jobs(CANCELLED) if ledger.uncollected_batches(r["name"])]
     reports = []
     for row in rows:
         try:
@@ -187,14 +188,11 @@ def tick(runner: Runner, names: Iterable[str] | None = None) -> list[JobProgress
     return reports
 
 
-def _unfinished_name(runner: Runner, row: dict[str, Any]) -> bool:
-    return bool(runner.ledger.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [row["name"]]))
-
-
 def advance(runner: Runner, spec: JobSpec, *, submit: bool = True) -> JobProgress:
     """Move one job forward as far as it can go now (with submit=False: poll, collect and plan retries only)."""
     row = runner.ledger.job(spec.name)
-    if row["status"] not in (ACTIVE, CANCELLED) or (row["status"] == CANCELLED and not _unfinished(runner, spec)):
+    settled = row["status"] == CANCELLED and not runner.ledger.uncollected_batches(spec.name)
+    if row["status"] not in (ACTIVE, CANCELLED) or settled:
         return progress(runner, spec.name)
     stage = spec.stage(row["stage"])
     client = runner.client(row["backend"])
@@ -212,10 +210,6 @@ def advance(runner: Runner, spec: JobSpec, *, submit: bool = True) -> JobProgres
     result = progress(runner, spec.name)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
     return result
-
-
-def _unfinished(runner: Runner, spec: JobSpec) -> int:
-    return int(runner.ledger.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [spec.name]))
 
 
 def _open_shards(runner: Runner, spec: JobSpec, stage: ResolvedStage) -> int:
@@ -277,7 +271,7 @@ def submit_pending(runner: Runner, client: BatchClient, spec: JobSpec, job: dict
                            f"${max(budget - committed, Decimal(0)):.6f} left, the remaining {len(pending) - position} "
                            f"shard(s) need up to ${rest:.6f} ({runner.budget_mode} case); raise budget_usd in "
                            "job.toml to go on")
-                if not _unfinished(runner, spec):
+                if not runner.ledger.uncollected_batches(spec.name):
                     raise BudgetExceeded(message)
                 return submitted, message
         submit_shard(runner, client, spec, shard)
@@ -330,9 +324,7 @@ def record_batch(ledger: Ledger, client: BatchClient, job: str, shard: dict[str,
 def poll_due(runner: Runner, client: BatchClient, job: str) -> None:
     """Retrieve each unfinished batch whose next poll is due (at most one retrieve per batch per interval)."""
     ledger, now = runner.ledger, runner.clock()
-    placeholders = ",".join("?" * len(TERMINAL))
-    for row in ledger.rows(f"SELECT id, polls, next_poll_utc FROM batches WHERE job = ? AND status NOT IN "
-                           f"({placeholders})", [job, *TERMINAL]):
+    for row in ledger.rows(f"SELECT id, polls, next_poll_utc FROM batches WHERE job = ? AND {UNFINISHED}", [job]):
         if row["next_poll_utc"] and float(row["next_poll_utc"]) > now:
             continue
         try:
@@ -373,9 +365,8 @@ def update_batch(runner: Runner, client: BatchClient, job: str, batch: dict[str,
 
 
 def collect_ended(runner: Runner, client: BatchClient, spec: JobSpec) -> int:
-    placeholders = ",".join("?" * len(TERMINAL))
-    ended = runner.ledger.rows(f"SELECT * FROM batches WHERE job = ? AND collected = 0 AND status IN "
-                               f"({placeholders}) ORDER BY submitted_utc", [spec.name, *TERMINAL])
+    ended = runner.ledger.rows(f"SELECT * FROM batches WHERE job = ? AND collected = 0 AND NOT {UNFINISHED} "
+                               "ORDER BY submitted_utc", [spec.name])
     for batch in ended:
         collect_batch(runner.ledger, client, runner.workspace, spec, batch)
     return len(ended)
@@ -386,7 +377,7 @@ def collect_ended(runner: Runner, client: BatchClient, spec: JobSpec) -> int:
 
 def next_stage_or_finish(runner: Runner, spec: JobSpec, stage: ResolvedStage) -> None:
     ledger = runner.ledger
-    if _open_shards(runner, spec, stage) or _unfinished(runner, spec):
+    if _open_shards(runner, spec, stage) or runner.ledger.uncollected_batches(spec.name):
         return
     row = ledger.job(spec.name)
     names = [s.name for s in spec.resolved_stages()]
@@ -415,9 +406,6 @@ def progress(runner: Runner, name: str) -> JobProgress:
     finished = ledger.scalar("SELECT count(*) FROM results WHERE job = ?", [name])
     valid = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [name])
     spent = dec_sum(r[0] for r in ledger.execute("SELECT cost_usd FROM results WHERE job = ?", [name]))
-    dataset = None
-    if job["status"] == "done":
-        dataset = ledger.scalar("SELECT json_extract(detail_json, '$.dataset') FROM events WHERE job = ? AND "
-                                "kind = 'done' ORDER BY id DESC LIMIT 1", [name])
+    exported = dataset(ledger, name)
     return JobProgress(name, job["stage"], job["status"], requests, finished, counts, valid_examples=valid,
-                       spent_usd=spent, dataset=dataset)
+                       spent_usd=spent, dataset=exported["path"] if exported else None)

@@ -158,7 +158,8 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 _SERVE_KEYS = {"stuck_finalizing": "stuck_finalizing_seconds", "retry_after": "http_retry_after"}
 
 
-def serve_overrides(options: Mapping[str, Any], models: str | None, limits: tuple[str, ...] | list[str]) -> dict[str, Any]:
+def serve_overrides(options: Mapping[str, Any], models: str | None,
+                    limits: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Config overrides from `batchgen serve` options (None: not given); MODEL=N limits, '*=N' for every model."""
     out: dict[str, Any] = {_SERVE_KEYS.get(k, k): v for k, v in options.items() if v is not None}
     if out.get("control") is False:

@@ -6,7 +6,6 @@ Codes the spec leaves open are emulator choices: `too_many_tasks`, `empty_batch`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,6 @@ class Verdict:
 
 def batch_error(code: str, message: str, param: str | None = None, line: int | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param, "line": line}
-
-
-def iter_lines(path: Path, offset: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, line) of every non-blank line from `offset` on."""
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        position = offset
-        for raw in handle:
-            start = position
-            position += len(raw)
-            if raw.strip():
-                yield start, raw
 
 
 def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: TokenCounter) -> Verdict:

@@ -13,6 +13,7 @@ Resolution order: an explicit path (the --workspace option) > BATCHGEN_WORKSPACE
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +57,8 @@ class Workspace:
         try:
             for folder in (self.root, self.shards_dir, self.results_dir, self.datasets_dir, self.emulator_dir):
                 folder.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # a file of its own (two processes may start on one workspace at the same moment)
+            tempfile.TemporaryFile(dir=self.root, prefix=".write-probe-").close()
         except OSError as error:
             raise BatchgenError(f"Workspace {self.root} is not writable: {error.strerror or error}; "
                                 "pass --workspace DIR or set BATCHGEN_WORKSPACE") from error

@@ -142,15 +142,20 @@ class _Collector:
         self.seen: set[int] = set()  # hash() of each valid hash of this batch
         self.candidates: set[str] = set()  # valid hashes this batch brings twice, or again after the stage had it
         self.now = utcnow()
+        # Rows to insert, kept apart by shape: binding None costs sqlite3 far more than any other value, so the
+        # common rows (a success, a valid example) leave their NULL columns out of the statement.
+        self.succeeded: list[tuple[Any, ...]] = []
         self.results: list[tuple[Any, ...]] = []
+        self.accepted: list[tuple[Any, ...]] = []
         self.examples: list[tuple[Any, ...]] = []
         self.statuses: list[tuple[str, int]] = []  # (status, requests.rowid), written last in rowid order
+        self.flushed = 0  # len(statuses) at the last flush
 
     def add(self, judged: Judged) -> None:
         kind, custom_id = judged[0], judged[1]
         if custom_id not in self.pending:
             seen = self.ledger.scalar("SELECT 1 FROM results WHERE custom_id = ?", [custom_id])
-            if seen or any(r[0] == custom_id for r in self.results):
+            if seen or any(r[0] == custom_id for r in self.succeeded + self.results):
                 self.report.repeated_ids += 1
             else:
                 self.report.unknown_ids += 1
@@ -162,7 +167,7 @@ class _Collector:
             self._success(judged, stage, rowid)
         else:
             self._failure(judged, rowid)
-        if len(self.results) >= CHUNK:
+        if len(self.statuses) >= self.flushed + CHUNK:
             self.flush()
 
     def _success(self, judged: Judged, stage: str, rowid: int) -> None:
@@ -170,9 +175,8 @@ class _Collector:
         cost = self.price.cost(prompt, cached, completion)
         valid = self._examples(custom_id, stage, reason, examples)
         status = "succeeded" if valid else "invalid"
-        self.results.append((custom_id, self.batch["id"], self.spec.name, "output", status_code, None, None, finish,
-                             prompt, cached, completion, reasoning, str(cost), self.price.source, request_id,
-                             self.now))
+        self.succeeded.append((custom_id, self.batch["id"], self.spec.name, status_code, finish, prompt, cached,
+                               completion, reasoning, str(cost), self.price.source, request_id, self.now))
         self.statuses.append((status, rowid))
         self.report.outcomes[status] += 1
         self.report.cost_usd += cost
@@ -181,7 +185,7 @@ class _Collector:
                   examples: list[tuple[Any, ...]]) -> int:
         """Record a response's examples; how many are valid. Seed copies and repeats of earlier stages are
         rejected here; repeats inside the stage are settled afterwards (see dedupe_stage)."""
-        job, valid_count, rows = self.spec.name, 0, self.examples
+        job, valid_count, rows, accepted = self.spec.name, 0, self.examples, self.accepted
         if reason is not None:
             rows.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None))
             self.report.examples_total += 1
@@ -204,10 +208,11 @@ class _Collector:
                         candidates.add(digest)
                     else:
                         seen.add(key)
-            rows.append((job, stage, custom_id, position, content, digest, int(valid), category, text,
-                         duplicate_of))
             if valid:
+                accepted.append((job, stage, custom_id, position, content, digest))
                 valid_count += 1
+            else:
+                rows.append((job, stage, custom_id, position, content, digest, 0, category, text, duplicate_of))
         self.report.examples_total += len(examples)
         self.report.examples_valid += valid_count
         return valid_count
@@ -236,16 +241,25 @@ class _Collector:
         return sorted(self.candidates)
 
     def flush(self) -> None:
-        self.ledger.db.conn.executemany(
+        conn = self.ledger.db.conn
+        conn.executemany(
+            "INSERT INTO results (custom_id, batch_id, job, source, status_code, finish_reason, prompt_tokens, "
+            "cached_tokens, completion_tokens, reasoning_tokens, cost_usd, priced_by, request_id, collected_utc) "
+            "VALUES (?, ?, ?, 'output', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.succeeded)
+        conn.executemany(
             "INSERT INTO results (custom_id, batch_id, job, source, status_code, error_code, error_message, "
             "finish_reason, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, "
             "priced_by, request_id, collected_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self.results)
         crash_point("ingest")
-        self.ledger.db.conn.executemany(
+        conn.executemany(
+            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid) "
+            "VALUES (?, ?, ?, ?, ?, ?, 1)", self.accepted)
+        conn.executemany(
             "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid, category, "
             "reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.examples)
-        self.results, self.examples = [], []
+        self.succeeded, self.results, self.accepted, self.examples = [], [], [], []
+        self.flushed = len(self.statuses)
 
     def finish(self) -> None:
         """Write what is left, then every request's status in table order (lines arrive in any order; updating

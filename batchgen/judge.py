@@ -1,7 +1,7 @@
 """Judge the lines of downloaded output and error files: parse each, and validate what a success generated.
 
-`judge_line` is pure (bytes in, a plain tuple out) and knows nothing of the ledger. (Judging in worker processes
-was measured and dropped: shipping the judged examples back cost more than the judging saved.)
+`judge_line` is pure (bytes in, a plain tuple out) and knows nothing of the ledger. A large file is judged in one
+worker process while the caller records what it has judged so far (see `judged_lines`).
 
 A judged line is one of:
   ("ok", custom_id, status_code, request_id, finish_reason, prompt, cached, completion, reasoning,
@@ -13,13 +13,32 @@ A judged line is one of:
 
 from __future__ import annotations
 
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
+from batchgen.errors import BatchgenError
 from batchgen.validate import Rules, judge_examples, parse_response
+
+# A result file at least this big is judged in a worker process: about 8,000 lines of a typical output file, where
+# the worker's start (about 0.2 s) is already small next to the judging it takes off the caller.
+PARALLEL_BYTES = 16 << 20
+CHUNK_LINES = 1000  # judged lines per message from the worker (about 1.7 MB for 6 examples a line)
+QUEUE_CHUNKS = 8  # messages the worker may run ahead of the caller
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# The worker imports this very copy of batchgen (found through the package, not the path), then runs `_worker`.
+_BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import batchgen; sys.path.pop(0); "
+              "from batchgen.judge import _worker; _worker()")
 
 Judged = tuple[Any, ...]
 
@@ -58,9 +77,120 @@ def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: Rules) -
             int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0), reason, examples)
 
 
-def judged_lines(path: Path, fmt: str, rules: Rules) -> Iterator[Judged]:
-    """Every non-empty line of a result file, judged, in file order (streamed: one line in memory at a time)."""
+def judged_lines(path: Path, fmt: str, rules: Rules, *, parallel: bool | None = None) -> Iterator[Judged]:
+    """Every non-empty line of a result file, judged, in file order (streamed: one chunk in memory at a time).
+
+    With `parallel` (by default: a file of PARALLEL_BYTES or more on a machine with more than one CPU) a worker
+    process parses and validates the lines while the caller records the ones it already has; the lines and their
+    verdicts are the same either way.
+    """
+    if parallel is None:
+        parallel = _cpus() > 1 and bool(sys.executable) and path.stat().st_size >= PARALLEL_BYTES
+    if parallel:
+        yield from _judged_by_worker(path, fmt, rules)
+        return
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 yield judge_line(line, number, fmt, rules)
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (the affinity mask where there is one, as in a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _judged_by_worker(path: Path, fmt: str, rules: Rules) -> Iterator[Judged]:
+    # A fresh interpreter, not multiprocessing: it inherits neither the caller's workspace lock nor the emulator's
+    # threads, and it does not re-import the caller's __main__ (a script calling collect needs no main guard).
+    stderr = tempfile.TemporaryFile()  # a file, not a pipe: what the worker writes there can never block it
+    try:
+        worker = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(_PACKAGE_ROOT)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=stderr)
+    except OSError:  # no interpreter to start: judge here
+        stderr.close()
+        yield from judged_lines(path, fmt, rules, parallel=False)
+        return
+    assert worker.stdin is not None and worker.stdout is not None
+    # A thread reads the worker's messages into a short queue, so that the worker runs ahead while the caller
+    # records; it holds the GIL only to hand over each message.
+    messages: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
+    reader = threading.Thread(target=_read_messages, args=(worker.stdout, messages), daemon=True)
+    finished = False
+    try:
+        try:
+            worker.stdin.write(pickle.dumps((str(path), fmt, rules), pickle.HIGHEST_PROTOCOL))
+            worker.stdin.close()
+        except BrokenPipeError:
+            pass  # it ended at once; the missing messages below say so
+        reader.start()
+        while True:
+            message = messages.get()
+            if message is None:
+                worker.wait(5)
+                stderr.seek(0)
+                why = stderr.read().decode(errors="replace").strip().splitlines()
+                raise BatchgenError(f"Judging {path} failed: its worker process ended early (exit code "
+                                    f"{worker.returncode}{': ' + why[-1] if why else ''})")
+            for judged in pickle.loads(message):
+                if judged[0] == "end":
+                    finished = True
+                    return
+                if judged[0] == "failed":
+                    raise BatchgenError(f"Judging {path} failed: {judged[1]}")
+                yield judged
+    finally:
+        if not finished and worker.poll() is None:
+            worker.kill()  # the caller stopped early (an error, a corrupt line, Ctrl-C): the rest is not needed
+        while reader.is_alive():  # let the reader see the end of the pipe
+            try:
+                messages.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.wait()
+        worker.stdout.close()
+        stderr.close()
+
+
+def _read_messages(stream: IO[bytes], messages: queue.Queue[bytes | None]) -> None:
+    """Each length-prefixed message of the worker, then None at the end of its output."""
+    while True:
+        header = stream.read(8)
+        body = stream.read(int.from_bytes(header, "big")) if len(header) == 8 else b""
+        if not body:
+            messages.put(None)
+            return
+        messages.put(body)
+
+
+def _worker() -> None:
+    """Judge the file named on stdin in chunks of CHUNK_LINES lines, each sent as an 8-byte length and a pickle,
+    then ("end",); an unexpected error is sent as ("failed", text)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; a closed pipe stops us
+    out = os.fdopen(os.dup(1), "wb")  # the messages own stdout; anything printed goes to stderr
+    os.dup2(2, 1)
+
+    def send(chunk: list[Judged]) -> None:
+        data = pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL)
+        out.write(len(data).to_bytes(8, "big"))
+        out.write(data)
+        out.flush()
+
+    try:
+        path, fmt, rules = pickle.loads(sys.stdin.buffer.read())
+        chunk: list[Judged] = []
+        for judged in judged_lines(Path(path), fmt, rules, parallel=False):
+            chunk.append(judged)
+            if len(chunk) >= CHUNK_LINES:
+                send(chunk)
+                chunk = []
+        send(chunk + [("end",)])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the caller stopped reading (an error, a corrupt line, Ctrl-C)
+    except Exception as error:  # noqa: BLE001 - reported to the caller, which raises it as one line
+        try:
+            send([("failed", f"{type(error).__name__}: {error}")])
+        except OSError:
+            pass

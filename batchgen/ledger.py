@@ -58,8 +58,9 @@ class Ledger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
-            # 8 MB of page cache: collect writes in table order, so a bigger cache only adds to the peak RSS
-            conn.execute("PRAGMA cache_size=-65536")  # 64 MB: fewer index pages spilled to the WAL while collecting
+            # 32 MB of page cache: fewer index pages spilled to the WAL and written again while a large batch is
+            # collected in one transaction (see BENCHMARKS.md, Collect)
+            conn.execute("PRAGMA cache_size=-32768")
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
         except (OSError, sqlite3.Error) as error:

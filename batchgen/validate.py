@@ -96,6 +96,11 @@ class Rules:
             alternation = re.compile("|".join(re.escape(pattern) for pattern in self.patterns))
             object.__setattr__(self, "_any_pattern", alternation)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled for the judging worker without its caches (the accepter is a closure); they are rebuilt there.
+        return (_rules, (self.patterns, self.regexes, self.forbidden, self.role_order, self.min_turns,
+                         self.max_turns, self.non_empty, self.max_chars, self.dedupe, self.reject_seed_copies))
+
     @classmethod
     def from_values(cls, *, patterns: Iterable[str] = (), regexes: Iterable[str] = (),
                     forbidden: Iterable[str] = (), role_order: bool = True, min_turns: int = 2,
@@ -113,6 +118,10 @@ class Rules:
                    max_turns=max_turns, non_empty=non_empty, max_chars=max_chars,
                    dedupe=dedupe,  # type: ignore[arg-type]  # checked against DEDUPE_MODES above
                    reject_seed_copies=reject_seed_copies)
+
+
+def _rules(*values: Any) -> Rules:
+    return Rules(*values)
 
 
 def _compile(sources: Iterable[str], name: str) -> tuple[re.Pattern[str], ...]:

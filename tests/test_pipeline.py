@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchgen import pricing
+from batchgen import judge, pricing
 from batchgen.cli import cli
 from batchgen.collect import rules_for
 from batchgen.formats import parse_example
@@ -136,6 +136,16 @@ def test_submit_status_collect_in_new_processes_equals_run(finished_run, tmp_pat
     assert strip(ours) == strip(theirs)
 
 
+def test_judging_in_a_worker_process_records_the_same(finished_run, tmp_path, monkeypatch):
+    """Every result file judged by the worker that large files get: the same ledger and dataset as `run`."""
+    run_workspace, _ = finished_run
+    workspace = tmp_path / ".batchgen"
+    monkeypatch.setenv("BATCHGEN_WORKSPACE", str(workspace))
+    monkeypatch.setattr(judge, "PARALLEL_BYTES", 0)
+    assert "Valid: 548/550" in invoke("run", str(TASK_API), "--quiet").stdout
+    assert ledger_snapshot(workspace) == ledger_snapshot(run_workspace)
+
+
 def test_show_status_export_and_ledger_commands(finished_run, tmp_path, monkeypatch):
     workspace, _ = finished_run
     monkeypatch.setenv("BATCHGEN_WORKSPACE", str(workspace))
@@ -194,8 +204,11 @@ def test_workspace_that_cannot_be_written(tmp_path):
     assert result.exit_code == 1 and "is not writable" in result.output and "Traceback" not in result.output
 
 
-def test_corrupt_result_file_leaves_the_ledger_untouched(tmp_path, monkeypatch):
+@pytest.mark.parametrize("worker", [False, True], ids=["judged-here", "judged-by-worker"])
+def test_corrupt_result_file_leaves_the_ledger_untouched(tmp_path, monkeypatch, worker):
     """A downloaded file that is not JSONL: one line, nothing recorded, and the next collect succeeds."""
+    if worker:
+        monkeypatch.setattr(judge, "PARALLEL_BYTES", 0)
     workspace = tmp_path / ".batchgen"
     monkeypatch.setenv("BATCHGEN_WORKSPACE", str(workspace))
     assert invoke("submit", str(TASK_API)).exit_code == 0

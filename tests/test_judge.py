@@ -1,0 +1,136 @@
+"""Judging result files: in this process, or in a worker process for large files, with the same verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from batchgen import judge
+from batchgen.errors import BatchgenError
+from batchgen.judge import judged_lines
+from batchgen.validate import Rules
+
+RULES = Rules.from_values(patterns=["Created task:", "Error:"])
+GOOD = {"conversations": [{"from": "human", "value": "Add a task to call the bank"},
+                          {"from": "gpt", "value": "Created task: 'Call the bank' | Priority: medium"}]}
+WRONG_ROLES = {"conversations": [{"from": "gpt", "value": "Created task: 'x'"},
+                                 {"from": "human", "value": "thanks"}]}
+NO_PATTERN = {"conversations": [{"from": "human", "value": "Add a task"}, {"from": "gpt", "value": "Sure!"}]}
+
+
+def success(custom_id: str, content: str, finish: str = "stop") -> dict:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 50,
+                      "prompt_tokens_details": {"cached_tokens": 20},
+                      "completion_tokens_details": {"reasoning_tokens": 0}}}
+    return {"id": "batch_req_1", "custom_id": custom_id, "error": None,
+            "response": {"status_code": 200, "request_id": f"req-{custom_id}", "body": body}}
+
+
+def line(i: int) -> dict:
+    """Every kind of line a result file holds, in turn."""
+    cid = f"job-{i:06d}"
+    unique = json.loads(json.dumps(GOOD).replace("bank", f"bank {i}"))
+    kinds = [
+        success(cid, json.dumps({"examples": [unique, GOOD, WRONG_ROLES, NO_PATTERN, {"conversations": "x"}]})),
+        success(cid, "Here you are:\n```json\n" + json.dumps([unique]) + "\n```"),
+        success(cid, "not json at all"),
+        success(cid, json.dumps({"examples": [unique]}), finish="length"),
+        success(cid, json.dumps({"examples": [{"conversations": [{"from": "human", "value": "Café ☕ über"},
+                                                                  {"from": "gpt", "value": "Error: 日本"}]}]})),
+        {"id": "x", "custom_id": cid, "error": None,
+         "response": {"status_code": 429, "request_id": "r", "body": {"error": {"code": "rate_limit_exceeded",
+                                                                                "message": "slow down"}}}},
+        {"id": "x", "custom_id": cid, "response": None, "error": {"code": "batch_expired", "message": "expired"}},
+    ]
+    return kinds[i % len(kinds)]
+
+
+def write(path: Path, lines: int, corrupt_at: int | None = None) -> Path:
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(1, lines + 1):
+            out.write('{"custom_id": "broken", \n' if i == corrupt_at else json.dumps(line(i)) + "\n")
+            if i % 500 == 0:
+                out.write("\n")  # blank lines are skipped, and do not shift the line numbers
+    return path
+
+
+def judge_children() -> list[int]:
+    """Processes of ours that run the judging worker."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if b"batchgen.judge" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+
+
+def test_the_worker_judges_exactly_as_this_process(tmp_path):
+    path = write(tmp_path / "out.jsonl", 2_345)  # several messages, the last one short
+    here = list(judged_lines(path, "sharegpt", RULES, parallel=False))
+    there = list(judged_lines(path, "sharegpt", RULES, parallel=True))
+    assert there == here
+    assert len(here) == 2_345
+    kinds = {(j[0], j[9][0] if j[0] == "ok" and j[9] else None) for j in here}
+    assert kinds == {("ok", None), ("ok", "not_json"), ("ok", "truncated"), ("error", None)}
+    verdicts = {(e[2], e[3]) for j in here if j[0] == "ok" for e in j[10]}
+    assert verdicts == {(True, None), (False, "role_order"), (False, "format_pattern"), (False, "schema")}
+
+
+def test_large_files_go_to_the_worker_by_default(tmp_path, monkeypatch):
+    path = write(tmp_path / "out.jsonl", 50)
+    monkeypatch.setattr(judge, "PARALLEL_BYTES", path.stat().st_size + 1)
+    assert list(judged_lines(path, "sharegpt", RULES)) == list(judged_lines(path, "sharegpt", RULES, parallel=False))
+    monkeypatch.setattr(judge, "PARALLEL_BYTES", path.stat().st_size)
+    assert list(judged_lines(path, "sharegpt", RULES)) == list(judged_lines(path, "sharegpt", RULES, parallel=False))
+
+
+@needs_proc
+def test_a_corrupt_line_is_reported_in_place_and_the_worker_stops(tmp_path):
+    path = write(tmp_path / "out.jsonl", 20_000, corrupt_at=1_500)
+    lines = judged_lines(path, "sharegpt", RULES, parallel=True)
+    for judged in lines:
+        if judged[0] == "corrupt":
+            break
+    assert judged[:2] == ("corrupt", 1_502)  # two blank lines before it
+    assert judge_children()  # still running ahead ...
+    lines.close()  # ... until the caller stops reading
+    assert judge_children() == []
+
+
+def test_a_worker_that_fails_is_one_line(tmp_path):
+    with pytest.raises(BatchgenError, match=r"Judging .*missing.jsonl failed: FileNotFoundError"):
+        list(judged_lines(tmp_path / "missing.jsonl", "sharegpt", RULES, parallel=True))
+
+
+@needs_proc
+def test_a_worker_that_dies_is_one_line(tmp_path):
+    path = write(tmp_path / "out.jsonl", 40_000)
+    lines = judged_lines(path, "sharegpt", RULES, parallel=True)
+    next(lines)
+    (pid,) = judge_children()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(BatchgenError, match=r"worker process ended early \(exit code -9\)"):
+        for _ in lines:
+            pass
+    assert judge_children() == []
+
+
+def test_rules_travel_to_the_worker_without_their_caches():
+    import pickle
+
+    rules = Rules.from_values(patterns=["a"], regexes=["^b"], forbidden=["c+"], min_turns=1, max_turns=4,
+                              max_chars=99, dedupe="normalized", reject_seed_copies=False)
+    judge.judge_examples([GOOD], "sharegpt", rules)  # fills the accepter cache (a closure)
+    copy = pickle.loads(pickle.dumps(rules))
+    assert copy == rules and copy.regexes[0].pattern == "^b" and copy._any_pattern is not None

@@ -279,6 +279,11 @@ def _print_summary(runner: Any, name: str, json_: bool) -> None:
                f"(estimated ${_usd(summary['estimated_usd'])})")
     if summary["dataset"]:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
+    for short in summary["short"]:
+        why = (f"after {short['top_ups']} top-up round(s), the most max_top_ups allows"
+               if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")
+        click.echo(f"Short: stage {short['stage']} has {short['target'] - short['missing']} of its "
+                   f"{short['target']} examples ({why})")
 
 
 def _usd(amount: Any) -> str:

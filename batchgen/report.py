@@ -83,10 +83,21 @@ def costs(ledger: Ledger, job: str) -> dict[str, Any]:
     return {"tokens": tokens, "spent_usd": spent, "estimated_usd": estimated}
 
 
+def shortfalls(ledger: Ledger, job: str) -> list[dict[str, Any]]:
+    """Stages that ended below their target: {"stage", "target", "missing", "top_ups", "reason"}, the last word
+    on each stage (reason "max_top_ups": the top-up rounds were spent; "budget": no more fitted the budget)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for (detail,) in ledger.execute("SELECT detail_json FROM events WHERE job = ? AND kind = 'short' ORDER BY id",
+                                    [job]):
+        event = json.loads(detail)
+        latest[event["stage"]] = {k: event.get(k) for k in ("stage", "target", "missing", "top_ups", "reason")}
+    return list(latest.values())
+
+
 def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
     row = ledger.job(job)
     return {"job": job, "dataset": dataset(ledger, job), "status": row["status"], "stage": row["stage"],
-            "backend": row["backend"],
+            "backend": row["backend"], "short": shortfalls(ledger, job),
             "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
             "requests": outcomes(ledger, job), "failures": failures(ledger, job), "faults": faults(ledger, job),
             "quality": quality(ledger, job).to_dict(), **costs(ledger, job)}

@@ -205,7 +205,10 @@ def advance(runner: Runner, spec: JobSpec, *, submit: bool = True) -> JobProgres
     poll_due(runner, client, spec.name)
     collected = collect_ended(runner, client, spec)
     if row["status"] == ACTIVE and not _open_shards(runner, spec, stage):
-        shards.schedule_retries(runner.ledger, runner.workspace, spec, stage, runner.limits(spec))
+        if not shards.schedule_retries(runner.ledger, runner.workspace, spec, stage, runner.limits(spec)) \
+                and not runner.ledger.uncollected_batches(spec.name):
+            shards.schedule_top_up(runner.ledger, runner.workspace, spec, stage, runner.limits(spec),
+                                   _budget_left(runner.ledger, spec.name, row))
     next_stage_or_finish(runner, spec, stage)
     result = progress(runner, spec.name)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
@@ -237,6 +240,13 @@ def committed_spend(ledger: Ledger, job: str, mode: str = "worst") -> Decimal:
         f"SELECT s.{column} FROM batches b JOIN shards s ON s.id = b.shard_id WHERE b.job = ? AND b.collected = 0",
         [job]))
     return done + flying
+
+
+def _budget_left(ledger: Ledger, job: str, row: dict[str, Any]) -> Decimal | None:
+    """What the job's budget still allows, counting batches in flight at their worst case (None: no budget)."""
+    if row["budget_usd"] is None:
+        return None
+    return Decimal(row["budget_usd"]) - committed_spend(ledger, job, "worst")
 
 
 def queued_tokens(ledger: Ledger, model: str) -> int:

@@ -1,5 +1,5 @@
-"""Which shards a job needs: a stage's first compile, the retries of what failed, and shards sent back to the
-queue after `token_limit_exceeded`.
+"""Which shards a job needs: a stage's first compile, the retries of what failed, top-ups of a stage that ended
+below its target, and shards sent back to the queue after `token_limit_exceeded`.
 
 Retry rules (per variant, looking at its latest request):
   expired, cancelled (batch_expired / batch_cancelled rows)   resubmitted; does not use up an attempt
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from batchgen.ledger import Ledger, utcnow
 from batchgen.plan import expected_output_tokens
 from batchgen.pricing import get_price
 from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage
+from batchgen.variants import request_count
 from batchgen.workspace import Workspace
 
 RETRY_FREE = ("expired", "cancelled")
@@ -145,6 +146,93 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
         ledger.event("retry", job=spec.name, stage=stage.name, attempt=attempt, requests=len(variants))
     return len(variants)
 
+
+# -- top-ups ---------------------------------------------------------------------------------------------------
+
+
+def top_up_need(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> tuple[int, int, int]:
+    """(valid examples the stage still lacks, top-up rounds it had, the next free variant index)."""
+    base = request_count(spec, stage)
+    valid = int(ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND stage = ? AND valid = 1",
+                              [spec.name, stage.name]))
+    rounds = int(ledger.scalar(
+        "SELECT count(DISTINCT first) FROM (SELECT min(attempt) AS first FROM requests WHERE job = ? AND stage = ? "
+        "AND variant >= ? GROUP BY variant)", [spec.name, stage.name, base]))
+    last = ledger.scalar("SELECT max(variant) FROM requests WHERE job = ? AND stage = ?", [spec.name, stage.name])
+    return max(stage.target - valid, 0), rounds, max(base, int(last if last is not None else -1) + 1)
+
+
+def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
+                    limits: LimitsSpec | None = None, budget_left: Decimal | None = None) -> int:
+    """A stage that ended below its target, retries spent, asks for what it lacks with the next variants.
+
+    At most `max_top_ups` rounds; each asks for ceil(shortfall * overgeneration / examples_per_request)
+    requests, cut to what `budget_left` covers in the worst case (every answer at max_tokens), so a top-up never
+    stops a job at the budget guard. How many requests were added (0: none needed, allowed or affordable).
+    """
+    short, rounds, first = top_up_need(ledger, spec, stage)
+    if not short:
+        return 0
+    if rounds >= spec.max_top_ups:
+        _short(ledger, spec, stage, short, rounds, "max_top_ups")
+        return 0
+    count = _ceil(Decimal(short) * spec.overgeneration / stage.examples_per_request)
+    price = get_price(spec.model, job_dir=spec.job_dir)
+    if budget_left is not None:
+        largest = int(ledger.scalar("SELECT max(input_tokens) FROM requests WHERE job = ? AND stage = ?",
+                                    [spec.name, stage.name]) or 0)
+        per_request = price.cost(largest, 0, stage.max_tokens)
+        if per_request > 0:
+            count = min(count, int(max(budget_left, Decimal(0)) / per_request))
+    attempt = int(ledger.scalar("SELECT max(attempt) FROM requests WHERE job = ? AND stage = ?",
+                                [spec.name, stage.name])) + 1
+    sources = stage_sources(ledger, spec, stage)
+    result = None
+    while count > 0:
+        result = compile_stage(spec, stage, workspace=workspace, attempt=attempt, indices=range(first, first + count),
+                               sources=sources, limits=limits)
+        if budget_left is None:
+            break
+        fits = _prefix_within(result, price, budget_left)  # the estimate above used the largest prompt so far
+        if fits == count:
+            break
+        count, result = fits, None
+    if result is None:
+        _short(ledger, spec, stage, short, rounds, "budget")
+        return 0
+    with ledger.transaction():
+        if top_up_need(ledger, spec, stage) != (short, rounds, first) or ledger.scalar(
+                "SELECT count(*) FROM shards WHERE job = ? AND stage = ? AND status IN ('pending', 'submitted')",
+                [spec.name, stage.name]):
+            return 0  # another process moved the stage on meanwhile
+        record_compile(ledger, spec, stage, result)
+        ledger.event("top_up", job=spec.name, stage=stage.name, attempt=attempt, round=rounds + 1, missing=short,
+                     requests=count, first_variant=first)
+    return count
+
+
+def _short(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, missing: int, rounds: int, reason: str) -> None:
+    """Record that the stage ends below its target, and why (`report.shortfalls` reads it)."""
+    with ledger.transaction():
+        ledger.event("short", job=spec.name, stage=stage.name, target=stage.target, missing=missing, top_ups=rounds,
+                     reason=reason)
+
+
+def _prefix_within(result: CompileResult, price: Any, budget: Decimal) -> int:
+    """How many of the compiled requests, in variant order, fit the budget at their worst case."""
+    costs = sorted((r["index"], price.cost(r["input_tokens"], 0, r["max_tokens"]))
+                   for shard in result.shards for r in read_manifest(shard.manifest_path))
+    total, fits = Decimal(0), 0
+    for _, cost in costs:
+        total += cost
+        if total > budget:
+            break
+        fits += 1
+    return fits
+
+
+def _ceil(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
 
 
 def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict[str, Any],

@@ -18,6 +18,7 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
     budget_usd = 0.15
     backend = "embedded"               # embedded | openai (optional)
     max_attempts = 3
+    max_top_ups = 2                    # extra rounds when a stage ends below its target (0: none)
     [prompt]      system, template, seeds, seeds_per_request, temperature (number or list), max_tokens,
                   structured_output
     [axes]        strategy = "cross" | "rotate" | "weighted"
@@ -157,6 +158,7 @@ class JobSpec(_Strict):
     backend: Literal["embedded", "openai", "azure"] | None = None
     max_attempts: int = Field(3, ge=1, le=20)
     retry_invalid: bool = True
+    max_top_ups: int = Field(2, ge=0, le=10)
     prompt: PromptSpec = Field(default_factory=lambda: PromptSpec.model_validate({}))
     axes: AxesSpec = Field(default_factory=AxesSpec)
     validate_: ValidateSpec = Field(default_factory=lambda: ValidateSpec.model_validate({}), alias="validate")
@@ -279,7 +281,7 @@ def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) ->
         mode="json",
         by_alias=True,
         exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "retry_invalid",
-                 "limits"},
+                 "max_top_ups", "limits"},
     )
     payload = json.dumps(
         {"spec": identity, "templates": templates, "seeds": hashlib.sha256(seeds_bytes).hexdigest()},

@@ -1,7 +1,8 @@
 """Variants: what each request of a stage asks for. One variant = one request line.
 
 A stage needs `request_count(spec, stage)` = ceil(target * overgeneration / examples_per_request) requests.
-Variant i is computed directly from i (no state), so any subset of indices can be rebuilt for a retry:
+Variant i is computed directly from i (no state), so any subset of indices can be rebuilt for a retry, and a stage
+that ends short of its target is topped up with the indices after the last one (every rotation goes on):
 
 - **cell** (axis values), by the axes strategy:
   - `cross`: every combination of the axes, cycled. The combinations are ordered so that consecutive requests
@@ -142,8 +143,9 @@ class VariantPlan:
         self.source_count = source_count
 
     def variant(self, index: int) -> Variant:
-        if not 0 <= index < self.count:
-            raise IndexError(f"variant {index} is outside 0..{self.count - 1} of stage {self.stage.name!r}")
+        """Variant `index`: 0..count-1 are the stage's plan; later indices continue every rotation (top-ups)."""
+        if index < 0:
+            raise IndexError(f"variant {index} of stage {self.stage.name!r} is negative")
         stage = self.stage
         k = stage.seeds_per_request if self.seed_count else 0
         seeds: tuple[int, ...] = ()

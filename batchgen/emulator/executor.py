@@ -1,11 +1,15 @@
-"""Executors decide what a request line returns. `simulate` is the default; a forwarding executor can be added
-by implementing the `Executor` protocol. Per-line faults (model errors, malformed output) wrap any executor.
+"""Executors decide what a request line returns: `simulate` (the default) or `upstream` (forwarding to an
+OpenAI-compatible server). Per-line faults (model errors, malformed output) wrap any executor.
+
+An executor whose `concurrency` is above 1 also has `execute_many`, which answers a list of lines in parallel and
+returns the results in the order of the requests; it raises `Interrupted` when `stop` is set before it is done.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +50,30 @@ class Executor(Protocol):
     def execute(self, request: LineRequest) -> LineResult: ...
 
 
+class ConcurrentExecutor(Executor, Protocol):
+    """An executor that answers several lines at once."""
+
+    concurrency: int
+
+    def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]: ...
+
+
+class Interrupted(Exception):
+    """The emulator is stopping: the lines in flight are not recorded and run again on the next start."""
+
+
+def concurrency(executor: Executor) -> int:
+    """How many lines `executor` answers at once (1: call `execute` line by line)."""
+    return int(getattr(executor, "concurrency", 1))
+
+
+def close_executor(executor: Executor) -> None:
+    """Release what an executor holds (connections, threads), if it holds anything."""
+    close = getattr(executor, "close", None)
+    if callable(close):
+        close()
+
+
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -64,19 +92,49 @@ class FaultyExecutor:
         self._config = config
         self._counter = counter
 
+    @property
+    def concurrency(self) -> int:
+        return concurrency(self.inner)
+
     def execute(self, request: LineRequest) -> LineResult:
         config = self._config()
+        rng, fault = self._fault(config, request)
+        if fault is not None:
+            return fault
+        return self._spoil(config, rng, self.inner.execute(request))
+
+    def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
+        """The faulted lines are answered here; the others go to the inner executor together, in order."""
+        config = self._config()
+        faults = [self._fault(config, request) for request in requests]
+        todo = [request for request, (_, fault) in zip(requests, faults, strict=True) if fault is None]
+        inner = self.inner
+        if todo and concurrency(inner) > 1:
+            answers = iter(inner.execute_many(todo, stop))  # type: ignore[attr-defined]
+        else:
+            answers = iter([inner.execute(request) for request in todo])
+        return [fault if fault is not None else self._spoil(config, rng, next(answers)) for rng, fault in faults]
+
+    def close(self) -> None:
+        close_executor(self.inner)
+
+    @staticmethod
+    def _fault(config: EmulatorConfig, request: LineRequest) -> tuple[random.Random | None, LineResult | None]:
+        """The line's random source (None without faults) and its injected error, if it gets one."""
         if not config.error_rate and not config.malformed_rate:
-            return self.inner.execute(request)
+            return None, None
         rng = line_rng(config.seed, "fault", request.batch_id, request.index, request.custom_id)
         if config.error_rate and rng.random() < config.error_rate:
             if rng.random() < 0.5:
-                return LineResult(429, error_body("Rate limit reached for requests. Please try again later.",
-                                                  "requests", "rate_limit_exceeded"))
-            return LineResult(500, error_body("The server had an error while processing your request. Sorry "
-                                              "about that!", "server_error"))
-        result = self.inner.execute(request)
-        if config.malformed_rate and result.status_code == 200 and rng.random() < config.malformed_rate:
+                return rng, LineResult(429, error_body("Rate limit reached for requests. Please try again later.",
+                                                       "requests", "rate_limit_exceeded"))
+            return rng, LineResult(500, error_body("The server had an error while processing your request. Sorry "
+                                                   "about that!", "server_error"))
+        return rng, None
+
+    def _spoil(self, config: EmulatorConfig, rng: random.Random | None, result: LineResult) -> LineResult:
+        if rng is not None and config.malformed_rate and result.status_code == 200 \
+                and rng.random() < config.malformed_rate:
             malform(result.body, rng, self._counter)
         return result
 

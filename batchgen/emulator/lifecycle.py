@@ -26,6 +26,7 @@ CHUNK = 256
 class Step:
     worked: bool
     next_due: float | None = None
+    lines: int = 0  # lines due now, run after the batches lock is released
 
 
 class Lifecycle:
@@ -44,13 +45,22 @@ class Lifecycle:
         if status == "validating":
             return self._validating(record, now)
         with self.batches.lock:
-            if record.status == "in_progress":
-                return self._in_progress(record, now)
             if record.status == "finalizing":
                 return self._finalizing(record, now)
             if record.status == "cancelling":
                 return self._cancelling(record, now)
-        return Step(False)
+            if record.status != "in_progress":
+                return Step(False)
+            step = self._in_progress(record, now)
+        if step.lines:
+            # Only this thread moves a batch's lines forward, so they can run unlocked: API calls reading batches
+            # are not held up by a slow upstream. A cancel meanwhile keeps the lines already in flight.
+            answers = self.runner.answer(record, step.lines)
+            if answers is None:
+                return Step(False)
+            with self.batches.lock:
+                self.runner.record(record, answers)
+        return step
 
     def _validating(self, record: BatchRecord, now: float) -> Step:
         config = self._config()
@@ -129,8 +139,7 @@ class Lifecycle:
         if run.force_expire:
             return self._terminate(record, now, "expired")
         if run.lines_done < due:
-            self.runner.execute(record, min(CHUNK, due - run.lines_done))
-            return Step(True, now)
+            return Step(True, now, lines=min(CHUNK, due - run.lines_done))
         if run.lines_done >= run.total:
             run.finalizing_t = now
             record.batch.update(status="finalizing", finalizing_at=int(now))

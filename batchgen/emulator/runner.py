@@ -4,13 +4,19 @@ Lines run block by block (256 lines); inside a block they run in a seeded shuffl
 result rows appear in (clients must join on custom_id). Rows are appended to `output.part` / `errors.part`, both
 fsynced, and only then is the batch record (positions, committed byte sizes, counters) replaced atomically. After
 a crash, `recover` cuts the part files back to the committed sizes, so no line is answered twice or dropped.
+
+Running a chunk is split in two: `answer` executes the lines (without the batches lock, since an upstream server
+may take a while; an executor with `concurrency` above 1 gets the whole chunk at once) and `record` writes them.
+Nothing is written before `record`, so lines answered when the emulator stops (`halt`) simply run again.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +24,11 @@ import orjson
 
 from batchgen.emulator import ids
 from batchgen.emulator.batches import BatchRecord
-from batchgen.emulator.executor import Executor, LineRequest, LineResult, error_body
+from batchgen.emulator.executor import Executor, Interrupted, LineRequest, LineResult, concurrency, error_body
 from batchgen.emulator.files import THIRTY_DAYS, FileStore
 
 BLOCK = 256
+CHUNKS_IN_FLIGHT = 4  # a concurrent executor gets at most this many times its concurrency per chunk
 OUTPUT_PART = "output.part"
 ERRORS_PART = "errors.part"
 INPUT_LINK = "input.jsonl"
@@ -69,6 +76,16 @@ def _truncate(path: Path, size: int) -> None:
             os.fsync(handle.fileno())
 
 
+@dataclass
+class Answers:
+    """Lines `start`..`stop` (positions in the shuffled order) of a batch's current block, executed, not recorded."""
+
+    start: int
+    stop: int
+    requests: list[LineRequest]
+    results: list[LineResult]
+
+
 class Runner:
     """Executes, records and finalizes the lines of batches."""
 
@@ -80,6 +97,11 @@ class Runner:
         self._save = save
         self._now = now
         self._block_cache: dict[str, tuple[int, list[bytes], int, list[int]]] = {}
+        self._halted = threading.Event()
+
+    def halt(self) -> None:
+        """The emulator stops: lines still in flight are dropped unrecorded (they run again on the next start)."""
+        self._halted.set()
 
     def recover(self, record: BatchRecord) -> None:
         """Cut the part files back to what the record says is committed."""
@@ -97,19 +119,35 @@ class Runner:
         self._block_cache[record.id] = (run.block_offset, lines, next_offset, order)
         return lines, next_offset, order
 
-    def execute(self, record: BatchRecord, limit: int) -> int:
-        """Run up to `limit` lines (never past the current block), commit them, and return how many ran."""
+    def answer(self, record: BatchRecord, limit: int) -> Answers | None:
+        """Execute up to `limit` lines (never past the current block); None if the emulator stopped meanwhile."""
         run = record.run
-        lines, next_offset, order = self._block(record)
+        lines, _, order = self._block(record)
         stop = min(len(order), run.pos + max(1, limit))
+        width = concurrency(self.executor)
+        if width > 1:
+            stop = min(stop, run.pos + CHUNKS_IN_FLIGHT * width)
+        requests = [self._request(record, lines[order[position]], run.block_first_line + order[position])
+                    for position in range(run.pos, stop)]
+        try:
+            results = self._results(requests, width)
+        except Interrupted:
+            return None
+        return Answers(run.pos, stop, requests, results)
+
+    def record(self, record: BatchRecord, answers: Answers) -> int:
+        """Write answered lines in their order, commit them, and return how many there were."""
+        run = record.run
+        if answers.start != run.pos:
+            raise RuntimeError(f"{record.id}: answers for position {answers.start}, the batch is at {run.pos}")
+        _, next_offset, order = self._block(record)
         out, err = bytearray(), bytearray()
-        for position in range(run.pos, stop):
-            index = run.block_first_line + order[position]
-            row, ok = self._row(record, lines[order[position]], index)
+        for request, result in zip(answers.requests, answers.results, strict=True):
+            row, ok = self._row(record, request, result)
             (out if ok else err).extend(row)
-        done = stop - run.pos
+        done = answers.stop - answers.start
         self._commit(record, out, err, done)
-        run.pos = stop
+        run.pos = answers.stop
         if run.pos >= len(order):
             run.block += 1
             run.block_offset = next_offset
@@ -119,18 +157,31 @@ class Runner:
         self._save(record)
         return done
 
-    def _row(self, record: BatchRecord, raw: bytes, index: int) -> tuple[bytes, bool]:
+    def _request(self, record: BatchRecord, raw: bytes, index: int) -> LineRequest:
         item = orjson.loads(raw)
-        custom_id = item["custom_id"]
-        request = LineRequest(record.batch["endpoint"], item["body"], custom_id, index, record.id,
-                              int(self._now()))
-        try:
-            result = self.executor.execute(request)
-        except Exception as error:  # an executor bug must not stop the batch: the line gets a 500 row
-            result = LineResult(500, error_body(f"The executor failed: {type(error).__name__}", "server_error"))
+        return LineRequest(record.batch["endpoint"], item["body"], item["custom_id"], index, record.id,
+                           int(self._now()))
+
+    def _results(self, requests: list[LineRequest], width: int) -> list[LineResult]:
+        if width > 1:
+            try:
+                return list(self.executor.execute_many(requests, self._halted))  # type: ignore[attr-defined]
+            except Interrupted:
+                raise
+            except Exception as error:  # an executor bug must not stop the batch: the lines get 500 rows
+                return [_executor_failed(error) for _ in requests]
+        results = []
+        for request in requests:
+            try:
+                results.append(self.executor.execute(request))
+            except Exception as error:  # an executor bug must not stop the batch: the line gets a 500 row
+                results.append(_executor_failed(error))
+        return results
+
+    def _row(self, record: BatchRecord, request: LineRequest, result: LineResult) -> tuple[bytes, bool]:
         ok = 200 <= result.status_code < 300
-        row_id, request_id = ids.row_ids(record.id, index)
-        row = {"id": row_id, "custom_id": custom_id,
+        row_id, request_id = ids.row_ids(record.id, request.index)
+        row = {"id": row_id, "custom_id": request.custom_id,
                "response": {"status_code": result.status_code, "request_id": request_id, "body": result.body},
                "error": None}
         if ok:
@@ -205,6 +256,10 @@ class Runner:
         """Remove the working files of a terminal batch."""
         for name in (OUTPUT_PART, ERRORS_PART, INPUT_LINK):
             record.part(name).unlink(missing_ok=True)
+
+
+def _executor_failed(error: Exception) -> LineResult:
+    return LineResult(500, error_body(f"The executor failed: {type(error).__name__}", "server_error"))
 
 
 def _add_usage(batch: dict[str, Any], body: Any) -> None:

@@ -18,8 +18,8 @@ from batchgen.emulator import ids
 from batchgen.emulator.apierror import APIError, bad_request
 from batchgen.emulator.batches import BatchStore, Run
 from batchgen.emulator.clock import Clock
-from batchgen.emulator.config import EmulatorConfig
-from batchgen.emulator.executor import Executor, FaultyExecutor
+from batchgen.emulator.config import ConfigError, EmulatorConfig
+from batchgen.emulator.executor import Executor, FaultyExecutor, close_executor
 from batchgen.emulator.files import FileStore
 from batchgen.emulator.lifecycle import Lifecycle
 from batchgen.emulator.runner import Runner
@@ -30,6 +30,7 @@ ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/com
              "/v1/images/generations", "/v1/images/edits", "/v1/videos")
 _SLICE = 0.15
 _MAX_SLEEP = 0.5
+_FIXED_KEYS = ("executor", "upstream_url", "upstream_timeout", "upstream_concurrency")  # set when the engine starts
 
 
 class Engine:
@@ -45,7 +46,7 @@ class Engine:
         self.files = FileStore(self.state_dir)
         self.batches = BatchStore(self.state_dir)
         self.counter = TokenCounter()
-        inner = executor or SimulateExecutor(lambda: self.config, self.counter)
+        inner = executor or self._executor()
         self.executor = FaultyExecutor(inner, lambda: self.config, self.counter)
         self.runner = Runner(self.files, self.executor, lambda: self.config.seed, self.batches.save, self.clock.now)
         self.lifecycle = Lifecycle(self.batches, self.files, self.runner, self.counter, lambda: self.config)
@@ -63,6 +64,14 @@ class Engine:
         self._turn = 0
         self._thread: threading.Thread | None = None
 
+    def _executor(self) -> Executor:
+        """The executor the config names."""
+        if self.config.executor == "upstream":
+            from batchgen.emulator.upstream import UpstreamExecutor
+
+            return UpstreamExecutor(lambda: self.config)
+        return SimulateExecutor(lambda: self.config, self.counter)
+
     # -- worker ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
@@ -72,10 +81,12 @@ class Engine:
     def stop(self) -> None:
         """Stop the worker and release the state directory; idempotent."""
         self._stop.set()
+        self.runner.halt()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        close_executor(self.executor)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -200,6 +211,10 @@ class Engine:
         return self.get_batch(batch_id)
 
     def set_config(self, config: EmulatorConfig) -> None:
+        """Apply a new config live; ConfigError for the executor's settings, which need a restart."""
+        changed = [key for key in _FIXED_KEYS if getattr(config, key) != getattr(self.config, key)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} cannot change while the emulator runs; restart it")
         if config.time_scale != self.clock.scale:
             self.clock.set_scale(config.time_scale)
         self.config = config

@@ -1,0 +1,172 @@
+"""The `upstream` executor: every line goes to an OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...).
+
+A line for `/v1/chat/completions` is POSTed to `<upstream_url>/chat/completions` (the endpoint minus `/v1`), and the
+upstream's status and JSON body are the line's answer: 2xx rows land in the output file, the others in the error
+file. A connection failure, a timeout or an answer that is not a JSON object becomes a 502/504 `server_error`
+answer (`upstream_unreachable`, `upstream_bad_response`), so a line fails and the batch goes on.
+
+`upstream_models` renames the requested model on the way out (`gpt-4o-mini` -> `llama3.1:8b`) and back in the
+answer. The API key comes from $BATCHGEN_UPSTREAM_API_KEY only and is sent as a bearer token; it is kept in memory
+and never appears in the configuration, the state directory or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx2
+import orjson
+
+from batchgen.emulator.config import EmulatorConfig
+from batchgen.emulator.executor import Interrupted, LineRequest, LineResult, error_body
+
+API_KEY_ENV = "BATCHGEN_UPSTREAM_API_KEY"
+_EXCERPT = 200
+_POLL = 0.05
+
+
+class UpstreamExecutor:
+    """Forwards request lines to `config.upstream_url`, `config.upstream_concurrency` at a time."""
+
+    name = "upstream"
+
+    def __init__(self, config: Callable[[], EmulatorConfig]) -> None:
+        settings = config()
+        if not settings.upstream_url:
+            raise ValueError("the upstream executor needs upstream_url")
+        self._config = config
+        self.base_url = settings.upstream_url.rstrip("/")
+        self.concurrency = settings.upstream_concurrency
+        self.timeout = settings.upstream_timeout
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(API_KEY_ENV)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        room = self.concurrency + 8  # batch lines plus synchronous calls
+        timeout = httpx2.Timeout(self.timeout, connect=min(10.0, self.timeout))
+        self._client = httpx2.Client(headers=headers, timeout=timeout,
+                                     limits=httpx2.Limits(max_connections=room, max_keepalive_connections=room))
+        self._pool = _Pool(self.concurrency, self.execute)
+
+    def url(self, endpoint: str) -> str:
+        return self.base_url + endpoint.removeprefix("/v1")
+
+    def execute(self, request: LineRequest) -> LineResult:
+        """The upstream's answer to one line; never raises for a network or upstream problem."""
+        body = request.body
+        requested = body.get("model")
+        mapped = self._config().upstream_models.get(requested) if isinstance(requested, str) else None
+        if mapped is not None:
+            body = {**body, "model": mapped}
+        url = self.url(request.endpoint)
+        try:
+            response = self._client.post(url, content=orjson.dumps(body))
+        except httpx2.TimeoutException:
+            return LineResult(504, error_body(f"The upstream server did not answer {url} within "
+                                              f"{self.timeout:g} s.", "server_error", "upstream_unreachable"))
+        except (httpx2.HTTPError, httpx2.StreamError, RuntimeError) as error:
+            # RuntimeError: the client was closed because the emulator is stopping
+            return LineResult(502, error_body(f"Cannot reach the upstream server at {url} "
+                                              f"({type(error).__name__}: {error}).", "server_error",
+                                              "upstream_unreachable"))
+        return _answer(response, url, requested if mapped is not None else None)
+
+    def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
+        """The answers in the order of `requests`, `concurrency` lines in flight at a time."""
+        return self._pool.run(requests, stop)
+
+    def close(self) -> None:
+        self._pool.close()
+        self._client.close()
+
+
+def _answer(response: httpx2.Response, url: str, requested: str | None) -> LineResult:
+    status = response.status_code
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        text = response.text.strip().replace("\n", " ")
+        excerpt = text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "")
+        shown = f": {excerpt}" if excerpt else ""
+        message = f"The upstream server answered {url} with HTTP {status} and no JSON object{shown}"
+        return LineResult(502 if 200 <= status < 300 else status,
+                          error_body(message, "server_error", "upstream_bad_response"))
+    if requested is not None and 200 <= status < 300 and "model" in body:
+        body["model"] = requested
+    return LineResult(status, body)
+
+
+@dataclass
+class _Call:
+    """One `execute_many` call: its results, and how many are still missing."""
+
+    size: int
+    results: list[LineResult | None] = field(default_factory=list)
+    left: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * self.size
+        self.left = self.size
+
+
+class _Pool:
+    """Daemon worker threads (started on first use), so a line stuck upstream never holds up the process's exit."""
+
+    def __init__(self, size: int, work: Callable[[LineRequest], LineResult]) -> None:
+        self._size = size
+        self._work = work
+        self._jobs: queue.SimpleQueue[tuple[_Call, int, LineRequest] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def run(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
+        call = _Call(len(requests))
+        if not requests:
+            return []
+        self._start()
+        for index, request in enumerate(requests):
+            self._jobs.put((call, index, request))
+        while not call.done.wait(_POLL):
+            if stop.is_set():
+                call.abandoned = True
+                raise Interrupted
+        return [result for result in call.results if result is not None]
+
+    def close(self) -> None:
+        with self._lock:
+            for _ in self._threads:
+                self._jobs.put(None)
+            self._threads = []
+
+    def _start(self) -> None:
+        with self._lock:
+            while len(self._threads) < self._size:
+                thread = threading.Thread(target=self._serve, name="batchgen-emulator-upstream", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            call, index, request = job
+            if call.abandoned:
+                result = None
+            else:
+                try:
+                    result = self._work(request)
+                except Exception as error:  # a bug here must not lose the line: it gets a 500 row
+                    result = LineResult(500, error_body(f"The executor failed: {type(error).__name__}",
+                                                        "server_error"))
+            with call.lock:
+                call.results[index] = result
+                call.left -= 1
+                if call.left == 0:
+                    call.done.set()

@@ -579,6 +579,15 @@ def _rate(name: str, help_: str) -> Any:
 @_rate("--slow-rate", "Share of API calls answered late")
 @click.option("--slow-seconds", type=click.FloatRange(min=0), default=None, help="Delay of a slow answer (s)")
 @click.option("--control", is_flag=True, default=None, help="Enable the /_emulator test-control API")
+@click.option("--upstream", default=None, metavar="URL",
+              help="Answer lines with an OpenAI-compatible server (vLLM, Ollama, llama.cpp), e.g. "
+                   "http://localhost:11434/v1; its key is read from $BATCHGEN_UPSTREAM_API_KEY")
+@click.option("--upstream-model", multiple=True, metavar="REQUESTED=UPSTREAM",
+              help="Send model REQUESTED to the upstream as UPSTREAM (repeatable)")
+@click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to wait for an upstream answer (default 600)")
+@click.option("--upstream-concurrency", type=click.IntRange(1, 256), default=None,
+              help="Lines sent to the upstream at once (default 8)")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="Server log level")
 def serve_(host: str, port: int, state: str | None, token: str | None, log_level: str, models: str | None,
@@ -591,6 +600,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
         batchgen serve                                   # http://127.0.0.1:8000/v1
         batchgen serve --time-scale 3600 --state /tmp/emu   # 24 h in 24 s
         batchgen serve --host 0.0.0.0 --token s3cret --error-rate 0.05 --http-error-rate 0.1
+        batchgen serve --upstream http://localhost:11434/v1 --upstream-model gpt-4o-mini=llama3.1:8b
         OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_script.py
     """
     from pathlib import Path

@@ -69,7 +69,7 @@ def test_plan_command_table() -> None:
     for text in (
         "requests       55 for 500 examples",
         "input tokens",
-        "(exact)",
+        "(messages exact; 109 a request estimated for the schema)",
         "worst case",
         "batch cost",
         "standard cost",

@@ -105,31 +105,44 @@ def _cpus() -> int:
 def _judged_by_worker(path: Path, fmt: str, rules: Rules) -> Iterator[Judged]:
     # A fresh interpreter, not multiprocessing: it inherits neither the caller's workspace lock nor the emulator's
     # threads, and it does not re-import the caller's __main__ (a script calling collect needs no main guard).
+    # -P keeps the current directory off its import path; the messages come over a pipe of their own, so nothing
+    # the interpreter prints can be taken for one.
+    read_end, write_end = os.pipe()
     stderr = tempfile.TemporaryFile()  # a file, not a pipe: what the worker writes there can never block it
     try:
-        worker = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(_PACKAGE_ROOT)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=stderr)
+        worker = subprocess.Popen([sys.executable, "-P", "-c", _BOOTSTRAP, str(_PACKAGE_ROOT), str(write_end)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+                                  pass_fds=(write_end,))
     except OSError:  # no interpreter to start: judge here
+        os.close(read_end)
         stderr.close()
         yield from judged_lines(path, fmt, rules, parallel=False)
         return
-    assert worker.stdin is not None and worker.stdout is not None
+    finally:
+        os.close(write_end)  # the worker has its copy; the reader sees the end when the worker's closes
+    assert worker.stdin is not None
+    stream = os.fdopen(read_end, "rb")
     # A thread reads the worker's messages into a short queue, so that the worker runs ahead while the caller
     # records; it holds the GIL only to hand over each message.
     messages: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
-    reader = threading.Thread(target=_read_messages, args=(worker.stdout, messages), daemon=True)
+    reader = threading.Thread(target=_read_messages, args=(stream, messages), daemon=True)
     finished = False
     try:
         try:
             worker.stdin.write(pickle.dumps((str(path), fmt, rules), pickle.HIGHEST_PROTOCOL))
-            worker.stdin.close()
         except BrokenPipeError:
             pass  # it ended at once; the missing messages below say so
+        finally:
+            _close_quietly(worker.stdin)
         reader.start()
         while True:
             message = messages.get()
             if message is None:
-                worker.wait(5)
+                try:
+                    worker.wait(5)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
                 stderr.seek(0)
                 why = stderr.read().decode(errors="replace").strip().splitlines()
                 raise BatchgenError(f"Judging {path} failed: its worker process ended early (exit code "
@@ -150,31 +163,47 @@ def _judged_by_worker(path: Path, fmt: str, rules: Rules) -> Iterator[Judged]:
             except queue.Empty:
                 pass
         worker.wait()
-        worker.stdout.close()
+        stream.close()
         stderr.close()
 
 
+def _close_quietly(stream: IO[bytes]) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+_MAGIC = b"BGJ1"
+_MAX_MESSAGE = 1 << 30
+
+
 def _read_messages(stream: IO[bytes], messages: queue.Queue[bytes | None]) -> None:
-    """Each length-prefixed message of the worker, then None at the end of its output."""
-    while True:
-        header = stream.read(8)
-        body = stream.read(int.from_bytes(header, "big")) if len(header) == 8 else b""
-        if not body:
-            messages.put(None)
-            return
-        messages.put(body)
+    """Each whole message of the worker, then None: at the end of its output, or at anything that is not a whole
+    message (a worker killed while writing one)."""
+    try:
+        while True:
+            header = stream.read(12)
+            if len(header) < 12 or header[:4] != _MAGIC:
+                return
+            length = int.from_bytes(header[4:], "big")
+            body = stream.read(length) if length <= _MAX_MESSAGE else b""
+            if len(body) != length or not body:
+                return
+            messages.put(body)
+    finally:
+        messages.put(None)
 
 
 def _worker() -> None:
-    """Judge the file named on stdin in chunks of CHUNK_LINES lines, each sent as an 8-byte length and a pickle,
-    then ("end",); an unexpected error is sent as ("failed", text)."""
+    """Judge the file named on stdin in chunks of CHUNK_LINES lines, each sent on the message pipe (fd in argv[2])
+    as a magic, an 8-byte length and a pickle, then ("end",); an unexpected error is sent as ("failed", text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; a closed pipe stops us
-    out = os.fdopen(os.dup(1), "wb")  # the messages own stdout; anything printed goes to stderr
-    os.dup2(2, 1)
+    out = os.fdopen(int(sys.argv[2]), "wb")
 
     def send(chunk: list[Judged]) -> None:
         data = pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL)
-        out.write(len(data).to_bytes(8, "big"))
+        out.write(_MAGIC + len(data).to_bytes(8, "big"))
         out.write(data)
         out.flush()
 
@@ -194,3 +223,5 @@ def _worker() -> None:
             send([("failed", f"{type(error).__name__}: {error}")])
         except OSError:
             pass
+    finally:
+        _close_quietly(out)

@@ -19,7 +19,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -98,8 +98,7 @@ class Rules:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled for the judging worker without its caches (the accepter is a closure); they are rebuilt there.
-        return (_rules, (self.patterns, self.regexes, self.forbidden, self.role_order, self.min_turns,
-                         self.max_turns, self.non_empty, self.max_chars, self.dedupe, self.reject_seed_copies))
+        return (_rules, tuple(getattr(self, f.name) for f in fields(self) if f.init))
 
     @classmethod
     def from_values(cls, *, patterns: Iterable[str] = (), regexes: Iterable[str] = (),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,32 @@ def test_a_worker_that_dies_is_one_line(tmp_path):
         for _ in lines:
             pass
     assert judge_children() == []
+
+
+@needs_proc
+def test_a_worker_killed_while_it_writes_is_one_line(tmp_path):
+    """The worker runs ahead until the queue and the pipe are full, then blocks in the middle of a message."""
+    path = write(tmp_path / "out.jsonl", 40_000)
+    lines = judged_lines(path, "sharegpt", RULES, parallel=True)
+    next(lines)
+    time.sleep(1.5)
+    (pid,) = judge_children()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(BatchgenError, match=r"worker process ended early \(exit code -9\)"):
+        for _ in lines:
+            pass
+    assert judge_children() == []
+
+
+def test_files_in_the_working_directory_do_not_shadow_the_workers_imports(tmp_path, monkeypatch):
+    path = write(tmp_path / "out.jsonl", 20)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    for module in ("queue", "pickle", "orjson", "batchgen"):
+        (here / f"{module}.py").write_text("raise ImportError('shadowed')\n", encoding="utf-8")
+    monkeypatch.chdir(here)
+    assert list(judged_lines(path, "sharegpt", RULES, parallel=True)) == \
+        list(judged_lines(path, "sharegpt", RULES, parallel=False))
 
 
 def test_rules_travel_to_the_worker_without_their_caches():

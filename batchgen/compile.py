@@ -2,13 +2,14 @@
 
 Layout under the workspace::
 
-    shards/<job>/<stage>/<spec hash 12>/a<attempt>[-<subset digest 10>]/
+    shards/<job>/<stage>/<spec hash 12>/a<attempt>[-<subset digest 10>][-split]/
         shard-00000.jsonl            request lines (the Batch API input file)
         shard-00000.manifest.jsonl   one line per request, same order (see below)
         shards.json                  the list of ShardInfo of this compile
 
-A subset compile (a retry of some variants) gets its own directory, named by a digest of its indices, so two
-retries with the same attempt number never overwrite each other.
+A subset compile (a retry or top-up of some variants) gets its own directory, named by a digest of its indices, so
+two retries with the same attempt number never overwrite each other; a shard cut in parts for the queued-token cap
+adds `-split`, so its parts never overwrite the shard they replace.
 
 Manifest line (compact JSON): {"custom_id", "index", "stage", "attempt", "cell", "seeds", "sources",
 "temperature", "input_tokens", "max_tokens"}: what the ledger records per request, read one line at a time.
@@ -215,14 +216,14 @@ def iter_requests(
 
 
 def stage_directory(
-    workspace: Workspace, spec: JobSpec, stage: str, attempt: int, indices: Iterable[int] | None
+    workspace: Workspace, spec: JobSpec, stage: str, attempt: int, indices: Iterable[int] | None, label: str = ""
 ) -> Path:
     """Where the shards of one compile go (see the module docstring)."""
     name = f"a{attempt}"
     if indices is not None:
         digest = hashlib.sha256(",".join(map(str, sorted(set(indices)))).encode()).hexdigest()[:10]
         name += f"-{digest}"
-    return workspace.shards_dir / spec.name / stage / spec.spec_hash[:12] / name
+    return workspace.shards_dir / spec.name / stage / spec.spec_hash[:12] / (name + (f"-{label}" if label else ""))
 
 
 def compile_stage(
@@ -235,6 +236,7 @@ def compile_stage(
     sources: Sequence[dict[str, Any]] | None = None,
     limits: LimitsSpec | None = None,
     write: bool = True,
+    label: str = "",
 ) -> CompileResult:
     """Compile one stage (or the given variant indices of it) for one attempt; stream the shards to disk.
 
@@ -246,7 +248,7 @@ def compile_stage(
     directory: Path | None = None
     if write:
         workspace = (workspace or Workspace.resolve()).ensure()
-        directory = stage_directory(workspace, spec, resolved.name, attempt, chosen)
+        directory = stage_directory(workspace, spec, resolved.name, attempt, chosen, label)
         directory.mkdir(parents=True, exist_ok=True)
     packer = _Packer(limits or spec.limits, spec.model, resolved, attempt, directory)
     try:

@@ -240,8 +240,9 @@ def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict
     """Cut a pending shard that alone exceeds the queued-token cap into smaller ones with the same requests."""
     variants = [r[0] for r in ledger.execute("SELECT variant FROM requests WHERE shard_id = ?", [shard["id"]])]
     stage = spec.stage(shard["stage"])
+    # A folder of its own: the same attempt and variants as a retry or top-up shard would be that shard's folder.
     result = compile_stage(spec, stage, workspace=workspace, attempt=shard["attempt"], indices=variants,
-                           sources=stage_sources(ledger, spec, stage), limits=limits)
+                           sources=stage_sources(ledger, spec, stage), limits=limits, label="split")
     with ledger.transaction():
         if ledger.scalar("SELECT status FROM shards WHERE id = ?", [shard["id"]]) != "pending":
             return

@@ -23,6 +23,8 @@ from batchgen.collect import collect_batch
 from batchgen.crashpoints import crash_point
 from batchgen.errors import BackendError, BatchgenError, BudgetExceeded, SpecError
 from batchgen.ledger import UNFINISHED, Ledger, dec_sum, utcnow
+from batchgen.plan import plan_stage
+from batchgen.pricing import get_price
 from batchgen.reconcile import open_intent, reconcile, upload_name
 from batchgen.report import dataset, export_job
 from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage, load_spec
@@ -208,7 +210,7 @@ def advance(runner: Runner, spec: JobSpec, *, submit: bool = True) -> JobProgres
         if not shards.schedule_retries(runner.ledger, runner.workspace, spec, stage, runner.limits(spec)) \
                 and not runner.ledger.uncollected_batches(spec.name):
             shards.schedule_top_up(runner.ledger, runner.workspace, spec, stage, runner.limits(spec),
-                                   _budget_left(runner.ledger, spec.name, row))
+                                   _budget_left(runner.ledger, spec, stage, row))
     next_stage_or_finish(runner, spec, stage)
     result = progress(runner, spec.name)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
@@ -242,11 +244,17 @@ def committed_spend(ledger: Ledger, job: str, mode: str = "worst") -> Decimal:
     return done + flying
 
 
-def _budget_left(ledger: Ledger, job: str, row: dict[str, Any]) -> Decimal | None:
-    """What the job's budget still allows, counting batches in flight at their worst case (None: no budget)."""
+def _budget_left(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, row: dict[str, Any]) -> Decimal | None:
+    """What a top-up of this stage may spend: the budget less what is committed (batches in flight at their worst
+    case) and less the worst case the plan gives the stages after this one, whatever the budget mode, so that a
+    top-up never takes money the rest of the plan may need. None: no budget."""
     if row["budget_usd"] is None:
         return None
-    return Decimal(row["budget_usd"]) - committed_spend(ledger, job, "worst")
+    names = [s.name for s in spec.resolved_stages()]
+    price = get_price(spec.model, job_dir=spec.job_dir)
+    reserved = sum((plan_stage(spec, later, price).cost.batch_worst
+                    for later in spec.resolved_stages()[names.index(stage.name) + 1:]), Decimal(0))
+    return Decimal(row["budget_usd"]) - committed_spend(ledger, spec.name, "worst") - reserved
 
 
 def queued_tokens(ledger: Ledger, model: str) -> int:

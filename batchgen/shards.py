@@ -167,8 +167,9 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     """A stage that ended below its target, retries spent, asks for what it lacks with the next variants.
 
     At most `max_top_ups` rounds; each asks for ceil(shortfall * overgeneration / examples_per_request)
-    requests, cut to what `budget_left` covers in the worst case (every answer at max_tokens), so a top-up never
-    stops a job at the budget guard. How many requests were added (0: none needed, allowed or affordable).
+    requests, cut to what `budget_left` covers in the worst case (every answer at max_tokens); the caller leaves
+    the later stages' planned cost out of `budget_left`, so a top-up never stops a job at the budget guard. How many
+    requests were added (0: none needed, allowed or affordable).
     """
     short, rounds, first = top_up_need(ledger, spec, stage)
     if not short:

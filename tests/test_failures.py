@@ -22,10 +22,10 @@ from batchgen.workspace import Workspace
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def job_copy(tmp_path: Path, **settings: str) -> Path:
-    """jobs/task_api with top-level job.toml settings replaced or added (values are TOML literals)."""
-    target = tmp_path / "task_api"
-    shutil.copytree(ROOT / "jobs" / "task_api", target)
+def job_copy(tmp_path: Path, job: str = "task_api", **settings: str) -> Path:
+    """jobs/<job> with top-level job.toml settings replaced or added (values are TOML literals)."""
+    target = tmp_path / job
+    shutil.copytree(ROOT / "jobs" / job, target)
     toml = (target / "job.toml").read_text(encoding="utf-8")
     head, _, rest = toml.partition("\n[")
     for key, value in settings.items():
@@ -305,3 +305,22 @@ def test_a_top_up_never_goes_past_the_budget(tmp_path):
         spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
     assert spent <= Decimal("0.0129")
     assert "the budget has no room for a top-up" in batchgen(workspace, "show", "task_api").stdout
+
+
+def test_top_ups_leave_the_later_stages_their_budget(tmp_path):
+    """Evol-Instruct: top-ups of the early stages must not spend what the later stages' planned shards need
+    (without the reservation, the early stages' top-ups left the last stage's shard over the budget)."""
+    budget = "0.034"
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, malformed_rate=0.4, seed=5, line_seconds=0, validation_seconds=0,
+                    finalizing_seconds=0)
+    job = job_copy(tmp_path, "evol_task_api", max_attempts="1", retry_invalid="false", max_top_ups="10",
+                   budget_usd=f'"{budget}"')
+    done = batchgen(workspace, "run", str(job), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'top_up'") > 0
+        assert ledger.scalar("SELECT count(DISTINCT stage) FROM requests") == 4
+        spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+        one_outcome_per_request_and_costs_once(ledger)
+    assert spent <= Decimal(budget)

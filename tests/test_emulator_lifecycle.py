@@ -52,15 +52,20 @@ def test_file_level_validation_failures(tmp_path):
         assert _failure(run_lines(emu, big))["code"] == "file_too_large"
 
 
-def test_token_limit_counts_batches_in_progress(tmp_path):
-    with running(tmp_path / "emu", queued_token_limits={"gpt-4o-mini": 100}, **FROZEN) as emu:
+def test_token_limit_counts_batches_until_they_end(tmp_path):
+    with running(tmp_path / "emu", queued_token_limits={"gpt-4o-mini": 100}, finalizing_seconds=10,
+                 **FROZEN) as emu:
         lines = [chat_line(i, content="word " * 20) for i in range(2)]  # about 60 prompt tokens
         first = wait(emu, create(emu.client, upload(emu.client, lines).id).id, ("in_progress", "failed"))
         assert first.status == "in_progress"
         second = wait(emu, create(emu.client, upload(emu.client, lines).id).id, ("in_progress", "failed"))
         error = _failure(second)
         assert error["code"] == "token_limit_exceeded" and "Limit: 100 enqueued tokens" in error["message"]
-        emu.control.advance(10)
+        emu.control.advance(3)  # both lines ran: finalizing still holds the tokens
+        assert wait(emu, first.id, ("finalizing",)).status == "finalizing"
+        held = wait(emu, create(emu.client, upload(emu.client, lines).id).id, ("in_progress", "failed"))
+        assert _failure(held)["code"] == "token_limit_exceeded"
+        emu.control.advance(20)
         assert wait(emu, first.id).status == "completed"
         third = wait(emu, create(emu.client, upload(emu.client, lines).id).id, ("in_progress", "failed"))
         assert third.status == "in_progress"

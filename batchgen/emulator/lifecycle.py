@@ -20,6 +20,7 @@ from batchgen.emulator.tokencount import TokenCounter
 from batchgen.emulator.validate import Verdict, batch_error, validate_input
 
 CHUNK = 256
+_HOLDING = ("in_progress", "finalizing", "cancelling")  # statuses whose input tokens count against the queue limit
 
 
 @dataclass
@@ -101,8 +102,9 @@ class Lifecycle:
         limit = config.queued_token_limit(model)
         if limit is None:
             return verdict
+        # Tokens stay enqueued until a batch ends: while it runs, finalizes or is being cancelled.
         queued = sum(r.run.queued_tokens for r in self.batches.all()
-                     if r is not record and r.status == "in_progress" and r.batch.get("model") == model)
+                     if r is not record and r.status in _HOLDING and r.batch.get("model") == model)
         if queued + verdict.tokens <= limit:
             return verdict
         return Verdict(batch_error(

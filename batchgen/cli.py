@@ -486,7 +486,8 @@ def jobs_list(workspace: str | None, json_: bool, fmt: str | None) -> None:
 
 @cli.group(name="ledger", context_settings=CONTEXT_SETTINGS)
 def ledger_() -> None:
-    """The SQLite ledger: where it is, its schema version, a backup, an integrity check."""
+    """The SQLite ledger: where it is, its schema version, a backup, an integrity check, agreement with the
+    provider."""
 
 
 @ledger_.command(name="path")
@@ -544,6 +545,45 @@ def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
         click.echo(report.summary())
     if not report.clean:
         click.get_current_context().exit(1)
+
+
+@ledger_.command(name="reconcile")
+@click.argument("job", required=False)
+@workspace_option
+@output_options
+def ledger_reconcile(job: str | None, workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """Compare the ledger with the provider: each batch's status, request counts and token usage, and batches the
+    provider has that the ledger has not recorded. Read-only; exits 1 if anything differs.
+
+    \b
+        batchgen ledger reconcile
+        batchgen ledger reconcile task_api --json
+    """
+    from batchgen.audit import audit
+
+    runner = _runner(workspace)
+    if job is not None:
+        runner.ledger.job(job)  # NotFoundError for an unknown job
+    report = audit(runner.ledger, runner.client, job)
+    if json_:
+        echo_json(report.to_dict())
+    else:
+        rows = [(b.batch, b.job, b.ledger_status, b.provider_status or "-",
+                 _token_text(b.ledger_tokens), _token_text(b.provider_tokens),
+                 "-" if b.ledger_usd is None else f"${_usd(b.ledger_usd)}",
+                 "; ".join(b.problems or b.notes) or "agrees") for b in report.batches]
+        if rows:
+            echo_table(rows, headers=("batch", "job", "ledger", "provider", "ledger tokens", "provider tokens",
+                                      "ledger cost", "verdict"), fmt=fmt)
+        for item in report.unrecorded:
+            click.echo(f"not in the ledger: {item['batch']} of job {item['job']} ({item['status']})")
+        click.echo(report.summary())
+    if not report.clean:
+        click.get_current_context().exit(1)
+
+
+def _token_text(tokens: tuple[int, int, int] | None) -> str:
+    return "-" if tokens is None else f"{tokens[0]:,} in ({tokens[1]:,} cached), {tokens[2]:,} out"
 
 
 # --- the emulator: serve ---------------------------------------------------------------------------------------------

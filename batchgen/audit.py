@@ -1,0 +1,166 @@
+"""`batchgen ledger reconcile`: does the ledger agree with what the provider says about every batch?
+
+For each batch the ledger recorded (of one job, or all), the provider's batch is retrieved and compared:
+
+- status: a collected batch has the status the provider reports; a batch not collected yet is only noted;
+- requests: the provider's `request_counts.total` is the number of requests the ledger sent in the batch, and
+  its `completed` the number of output-file rows the ledger recorded;
+- tokens: the provider's `usage` (input, cached input, output) equals the sum over the batch's result rows
+  (the provider sums successful rows; the ledger's error rows carry no tokens); batches created before the
+  provider reported usage are noted, not compared;
+- money: the provider's usage priced at batch rates, next to the ledger's exact cost. Tokens decide agreement: a
+  model with a long-context tier is priced per request, which a batch-level sum cannot repeat.
+
+Then the provider's batch list is searched for batches that carry a key of this ledger's submissions but are not
+recorded (a submission that crashed after the create; the next `tick` adopts them). Read-only: nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from batchgen.client import BatchClient
+from batchgen.errors import BackendError
+from batchgen.ledger import TERMINAL, Ledger, dec_sum
+from batchgen.pricing import get_price
+
+
+@dataclass
+class BatchAudit:
+    batch: str
+    job: str
+    ledger_status: str
+    provider_status: str | None = None
+    ledger_tokens: tuple[int, int, int] | None = None  # input, cached input, output
+    provider_tokens: tuple[int, int, int] | None = None
+    ledger_usd: Decimal | None = None
+    provider_usd: Decimal | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "differs" if self.problems else ("agrees" if not self.notes else "noted")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "job": self.job, "verdict": self.verdict,
+                "ledger_status": self.ledger_status, "provider_status": self.provider_status,
+                "ledger_tokens": _tokens(self.ledger_tokens), "provider_tokens": _tokens(self.provider_tokens),
+                "ledger_usd": self.ledger_usd, "provider_usd": self.provider_usd,
+                "problems": self.problems, "notes": self.notes}
+
+
+@dataclass
+class Audit:
+    batches: list[BatchAudit] = field(default_factory=list)
+    unrecorded: list[dict[str, Any]] = field(default_factory=list)  # {"batch", "job", "status"}
+
+    @property
+    def clean(self) -> bool:
+        return not self.unrecorded and all(not b.problems for b in self.batches)
+
+    def summary(self) -> str:
+        agree = sum(1 for b in self.batches if not b.problems)
+        text = f"{agree} of {len(self.batches)} batch(es) agree with the provider"
+        if self.unrecorded:
+            text += f"; {len(self.unrecorded)} batch(es) at the provider are not in the ledger yet (run batchgen tick)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clean": self.clean, "summary": self.summary(), "batches": [b.to_dict() for b in self.batches],
+                "unrecorded": self.unrecorded}
+
+
+def _tokens(tokens: tuple[int, int, int] | None) -> dict[str, int] | None:
+    return None if tokens is None else dict(zip(("input", "cached", "output"), tokens, strict=True))
+
+
+def audit(ledger: Ledger, client_for: Callable[[str], BatchClient], job: str | None = None) -> Audit:
+    """Compare every recorded batch (of `job`, or of all jobs) with the provider; `client_for(backend)` gives the
+    client of a backend name ("embedded", "openai", "azure")."""
+    where, params = ("WHERE b.job = ?", [job]) if job else ("", [])
+    report = Audit()
+    rows = ledger.rows(f"SELECT b.*, s.model, j.job_dir FROM batches b JOIN shards s ON s.id = b.shard_id "
+                       f"JOIN jobs j ON j.name = b.job {where} ORDER BY b.submitted_utc", params)
+    for row in rows:
+        report.batches.append(_audit_batch(ledger, client_for(_backend(row["backend"])), row))
+    backends = {_backend(row["backend"]) for row in rows} | {r[0] for r in ledger.execute(
+        "SELECT DISTINCT backend FROM jobs" + (" WHERE name = ?" if job else ""), [job] if job else [])}
+    for backend in sorted(backends):
+        report.unrecorded += _unrecorded(ledger, client_for(backend), job)
+    return report
+
+
+def _backend(identity: str) -> str:
+    """The backend name of a recorded identity ("embedded", "openai:<base url>")."""
+    return identity.split(":", 1)[0]
+
+
+def _audit_batch(ledger: Ledger, client: BatchClient, row: dict[str, Any]) -> BatchAudit:
+    found = BatchAudit(row["id"], row["job"], row["status"])
+    if client.identity != row["backend"]:
+        found.problems.append(f"submitted to {row['backend']}, but this command reaches {client.identity} "
+                              "(set OPENAI_BASE_URL / the Azure settings as they were)")
+        return found
+    try:
+        remote = client.retrieve(row["id"]).model_dump(mode="json")
+    except BackendError as error:
+        if error.status_code == 404:
+            found.problems.append("the provider does not know this batch")
+            return found
+        raise
+    found.provider_status = remote.get("status")
+    if not row["collected"]:
+        found.notes.append("not collected yet" if found.provider_status in TERMINAL
+                           else f"still {found.provider_status} at the provider")
+        return found
+    if found.provider_status != row["status"]:
+        found.problems.append(f"status: ledger {row['status']}, provider {found.provider_status}")
+    counts = remote.get("request_counts") or {}
+    sent = int(ledger.scalar("SELECT count(*) FROM requests WHERE batch_id = ?", [row["id"]]))
+    outputs = int(ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND source = 'output'",
+                                [row["id"]]))
+    if row["status"] != "failed":
+        if counts.get("total") is not None and counts["total"] != sent:
+            found.problems.append(f"requests: ledger sent {sent}, provider counts {counts['total']}")
+        if counts.get("completed") is not None and counts["completed"] != outputs:
+            found.problems.append(f"completed: ledger recorded {outputs}, provider counts {counts['completed']}")
+    sums = ledger.one("SELECT coalesce(sum(prompt_tokens), 0) AS input, coalesce(sum(cached_tokens), 0) AS cached, "
+                      "coalesce(sum(completion_tokens), 0) AS output FROM results WHERE batch_id = ?", [row["id"]])
+    assert sums is not None
+    found.ledger_tokens = (int(sums["input"]), int(sums["cached"]), int(sums["output"]))
+    found.ledger_usd = dec_sum(r[0] for r in ledger.execute("SELECT cost_usd FROM results WHERE batch_id = ?",
+                                                              [row["id"]]))
+    usage = remote.get("usage")
+    if not usage:
+        found.notes.append("the provider reports no usage for this batch")
+        return found
+    found.provider_tokens = (int(usage.get("input_tokens") or 0),
+                             int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+                             int(usage.get("output_tokens") or 0))
+    price = get_price(row["model"], job_dir=Path(row["job_dir"]))
+    found.provider_usd = price.cost(*found.provider_tokens)
+    if found.provider_tokens != found.ledger_tokens:
+        names = ("input", "cached input", "output")
+        found.problems += [f"{name} tokens: ledger {ours:,}, provider {theirs:,}" for name, ours, theirs
+                           in zip(names, found.ledger_tokens, found.provider_tokens, strict=True) if ours != theirs]
+    return found
+
+
+def _unrecorded(ledger: Ledger, client: BatchClient, job: str | None) -> list[dict[str, Any]]:
+    """Provider batches carrying a submission key of this ledger that the ledger has not recorded."""
+    where, params = ("WHERE job = ?", [job]) if job else ("", [])
+    keys = {r[0]: r[1] for r in ledger.execute(f"SELECT idempotency_key, job FROM intents {where}", params)}
+    if not keys:
+        return []
+    known = {r[0] for r in ledger.execute("SELECT id FROM batches")}
+    missing = []
+    for batch in client.list_batches():
+        key = (batch.metadata or {}).get("batchgen_key")
+        if key in keys and batch.id not in known:
+            missing.append({"batch": batch.id, "job": keys[key], "status": batch.status})
+    return missing

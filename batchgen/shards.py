@@ -2,7 +2,8 @@
 below its target, and shards sent back to the queue after `token_limit_exceeded`.
 
 Retry rules (per variant, looking at its latest request):
-  expired, cancelled (batch_expired / batch_cancelled rows)   resubmitted; does not use up an attempt
+  expired, cancelled (batch_expired / batch_cancelled rows)   resubmitted; does not use up an attempt if the
+                                                              batch ran any line (else it does: no endless loop)
   failed with HTTP 429 / 5xx, request_timeout, missing        resubmitted while attempts remain
   invalid (no valid example), when the job's retry_invalid    resubmitted while attempts remain
   failed with any other 4xx (invalid request, context length) permanent: reported, never retried
@@ -96,18 +97,27 @@ def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[d
 def retry_candidates(ledger: Ledger, spec: JobSpec, stage: str) -> tuple[list[int], list[str]]:
     """(variant indices to resubmit, custom_ids they replace) for a stage whose shards have all ended."""
     latest = ledger.rows(
-        "SELECT r.custom_id, r.variant, r.status, s.status_code, s.error_code FROM requests r "
+        "SELECT r.custom_id, r.variant, r.status, r.batch_id, s.status_code, s.error_code FROM requests r "
         "LEFT JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? AND r.status != 'retried'",
         [spec.name, stage])
-    used = dict(ledger.execute(
-        "SELECT variant, count(*) FROM requests WHERE job = ? AND stage = ? AND status IN ('retried', 'failed', "
-        "'invalid', 'missing') AND custom_id NOT IN (SELECT custom_id FROM results WHERE error_code IN "
-        "('batch_expired', 'batch_cancelled')) GROUP BY variant", [spec.name, stage]).fetchall())
+    # An expired or cancelled line is resubmitted without using up an attempt only if its batch ran something:
+    # a batch that ends again and again with nothing done must not be resubmitted for ever.
+    progressed = {row[0] for row in ledger.execute(
+        "SELECT DISTINCT batch_id FROM results WHERE job = ? AND source != 'missing' AND (error_code IS NULL OR "
+        "error_code NOT IN ('batch_expired', 'batch_cancelled'))", [spec.name])}
+    used: dict[int, int] = {}
+    for variant, batch_id, code in ledger.execute(
+            "SELECT r.variant, r.batch_id, s.error_code FROM requests r LEFT JOIN results s ON s.custom_id = "
+            "r.custom_id WHERE r.job = ? AND r.stage = ? AND r.status IN ('retried', 'failed', 'invalid', 'missing', "
+            "'expired', 'cancelled')", [spec.name, stage]):
+        if code in ("batch_expired", "batch_cancelled") and batch_id in progressed:
+            continue
+        used[variant] = used.get(variant, 0) + 1
     variants, replaced = [], []
     for row in latest:
         if not _retryable(row, spec):
             continue
-        free = row["status"] in RETRY_FREE
+        free = row["status"] in RETRY_FREE and row["batch_id"] in progressed
         if free or used.get(row["variant"], 0) < spec.max_attempts:
             variants.append(row["variant"])
             replaced.append(row["custom_id"])

@@ -324,3 +324,20 @@ def test_top_ups_leave_the_later_stages_their_budget(tmp_path):
         spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
         one_outcome_per_request_and_costs_once(ledger)
     assert spent <= Decimal(budget)
+
+
+def test_batches_that_always_expire_do_not_loop_for_ever(tmp_path):
+    """Every batch expires half done: expired lines go back for free while batches make progress, but a batch that
+    ran nothing (one line, half of it rounds to none) uses up an attempt, so the job ends."""
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, expire_after_fraction=0.5, line_seconds=0, validation_seconds=0,
+                    finalizing_seconds=0)
+    job = job_copy(tmp_path, max_top_ups="0")
+    done = subprocess.run([sys.executable, "-m", "batchgen", "run", str(job), "--quiet"], capture_output=True,
+                          text=True, env={**os.environ, "BATCHGEN_WORKSPACE": str(workspace)}, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        stuck = ledger.scalar("SELECT count(*) FROM requests WHERE status = 'expired'")
+        attempts = ledger.scalar("SELECT max(attempt) FROM requests")
+        one_outcome_per_request_and_costs_once(ledger)
+    assert stuck >= 1 and attempts < 12

@@ -184,7 +184,7 @@ class Renderer:
             if spec.prompt.structured_output != "none"
             else None
         )
-        self._format_tokens = response_format_tokens(self._response_format, spec.model) if self._chat else 0
+        self._format_tokens: int | None = None  # counted on first use: loading a spec must not load the tokenizer
 
     def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
         seeds = [self._seeds[i] for i in variant.seeds]
@@ -247,6 +247,8 @@ class Renderer:
         body[self._max_param] = self.stage.max_tokens
         if self._response_format is not None:
             body["response_format"] = self._response_format
+        if self._format_tokens is None:
+            self._format_tokens = response_format_tokens(self._response_format, self._model)
         tokens = REPLY_PRIMING_TOKENS + self._format_tokens + sum(self._message_tokens(m["role"], m["content"])
                                                                   for m in messages)
         return orjson.dumps(body), tokens

@@ -203,3 +203,15 @@ def test_cli_misuse_exits_2() -> None:
 def test_library_raises_spec_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="did you mean 'model'"):
         load_spec(make_job(tmp_path, toml=lambda t: t.replace("model =", "modle =")))
+
+
+def test_loading_a_spec_does_not_build_a_tokenizer() -> None:
+    """Commands that only read a job (collect, status, show) must not pay ~80 MB and ~0.3 s for an encoding."""
+    import subprocess
+    import sys
+
+    code = ("from batchgen import tokens; from batchgen.spec import load_spec; load_spec('jobs/task_api'); "
+            "load_spec('jobs/evol_task_api'); print(tokens.get_encoding.cache_info().currsize)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.stdout.strip() == "0"

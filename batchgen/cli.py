@@ -652,7 +652,8 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
     try:
         check_bind(host, token)
         config = EmulatorConfig.load(state_dir, "serve", serve_overrides(options, models, limits))
-        click.echo(f"Batch API emulator: http://{host}:{port}/v1 (state {state_dir})", err=True)
+        answers = f"lines forwarded to {config.upstream_url}" if config.executor == "upstream" else "simulated answers"
+        click.echo(f"Batch API emulator: http://{host}:{port}/v1 (state {state_dir}; {answers})", err=True)
         serve(state_dir, config, host=host, port=port, token=token, log_level=log_level)
     except (ConfigError, StateInUse, ValueError) as error:
         raise click.ClickException(str(error)) from error

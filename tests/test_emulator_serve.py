@@ -90,6 +90,7 @@ def test_sigint_stops_cleanly_and_state_survives(tmp_path):
         file_id = client.files.create(file=("a.jsonl", json.dumps(chat_line(0)).encode()), purpose="batch").id
     returncode, err = _stop(process, signal.SIGINT)
     assert returncode == 0 and "Traceback" not in err
+    assert f"Batch API emulator: http://127.0.0.1:{port}/v1 (state {state}; simulated answers)" in err
     process = _serve(state, port, "--token", "t0k")
     try:
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="t0k", max_retries=0) as client:
@@ -113,3 +114,11 @@ def test_public_host_without_token_is_refused(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "--token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_start_line_says_where_answers_come_from(tmp_path):
+    state, port = tmp_path / "state", _free_port()
+    process = _serve(state, port, "--upstream", "http://127.0.0.1:9/v1")
+    returncode, err = _stop(process, signal.SIGTERM)
+    assert returncode == 0
+    assert f"(state {state}; lines forwarded to http://127.0.0.1:9/v1)" in err

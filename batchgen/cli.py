@@ -331,6 +331,8 @@ def collect_(job: str | None, workspace: str | None) -> None:
     for p in collect_jobs(runner, [job] if job else None):
         running = sum(n for s, n in p.batches.items() if s not in TERMINAL)
         state = "done" if p.done else f"{running} batch(es) still running"
+        if p.pending_shards:
+            state += f"; {p.pending_shards} shard(s) to submit: batchgen submit {p.job}"
         click.echo(f"{p.job}: collected {p.collected_now} batch(es); {p.finished}/{p.requests} requests answered; "
                    f"{p.valid_examples} valid examples; {state}" + (f"; dataset {p.dataset}" if p.dataset else ""))
 

@@ -62,6 +62,7 @@ class JobProgress:
     dataset: str | None = None
     waiting_for_budget: str | None = None
     error: str | None = None
+    pending_shards: int = 0  # compiled and waiting to be submitted (a stage's first shards, retries, top-ups)
 
     @property
     def done(self) -> bool:
@@ -425,5 +426,7 @@ def progress(runner: Runner, name: str) -> JobProgress:
     valid = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [name])
     spent = dec_sum(r[0] for r in ledger.execute("SELECT cost_usd FROM results WHERE job = ?", [name]))
     exported = dataset(ledger, name)
+    pending = ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND status = 'pending'", [name])
     return JobProgress(name, job["stage"], job["status"], requests, finished, counts, valid_examples=valid,
-                       spent_usd=spent, dataset=exported["path"] if exported else None)
+                       spent_usd=spent, dataset=exported["path"] if exported else None,
+                       pending_shards=int(pending) if job["status"] == ACTIVE else 0)

@@ -341,3 +341,24 @@ def test_batches_that_always_expire_do_not_loop_for_ever(tmp_path):
         attempts = ledger.scalar("SELECT max(attempt) FROM requests")
         one_outcome_per_request_and_costs_once(ledger)
     assert stuck >= 1 and attempts < 12
+
+
+def test_collect_says_when_retries_or_top_ups_wait_to_be_submitted(tmp_path):
+    """submit at night, collect in the morning: collect does not submit, so it says what waits and how to send it."""
+    workspace = tmp_path / ".batchgen"
+    emulator_config(workspace, malformed_rate=0.3, seed=5, line_seconds=0, validation_seconds=0,
+                    finalizing_seconds=0)
+    job = job_copy(tmp_path, max_attempts="1", retry_invalid="false", overgeneration="1")
+    assert batchgen(workspace, "submit", str(job)).returncode == 0
+    for _ in range(100):
+        collected = batchgen(workspace, "collect", "task_api").stdout
+        if "collected 1 batch(es)" in collected:
+            break
+    assert "shard(s) to submit: batchgen submit task_api" in collected
+    for _ in range(10):
+        assert batchgen(workspace, "submit", str(job)).returncode == 0
+        collected = "".join(batchgen(workspace, "collect", "task_api").stdout for _ in range(3))
+        if "dataset" in collected:
+            break
+    last = collected.strip().splitlines()[-1]
+    assert "done; dataset" in last and "to submit" not in last

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -104,8 +105,9 @@ def compile_(job: str, stage: str | None, attempt: int, workspace: str | None, j
     chosen = [spec.stage(stage)] if stage else [s for s in spec.resolved_stages() if s.source is None]
     space = Workspace.resolve(workspace)
     results = [compile_stage(spec, s, workspace=space, attempt=attempt) for s in chosen]
-    rows = [{"stage": r.stage, "path": s.path, "lines": s.lines, "bytes": s.bytes, "input_tokens": s.input_tokens,
-             "sha256": s.sha256} for r in results for s in r.shards]
+    rows: list[dict[str, Any]] = [{"stage": r.stage, "path": s.path, "lines": s.lines, "bytes": s.bytes,
+                                   "input_tokens": s.input_tokens, "sha256": s.sha256}
+                                  for r in results for s in r.shards]
     if json_:
         echo_json(rows)
         return
@@ -590,7 +592,7 @@ def _token_text(tokens: tuple[int, int, int] | None) -> str:
 
 # --- the emulator: serve ---------------------------------------------------------------------------------------------
 
-def _rate(name: str, help_: str) -> Any:
+def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(name, type=click.FloatRange(0, 1), default=None, help=help_)
 
 

@@ -53,12 +53,12 @@ def judge_line(line: bytes, number: int, fmt: str, rules: Rules) -> Judged:
     custom_id, response = row["custom_id"], row.get("response")
     if isinstance(response, dict) and 200 <= int(response.get("status_code") or 0) < 300:
         return _success(custom_id, response, fmt, rules)
-    error = row.get("error") or {}
     if isinstance(response, dict):
         inner = (response.get("body") or {}).get("error") or {}
         return ("error", custom_id, response.get("status_code"), inner.get("code") or inner.get("type"),
                 inner.get("message"), response.get("request_id"))
-    return ("error", custom_id, None, error.get("code"), error.get("message"), None)
+    failure = row.get("error") or {}
+    return ("error", custom_id, None, failure.get("code"), failure.get("message"), None)
 
 
 def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: Rules) -> Judged:

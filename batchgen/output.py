@@ -39,7 +39,7 @@ def echo_json(value: Any) -> None:
 
 def table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], headers: Sequence[str] | str = "keys",
           fmt: str | None = None) -> str:
-    return tabulate(list(rows), headers=headers, tablefmt=fmt or "simple", disable_numparse=True)
+    return str(tabulate(list(rows), headers=headers, tablefmt=fmt or "simple", disable_numparse=True))
 
 
 def echo_table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], headers: Sequence[str] | str = "keys",

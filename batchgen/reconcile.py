@@ -133,7 +133,7 @@ def find_batches(client: BatchClient, ledger: Ledger, job: str,
         if newest_first and stop_below is not None and batch.created_at < stop_below:
             break
         key = (batch.metadata or {}).get("batchgen_key")
-        if key in wanted and key not in found:
+        if key is not None and key in wanted and key not in found:
             found[key] = batch.model_dump(mode="json")
             if len(found) == len(wanted):
                 break

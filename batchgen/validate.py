@@ -283,7 +283,7 @@ def judge_examples(raws: list[Any], fmt: str, rules: Rules) -> list[tuple[str, s
     if accept is None:
         accept = rules._accept[fmt] = _accepter(fmt, rules)
     mode, dumps, blake2b = rules.dedupe, orjson.dumps, hashlib.blake2b
-    judged = []
+    judged: list[tuple[str, str | None, bool, str | None, str | None]] = []
     for raw in raws:
         pairs = accept(raw)
         if pairs is not None:
@@ -317,12 +317,12 @@ def _accepter(fmt: str, rules: Rules) -> Any:
         items = raw.get(key)
         if type(items) is not list or not items:
             return None
-        pairs = []
+        pairs: list[Pair] = []
         expected = "user"
         for item in items:
             if type(item) is not dict or len(item) != 2:
                 return None
-            role, content = role_of(item.get(role_key)), item.get(text_key)
+            role, content = role_of(item.get(role_key)), item.get(text_key)  # type: ignore[arg-type]
             if role is None or type(content) is not str:
                 return None
             if role_order:

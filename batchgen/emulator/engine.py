@@ -40,7 +40,7 @@ class Engine:
                  lock_timeout: float = 10.0) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_state(self.state_dir, lock_timeout)
+        self._lock_fd: int | None = _lock_state(self.state_dir, lock_timeout)
         self.config = config
         self.clock = Clock(self.state_dir, config.time_scale)
         self.files = FileStore(self.state_dir)

@@ -59,7 +59,7 @@ def block_order(seed: int, batch_id: str, block: int, size: int) -> list[int]:
     return order
 
 
-def _append(path: Path, data: bytes) -> None:
+def _append(path: Path, data: bytes | bytearray) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if data:
@@ -190,7 +190,7 @@ class Runner:
         counts["completed" if ok else "failed"] += 1
         return orjson.dumps(row) + b"\n", ok
 
-    def _commit(self, record: BatchRecord, out: bytes, err: bytes, lines: int) -> None:
+    def _commit(self, record: BatchRecord, out: bytes | bytearray, err: bytes | bytearray, lines: int) -> None:
         if out:
             _append(record.part(OUTPUT_PART), out)
         if err:

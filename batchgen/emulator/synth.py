@@ -222,7 +222,8 @@ def vary(example: dict[str, Any], rng: random.Random, kind: str | None = None) -
         if isinstance(example.get("input"), str) and example["input"]:
             out["input"] = change.common(example["input"])
         return out
-    return _vary_leaves(example, change, [True])
+    varied: dict[str, Any] = _vary_leaves(example, change, [True])
+    return varied
 
 
 def _vary_turns(turns: list[dict[str, Any]], role_key: str, text_key: str, change: Variation) -> list[dict[str, Any]]:

@@ -112,7 +112,7 @@ async def receive_upload(request: Request, store: FileStore, config: EmulatorCon
 
     sink = _Sink(spool, limit_for)
     try:
-        await _feed(request, MultipartParser(boundary, sink.callbacks()), sink)
+        await _feed(request, MultipartParser(boundary, sink.callbacks()), sink)  # type: ignore[arg-type]
         sink.close()
         if sink.too_big or sink.file_bytes > limit_for(sink.fields.get("purpose")):
             limit = limit_for(sink.fields.get("purpose"))

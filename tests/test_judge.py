@@ -115,25 +115,14 @@ def test_a_worker_that_fails_is_one_line(tmp_path):
 
 
 @needs_proc
-def test_a_worker_that_dies_is_one_line(tmp_path):
+@pytest.mark.parametrize("wait", [0, 1.5], ids=["while-judging", "while-writing"])
+def test_a_worker_that_dies_is_one_line(tmp_path, wait):
+    """Killed at once, or once it has run ahead until the queue and the pipe are full and blocks in the middle of
+    writing a message."""
     path = write(tmp_path / "out.jsonl", 40_000)
     lines = judged_lines(path, "sharegpt", RULES, parallel=True)
     next(lines)
-    (pid,) = judge_children()
-    os.kill(pid, signal.SIGKILL)
-    with pytest.raises(BatchgenError, match=r"worker process ended early \(exit code -9\)"):
-        for _ in lines:
-            pass
-    assert judge_children() == []
-
-
-@needs_proc
-def test_a_worker_killed_while_it_writes_is_one_line(tmp_path):
-    """The worker runs ahead until the queue and the pipe are full, then blocks in the middle of a message."""
-    path = write(tmp_path / "out.jsonl", 40_000)
-    lines = judged_lines(path, "sharegpt", RULES, parallel=True)
-    next(lines)
-    time.sleep(1.5)
+    time.sleep(wait)
     (pid,) = judge_children()
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(BatchgenError, match=r"worker process ended early \(exit code -9\)"):

@@ -211,7 +211,7 @@ def advance(runner: Runner, spec: JobSpec, *, submit: bool = True) -> JobProgres
         if not shards.schedule_retries(runner.ledger, runner.workspace, spec, stage, runner.limits(spec)) \
                 and not runner.ledger.uncollected_batches(spec.name):
             shards.schedule_top_up(runner.ledger, runner.workspace, spec, stage, runner.limits(spec),
-                                   _budget_left(runner.ledger, spec, stage, row))
+                                   lambda: _budget_left(runner.ledger, spec, stage, row))
     next_stage_or_finish(runner, spec, stage)
     result = progress(runner, spec.name)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked

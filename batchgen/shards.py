@@ -14,7 +14,7 @@ keeps its outcome and is marked `retried`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
@@ -173,13 +173,14 @@ def top_up_need(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> tuple[in
 
 
 def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                    limits: LimitsSpec | None = None, budget_left: Decimal | None = None) -> int:
+                    limits: LimitsSpec | None = None,
+                    budget: Callable[[], Decimal | None] = lambda: None) -> int:
     """A stage that ended below its target, retries spent, asks for what it lacks with the next variants.
 
     At most `max_top_ups` rounds; each asks for ceil(shortfall * overgeneration / examples_per_request)
-    requests, cut to what `budget_left` covers in the worst case (every answer at max_tokens); the caller leaves
-    the later stages' planned cost out of `budget_left`, so a top-up never stops a job at the budget guard. How many
-    requests were added (0: none needed, allowed or affordable).
+    requests, cut to what `budget()` (asked only when a top-up is due; None: no budget) covers in the worst case
+    (every answer at max_tokens); the caller leaves the later stages' planned cost out of it, so a top-up never
+    takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or affordable).
     """
     short, rounds, first = top_up_need(ledger, spec, stage)
     if not short:
@@ -189,6 +190,7 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         return 0
     count = _ceil(Decimal(short) * spec.overgeneration / stage.examples_per_request)
     price = get_price(spec.model, job_dir=spec.job_dir)
+    budget_left = budget()
     if budget_left is not None:
         largest = int(ledger.scalar("SELECT max(input_tokens) FROM requests WHERE job = ? AND stage = ?",
                                     [spec.name, stage.name]) or 0)

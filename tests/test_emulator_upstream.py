@@ -328,3 +328,17 @@ def test_serve_help_lists_the_upstream_flags():
 def test_the_readme_shows_the_upstream_command():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert "batchgen serve --upstream http://localhost:11434/v1" in readme
+
+
+def test_the_upstream_sets_the_pace_unless_line_seconds_is_given(tmp_path):
+    upstream = EmulatorConfig.load(tmp_path / "a", "serve", {"executor": "upstream",
+                                                             "upstream_url": "http://127.0.0.1:9/v1"})
+    assert upstream.line_seconds == 0
+    assert EmulatorConfig.load(tmp_path / "a", "serve").line_seconds == 0.05
+    paced = EmulatorConfig.load(tmp_path / "b", "serve", {"executor": "upstream", "upstream_url": "http://h/v1",
+                                                          "line_seconds": 0.5})
+    assert paced.line_seconds == 0.5
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text('{"line_seconds": 0.25}', encoding="utf-8")
+    from_file = EmulatorConfig.load(tmp_path / "c", "serve", {"executor": "upstream", "upstream_url": "http://h/v1"})
+    assert from_file.line_seconds == 0.25

@@ -84,8 +84,12 @@ class EmulatorConfig:
     @classmethod
     def load(cls, state_dir: str | Path | None, preset: str = "serve",
              overrides: Mapping[str, Any] | None = None) -> EmulatorConfig:
-        """Preset defaults, then `<state_dir>/config.json`, then `overrides` (None values are ignored)."""
+        """Preset defaults, then `<state_dir>/config.json`, then `overrides` (None values are ignored).
+
+        With the upstream executor, lines are paced by the upstream server itself: `line_seconds` is 0 unless the
+        file or the overrides set it."""
         config = cls.preset(preset)
+        paced = False
         if state_dir is not None:
             path = Path(state_dir) / CONFIG_FILE
             if path.exists():
@@ -96,8 +100,13 @@ class EmulatorConfig:
                 if not isinstance(data, dict):
                     raise ConfigError(f"{path}: expected a JSON object")
                 config = config.updated(data)
+                paced = "line_seconds" in data
         if overrides:
-            config = config.updated({k: v for k, v in overrides.items() if v is not None})
+            given = {k: v for k, v in overrides.items() if v is not None}
+            config = config.updated(given)
+            paced = paced or "line_seconds" in given
+        if config.executor == "upstream" and not paced:
+            config = config.updated({"line_seconds": 0})
         return config
 
     def updated(self, changes: Mapping[str, Any]) -> EmulatorConfig:

@@ -24,10 +24,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from batchgen import formats
 from batchgen.compile import ShardInfo, _Packer, iter_requests
 from batchgen.pricing import ModelPrice, Rates, get_price
-from batchgen.render import stand_in_sources
+from batchgen.render import request_response_format, stand_in_sources
 from batchgen.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.tokens import count_text, response_format_tokens
 
@@ -263,10 +262,7 @@ def plan_job(spec: JobSpec) -> Plan:
     """The plan of every stage of a job."""
     price = get_price(spec.model, job_dir=spec.job_dir)
     stages = [plan_stage(spec, stage, price) for stage in spec.resolved_stages()]
-    format_tokens = 0
-    if spec.endpoint == CHAT and spec.prompt.structured_output != "none":
-        format_tokens = response_format_tokens(formats.response_format(spec.format, spec.prompt.structured_output),
-                                               spec.model)
+    format_tokens = response_format_tokens(request_response_format(spec), spec.model)
     return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages, format_tokens)
 
 

@@ -179,11 +179,7 @@ class Renderer:
         self._prefix = b'","method":"POST","url":' + orjson.dumps(spec.endpoint) + b',"body":'
         self._temperature = not is_reasoning_model(spec.model)
         self._max_param = max_tokens_param(spec.model)
-        self._response_format = (
-            formats.response_format(spec.format, spec.prompt.structured_output)
-            if spec.prompt.structured_output != "none"
-            else None
-        )
+        self._response_format = request_response_format(spec)
         self._format_tokens: int | None = None  # counted on first use: loading a spec must not load the tokenizer
 
     def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
@@ -263,6 +259,13 @@ class Renderer:
         body, tokens = self.body(variant, attempt)
         line = b'{"custom_id":"' + cid.encode() + self._prefix + body + b"}\n"
         return RenderedRequest(cid, variant, self.stage.name, attempt, tokens, line)
+
+
+def request_response_format(spec: JobSpec) -> dict[str, Any] | None:
+    """The `response_format` every chat request of the job carries (None: structured_output = "none")."""
+    if spec.endpoint != CHAT or spec.prompt.structured_output == "none":
+        return None
+    return formats.response_format(spec.format, spec.prompt.structured_output)
 
 
 def _indent(text: str) -> str:

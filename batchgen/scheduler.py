@@ -251,10 +251,10 @@ def _budget_left(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, row: dict[
     top-up never takes money the rest of the plan may need. None: no budget."""
     if row["budget_usd"] is None:
         return None
-    names = [s.name for s in spec.resolved_stages()]
+    stages = spec.resolved_stages()
+    later = stages[[s.name for s in stages].index(stage.name) + 1:]
     price = get_price(spec.model, job_dir=spec.job_dir)
-    reserved = sum((plan_stage(spec, later, price).cost.batch_worst
-                    for later in spec.resolved_stages()[names.index(stage.name) + 1:]), Decimal(0))
+    reserved = sum((plan_stage(spec, other, price).cost.batch_worst for other in later), Decimal(0))
     return Decimal(row["budget_usd"]) - committed_spend(ledger, spec.name, "worst") - reserved
 
 

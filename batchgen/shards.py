@@ -23,7 +23,7 @@ from batchgen.compile import CompileResult, compile_stage, read_manifest
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger, utcnow
 from batchgen.plan import expected_output_tokens
-from batchgen.pricing import get_price
+from batchgen.pricing import ModelPrice, get_price
 from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage
 from batchgen.variants import request_count
 from batchgen.workspace import Workspace
@@ -231,7 +231,7 @@ def _short(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, missing: int, ro
                      reason=reason)
 
 
-def _prefix_within(result: CompileResult, price: Any, budget: Decimal) -> int:
+def _prefix_within(result: CompileResult, price: ModelPrice, budget: Decimal) -> int:
     """How many of the compiled requests, in variant order, fit the budget at their worst case."""
     costs = sorted((r["index"], price.cost(r["input_tokens"], 0, r["max_tokens"]))
                    for shard in result.shards for r in read_manifest(shard.manifest_path))

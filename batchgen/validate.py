@@ -98,7 +98,7 @@ class Rules:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled for the judging worker without its caches (the accepter is a closure); they are rebuilt there.
-        return (_rules, tuple(getattr(self, f.name) for f in fields(self) if f.init))
+        return (Rules, tuple(getattr(self, f.name) for f in fields(self) if f.init))
 
     @classmethod
     def from_values(cls, *, patterns: Iterable[str] = (), regexes: Iterable[str] = (),
@@ -117,10 +117,6 @@ class Rules:
                    max_turns=max_turns, non_empty=non_empty, max_chars=max_chars,
                    dedupe=dedupe,  # type: ignore[arg-type]  # checked against DEDUPE_MODES above
                    reject_seed_copies=reject_seed_copies)
-
-
-def _rules(*values: Any) -> Rules:
-    return Rules(*values)
 
 
 def _compile(sources: Iterable[str], name: str) -> tuple[re.Pattern[str], ...]:

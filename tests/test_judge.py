@@ -88,12 +88,18 @@ def test_the_worker_judges_exactly_as_this_process(tmp_path):
     assert verdicts == {(True, None), (False, "role_order"), (False, "format_pattern"), (False, "schema")}
 
 
+@needs_proc
 def test_large_files_go_to_the_worker_by_default(tmp_path, monkeypatch):
-    path = write(tmp_path / "out.jsonl", 50)
-    monkeypatch.setattr(judge, "PARALLEL_BYTES", path.stat().st_size + 1)
-    assert list(judged_lines(path, "sharegpt", RULES)) == list(judged_lines(path, "sharegpt", RULES, parallel=False))
-    monkeypatch.setattr(judge, "PARALLEL_BYTES", path.stat().st_size)
-    assert list(judged_lines(path, "sharegpt", RULES)) == list(judged_lines(path, "sharegpt", RULES, parallel=False))
+    """A file below PARALLEL_BYTES is judged here; one at it by a worker (more lines than the queue holds, so the
+    worker is still running after the first line)."""
+    path = write(tmp_path / "out.jsonl", 20_000)
+    for threshold, workers in ((path.stat().st_size + 1, 0), (path.stat().st_size, 1)):
+        monkeypatch.setattr(judge, "PARALLEL_BYTES", threshold)
+        lines = judged_lines(path, "sharegpt", RULES)
+        assert next(lines)[0] == "ok"
+        assert len(judge_children()) == workers
+        assert len(list(lines)) == 20_000 - 1
+        assert judge_children() == []
 
 
 @needs_proc

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from batchgen import __version__
+from batchgen._version import __version__
 from batchgen.errors import BatchgenError
 from batchgen.output import echo_json, echo_table, output_options
 
@@ -72,8 +72,8 @@ def plan_(job: str, json_: bool, fmt: str | None) -> None:
         batchgen plan jobs/task_api
         batchgen plan task_api --json
     """
-    from batchgen.plan import plan_job, shard_rows, summary_rows
-    from batchgen.spec import load_spec
+    from batchgen.recipe.loader import load_spec
+    from batchgen.recipe.plan import plan_job, shard_rows, summary_rows
 
     plan = plan_job(load_spec(job))
     if json_:
@@ -97,14 +97,14 @@ def compile_(job: str, stage: str | None, attempt: int, workspace: str | None, j
     \b
         batchgen compile jobs/task_api
     """
-    from batchgen.compile import compile_stage
-    from batchgen.spec import load_spec
-    from batchgen.workspace import Workspace
+    from batchgen.ledger.workspace import Workspace
+    from batchgen.recipe.compile import compile_stage
+    from batchgen.recipe.loader import load_spec
 
     spec = load_spec(job)
     chosen = [spec.stage(stage)] if stage else [s for s in spec.resolved_stages() if s.source is None]
     space = Workspace.resolve(workspace)
-    results = [compile_stage(spec, s, workspace=space, attempt=attempt) for s in chosen]
+    results = [compile_stage(spec, s, shards_dir=space.shards_dir, attempt=attempt) for s in chosen]
     rows: list[dict[str, Any]] = [{"stage": r.stage, "path": s.path, "lines": s.lines, "bytes": s.bytes,
                                    "input_tokens": s.input_tokens, "sha256": s.sha256}
                                   for r in results for s in r.shards]
@@ -129,7 +129,7 @@ def init_(name: str, parent: str, model: str, fmt: str) -> None:
     """
     from pathlib import Path
 
-    from batchgen.jobfiles import scaffold_job
+    from batchgen.recipe.scaffold import scaffold_job
 
     job_dir = scaffold_job(name, Path(parent), model=model, fmt=fmt)
     click.echo(f"Created {job_dir}: edit seeds.jsonl and prompt.j2, then run 'batchgen plan {job_dir}'")
@@ -163,8 +163,8 @@ def _runner(workspace: str | None, backend: str | None = None, budget_mode: str 
             queue_limit: int | None = None, poll_interval: float | None = None) -> Any:
     """A Runner on the workspace's ledger, closed when the command ends."""
     from batchgen.ledger import Ledger
-    from batchgen.scheduler import Runner
-    from batchgen.workspace import Workspace
+    from batchgen.ledger.workspace import Workspace
+    from batchgen.run.tick import Runner
 
     space = Workspace.resolve(workspace).ensure()
     ledger = Ledger.open(space.ledger_path)
@@ -182,8 +182,8 @@ def _lock(workspace: str | None, wait: float | None = None, on_wait: Any = None)
     Waits as long as it takes (wait=None), or raises WorkspaceBusy after `wait` seconds; `on_wait` is told whom
     it waits for.
     """
-    from batchgen.lock import WorkspaceLock
-    from batchgen.workspace import Workspace
+    from batchgen.ledger.workspace import Workspace
+    from batchgen.run.lock import WorkspaceLock
 
     lock = WorkspaceLock(Workspace.resolve(workspace).ensure().root)
     lock.acquire(timeout=wait, on_wait=on_wait)
@@ -221,7 +221,7 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
         batchgen run jobs/task_api                 # free, on the embedded emulator
         batchgen run jobs/task_api --backend openai
     """
-    from batchgen.pipeline import run_job
+    from batchgen.run.verbs import run_job
 
     note = _wait_note()
     lock = _lock(workspace, on_wait=note)
@@ -242,7 +242,7 @@ def _outage_note(message: str) -> None:
 
 
 def _register(runner: Any, job: str) -> Any:
-    from batchgen.scheduler import register_job
+    from batchgen.run.tick import register_job
 
     return register_job(runner, job)
 
@@ -257,7 +257,7 @@ def _progress_line(p: Any) -> None:
 
 
 def _print_summary(runner: Any, name: str, json_: bool) -> None:
-    from batchgen.report import job_summary
+    from batchgen.dataset.report import job_summary
 
     summary = job_summary(runner.ledger, name)
     if json_:
@@ -307,7 +307,7 @@ def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | 
     \b
         batchgen submit jobs/task_api && batchgen status task_api
     """
-    from batchgen.pipeline import submit_job
+    from batchgen.run.verbs import submit_job
 
     _lock(workspace, on_wait=_wait_note())
     runner = _runner(workspace, backend, budget_mode, queue_limit, poll_interval)
@@ -326,7 +326,7 @@ def collect_(job: str | None, workspace: str | None) -> None:
         batchgen collect task_api
     """
     from batchgen.ledger import TERMINAL
-    from batchgen.pipeline import collect_jobs
+    from batchgen.run.verbs import collect_jobs
 
     _lock(workspace, on_wait=_wait_note())
     runner = _runner(workspace)
@@ -352,7 +352,7 @@ def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None
         */10 * * * * cd ~/data && batchgen tick >> batchgen.log 2>&1
     """
     from batchgen.errors import WorkspaceBusy
-    from batchgen.scheduler import tick
+    from batchgen.run.tick import tick
 
     try:
         _lock(workspace, wait=wait)
@@ -381,8 +381,8 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         batchgen status
         batchgen status task_api --json
     """
-    from batchgen.lock import WorkspaceLock
-    from batchgen.report import batch_rows
+    from batchgen.dataset.report import batch_rows
+    from batchgen.run.lock import WorkspaceLock
 
     runner = _runner(workspace)
     lock = WorkspaceLock(runner.workspace.root)
@@ -400,9 +400,9 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
 
 def _refresh(runner: Any, lock: Any, job: str | None) -> bool:
     """Poll unfinished batches unless another batchgen holds the workspace (it polls them); True while any runs."""
+    from batchgen.dataset.report import batch_rows
     from batchgen.ledger import TERMINAL
-    from batchgen.pipeline import refresh_status
-    from batchgen.report import batch_rows
+    from batchgen.run.verbs import refresh_status
 
     if lock.try_acquire():
         try:
@@ -443,8 +443,8 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
     """
     from pathlib import Path
 
-    from batchgen.report import export_job
-    from batchgen.scheduler import job_spec
+    from batchgen.dataset.report import export_job
+    from batchgen.run.tick import job_spec
 
     runner = _runner(workspace)
     spec = job_spec(runner, job)
@@ -465,7 +465,7 @@ def cancel_(target: str, workspace: str | None) -> None:
         batchgen cancel task_api
         batchgen cancel batch_6a1f...
     """
-    from batchgen.pipeline import cancel
+    from batchgen.run.verbs import cancel
 
     _lock(workspace, on_wait=_wait_note())
     for batch_id, status in cancel(_runner(workspace), target):
@@ -498,7 +498,7 @@ def ledger_() -> None:
 @workspace_option
 def ledger_path(workspace: str | None) -> None:
     """Print the ledger's path (BATCHGEN_LEDGER overrides it)."""
-    from batchgen.workspace import Workspace
+    from batchgen.ledger.workspace import Workspace
 
     click.echo(str(Workspace.resolve(workspace).ledger_path))
 
@@ -537,7 +537,7 @@ def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
         batchgen ledger check
         batchgen ledger check --json
     """
-    from batchgen.check import check_ledger
+    from batchgen.ledger.check import check_ledger
 
     runner = _runner(workspace)
     report = check_ledger(runner.ledger, runner.workspace)
@@ -563,7 +563,7 @@ def ledger_reconcile(job: str | None, workspace: str | None, json_: bool, fmt: s
         batchgen ledger reconcile
         batchgen ledger reconcile task_api --json
     """
-    from batchgen.audit import audit
+    from batchgen.run.reconcile import audit
 
     runner = _runner(workspace)
     if job is not None:
@@ -650,7 +650,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
     from pathlib import Path
 
     from batchgen.emulator import ConfigError, EmulatorConfig, StateInUse, check_bind, serve, serve_overrides
-    from batchgen.workspace import Workspace
+    from batchgen.ledger.workspace import Workspace
 
     state_dir = Path(state) if state else Workspace.resolve().root / "serve"
     try:

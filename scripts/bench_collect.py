@@ -49,8 +49,8 @@ SETUP = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from batchgen.ledger import Ledger
-    from batchgen.scheduler import Runner, register_job, ensure_compiled, record_batch
-    from batchgen.workspace import Workspace
+    from batchgen.run.tick import Runner, register_job, ensure_compiled, record_batch
+    from batchgen.ledger.workspace import Workspace
     job_dir, ws = Path(sys.argv[1]), Workspace(Path(sys.argv[2])).ensure()
     ledger = Ledger.open(ws.ledger_path)
     runner = Runner(ledger, ws)
@@ -70,7 +70,7 @@ TIMED = textwrap.dedent("""
     import os, resource, sys, threading, time
     from pathlib import Path
 
-    # The judging worker's own peak: VmHWM of the child once it runs batchgen.judge, read from /proc while it runs
+    # The judging worker's own peak: VmHWM of the child once it runs batchgen.dataset.result_lines, read from /proc while it runs
     # (ru_maxrss of a child, and VmHWM before its exec, count the parent's pages it shares between fork and exec).
     child_peak_kb = 0
     def watch():
@@ -83,7 +83,7 @@ TIMED = textwrap.dedent("""
                     continue
                 for pid in pids:
                     try:
-                        if b"batchgen.judge" not in open(f"/proc/{pid}/cmdline", "rb").read():
+                        if b"batchgen.dataset.result_lines" not in open(f"/proc/{pid}/cmdline", "rb").read():
                             continue  # not exec'ed yet: still the parent's pages
                         for line in open(f"/proc/{pid}/status"):
                             if line.startswith("VmHWM:"):
@@ -94,10 +94,10 @@ TIMED = textwrap.dedent("""
     if os.path.exists("/proc/self/task"):
         threading.Thread(target=watch, daemon=True).start()
 
-    from batchgen.collect import collect_batch
+    from batchgen.run.collect import collect_batch
     from batchgen.ledger import Ledger
-    from batchgen.scheduler import job_spec, Runner
-    from batchgen.workspace import Workspace
+    from batchgen.run.tick import job_spec, Runner
+    from batchgen.ledger.workspace import Workspace
     ws = Workspace(Path(sys.argv[1]))
     start = time.perf_counter()
     ledger = Ledger.open(ws.ledger_path)

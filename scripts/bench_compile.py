@@ -89,12 +89,12 @@ include_errors = [false, true]
 
 def child(job: str, workspace: str) -> None:
     """The measured process: load the spec and compile it."""
-    from batchgen.compile import compile_stage
-    from batchgen.spec import load_spec
-    from batchgen.workspace import Workspace
+    from batchgen.ledger.workspace import Workspace
+    from batchgen.recipe.compile import compile_stage
+    from batchgen.recipe.loader import load_spec
 
     started = time.perf_counter()
-    result = compile_stage(load_spec(job), workspace=Workspace(Path(workspace)))
+    result = compile_stage(load_spec(job), shards_dir=Workspace(Path(workspace)).shards_dir)
     print(
         json.dumps(
             {

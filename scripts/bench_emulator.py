@@ -37,7 +37,7 @@ from pathlib import Path
 import jinja2
 import openai
 
-from batchgen.formats import response_format
+from batchgen.recipe.formats import response_format
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "task_api"

@@ -14,8 +14,8 @@ import time
 
 import orjson
 
-from batchgen.formats import Turn, from_turns
-from batchgen.validate import Deduper, Rules, Summary, validate_response
+from batchgen.dataset.validate import Deduper, Rules, Summary, validate_response
+from batchgen.recipe.formats import Turn, from_turns
 
 PATTERNS = ["Created task:", "Updated task:", "Completed task:", "Deleted task:", "Error:", "tasks found"]
 VERBS = ["Create", "Update", "Complete", "Delete"]

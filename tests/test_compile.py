@@ -16,11 +16,12 @@ import tiktoken_ext.openai_public as openai_public
 from click.testing import CliRunner
 
 from batchgen.cli import cli
-from batchgen.compile import compile_stage, iter_requests, read_manifest
 from batchgen.errors import SpecError
-from batchgen.render import custom_id, is_reasoning_model, max_tokens_param, parse_custom_id
-from batchgen.spec import LimitsSpec, load_spec
-from batchgen.workspace import Workspace
+from batchgen.ledger.workspace import Workspace
+from batchgen.recipe.compile import compile_stage, iter_requests, read_manifest
+from batchgen.recipe.loader import load_spec
+from batchgen.recipe.render import custom_id, is_reasoning_model, max_tokens_param, parse_custom_id
+from batchgen.recipe.spec import LimitsSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -35,7 +36,7 @@ def lines_of(path: str | Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name", ["mini", "reasoning", "embed"])
 def test_golden_compile(tmp_path: Path, name: str, update_goldens: bool) -> None:
     spec = load_spec(FIXTURES / "jobs" / name)
-    result = compile_stage(spec, workspace=Workspace(tmp_path / "ws"))
+    result = compile_stage(spec, shards_dir=Workspace(tmp_path / "ws").shards_dir)
     assert len(result.shards) == 1
     shard = result.shards[0]
     for produced, golden in (
@@ -66,7 +67,7 @@ def test_compile_twice_gives_identical_bytes(tmp_path: Path) -> None:
 
 def test_request_lines_follow_the_input_rules(tmp_path: Path) -> None:
     spec = load_spec(TASK_API)
-    result = compile_stage(spec, workspace=Workspace(tmp_path))
+    result = compile_stage(spec, shards_dir=Workspace(tmp_path).shards_dir)
     rows = lines_of(result.shards[0].path)
     assert len(rows) == 55
     ids = [row["custom_id"] for row in rows]
@@ -86,7 +87,7 @@ def test_request_lines_follow_the_input_rules(tmp_path: Path) -> None:
 
 def test_manifest_matches_lines(tmp_path: Path) -> None:
     spec = load_spec(TASK_API)
-    shard = compile_stage(spec, workspace=Workspace(tmp_path)).shards[0]
+    shard = compile_stage(spec, shards_dir=Workspace(tmp_path).shards_dir).shards[0]
     manifest = list(read_manifest(shard.manifest_path))
     rows = lines_of(shard.path)
     assert [m["custom_id"] for m in manifest] == [r["custom_id"] for r in rows]
@@ -139,7 +140,7 @@ def reference_prompt_tokens(body: dict[str, Any], enc: tiktoken.Encoding) -> int
 )
 def test_token_counts_equal_tiktoken(tmp_path: Path, job: Path, encoding: str) -> None:
     enc = reference_encoding(encoding, tmp_path)
-    shard = compile_stage(load_spec(job), workspace=Workspace(tmp_path / "ws")).shards[0]
+    shard = compile_stage(load_spec(job), shards_dir=Workspace(tmp_path / "ws").shards_dir).shards[0]
     for row, entry in zip(lines_of(shard.path), read_manifest(shard.manifest_path), strict=True):
         assert entry["input_tokens"] == reference_prompt_tokens(row["body"], enc), row["custom_id"]
 
@@ -166,7 +167,7 @@ topic = ["bread", "tea", "rain", "maps", "bees", "glass", "salt"]
 @pytest.mark.slow
 def test_sixty_thousand_requests_make_several_shards(tmp_path: Path) -> None:
     spec = load_spec(big_job(tmp_path, 60_000))
-    result = compile_stage(spec, workspace=Workspace(tmp_path / "ws"))
+    result = compile_stage(spec, shards_dir=Workspace(tmp_path / "ws").shards_dir)
     assert result.requests == 60_000 and len(result.shards) >= 2
     seen: set[str] = set()
     for shard in result.shards:
@@ -190,12 +191,12 @@ def test_queued_token_and_byte_caps_cut_shards(tmp_path: Path) -> None:
     per_request = next(iter_requests(spec)).input_tokens
     result = compile_stage(
         spec,
-        workspace=Workspace(tmp_path / "ws"),
+        shards_dir=Workspace(tmp_path / "ws").shards_dir,
         limits=LimitsSpec(max_lines=120, max_queued_tokens=per_request * 100),
     )
     assert [s.lines for s in result.shards] == [100, 100, 100]
     assert all(s.input_tokens <= per_request * 100 for s in result.shards)
-    by_lines = compile_stage(spec, workspace=Workspace(tmp_path / "ws2"), limits=LimitsSpec(max_lines=120))
+    by_lines = compile_stage(spec, shards_dir=Workspace(tmp_path / "ws2").shards_dir, limits=LimitsSpec(max_lines=120))
     assert [s.lines for s in by_lines.shards] == [120, 120, 60]
     line_bytes = by_lines.shards[0].bytes // 120
     by_bytes = compile_stage(spec, write=False, limits=LimitsSpec(max_bytes=line_bytes * 50 + 10))
@@ -207,22 +208,22 @@ def test_queued_token_and_byte_caps_cut_shards(tmp_path: Path) -> None:
 def test_retry_subset_gets_its_own_directory_and_ids(tmp_path: Path) -> None:
     spec = load_spec(TASK_API)
     space = Workspace(tmp_path)
-    first = compile_stage(spec, workspace=space)
-    retry = compile_stage(spec, workspace=space, attempt=2, indices=[7, 3, 54])
+    first = compile_stage(spec, shards_dir=space.shards_dir)
+    retry = compile_stage(spec, shards_dir=space.shards_dir, attempt=2, indices=[7, 3, 54])
     rows = lines_of(retry.shards[0].path)
     assert [parse_custom_id(r["custom_id"])[3:] for r in rows] == [(3, 2), (7, 2), (54, 2)]
     original = {r["custom_id"]: r for r in lines_of(first.shards[0].path)}
     assert rows[0]["body"] == original[custom_id("task_api", spec.spec_hash, "main", 3, 1)]["body"]
-    other = compile_stage(spec, workspace=space, attempt=2, indices=[1])
+    other = compile_stage(spec, shards_dir=space.shards_dir, attempt=2, indices=[1])
     assert other.directory != retry.directory and Path(retry.shards[0].path).exists()
 
 
 def test_from_stage_compiles_from_sources(tmp_path: Path) -> None:
     spec = load_spec(ROOT / "jobs" / "evol_task_api")
     with pytest.raises(SpecError, match="once 'simple' is done"):
-        compile_stage(spec, "moderate", workspace=Workspace(tmp_path))
+        compile_stage(spec, "moderate", shards_dir=Workspace(tmp_path).shards_dir)
     sources = [dict(seed) for seed in spec.seeds[:7]]
-    result = compile_stage(spec, "moderate", workspace=Workspace(tmp_path), sources=sources)
+    result = compile_stage(spec, "moderate", shards_dir=Workspace(tmp_path).shards_dir, sources=sources)
     rows = lines_of(result.shards[0].path)
     assert len(rows) == 30  # ceil(125 * 1.2 / 5)
     first = rows[0]["body"]["messages"][1]["content"]
@@ -238,7 +239,7 @@ def test_every_shipped_job_compiles(tmp_path: Path, path: Path) -> None:
     spec = load_spec(path)
     for stage in spec.resolved_stages():
         sources = list(spec.seeds) if stage.source else None
-        result = compile_stage(spec, stage, workspace=Workspace(tmp_path), sources=sources)
+        result = compile_stage(spec, stage, shards_dir=Workspace(tmp_path).shards_dir, sources=sources)
         assert result.requests > 0 and all(s.lines <= 50_000 for s in result.shards)
 
 
@@ -263,7 +264,7 @@ def test_model_family_rules(model: str, param: str, reasoning: bool) -> None:
 
 
 def test_reasoning_body_has_no_temperature(tmp_path: Path) -> None:
-    shard = compile_stage(load_spec(FIXTURES / "jobs" / "reasoning"), workspace=Workspace(tmp_path)).shards[0]
+    shard = compile_stage(load_spec(FIXTURES / "jobs" / "reasoning"), shards_dir=Workspace(tmp_path).shards_dir).shards[0]
     for row in lines_of(shard.path):
         assert "temperature" not in row["body"] and row["body"]["max_completion_tokens"] == 3000
         assert row["body"]["response_format"] == {"type": "json_object"}

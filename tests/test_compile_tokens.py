@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.render import PartCounter
-from batchgen.tokens import get_encoding
+from batchgen.recipe.render import PartCounter
+from batchgen.recipe.tokens import get_encoding
 
 PIECES = [
     "a",

@@ -12,7 +12,7 @@ import openai
 import pytest
 from emulator_fixtures import chat_line, create, rows, running, upload, validate, wait
 
-from batchgen.tokens import count_messages
+from batchgen.recipe.tokens import count_messages
 
 
 def test_three_line_happy_path_matches_the_schemas(tmp_path):

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import openai
 import pytest
 
-from batchgen.client import BatchClient
 from batchgen.emulator import AttachedEmulator, EmbeddedEmulator, StateInUse, connect_embedded
 from batchgen.emulator.shared import SERVER_FILE, Published, publish, read_published
 from batchgen.errors import BackendError
 from batchgen.ledger import Ledger
+from batchgen.run.client import BatchClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = {"line_seconds": 0.1}  # 55 lines of jobs/task_api take about 6 s: long enough to act while it runs
@@ -141,7 +141,7 @@ def answered_ids(client: BatchClient, batch: Any, tmp_path: Path) -> Counter[str
 ATTACHED_PROBE = """
 import json, sys, time
 from pathlib import Path
-from batchgen.client import BatchClient
+from batchgen.run.client import BatchClient
 
 with BatchClient("embedded", emulator_dir=Path(sys.argv[1])) as client:
     seconds, statuses = [], []

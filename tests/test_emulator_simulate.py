@@ -14,8 +14,8 @@ import pytest
 from emulator_fixtures import running
 
 from batchgen.emulator.tokencount import TokenCounter
-from batchgen.formats import response_format, response_schema
-from batchgen.tokens import count_messages, count_text
+from batchgen.recipe.formats import response_format, response_schema
+from batchgen.recipe.tokens import count_messages, count_text
 
 SEEDS = [
     {"conversations": [{"from": "human", "value": "Create a task to review the quarterly budget by Friday"},

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.errors import BatchgenError
-from batchgen.export import (
+from batchgen.dataset.export import (
     PROVENANCE_KEY,
     ExportRecord,
     Provenance,
@@ -19,8 +18,9 @@ from batchgen.export import (
     read_dataset,
     sidecar_path,
 )
-from batchgen.formats import ChatMLExample, parse_example
-from batchgen.validate import Rules, validate_example
+from batchgen.dataset.validate import Rules, validate_example
+from batchgen.errors import BatchgenError
+from batchgen.recipe.formats import ChatMLExample, parse_example
 
 PATTERNS = ["Created task:", "Updated task:", "Completed task:", "Deleted task:", "Error:", "tasks found"]
 RULES = Rules.from_values(patterns=PATTERNS)

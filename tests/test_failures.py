@@ -15,9 +15,9 @@ from pathlib import Path
 
 from batchgen.emulator import EmulatorControl
 from batchgen.ledger import Ledger
-from batchgen.pipeline import run_job
-from batchgen.scheduler import Runner, advance, register_job
-from batchgen.workspace import Workspace
+from batchgen.ledger.workspace import Workspace
+from batchgen.run.tick import Runner, advance, register_job
+from batchgen.run.verbs import run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import judge
+from batchgen.dataset import result_lines as judge
+from batchgen.dataset.result_lines import judged_lines
+from batchgen.dataset.validate import Rules
 from batchgen.errors import BatchgenError
-from batchgen.judge import judged_lines
-from batchgen.validate import Rules
 
 RULES = Rules.from_values(patterns=["Created task:", "Error:"])
 GOOD = {"conversations": [{"from": "human", "value": "Add a task to call the bank"},
@@ -66,7 +66,7 @@ def judge_children() -> list[int]:
     for task in Path("/proc/self/task").iterdir():
         for pid in (task / "children").read_text().split():
             try:
-                if b"batchgen.judge" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if b"batchgen.dataset.result_lines" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(int(pid))
             except OSError:
                 pass

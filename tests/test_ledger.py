@@ -3,9 +3,8 @@ import sqlite3
 import pytest
 from sqlite_utils import Database
 
-from batchgen import migrations
 from batchgen.errors import LedgerError, NotFoundError
-from batchgen.ledger import Ledger, dec_sum
+from batchgen.ledger import Ledger, dec_sum, migrations
 
 
 @pytest.fixture

@@ -21,12 +21,12 @@ from workspaces import (
 )
 
 from batchgen.errors import WorkspaceBusy
-from batchgen.lock import WorkspaceLock
+from batchgen.run.lock import WorkspaceLock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from batchgen.lock import WorkspaceLock
+from batchgen.run.lock import WorkspaceLock
 lock = WorkspaceLock(Path(sys.argv[1]))
 lock.acquire()
 print("locked", flush=True)

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchgen import judge, pricing
 from batchgen.cli import cli
-from batchgen.collect import rules_for
-from batchgen.formats import parse_example
+from batchgen.dataset import result_lines as judge
+from batchgen.dataset.validate import validate_example
 from batchgen.ledger import Ledger
-from batchgen.spec import load_spec
-from batchgen.validate import validate_example
+from batchgen.recipe import pricing
+from batchgen.recipe.formats import parse_example
+from batchgen.recipe.loader import load_spec
+from batchgen.run.collect import rules_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_API = ROOT / "jobs" / "task_api"

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import cli
-from batchgen.compile import compile_stage
-from batchgen.plan import expected_output_tokens, plan_job
-from batchgen.spec import load_spec
-from batchgen.tokens import count_text
+from batchgen.recipe.compile import compile_stage
+from batchgen.recipe.loader import load_spec
+from batchgen.recipe.plan import expected_output_tokens, plan_job
+from batchgen.recipe.tokens import count_text
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_API = ROOT / "jobs" / "task_api"

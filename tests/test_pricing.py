@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import PricingError
-from batchgen.pricing import clear_cache, get_price, request_cost
+from batchgen.recipe.pricing import clear_cache, get_price, request_cost
 
 
 @pytest.fixture(autouse=True)

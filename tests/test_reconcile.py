@@ -11,9 +11,9 @@ from workspaces import TASK_API
 from batchgen.emulator import start_embedded
 from batchgen.errors import BackendError
 from batchgen.ledger import Ledger, utcnow
-from batchgen.reconcile import open_intent, upload_name
-from batchgen.scheduler import Runner, ensure_compiled, register_job, submit_shard, tick
-from batchgen.workspace import Workspace
+from batchgen.ledger.workspace import Workspace
+from batchgen.run.recovery import open_intent, upload_name
+from batchgen.run.tick import Runner, ensure_compiled, register_job, submit_shard, tick
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import shards
-from batchgen.check import check_ledger
-from batchgen.compile import compile_stage
 from batchgen.ledger import Ledger
-from batchgen.scheduler import Runner, register_job
-from batchgen.spec import LimitsSpec
-from batchgen.workspace import Workspace
+from batchgen.ledger.check import check_ledger
+from batchgen.ledger.workspace import Workspace
+from batchgen.recipe.compile import compile_stage
+from batchgen.recipe.spec import LimitsSpec
+from batchgen.run import shards
+from batchgen.run.tick import Runner, register_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_a_shard_is_split_into_parts_of_its_own(job, indices):
     ledger, workspace, spec = job
     stage = spec.stage()
     attempt = 1 if indices is None else 2
-    result = compile_stage(spec, stage, workspace=workspace, attempt=attempt, indices=indices)
+    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=indices)
     with ledger.transaction():
         shards.record_compile(ledger, spec, stage, result)
     (shard,) = ledger.rows("SELECT * FROM shards")

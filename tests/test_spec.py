@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from batchgen.cli import cli
 from batchgen.errors import SpecError
-from batchgen.spec import load_spec
+from batchgen.recipe.loader import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_API = ROOT / "jobs" / "task_api"
@@ -210,7 +210,7 @@ def test_loading_a_spec_does_not_build_a_tokenizer() -> None:
     import subprocess
     import sys
 
-    code = ("from batchgen import tokens; from batchgen.spec import load_spec; load_spec('jobs/task_api'); "
+    code = ("from batchgen.recipe import tokens; from batchgen.recipe.loader import load_spec; load_spec('jobs/task_api'); "
             "load_spec('jobs/evol_task_api'); print(tokens.get_encoding.cache_info().currsize)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parent.parent)

@@ -7,7 +7,7 @@ import pytest
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
-from batchgen import formats, tokens
+from batchgen.recipe import formats, tokens
 
 SAMPLES = [
     "hello world",

@@ -5,8 +5,7 @@ import copy
 import orjson
 import pytest
 
-from batchgen.formats import Turn, from_turns, parse_example
-from batchgen.validate import (
+from batchgen.dataset.validate import (
     CATEGORIES,
     Deduper,
     ExampleVerdict,
@@ -22,6 +21,7 @@ from batchgen.validate import (
     validate_example,
     validate_response,
 )
+from batchgen.recipe.formats import Turn, from_turns, parse_example
 
 # The lesson's seed examples and its format patterns (Stage 1 and Stage 4).
 SEEDS = [

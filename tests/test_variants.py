@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.spec import load_spec
-from batchgen.variants import VariantPlan, coverage, expand_variants, request_count
+from batchgen.recipe.loader import load_spec
+from batchgen.recipe.variants import VariantPlan, coverage, expand_variants, request_count
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_API = ROOT / "jobs" / "task_api"
@@ -114,8 +114,8 @@ def test_weighted_strategy_allocates_by_weight(tmp_path: Path) -> None:
 
 
 def test_balanced_cross_order_is_a_bijection() -> None:
-    from batchgen.spec import AxesSpec
-    from batchgen.variants import CellPlan
+    from batchgen.recipe.spec import AxesSpec
+    from batchgen.recipe.variants import CellPlan
 
     axes = AxesSpec(values={"a": [1, 2, 3], "b": ["x", "y"], "c": [True, False], "d": ["p", "q", "r", "s"]})
     plan = CellPlan(axes, 48)

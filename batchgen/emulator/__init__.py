@@ -9,11 +9,11 @@
 `start_embedded` runs the emulator in this process (it waits for the state directory if another process holds
 it); `connect_embedded` does that when the state is free and otherwise attaches to the holder's server.
 
-The emulator imports nothing from batchgen except `batchgen.tokens`.
+The emulator imports nothing from batchgen except `batchgen.recipe.tokens`.
 """
 
 from batchgen.emulator.config import ConfigError, EmulatorConfig, serve_overrides
-from batchgen.emulator.control import ControlError, EmulatorControl
+from batchgen.emulator.control_client import ControlError, EmulatorControl
 from batchgen.emulator.engine import Engine, StateInUse
 from batchgen.emulator.executor import Executor, LineRequest, LineResult
 from batchgen.emulator.server import (

@@ -5,8 +5,6 @@ Every non-2xx answer is the API's error envelope; bad input never produces a tra
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,56 +19,8 @@ from batchgen.emulator import ids
 from batchgen.emulator.apierror import APIError, bad_request, error_envelope
 from batchgen.emulator.engine import Engine
 from batchgen.emulator.executor import SYNC_BATCH, LineRequest
+from batchgen.emulator.http import JSON, Handler, guarded, int_param, json_body
 from batchgen.emulator.upload import receive_upload
-
-log = logging.getLogger("batchgen.emulator")
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def error_response(error: APIError) -> Response:
-    return JSON(error.envelope(), status_code=error.status, headers=error.headers)
-
-
-def guarded(handler: Handler) -> Handler:
-    """Turn APIError into its envelope and any other exception into a 500 envelope (logged, no traceback out)."""
-
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except APIError as error:
-            return error_response(error)
-        except Exception:
-            log.exception("emulator request %s %s failed", request.method, request.url.path)
-            return JSON(error_envelope("The server had an error while processing your request.", "server_error"),
-                        status_code=500)
-
-    return wrapper
-
-
-async def json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as error:
-        raise bad_request("We could not parse the JSON body of your request. (HINT: This likely means you "
-                          "aren't using your HTTP library correctly.)") from error
-
-
-def int_param(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as error:
-        raise bad_request(f"Invalid '{name}': expected an integer.", param=name) from error
 
 
 def api_routes(engine: Engine) -> list[Route]:

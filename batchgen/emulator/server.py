@@ -15,7 +15,7 @@ import uvicorn
 
 from batchgen.emulator.app import build_app
 from batchgen.emulator.config import EmulatorConfig
-from batchgen.emulator.control import EmulatorControl
+from batchgen.emulator.control_client import EmulatorControl
 from batchgen.emulator.engine import Engine, StateInUse
 from batchgen.emulator.executor import Executor
 from batchgen.emulator.shared import AttachedEmulator, Published, attach, publish, read_published, withdraw

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from batchgen.emulator.control import ControlError, EmulatorControl
+from batchgen.emulator.control_client import ControlError, EmulatorControl
 from batchgen.emulator.fsutil import read_json, write_json
 
 SERVER_FILE = "server.json"

@@ -1,7 +1,7 @@
 """The `simulate` executor: offline, deterministic for a seed, $0.
 
 Chat completions get content from `compose` (schema-valid JSON built from the prompt's seed examples, or text),
-usage counted with the real tokenizer (prompt tokens exactly as `batchgen.tokens.count_messages`, plus
+usage counted with the real tokenizer (prompt tokens exactly as `batchgen.recipe.tokens.count_messages`, plus
 `response_format_tokens` for a json_schema format), and
 `finish_reason: "length"` when `max_tokens` / `max_completion_tokens` cuts the answer. Embeddings are deterministic
 unit vectors (float lists, or base64 float32 as the SDK asks by default).
@@ -22,7 +22,7 @@ from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.executor import LineRequest, LineResult, error_body, line_rng
 from batchgen.emulator.tokencount import TokenCounter, _content_text
 from batchgen.emulator.validate import input_tokens
-from batchgen.tokens import response_format_tokens
+from batchgen.recipe.tokens import response_format_tokens
 
 _MAX_CHOICES = 8
 

@@ -1,4 +1,4 @@
-"""Token counts with a cache, exactly equal to `batchgen.tokens.count_messages` / `count_text`.
+"""Token counts with a cache, exactly equal to `batchgen.recipe.tokens.count_messages` / `count_text`.
 
 Prompts of a batch repeat big blocks (system prompt, seed examples), so counts are cached per distinct content. A
 long content that misses the cache is cut at line starts into chunks that are counted (and cached) separately. The
@@ -16,7 +16,7 @@ from typing import Any
 
 import tiktoken
 
-from batchgen.tokens import (
+from batchgen.recipe.tokens import (
     REPLY_PRIMING_TOKENS,
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,

@@ -24,11 +24,11 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from batchgen.compile import ShardInfo, _Packer, iter_requests
-from batchgen.pricing import ModelPrice, Rates, get_price
-from batchgen.render import request_response_format, stand_in_sources
-from batchgen.spec import CHAT, JobSpec, ResolvedStage
-from batchgen.tokens import count_text, response_format_tokens
+from batchgen.recipe.compile import ShardInfo, _Packer, iter_requests
+from batchgen.recipe.pricing import ModelPrice, Rates, get_price
+from batchgen.recipe.render import request_response_format, stand_in_sources
+from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
+from batchgen.recipe.tokens import count_text, response_format_tokens
 
 MILLION = Decimal(1_000_000)
 

@@ -1,6 +1,6 @@
 """The values validation produces: rejection reasons and their categories, verdicts, and the quality summary.
 
-`batchgen.validate` computes them and re-exports everything here; import from there.
+`batchgen.dataset.validate` computes them and re-exports everything here; import from there.
 
 Categories, response level (the whole response yields no example): truncated, content_filter, finish_reason,
 refusal, empty_response, not_json, no_examples. Example level: schema, turn_count, role_order, empty_turn,
@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from batchgen.formats import Turn, from_turns
+from batchgen.recipe.formats import Turn, from_turns
 
 # Response-level categories: the whole response yields no example.
 TRUNCATED = "truncated"

@@ -17,18 +17,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen import shards
-from batchgen.client import BatchClient, choose_backend, is_transient
-from batchgen.collect import collect_batch
 from batchgen.crashpoints import crash_point
+from batchgen.dataset.report import dataset, export_job
 from batchgen.errors import BackendError, BatchgenError, BudgetExceeded, SpecError
 from batchgen.ledger import UNFINISHED, Ledger, dec_sum, utcnow
-from batchgen.plan import plan_stage
-from batchgen.pricing import get_price
-from batchgen.reconcile import open_intent, reconcile, upload_name
-from batchgen.report import dataset, export_job
-from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage, load_spec
-from batchgen.workspace import Workspace
+from batchgen.ledger.workspace import Workspace
+from batchgen.recipe.loader import load_spec
+from batchgen.recipe.plan import plan_stage
+from batchgen.recipe.pricing import get_price
+from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
+from batchgen.run import shards
+from batchgen.run.client import BatchClient, choose_backend, is_transient
+from batchgen.run.collect import collect_batch
+from batchgen.run.recovery import open_intent, reconcile, upload_name
 
 ACTIVE = "active"
 CANCELLED = "cancelled"

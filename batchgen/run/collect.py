@@ -25,15 +25,15 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from batchgen import pricing
-from batchgen.client import BatchClient
 from batchgen.crashpoints import crash_point
+from batchgen.dataset.result_lines import Judged, judged_lines
+from batchgen.dataset.validate import Deduper, Rules, example_key
 from batchgen.errors import BackendError
-from batchgen.judge import Judged, judged_lines
 from batchgen.ledger import Ledger, utcnow
-from batchgen.spec import JobSpec
-from batchgen.validate import Deduper, Rules, example_key
-from batchgen.workspace import Workspace
+from batchgen.ledger.workspace import Workspace
+from batchgen.recipe import pricing
+from batchgen.recipe.spec import JobSpec
+from batchgen.run.client import BatchClient
 
 CHUNK = 2000
 ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}

@@ -39,11 +39,11 @@ import jinja2
 import orjson
 from jinja2 import meta
 
-from batchgen import formats
 from batchgen.errors import SpecError
-from batchgen.spec import CHAT, JobSpec, ResolvedStage
-from batchgen.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, encoding_for_model, response_format_tokens
-from batchgen.variants import Variant, VariantPlan
+from batchgen.recipe import formats
+from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
+from batchgen.recipe.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, encoding_for_model, response_format_tokens
+from batchgen.recipe.variants import Variant, VariantPlan
 
 BASE_VARIABLES = frozenset(
     {
@@ -159,8 +159,6 @@ class Renderer:
             self.template = env.get_template(stage.template)
             used = meta.find_undeclared_variables(env.parse(spec.template_text(stage)))
         except jinja2.TemplateError as error:
-            from batchgen.jobfiles import template_error
-
             raise template_error(spec, stage.template, error) from None
         self.used = used
         self.per_request = bool(used & {"index", "attempt"})
@@ -212,8 +210,6 @@ class Renderer:
         try:
             return self.template.render(self.context(variant, attempt))
         except jinja2.TemplateError as error:
-            from batchgen.jobfiles import template_error
-
             raise template_error(self.spec, self.template_name, error) from None
 
     def body(self, variant: Variant, attempt: int = 1) -> tuple[bytes, int]:
@@ -325,3 +321,21 @@ def _unknown_variable(
     if name in SOURCE_VARIABLES:
         extra = f"; '{name}' exists only in a stage with from = \"...\""
     return SpecError(f"{path}{where}: template variable '{name}' is not defined{extra}")
+
+
+def template_error(spec: JobSpec, template: str, error: Exception) -> SpecError:
+    """A SpecError naming the template file and line for a Jinja2 error."""
+    path = spec.job_dir / template
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        return SpecError(f"{path} line {error.lineno}: template syntax error: {error.message}")
+    line = _template_line(error, str(path))
+    return SpecError(f"{path}{f' line {line}' if line else ''}: {error}")
+
+
+def _template_line(error: BaseException, filename: str) -> int | None:
+    import traceback
+
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if frame.filename == filename:
+            return frame.lineno
+    return None

@@ -1,8 +1,8 @@
 """Compile a stage into Batch API input files (shards), streamed to disk, byte-identical on every run.
 
-Layout under the workspace::
+Layout under the shards folder (`shards_dir`, the workspace's `shards/`)::
 
-    shards/<job>/<stage>/<spec hash 12>/a<attempt>[-<subset digest 10>][-split]/
+    <job>/<stage>/<spec hash 12>/a<attempt>[-<subset digest 10>][-split]/
         shard-00000.jsonl            request lines (the Batch API input file)
         shard-00000.manifest.jsonl   one line per request, same order (see below)
         shards.json                  the list of ShardInfo of this compile
@@ -33,10 +33,9 @@ from typing import IO, Any
 import orjson
 
 from batchgen.errors import SpecError
-from batchgen.render import RenderedRequest, Renderer
-from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage
-from batchgen.variants import VariantPlan
-from batchgen.workspace import Workspace
+from batchgen.recipe.render import RenderedRequest, Renderer
+from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
+from batchgen.recipe.variants import VariantPlan
 
 
 @dataclass(frozen=True)
@@ -216,21 +215,21 @@ def iter_requests(
 
 
 def stage_directory(
-    workspace: Workspace, spec: JobSpec, stage: str, attempt: int, indices: Iterable[int] | None, label: str = ""
+    shards_dir: Path, spec: JobSpec, stage: str, attempt: int, indices: Iterable[int] | None, label: str = ""
 ) -> Path:
     """Where the shards of one compile go (see the module docstring)."""
     name = f"a{attempt}"
     if indices is not None:
         digest = hashlib.sha256(",".join(map(str, sorted(set(indices)))).encode()).hexdigest()[:10]
         name += f"-{digest}"
-    return workspace.shards_dir / spec.name / stage / spec.spec_hash[:12] / (name + (f"-{label}" if label else ""))
+    return shards_dir / spec.name / stage / spec.spec_hash[:12] / (name + (f"-{label}" if label else ""))
 
 
 def compile_stage(
     spec: JobSpec,
     stage: ResolvedStage | str | None = None,
     *,
-    workspace: Workspace | None = None,
+    shards_dir: str | Path | None = None,
     attempt: int = 1,
     indices: Iterable[int] | None = None,
     sources: Sequence[dict[str, Any]] | None = None,
@@ -240,15 +239,17 @@ def compile_stage(
 ) -> CompileResult:
     """Compile one stage (or the given variant indices of it) for one attempt; stream the shards to disk.
 
-    `sources` are the valid examples of the `from` stage (dicts in the job's format). `limits` overrides the
-    job's [limits]. With write=False nothing is written; the result describes the shards it would write.
+    The shards go under `shards_dir` (the workspace's `shards/`). `sources` are the valid examples of the `from`
+    stage (dicts in the job's format). `limits` overrides the job's [limits]. With write=False nothing is written;
+    the result describes the shards it would write.
     """
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     chosen = sorted(set(indices)) if indices is not None else None
     directory: Path | None = None
     if write:
-        workspace = (workspace or Workspace.resolve()).ensure()
-        directory = stage_directory(workspace, spec, resolved.name, attempt, chosen, label)
+        if shards_dir is None:
+            raise ValueError("compile_stage(write=True) needs shards_dir")
+        directory = stage_directory(Path(shards_dir), spec, resolved.name, attempt, chosen, label)
         directory.mkdir(parents=True, exist_ok=True)
     packer = _Packer(limits or spec.limits, spec.model, resolved, attempt, directory)
     try:

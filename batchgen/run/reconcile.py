@@ -23,10 +23,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen.client import BatchClient
 from batchgen.errors import BackendError
 from batchgen.ledger import TERMINAL, Ledger, dec_sum
-from batchgen.pricing import get_price
+from batchgen.recipe.pricing import get_price
+from batchgen.run.client import BatchClient
 
 
 @dataclass

@@ -31,7 +31,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
-from batchgen.spec import AxesSpec, JobSpec, ResolvedStage
+from batchgen.recipe.spec import AxesSpec, JobSpec, ResolvedStage
 
 
 @dataclass(frozen=True)

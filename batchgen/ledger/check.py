@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError
-from batchgen.ledger import Ledger, dec_sum
-from batchgen.pricing import ModelPrice, get_price
-from batchgen.workspace import Workspace
+from batchgen.ledger.base import dec_sum
+from batchgen.ledger.store import Ledger
+from batchgen.ledger.workspace import Workspace
+from batchgen.recipe.pricing import ModelPrice, get_price
 
 OUTCOMES = ("succeeded", "invalid", "failed", "expired", "cancelled", "missing", "rejected", "retried")
 _IN = ",".join(f"'{s}'" for s in OUTCOMES)

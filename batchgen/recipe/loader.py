@@ -1,7 +1,7 @@
 """Reading a job directory: job.toml, the seed file and the templates, each problem as one SpecError line.
 
-Used by `batchgen.spec.load_spec`; nothing here is read outside the job directory except the price tables,
-which `batchgen.pricing` reads to check that the model has a price.
+`load_spec` is the way in; nothing here is read outside the job directory except the price tables,
+which `batchgen.recipe.pricing` reads to check that the model has a price.
 """
 
 from __future__ import annotations
@@ -13,17 +13,32 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from pydantic import BaseModel, ValidationError
 
-from batchgen import formats
 from batchgen.errors import PricingError, SpecError
-from batchgen.spec import CHAT, JOB_FILE, JobSpec, StageSpec, spec_digest
-from batchgen.tokens import UnknownEncoding, encoding_name_for_model
+from batchgen.recipe import formats
+from batchgen.recipe.pricing import get_price
+from batchgen.recipe.render import check_templates
+from batchgen.recipe.spec import CHAT, JOB_FILE, JobSpec, StageSpec
+from batchgen.recipe.tokens import UnknownEncoding, encoding_name_for_model
+
+
+def resolve_job_dir(ref: str | Path) -> Path:
+    """A job directory from a path or a bare name under ./jobs."""
+    path = Path(ref)
+    if path.is_dir() or path.suffix == ".toml" or path.parent != Path("."):
+        return path.parent if path.name == JOB_FILE else path
+    candidate = Path("jobs") / path
+    return candidate if candidate.is_dir() else path
+
+
+def load_spec(job_dir: str | Path) -> JobSpec:
+    """Load, validate and check a job directory; raises SpecError with one line on any problem."""
+    return load_job(resolve_job_dir(job_dir))
 
 
 def load_job(job_dir: Path) -> JobSpec:
-    """Load and check a job directory (see `batchgen.spec.load_spec`)."""
+    """Load and check a job directory (see `load_spec`)."""
     toml_path = job_dir / JOB_FILE
     if not job_dir.is_dir():
         raise SpecError(f"No job directory {job_dir}; create one with 'batchgen init NAME'")
@@ -46,18 +61,12 @@ def load_job(job_dir: Path) -> JobSpec:
     for stage, raw in zip(spec.resolved_stages(), raws, strict=True):
         key = f"stages.{stage.name}.template" if raw is not None and raw.template else "prompt.template"
         templates[stage.template] = _job_file(job_dir, stage.template, key).read_text(encoding="utf-8")
-    spec._dir = job_dir
-    spec._seeds = tuple(seeds)
-    spec._templates = templates
-    spec._hash = spec_digest(spec, templates, seeds_bytes)
-    from batchgen.render import check_templates
-
+    spec = spec.loaded(job_dir, tuple(seeds), templates, seeds_bytes)
     check_templates(spec)
     return spec
 
 
 def _check_model(spec: JobSpec, job_dir: Path) -> None:
-    from batchgen.pricing import get_price
 
     try:
         encoding_name_for_model(spec.model)
@@ -186,104 +195,3 @@ def _line_of(text: str, loc: list[str]) -> int | None:
     table = re.compile(rf"^\s*\[+\s*{re.escape('.'.join(keys))}\s*\]+", re.MULTILINE)
     match = pattern.search(text) or table.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
-
-
-def template_error(spec: JobSpec, template: str, error: Exception) -> SpecError:
-    """A SpecError naming the template file and line for a Jinja2 error."""
-    path = spec.job_dir / template
-    if isinstance(error, jinja2.TemplateSyntaxError):
-        return SpecError(f"{path} line {error.lineno}: template syntax error: {error.message}")
-    line = _template_line(error, str(path))
-    return SpecError(f"{path}{f' line {line}' if line else ''}: {error}")
-
-
-def _template_line(error: BaseException, filename: str) -> int | None:
-    import traceback
-
-    for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if frame.filename == filename:
-            return frame.lineno
-    return None
-
-
-# --- scaffolding a new job ------------------------------------------------------------------------------
-
-_INIT_TOML = """# A batchgen job; plan it with: batchgen plan {path}
-name = "{name}"
-description = "Describe what the dataset teaches"
-model = "{model}"
-format = "{fmt}"
-target = 100                 # valid examples wanted
-examples_per_request = 10    # examples asked for per request (1..50)
-overgeneration = 1.1         # extra requests for invalid and duplicate examples
-budget_usd = 0.05
-
-[prompt]
-system = "You generate training data in JSON format."
-template = "prompt.j2"
-seeds = "seeds.jsonl"
-seeds_per_request = 3
-temperature = [0.7, 1.0]
-max_tokens = 2000
-structured_output = "json_schema"
-
-[axes]
-strategy = "cross"
-
-[axes.values]
-style = ["formal", "casual", "question"]
-difficulty = ["easy", "hard"]
-
-[validate]
-response_patterns = []
-min_turns = 2
-max_turns = 10
-"""
-
-_INIT_PROMPT = """You are generating training examples for an assistant.
-
-## Examples
-{{ seed_examples }}
-
-## Your Task
-Generate {{ count }} NEW examples in the same format that:
-1. Use a {{ style }} phrasing style
-2. Are {{ difficulty }} for the assistant to answer
-3. Do NOT repeat the examples above
-
-Return a JSON object {"examples": [...]} holding {{ count }} examples.
-"""
-
-_INIT_SEEDS = [
-    ("How many days are there in a leap year?", "A leap year has 366 days: February gets a 29th day."),
-    ("Could you convert 5 kilometres to miles?", "5 kilometres is about 3.11 miles (1 km = 0.621 miles)."),
-    ("what's the capital of australia", "The capital of Australia is Canberra, not Sydney."),
-]
-
-
-def scaffold_job(
-    name: str, parent: Path = Path("jobs"), *, model: str = "gpt-4o-mini", fmt: str = "sharegpt"
-) -> Path:
-    """Create `<parent>/<name>/` with job.toml, prompt.j2 and seeds.jsonl; the job loads and plans as is."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", name):
-        raise SpecError(f"Job name {name!r}: use letters, digits, '_', '.', '-' (at most 40 characters)")
-    if fmt not in formats.FORMATS:
-        raise SpecError(f"Unknown format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
-    job_dir = parent / name
-    if job_dir.exists():
-        raise SpecError(f"{job_dir} already exists; choose another name or remove it")
-    turns = [
-        [formats.Turn(role="user", content=q), formats.Turn(role="assistant", content=a)]
-        for q, a in _INIT_SEEDS
-    ]
-    seeds = "".join(json.dumps(formats.from_turns(t, fmt), ensure_ascii=False) + "\n" for t in turns)
-    try:
-        job_dir.mkdir(parents=True)
-        (job_dir / JOB_FILE).write_text(
-            _INIT_TOML.format(name=name, model=model, fmt=fmt, path=job_dir), encoding="utf-8"
-        )
-        (job_dir / "prompt.j2").write_text(_INIT_PROMPT, encoding="utf-8")
-        (job_dir / "seeds.jsonl").write_text(seeds, encoding="utf-8")
-    except OSError as error:
-        raise SpecError(f"Cannot create {job_dir}: {error.strerror or error}") from None
-    return job_dir

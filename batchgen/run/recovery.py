@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchgen.client import BatchClient
 from batchgen.errors import BackendError
 from batchgen.ledger import Ledger, utcnow
+from batchgen.run.client import BatchClient
 
 if TYPE_CHECKING:
-    from batchgen.scheduler import Runner
-    from batchgen.spec import JobSpec
+    from batchgen.recipe.spec import JobSpec
+    from batchgen.run.tick import Runner
 
 FILENAME_KEY = re.compile(r"^batchgen-([0-9a-f]{32})-")
 
@@ -75,7 +75,7 @@ def reconcile(runner: Runner, client: BatchClient, spec: JobSpec, *, resume: boo
 
     With resume=False (commands that submit nothing) remote batches are adopted, and the rest waits.
     """
-    from batchgen.scheduler import record_batch, submit_shard, update_batch  # scheduler calls this module
+    from batchgen.run.tick import record_batch, submit_shard, update_batch  # scheduler calls this module
 
     ledger, done = runner.ledger, Reconciled()
     pending = ledger.rows("SELECT * FROM intents WHERE job = ? AND kind = 'submit' AND status = 'pending' "

@@ -9,10 +9,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen.export import ExportRecord, ExportResult, Provenance, export_dataset
+from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
+from batchgen.dataset.validate import Reason, Summary
 from batchgen.ledger import Ledger, dec_sum
-from batchgen.spec import JobSpec
-from batchgen.validate import Reason, Summary
+from batchgen.recipe.spec import JobSpec
 
 
 def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:

@@ -42,6 +42,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from batchgen._version import __version__
 from batchgen.errors import PricingError
 
 ENV_VAR = "BATCHGEN_PRICES"
@@ -147,8 +148,6 @@ def _get_price(model: str, user_file: str | None, day: str) -> ModelPrice:
             return _from_entry(model, entry, f"{user_file}")
     entry = _match(_project_table(), model)
     if entry is not None:
-        from batchgen import __version__
-
         return _from_entry(model, entry, f"batchgen {__version__} price table")
     price = _from_genai_prices(model, day)
     if price is None:

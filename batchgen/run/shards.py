@@ -19,14 +19,14 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen.compile import CompileResult, compile_stage, read_manifest
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger, utcnow
-from batchgen.plan import expected_output_tokens
-from batchgen.pricing import ModelPrice, get_price
-from batchgen.spec import JobSpec, LimitsSpec, ResolvedStage
-from batchgen.variants import request_count
-from batchgen.workspace import Workspace
+from batchgen.ledger.workspace import Workspace
+from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
+from batchgen.recipe.plan import expected_output_tokens
+from batchgen.recipe.pricing import ModelPrice, get_price
+from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
+from batchgen.recipe.variants import request_count
 
 RETRY_FREE = ("expired", "cancelled")
 RETRY_CODES = ("rate_limit_exceeded", "server_error", "request_timeout", "missing", "timeout")
@@ -38,7 +38,7 @@ def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     if ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
         return
     sources = stage_sources(ledger, spec, stage)
-    result = compile_stage(spec, stage, workspace=workspace, sources=sources, limits=limits)
+    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, sources=sources, limits=limits)
     with ledger.transaction():
         if not ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
             record_compile(ledger, spec, stage, result)
@@ -144,7 +144,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
         return 0
     attempt = int(ledger.scalar("SELECT max(attempt) FROM requests WHERE job = ? AND stage = ?",
                                 [spec.name, stage.name])) + 1
-    result = compile_stage(spec, stage, workspace=workspace, attempt=attempt, indices=variants,
+    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits)
     with ledger.transaction():
         still = retry_candidates(ledger, spec, stage.name)[1]
@@ -202,8 +202,8 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     sources = stage_sources(ledger, spec, stage)
     result = None
     while count > 0:
-        result = compile_stage(spec, stage, workspace=workspace, attempt=attempt, indices=range(first, first + count),
-                               sources=sources, limits=limits)
+        result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt,
+                               indices=range(first, first + count), sources=sources, limits=limits)
         if budget_left is None:
             break
         fits = _prefix_within(result, price, budget_left)  # the estimate above used the largest prompt so far
@@ -254,7 +254,7 @@ def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict
     variants = [r[0] for r in ledger.execute("SELECT variant FROM requests WHERE shard_id = ?", [shard["id"]])]
     stage = spec.stage(shard["stage"])
     # A folder of its own: the same attempt and variants as a retry or top-up shard would be that shard's folder.
-    result = compile_stage(spec, stage, workspace=workspace, attempt=shard["attempt"], indices=variants,
+    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=shard["attempt"], indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits, label="split")
     with ledger.transaction():
         if ledger.scalar("SELECT status FROM shards WHERE id = ?", [shard["id"]]) != "pending":

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from batchgen.crashpoints import crash_point
 from batchgen.errors import BatchgenError
-from batchgen.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
+from batchgen.recipe.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
 
 ProvenanceMode = Literal["inline", "sidecar", "none"]
 PROVENANCE_MODES: tuple[str, ...] = ("inline", "sidecar", "none")

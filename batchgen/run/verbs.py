@@ -6,11 +6,12 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-from batchgen.client import is_transient
 from batchgen.errors import BackendError, NotFoundError
 from batchgen.ledger import UNFINISHED
-from batchgen.reconcile import reconcile
-from batchgen.scheduler import (
+from batchgen.recipe.spec import JobSpec
+from batchgen.run.client import is_transient
+from batchgen.run.recovery import reconcile
+from batchgen.run.tick import (
     JobProgress,
     Runner,
     advance,
@@ -20,7 +21,6 @@ from batchgen.scheduler import (
     submit_pending,
     update_batch,
 )
-from batchgen.spec import JobSpec
 
 MAX_SLEEP = 60.0
 MAX_OUTAGE = 1800.0

@@ -27,18 +27,18 @@ from typing import IO, Any
 
 import orjson
 
+from batchgen.dataset.validate import Rules, judge_examples, parse_response
 from batchgen.errors import BatchgenError
-from batchgen.validate import Rules, judge_examples, parse_response
 
 # A result file at least this big is judged in a worker process: about 8,000 lines of a typical output file, where
 # the worker's start (about 0.2 s) is already small next to the judging it takes off the caller.
 PARALLEL_BYTES = 16 << 20
 CHUNK_LINES = 1000  # judged lines per message from the worker (about 1.7 MB for 6 examples a line)
 QUEUE_CHUNKS = 8  # messages the worker may run ahead of the caller
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # The worker imports this very copy of batchgen (found through the package, not the path), then runs `_worker`.
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import batchgen; sys.path.pop(0); "
-              "from batchgen.judge import _worker; _worker()")
+              "from batchgen.dataset.result_lines import _worker; _worker()")
 
 Judged = tuple[Any, ...]
 

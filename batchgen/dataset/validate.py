@@ -25,8 +25,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from batchgen.formats import Turn, parse_example, to_turns
-from batchgen.verdicts import (
+from batchgen.dataset.reasons import (
     CATEGORIES,
     CONTENT_FILTER,
     DEDUPE_MODES,
@@ -56,6 +55,7 @@ from batchgen.verdicts import (
     ResponseVerdict,
     Summary,
 )
+from batchgen.recipe.formats import Turn, parse_example, to_turns
 
 EXCERPT_CHARS = 50
 

@@ -1,9 +1,7 @@
 """The job spec: `jobs/<name>/job.toml` plus the seed file and prompt templates it names.
 
-`load_spec(job_dir)` reads and checks everything a job needs before a request is compiled, and raises
-`SpecError` with one line naming the file (and line) and the fix. It renders the first request of every
-stage once, so a template variable that does not exist is caught when the job is loaded, not after a batch
-comes back.
+`batchgen.recipe.loader.load_spec(job_dir)` reads and checks everything a job needs before a request is compiled,
+and raises `SpecError` with one line naming the file (and line) and the fix.
 
 Layout of job.toml (every key is optional unless marked; see README "Job spec reference")::
 
@@ -44,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from batchgen.errors import SpecError
 
 JOB_FILE = "job.toml"
+# A job name: it names a directory, a dataset file and the ledger rows, so it stays short and plain.
+JOB_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}"
 AxisValue = str | int | bool
 Temperature = Annotated[float, Field(ge=0, le=2)]
 CHAT: Final = "/v1/chat/completions"
@@ -146,7 +146,7 @@ class StageSpec(_Strict):
 class JobSpec(_Strict):
     """A job: what to generate, how, how much, and for how much money."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+    name: str = Field(pattern=f"^{JOB_NAME}$")
     description: str = ""
     model: str
     endpoint: Literal["/v1/chat/completions", "/v1/embeddings"] = CHAT
@@ -185,6 +185,15 @@ class JobSpec(_Strict):
                 raise ValueError(f"stage {stage.name!r} has no template and prompt.template is not set")
         if not self.stages and self.prompt.template is None:
             raise ValueError("prompt.template is required (or give each [[stages]] a template)")
+        return self
+
+    def loaded(self, job_dir: Path, seeds: tuple[dict[str, Any], ...], templates: dict[str, str],
+               seeds_bytes: bytes) -> JobSpec:
+        """This spec with the content of its job directory attached (the loader's last step)."""
+        self._dir = job_dir
+        self._seeds = seeds
+        self._templates = templates
+        self._hash = spec_digest(self, templates, seeds_bytes)
         return self
 
     # --- loaded content
@@ -259,22 +268,6 @@ class ResolvedStage:
     system: str
 
 
-def resolve_job_dir(ref: str | Path) -> Path:
-    """A job directory from a path or a bare name under ./jobs."""
-    path = Path(ref)
-    if path.is_dir() or path.suffix == ".toml" or path.parent != Path("."):
-        return path.parent if path.name == JOB_FILE else path
-    candidate = Path("jobs") / path
-    return candidate if candidate.is_dir() else path
-
-
-def load_spec(job_dir: str | Path) -> JobSpec:
-    """Load, validate and check a job directory; raises SpecError with one line on any problem."""
-    from batchgen.jobfiles import load_job
-
-    return load_job(resolve_job_dir(job_dir))
-
-
 def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) -> str:
     """The spec hash (see `JobSpec.spec_hash`)."""
     identity = spec.model_dump(
@@ -299,11 +292,10 @@ __all__ = [
     "LimitsSpec",
     "StageSpec",
     "ResolvedStage",
-    "load_spec",
-    "resolve_job_dir",
     "spec_digest",
     "ValidationError",
     "JOB_FILE",
+    "JOB_NAME",
     "CHAT",
     "EMBEDDINGS",
 ]

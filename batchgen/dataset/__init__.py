@@ -1,0 +1,2 @@
+"""What comes back: parsing and validation of generated examples with reasons, dedupe, export, and reports on the
+dataset."""

@@ -57,3 +57,8 @@ class PricingError(BatchgenError):
 
 class WorkspaceBusy(BatchgenError):
     pass
+
+
+def is_retryable_status(code: int) -> bool:
+    """The one rule for an HTTP status worth asking again (as the OpenAI SDK retries): 408, 409, 429 and 5xx."""
+    return code in (408, 409, 429) or code >= 500

@@ -23,7 +23,7 @@ import openai
 from openai.types import Batch, FileObject
 
 from batchgen.crashpoints import crash_point
-from batchgen.errors import BackendError
+from batchgen.errors import BackendError, is_retryable_status
 
 if TYPE_CHECKING:
     from batchgen.emulator import AttachedEmulator, EmbeddedEmulator
@@ -130,7 +130,7 @@ class BatchClient:
             code = error.status_code
             raise BackendError(f"{what} failed: HTTP {code}: {message}", status_code=code,
                                request_id=error.request_id,
-                               transient=code in (408, 409, 429) or code >= 500) from error
+                               transient=is_retryable_status(code)) from error
         except openai.APIConnectionError as error:
             raise BackendError(f"{what} failed: cannot reach {self.base_url} ({error.__cause__ or error})",
                                transient=True) from error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_gpt_4o_mini_batch_prices() -> None:
     price = get_price("gpt-4o-mini")
     assert price.batch.input == Decimal("0.075") and price.batch.output == Decimal("0.3")
     assert price.standard.input == Decimal("0.15") and price.standard.output == Decimal("0.6")
-    assert price.source.startswith("genai-prices 0.2.3 (openai/gpt-4o-mini")
+    assert price.source.startswith(f"genai-prices {version('genai-prices')} (openai/gpt-4o-mini")
 
 
 @pytest.mark.parametrize(

@@ -14,17 +14,9 @@ from pydantic import ValidationError
 from batchgen._version import __version__
 from batchgen.errors import BatchgenError
 from batchgen.output import echo_json, echo_table, output_options
+from batchgen.recipe.pricing import format_usd
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def render_validation_error(error: ValidationError) -> str:
-    """One `loc: msg` line per pydantic error."""
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"{loc}: {item['msg']}")
-    return "; ".join(lines)
 
 
 class BatchgenGroup(click.Group):
@@ -40,7 +32,9 @@ class BatchgenGroup(click.Group):
         except ValidationError as error:
             if _debug(ctx):
                 raise
-            raise click.ClickException(render_validation_error(error)) from error
+            from batchgen.recipe.loader import explain
+
+            raise click.ClickException(explain(error)) from error
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -159,25 +153,25 @@ backend_option = click.option(
     help="Where batches run (default: $BATCHGEN_BACKEND, the job's backend, or the free embedded emulator)")
 
 
-def _runner(workspace: str | None, backend: str | None = None, budget_mode: str = "worst",
+def _session(workspace: str | None, backend: str | None = None, budget_mode: str = "worst",
             queue_limit: int | None = None, poll_interval: float | None = None) -> Any:
-    """A Runner on the workspace's ledger, closed when the command ends."""
+    """A Session on the workspace's ledger, closed when the command ends."""
     from batchgen.ledger import Ledger
     from batchgen.ledger.workspace import Workspace
-    from batchgen.run.tick import Runner
+    from batchgen.run.session import Session
 
     space = Workspace.resolve(workspace).ensure()
     ledger = Ledger.open(space.ledger_path)
-    runner = Runner(ledger, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
+    session = Session(ledger, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
                     poll_interval=poll_interval)
     ctx = click.get_current_context()
     ctx.call_on_close(ledger.close)
-    ctx.call_on_close(runner.close)
-    return runner
+    ctx.call_on_close(session.close)
+    return session
 
 
 def _lock(workspace: str | None, wait: float | None = None, on_wait: Any = None) -> Any:
-    """Take the workspace lock for the rest of the command (call before `_runner`, so that it is released last).
+    """Take the workspace lock for the rest of the command (call before `_session`, so that it is released last).
 
     Waits as long as it takes (wait=None), or raises WorkspaceBusy after `wait` seconds; `on_wait` is told whom
     it waits for.
@@ -225,26 +219,26 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
 
     note = _wait_note()
     lock = _lock(workspace, on_wait=note)
-    runner = _runner(workspace, backend, budget_mode, queue_limit, poll_interval)
-    spec = _register(runner, job)
+    session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
+    spec = _register(session, job)
     try:
-        run_job(runner, spec, None if quiet else _progress_line, sleep=lock.pausing(runner.close, note),
+        run_job(session, spec, None if quiet else _progress_line, sleep=lock.pausing(session.close, note),
                 on_outage=_outage_note)
     except KeyboardInterrupt:
         click.echo(f"\nStopped. Batches keep running; resume with 'batchgen run {job}' or check with "
                    f"'batchgen status {spec.name}'", err=True)
         sys.exit(130)
-    _print_summary(runner, spec.name, False)
+    _print_summary(session, spec.name, False)
 
 
 def _outage_note(message: str) -> None:
     click.echo(f"\nBackend unavailable: {message}", err=True)
 
 
-def _register(runner: Any, job: str) -> Any:
+def _register(session: Any, job: str) -> Any:
     from batchgen.run.tick import register_job
 
-    return register_job(runner, job)
+    return register_job(session, job)
 
 
 def _progress_line(p: Any) -> None:
@@ -256,10 +250,10 @@ def _progress_line(p: Any) -> None:
     click.echo(("\r" + line.ljust(110)) if sys.stderr.isatty() else line, err=True, nl=not sys.stderr.isatty())
 
 
-def _print_summary(runner: Any, name: str, json_: bool) -> None:
+def _print_summary(session: Any, name: str, json_: bool) -> None:
     from batchgen.dataset.report import job_summary
 
-    summary = job_summary(runner.ledger, name)
+    summary = job_summary(session.ledger, name)
     if json_:
         echo_json(summary)
         return
@@ -276,9 +270,9 @@ def _print_summary(runner: Any, name: str, json_: bool) -> None:
     t = summary["tokens"]
     click.echo(f"Tokens: prompt {t.get('prompt', 0)} (cached {t.get('cached', 0)}), "
                f"completion {t.get('completion', 0)}")
-    budget = f" of budget ${summary['budget_usd']}" if summary["budget_usd"] is not None else ""
-    click.echo(f"Cost: ${_usd(summary['spent_usd'])} at batch price{budget} "
-               f"(estimated ${_usd(summary['estimated_usd'])})")
+    budget = f" of budget {format_usd(summary['budget_usd'])}" if summary["budget_usd"] is not None else ""
+    click.echo(f"Cost: {format_usd(summary['spent_usd'])} at batch price{budget} "
+               f"(estimated {format_usd(summary['estimated_usd'])})")
     if summary["dataset"]:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
     for short in summary["short"]:
@@ -286,13 +280,6 @@ def _print_summary(runner: Any, name: str, json_: bool) -> None:
                if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")
         click.echo(f"Short: stage {short['stage']} has {short['target'] - short['missing']} of its "
                    f"{short['target']} examples ({why})")
-
-
-def _usd(amount: Any) -> str:
-    """Money for people: exact, without trailing zeros, at least two decimals."""
-    text = format(amount.normalize(), "f")
-    whole, _, cents = text.partition(".")
-    return f"{whole}.{cents.ljust(2, '0')}"
 
 
 @cli.command(name="submit")
@@ -310,9 +297,9 @@ def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | 
     from batchgen.run.verbs import submit_job
 
     _lock(workspace, on_wait=_wait_note())
-    runner = _runner(workspace, backend, budget_mode, queue_limit, poll_interval)
-    spec = _register(runner, job)
-    count, blocked = submit_job(runner, spec)
+    session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
+    spec = _register(session, job)
+    count, blocked = submit_job(session, spec)
     click.echo(f"Submitted {count} batch(es) for job {spec.name}" + (f"; {blocked}" if blocked else ""))
 
 
@@ -329,8 +316,8 @@ def collect_(job: str | None, workspace: str | None) -> None:
     from batchgen.run.verbs import collect_jobs
 
     _lock(workspace, on_wait=_wait_note())
-    runner = _runner(workspace)
-    for p in collect_jobs(runner, [job] if job else None):
+    session = _session(workspace)
+    for p in collect_jobs(session, [job] if job else None):
         running = sum(n for s, n in p.batches.items() if s not in TERMINAL)
         state = "done" if p.done else f"{running} batch(es) still running"
         if p.pending_shards:
@@ -359,8 +346,8 @@ def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None
     except WorkspaceBusy as error:
         click.echo(f"{error}; skipped")
         return
-    runner = _runner(workspace, None, budget_mode, queue_limit, poll_interval)
-    report = tick(runner)
+    session = _session(workspace, None, budget_mode, queue_limit, poll_interval)
+    report = tick(session)
     parts = [f"{p.job} {p.status} {p.finished}/{p.requests} (+{p.submitted_now} submitted, "
              f"+{p.collected_now} collected)" + (f" error: {p.error}" if p.error else "")
              + (f" waiting: {p.waiting_for_budget}" if p.waiting_for_budget else "") for p in report]
@@ -384,11 +371,11 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
     from batchgen.dataset.report import batch_rows
     from batchgen.run.lock import WorkspaceLock
 
-    runner = _runner(workspace)
-    lock = WorkspaceLock(runner.workspace.root)
+    session = _session(workspace)
+    lock = WorkspaceLock(session.workspace.root)
     while True:
-        active = _refresh(runner, lock, job)
-        rows = batch_rows(runner.ledger, job)
+        active = _refresh(session, lock, job)
+        rows = batch_rows(session.ledger, job)
         if json_:
             echo_json(rows)
         else:
@@ -398,7 +385,7 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         time.sleep(interval)
 
 
-def _refresh(runner: Any, lock: Any, job: str | None) -> bool:
+def _refresh(session: Any, lock: Any, job: str | None) -> bool:
     """Poll unfinished batches unless another batchgen holds the workspace (it polls them); True while any runs."""
     from batchgen.dataset.report import batch_rows
     from batchgen.ledger import TERMINAL
@@ -406,11 +393,11 @@ def _refresh(runner: Any, lock: Any, job: str | None) -> bool:
 
     if lock.try_acquire():
         try:
-            return bool(refresh_status(runner, job))
+            return bool(refresh_status(session, job))
         finally:
-            runner.close()  # the embedded emulator lives only while the lock is held
+            session.close()  # the embedded emulator lives only while the lock is held
             lock.release()
-    return any(row["status"] not in TERMINAL for row in batch_rows(runner.ledger, job))
+    return any(row["status"] not in TERMINAL for row in batch_rows(session.ledger, job))
 
 
 @cli.command(name="show")
@@ -423,7 +410,7 @@ def show_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None
     \b
         batchgen show task_api
     """
-    _print_summary(_runner(workspace), job, json_)
+    _print_summary(_session(workspace), job, json_)
 
 
 @cli.command(name="export")
@@ -446,11 +433,11 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
     from batchgen.dataset.report import export_job
     from batchgen.run.tick import job_spec
 
-    runner = _runner(workspace)
-    spec = job_spec(runner, job)
+    session = _session(workspace)
+    spec = job_spec(session, job)
     fmt_ = format_ or spec.format
-    path = Path(output) if output else runner.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
-    result = export_job(runner.ledger, spec, path, fmt_, provenance)
+    path = Path(output) if output else session.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
+    result = export_job(session.ledger, spec, path, fmt_, provenance)
     skipped = f" ({result.skipped_total} skipped: {dict(result.skipped)})" if result.skipped_total else ""
     click.echo(f"Wrote {result.written} examples to {result.path}{skipped}")
 
@@ -468,7 +455,7 @@ def cancel_(target: str, workspace: str | None) -> None:
     from batchgen.run.verbs import cancel
 
     _lock(workspace, on_wait=_wait_note())
-    for batch_id, status in cancel(_runner(workspace), target):
+    for batch_id, status in cancel(_session(workspace), target):
         click.echo(f"{batch_id}: {status}")
 
 
@@ -482,9 +469,9 @@ def jobs_() -> None:
 @output_options
 def jobs_list(workspace: str | None, json_: bool, fmt: str | None) -> None:
     """List every job: status, stage, backend, budget."""
-    runner = _runner(workspace)
+    session = _session(workspace)
     rows = [{k: r[k] for k in ("name", "status", "stage", "backend", "budget_usd", "created_utc")}
-            for r in runner.ledger.jobs()]
+            for r in session.ledger.jobs()]
     echo_json(rows) if json_ else (echo_table(rows, fmt=fmt) if rows else click.echo("No jobs yet"))
 
 
@@ -508,7 +495,7 @@ def ledger_path(workspace: str | None) -> None:
 @output_options
 def ledger_status(workspace: str | None, json_: bool, fmt: str | None) -> None:
     """Applied and pending migrations, and the number of rows in each table."""
-    ledger = _runner(workspace).ledger
+    ledger = _session(workspace).ledger
     data = {"path": str(ledger.path), **ledger.migration_status(), "rows": ledger.table_counts()}
     if json_:
         echo_json(data)
@@ -523,7 +510,7 @@ def ledger_status(workspace: str | None, json_: bool, fmt: str | None) -> None:
 @workspace_option
 def ledger_backup(target: str, workspace: str | None) -> None:
     """Copy the ledger to TARGET with VACUUM INTO (safe while a job runs)."""
-    path = _runner(workspace).ledger.backup(target)
+    path = _session(workspace).ledger.backup(target)
     click.echo(f"Backed up the ledger to {path}")
 
 
@@ -539,8 +526,8 @@ def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
     """
     from batchgen.ledger.check import check_ledger
 
-    runner = _runner(workspace)
-    report = check_ledger(runner.ledger, runner.workspace)
+    session = _session(workspace)
+    report = check_ledger(session.ledger, session.workspace)
     if json_:
         echo_json(report.to_dict())
     else:
@@ -565,16 +552,16 @@ def ledger_reconcile(job: str | None, workspace: str | None, json_: bool, fmt: s
     """
     from batchgen.run.reconcile import audit
 
-    runner = _runner(workspace)
+    session = _session(workspace)
     if job is not None:
-        runner.ledger.job(job)  # NotFoundError for an unknown job
-    report = audit(runner.ledger, runner.client, job)
+        session.ledger.job(job)  # NotFoundError for an unknown job
+    report = audit(session.ledger, session.client, job)
     if json_:
         echo_json(report.to_dict())
     else:
         rows = [(b.batch, b.job, b.ledger_status, b.provider_status or "-",
                  _token_text(b.ledger_tokens), _token_text(b.provider_tokens),
-                 "-" if b.ledger_usd is None else f"${_usd(b.ledger_usd)}",
+                 "-" if b.ledger_usd is None else f"{format_usd(b.ledger_usd)}",
                  "; ".join(b.problems or b.notes) or "agrees") for b in report.batches]
         if rows:
             echo_table(rows, headers=("batch", "job", "ledger", "provider", "ledger tokens", "provider tokens",

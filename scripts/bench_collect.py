@@ -49,21 +49,20 @@ SETUP = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from batchgen.ledger import Ledger
-    from batchgen.run.tick import Runner, register_job, ensure_compiled, record_batch
+    from batchgen.run.session import Session
+    from batchgen.run.tick import register_job, ensure_compiled
     from batchgen.ledger.workspace import Workspace
     job_dir, ws = Path(sys.argv[1]), Workspace(Path(sys.argv[2])).ensure()
     ledger = Ledger.open(ws.ledger_path)
-    runner = Runner(ledger, ws)
-    spec = register_job(runner, job_dir)
-    ensure_compiled(runner, spec, spec.stage())
-    shard = ledger.one("SELECT * FROM shards")
-    class Fake:  # only its identity is recorded
-        identity = "embedded"
+    session = Session(ledger, ws)
+    spec = register_job(session, job_dir)
+    ensure_compiled(session, spec, spec.stage())
+    shard = ledger.pending_shards(spec.name)[0]
     batch = {"id": "batch_bench", "status": "completed", "input_file_id": "file-in", "created_at": 0}
     with ledger.transaction():
-        record_batch(ledger, Fake(), spec.name, shard, batch, 0.0)
-        ledger.execute("UPDATE batches SET output_file_id = 'file-out' WHERE id = 'batch_bench'")
-    print(json.dumps([r[0] for r in ledger.execute("SELECT custom_id FROM requests")]))
+        ledger.record_batch(spec.name, shard, batch, backend="embedded", next_poll=0.0)
+        ledger.record_poll(spec.name, {**batch, "output_file_id": "file-out"}, polls=1, next_poll=0.0)
+    print(json.dumps([r["custom_id"] for r in ledger.rows("SELECT custom_id FROM requests")]))
 """)
 
 TIMED = textwrap.dedent("""
@@ -96,14 +95,15 @@ TIMED = textwrap.dedent("""
 
     from batchgen.run.collect import collect_batch
     from batchgen.ledger import Ledger
-    from batchgen.run.tick import job_spec, Runner
+    from batchgen.run.session import Session
+    from batchgen.run.tick import job_spec
     from batchgen.ledger.workspace import Workspace
     ws = Workspace(Path(sys.argv[1]))
     start = time.perf_counter()
     ledger = Ledger.open(ws.ledger_path)
-    runner = Runner(ledger, ws)
-    spec = job_spec(runner, "bench_collect")
-    batch = ledger.one("SELECT * FROM batches")
+    session = Session(ledger, ws)
+    spec = job_spec(session, "bench_collect")
+    batch = ledger.batch("batch_bench")
     report = collect_batch(ledger, None, ws, spec, batch)
     print(time.perf_counter() - start, report.examples_valid, sum(report.outcomes.values()),
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, child_peak_kb)

@@ -16,7 +16,8 @@ from pathlib import Path
 from batchgen.emulator import EmulatorControl
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
-from batchgen.run.tick import Runner, advance, register_job
+from batchgen.run.session import Session
+from batchgen.run.tick import advance, register_job
 from batchgen.run.verbs import run_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,18 +69,18 @@ def test_a_batch_that_expires_half_done_keeps_its_partial_output(tmp_path):
     emulator_config(workspace, expire_after_fraction=0.5)
     space = Workspace(workspace).ensure()
     with Ledger.open(space.ledger_path) as ledger:
-        runner = Runner(ledger, space)
+        session = Session(ledger, space)
         try:
-            spec = register_job(runner, ROOT / "jobs" / "task_api")
+            spec = register_job(session, ROOT / "jobs" / "task_api")
             deadline = time.monotonic() + 60
             while not ledger.scalar("SELECT count(*) FROM batches WHERE collected = 1"):
                 assert time.monotonic() < deadline
-                advance(runner, spec)
+                advance(session, spec)
                 time.sleep(0.1)
             first = ledger.one("SELECT * FROM batches")
             assert first["status"] == "expired"
-            EmulatorControl(runner.client("embedded").base_url).configure(expire_after_fraction=None)
-            run_job(runner, spec, sleep=lambda s: time.sleep(min(s, 0.1)))
+            EmulatorControl(session.client("embedded").base_url).configure(expire_after_fraction=None)
+            run_job(session, spec, sleep=lambda s: time.sleep(min(s, 0.1)))
             kept = ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND source = 'output'",
                                  [first["id"]])
             expired = ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND error_code = "
@@ -91,7 +92,7 @@ def test_a_batch_that_expires_half_done_keeps_its_partial_output(tmp_path):
             assert ledger.scalar("SELECT max(attempt) FROM requests") == 2
             one_outcome_per_request_and_costs_once(ledger)
         finally:
-            runner.close()
+            session.close()
     assert len(dataset(workspace)) == 500
 
 

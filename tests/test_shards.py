@@ -12,7 +12,8 @@ from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import compile_stage
 from batchgen.recipe.spec import LimitsSpec
 from batchgen.run import shards
-from batchgen.run.tick import Runner, register_job
+from batchgen.run.session import Session
+from batchgen.run.tick import register_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def job(tmp_path):
     workspace = Workspace(tmp_path / ".batchgen").ensure()
     ledger = Ledger.open(workspace.ledger_path)
-    runner = Runner(ledger, workspace)
-    spec = register_job(runner, ROOT / "jobs" / "task_api")
+    session = Session(ledger, workspace)
+    spec = register_job(session, ROOT / "jobs" / "task_api")
     yield ledger, workspace, spec
     ledger.close()
 

@@ -1,4 +1,5 @@
-"""Jobs: what the ledger knows of each job, and the questions about its batches that decide what a job does next."""
+"""Jobs: what the ledger knows of each job, and the questions about its shards and batches that decide what a job
+does next."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from batchgen.errors import NotFoundError
 from batchgen.ledger.base import Store, utcnow
 from batchgen.ledger.states import UNFINISHED
 
+JOB_COLUMNS = frozenset({"spec_hash", "spec_json", "job_dir", "status", "stage", "backend", "budget_usd"})
+
 
 class JobRecords(Store):
-    # -- jobs ----------------------------------------------------------------------------------------------
     def job(self, name: str) -> dict[str, Any]:
-        row = self.one("SELECT * FROM jobs WHERE name = ?", [name])
+        """The job's row; NotFoundError for a job the ledger does not know."""
+        row = self.find_job(name)
         if row is None:
             raise NotFoundError(f"No job {name!r} in ledger {self.path}; run 'batchgen jobs list'")
         return row
@@ -25,6 +28,26 @@ class JobRecords(Store):
             return self.rows("SELECT * FROM jobs WHERE status = ? ORDER BY created_utc", [status])
         return self.rows("SELECT * FROM jobs ORDER BY created_utc")
 
+    def insert_job(self, name: str, *, spec_hash: str, spec_json: str, job_dir: str, status: str, stage: str,
+                   backend: str, budget_usd: str | None) -> None:
+        now = utcnow()
+        self._execute(
+            "INSERT INTO jobs (name, spec_hash, spec_json, job_dir, status, stage, backend, budget_usd, "
+            "created_utc, updated_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [name, spec_hash, spec_json, job_dir, status, stage, backend, budget_usd, now, now])
+
+    def set_job(self, name: str, **fields: Any) -> None:
+        """Update columns of the job's row (NotFoundError for an unknown job, LookupError for an unknown column)."""
+        unknown = set(fields) - JOB_COLUMNS
+        if unknown:
+            raise LookupError(f"jobs has no column {', '.join(sorted(unknown))}")
+        fields["updated_utc"] = utcnow()
+        assignments = ", ".join(f'"{key}" = ?' for key in fields)
+        cursor = self._execute(f"UPDATE jobs SET {assignments} WHERE name = ?", [*fields.values(), name])
+        if cursor.rowcount == 0:
+            self.job(name)
+
+    # -- the shards and batches a job still has open -------------------------------------------------------
     def unfinished_batches(self, job: str) -> int:
         """Batches of the job that have not ended yet."""
         return int(self.scalar(f"SELECT count(*) FROM batches WHERE job = ? AND {UNFINISHED}", [job]))
@@ -33,8 +56,27 @@ class JobRecords(Store):
         """Batches of the job whose results are not in the ledger yet (running, or ended and not collected)."""
         return int(self.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [job]))
 
-    def set_job(self, name: str, **fields: Any) -> None:
-        fields["updated_utc"] = utcnow()
-        assignments = ", ".join(f"{key} = ?" for key in fields)
-        self._execute(f"UPDATE jobs SET {assignments} WHERE name = ?", [*fields.values(), name])
+    def open_shards(self, job: str, stage: str) -> int:
+        """Shards of the stage that are still to submit or still running."""
+        return int(self.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ? AND status IN "
+                               "('pending', 'submitted')", [job, stage]))
 
+    def pending_shards(self, job: str) -> list[dict[str, Any]]:
+        """The job's shards waiting to be submitted, in the order they were compiled."""
+        return self.rows("SELECT * FROM shards WHERE job = ? AND status = 'pending' ORDER BY id", [job])
+
+    def pending_shard_count(self, job: str) -> int:
+        return int(self.scalar("SELECT count(*) FROM shards WHERE job = ? AND status = 'pending'", [job]))
+
+    def shard(self, shard_id: str) -> dict[str, Any] | None:
+        return self.one("SELECT * FROM shards WHERE id = ?", [shard_id])
+
+    # -- where a job stands ----------------------------------------------------------------------------------
+    def request_count(self, job: str) -> int:
+        return int(self.scalar("SELECT count(*) FROM requests WHERE job = ?", [job]))
+
+    def result_count(self, job: str) -> int:
+        return int(self.scalar("SELECT count(*) FROM results WHERE job = ?", [job]))
+
+    def valid_example_count(self, job: str) -> int:
+        return int(self.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [job]))

@@ -129,7 +129,8 @@ def _job_file(job_dir: Path, name: str, key: str) -> Path:
 
 
 def explain(error: ValidationError, toml_text: str | None = None, path: Path | None = None) -> str:
-    """One line for pydantic errors: `[<path>[ line N]: ]loc: message[; did you mean 'x'?]`, joined by '; '"""
+    """The one rendering of pydantic errors for people (the loader's and the command line's): one line,
+    `[<path>[ line N]: ]loc: message[; did you mean 'x'?]` per error, joined by '; '."""
     parts = []
     for item in error.errors():
         loc = [str(p) for p in item["loc"]]

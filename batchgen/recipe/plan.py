@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from batchgen.recipe.compile import ShardInfo, _Packer, iter_requests
-from batchgen.recipe.pricing import ModelPrice, Rates, get_price
+from batchgen.recipe.pricing import ModelPrice, Rates, format_usd, get_price
 from batchgen.recipe.render import request_response_format, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.recipe.tokens import count_text, response_format_tokens
@@ -118,12 +118,14 @@ class Plan:
     @property
     def verdict_text(self) -> str:
         cost, budget = self.cost, self.budget_usd
+        if budget is None:
+            return "no budget set (budget_usd in job.toml)"
+        worst, expected, limit = format_usd(cost.batch_worst), format_usd(cost.batch_expected), format_usd(budget)
         return {
-            "no_budget": "no budget set (budget_usd in job.toml)",
-            "within": f"within budget: {_usd(cost.batch_worst)} worst case <= ${budget}",
-            "expected_within": f"expected {_usd(cost.batch_expected)} is within ${budget}, but the worst "
-            f"case {_usd(cost.batch_worst)} (every request at max_tokens) is over it",
-            "over": f"over budget: expected {_usd(cost.batch_expected)} > ${budget}",
+            "within": f"within budget: {worst} worst case <= {limit}",
+            "expected_within": f"expected {expected} is within {limit}, but the worst case {worst} (every request "
+            "at max_tokens) is over it",
+            "over": f"over budget: expected {expected} > {limit}",
         }[self.verdict]
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,10 +268,6 @@ def plan_job(spec: JobSpec) -> Plan:
     return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages, format_tokens)
 
 
-def _usd(amount: Decimal) -> str:
-    return f"${amount.quantize(Decimal('0.000001'))}"
-
-
 def summary_rows(plan: Plan) -> list[tuple[str, str]]:
     """(label, value) rows of the plan for a table; amounts rounded to the micro-dollar for display only."""
     cost, target = plan.cost, plan.target or 1
@@ -292,16 +290,16 @@ def summary_rows(plan: Plan) -> list[tuple[str, str]]:
             "output tokens",
             f"{plan.expected_output_tokens:,} expected; {plan.worst_output_tokens:,} worst case",
         ),
-        ("batch cost", f"{_usd(cost.batch_expected)} expected; {_usd(cost.batch_worst)} worst case"),
+        ("batch cost", f"{format_usd(cost.batch_expected)} expected; {format_usd(cost.batch_worst)} worst case"),
         (
             "standard cost",
-            f"{_usd(cost.standard_expected)} expected (batch saves {_usd(saving)}, {percent} %)",
+            f"{format_usd(cost.standard_expected)} expected (batch saves {format_usd(saving)}, {percent} %)",
         ),
         (
             "per example",
             f"{Decimal(plan.input_tokens) / target:.1f} input + "
             f"{Decimal(plan.expected_output_tokens) / target:.1f} output tokens; "
-            f"{_usd(cost.batch_expected / target)}",
+            f"{format_usd(cost.batch_expected / target)}",
         ),
         ("budget", plan.verdict_text),
     ]

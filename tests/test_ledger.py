@@ -13,32 +13,95 @@ def ledger(tmp_path):
         yield opened
 
 
+SCHEMA = {
+    "batches": {"id": str, "job": str, "shard_id": str, "backend": str, "status": str, "input_file_id": str,
+                "output_file_id": str, "error_file_id": str, "total": int, "completed": int, "failed": int,
+                "created_at": int, "completed_at": int, "est_cost_usd": str, "actual_cost_usd": str, "usage_json": str,
+                "batch_json": str, "collected": int, "polls": int, "next_poll_utc": str, "submitted_utc": str,
+                "updated_utc": str},
+    "events": {"id": int, "at_utc": str, "job": str, "batch_id": str, "kind": str, "detail_json": str},
+    "examples": {"id": int, "job": str, "stage": str, "custom_id": str, "position": int, "content_json": str,
+                 "content_hash": str, "valid": int, "category": str, "reason": str, "duplicate_of": str},
+    "intents": {"id": int, "idempotency_key": str, "job": str, "shard_id": str, "kind": str, "status": str,
+                "file_id": str, "batch_id": str, "created_utc": str, "updated_utc": str},
+    "jobs": {"name": str, "spec_hash": str, "spec_json": str, "job_dir": str, "status": str, "stage": str,
+             "backend": str, "budget_usd": str, "created_utc": str, "updated_utc": str, "dataset_path": str,
+             "dataset_examples": int, "dataset_sha256": str},
+    "queue_limits": {"model": str, "limit_tokens": int, "learned_utc": str},
+    "requests": {"custom_id": str, "job": str, "stage": str, "variant": int, "cell_json": str, "shard_id": str,
+                 "attempt": int, "input_tokens": int, "status": str, "batch_id": str},
+    "results": {"custom_id": str, "batch_id": str, "job": str, "source": str, "status_code": int, "error_code": str,
+                "error_message": str, "finish_reason": str, "prompt_tokens": int, "cached_tokens": int,
+                "completion_tokens": int, "reasoning_tokens": int, "cost_usd": str, "priced_by": str,
+                "request_id": str, "collected_utc": str},
+    "shards": {"id": str, "job": str, "stage": str, "attempt": int, "model": str, "path": str, "sha256": str,
+               "lines": int, "bytes": int, "input_tokens": int, "est_cost_usd": str, "max_cost_usd": str,
+               "status": str, "created_utc": str},
+    "stage_shortfalls": {"job": str, "stage": str, "target": int, "missing": int, "top_ups": int, "reason": str,
+                         "at_utc": str},
+}
+PRIMARY_KEYS = {"batches": ["id"], "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
+                "queue_limits": ["model"], "requests": ["custom_id"], "results": ["custom_id"], "shards": ["id"],
+                "stage_shortfalls": ["job", "stage"]}
+
+
+def blank(path):
+    return Database(sqlite3.connect(str(path), isolation_level=None))
+
+
 def test_blank_database_migrates_to_the_full_schema(tmp_path):
-    db = Database(sqlite3.connect(str(tmp_path / "x.db"), isolation_level=None))
+    db = blank(tmp_path / "x.db")
     migrations.apply(db)
-    assert set(db.table_names()) >= {"jobs", "shards", "intents", "batches", "requests", "results",
-                                     "examples", "events", "_sqlite_migrations"}
-    assert db["results"].columns_dict == {
-        "custom_id": str, "batch_id": str, "job": str, "source": str, "status_code": int, "error_code": str,
-        "error_message": str, "finish_reason": str, "prompt_tokens": int, "cached_tokens": int,
-        "completion_tokens": int, "reasoning_tokens": int, "cost_usd": str, "priced_by": str,
-        "request_id": str, "collected_utc": str,
-    }
-    assert db["requests"].pks == ["custom_id"]
+    assert set(db.table_names()) == {*SCHEMA, "_sqlite_migrations"}
+    for name, columns in SCHEMA.items():
+        assert db[name].columns_dict == columns, name
+        assert db[name].pks == PRIMARY_KEYS[name], name
     db.conn.close()
+
+
+def test_a_ledger_of_the_first_schema_keeps_what_its_events_knew(tmp_path):
+    """m002 gives the learned queue limit, the dataset and the shortfalls homes of their own, filled from events."""
+    db = blank(tmp_path / "old.db")
+    migrations.migrations.apply(db, stop_before="m002_facts_of_their_own")
+    db["jobs"].insert({"name": "j", "spec_hash": "h", "spec_json": "{}", "job_dir": "jobs/j", "status": "done",
+                       "stage": "main", "backend": "embedded", "created_utc": "t0", "updated_utc": "t0"})
+    for at, kind, detail in [
+            ("t1", "queue_limit", '{"model": "gpt-4o-mini", "limit": 1000}'),
+            ("t2", "queue_limit", '{"model": "gpt-4o-mini", "limit": 800}'),
+            ("t3", "short", '{"stage": "main", "target": 10, "missing": 4, "top_ups": 1, "reason": "budget"}'),
+            ("t4", "short", '{"stage": "main", "target": 10, "missing": 2, "top_ups": 2, "reason": "max_top_ups"}'),
+            ("t5", "done", '{"dataset": "/d/j.jsonl", "written": 8, "sha256": "abc"}')]:
+        db["events"].insert({"at_utc": at, "job": "j", "kind": kind, "detail_json": detail})
+    db.conn.close()
+    with Ledger.open(tmp_path / "old.db") as ledger:
+        assert ledger.migration_status()["pending"] == []
+        assert ledger.learned_queue_limit("gpt-4o-mini") == 800
+        assert ledger.dataset("j") == {"path": "/d/j.jsonl", "examples": 8, "sha256": "abc"}
+        assert ledger.shortfalls("j") == [{"stage": "main", "target": 10, "missing": 2, "top_ups": 2,
+                                           "reason": "max_top_ups"}]
+
+
+def test_no_two_record_classes_define_the_same_method():
+    """Ledger is composed of one record class per part of the schema; a name defined twice would silently shadow."""
+    seen: dict[str, str] = {}
+    for cls in Ledger.__mro__[1:-1]:
+        for name, value in vars(cls).items():
+            if callable(value) and not name.startswith("__"):
+                assert name not in seen, f"{name} is defined in {seen.get(name)} and {cls.__name__}"
+                seen[name] = cls.__name__
 
 
 def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
-        assert again.migration_status() == {"applied": ["m001_initial"], "pending": []}
+        assert again.migration_status() == {"applied": ["m001_initial", "m002_facts_of_their_own"], "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_ledger_from_a_newer_batchgen_is_refused(tmp_path):
     path = tmp_path / "l.db"
     with Ledger.open(path) as ledger:
-        ledger.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+        ledger.db.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
                        "VALUES ('batchgen', 'm999_future', 'now')")
     with pytest.raises(LedgerError, match="newer batchgen"):
         Ledger.open(path)

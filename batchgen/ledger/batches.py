@@ -96,9 +96,13 @@ class BatchRecords(Store):
             f"SELECT coalesce(sum(s.input_tokens), 0) FROM batches b JOIN shards s ON s.id = b.shard_id "
             f"WHERE s.model = ? AND b.status IN ({placeholders})", [model, *IN_FLIGHT]))
 
+    def learn_queue_limit(self, model: str, limit: int) -> None:
+        """The queued-token limit the provider named for this model in a token_limit_exceeded failure."""
+        self._execute("INSERT INTO queue_limits (model, limit_tokens, learned_utc) VALUES (?, ?, ?) "
+                      "ON CONFLICT (model) DO UPDATE SET limit_tokens = excluded.limit_tokens, "
+                      "learned_utc = excluded.learned_utc", [model, limit, utcnow()])
+
     def learned_queue_limit(self, model: str) -> int | None:
-        """The queued-token limit the provider last named for this model in a token_limit_exceeded failure."""
-        learned = self.scalar(
-            "SELECT json_extract(detail_json, '$.limit') FROM events WHERE kind = 'queue_limit' AND "
-            "json_extract(detail_json, '$.model') = ? ORDER BY id DESC LIMIT 1", [model])
+        """The queued-token limit the provider last named for this model, if it ever did."""
+        learned = self.scalar("SELECT limit_tokens FROM queue_limits WHERE model = ?", [model])
         return int(learned) if learned else None

@@ -47,6 +47,31 @@ class JobRecords(Store):
         if cursor.rowcount == 0:
             self.job(name)
 
+    # -- what a job ended with --------------------------------------------------------------------------------
+    def record_dataset(self, job: str, path: str, examples: int, sha256: str) -> None:
+        """The dataset exported when the job finished (the `done` event records it too, as history)."""
+        self._execute("UPDATE jobs SET dataset_path = ?, dataset_examples = ?, dataset_sha256 = ?, updated_utc = ? "
+                      "WHERE name = ?", [path, examples, sha256, utcnow(), job])
+
+    def dataset(self, job: str) -> dict[str, Any] | None:
+        """The dataset exported when the job finished: {"path", "examples", "sha256"}, or None."""
+        row = self.one("SELECT dataset_path AS path, dataset_examples AS examples, dataset_sha256 AS sha256 "
+                       "FROM jobs WHERE name = ? AND dataset_path IS NOT NULL", [job])
+        return row
+
+    def record_shortfall(self, job: str, stage: str, *, target: int, missing: int, top_ups: int,
+                         reason: str) -> None:
+        """The stage ends below its target, and why ("max_top_ups" or "budget"); the latest word on the stage."""
+        self._execute("INSERT INTO stage_shortfalls (job, stage, target, missing, top_ups, reason, at_utc) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, stage) DO UPDATE SET target = excluded.target, "
+                      "missing = excluded.missing, top_ups = excluded.top_ups, reason = excluded.reason, "
+                      "at_utc = excluded.at_utc", [job, stage, target, missing, top_ups, reason, utcnow()])
+
+    def shortfalls(self, job: str) -> list[dict[str, Any]]:
+        """Stages that ended below their target: {"stage", "target", "missing", "top_ups", "reason"}."""
+        return self.rows("SELECT stage, target, missing, top_ups, reason FROM stage_shortfalls WHERE job = ? "
+                         "ORDER BY at_utc, stage", [job])
+
     # -- the shards and batches a job still has open -------------------------------------------------------
     def unfinished_batches(self, job: str) -> int:
         """Batches of the job that have not ended yet."""

@@ -145,6 +145,56 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_facts_of_their_own(db: Database) -> None:
+    """Facts that were read back out of events' JSON get homes of their own; events stay an audit trail.
+
+    Each is filled from the events an older ledger already holds, so nothing it learned is lost.
+    """
+    _run(
+        db,
+        """
+        CREATE TABLE queue_limits (
+            model TEXT PRIMARY KEY,
+            limit_tokens INTEGER NOT NULL,   -- the queued-token limit the provider named (token_limit_exceeded)
+            learned_utc TEXT NOT NULL
+        );
+        INSERT INTO queue_limits (model, limit_tokens, learned_utc)
+            SELECT json_extract(detail_json, '$.model'), json_extract(detail_json, '$.limit'), at_utc FROM events
+            WHERE id IN (SELECT max(id) FROM events WHERE kind = 'queue_limit'
+                         AND json_extract(detail_json, '$.limit') IS NOT NULL
+                         GROUP BY json_extract(detail_json, '$.model'));
+        -- the dataset written when the job finished
+        ALTER TABLE jobs ADD COLUMN dataset_path TEXT;
+        ALTER TABLE jobs ADD COLUMN dataset_examples INTEGER;
+        ALTER TABLE jobs ADD COLUMN dataset_sha256 TEXT;
+        UPDATE jobs SET
+            dataset_path = (SELECT json_extract(e.detail_json, '$.dataset') FROM events e
+                            WHERE e.job = jobs.name AND e.kind = 'done' ORDER BY e.id DESC LIMIT 1),
+            dataset_examples = (SELECT json_extract(e.detail_json, '$.written') FROM events e
+                                WHERE e.job = jobs.name AND e.kind = 'done' ORDER BY e.id DESC LIMIT 1),
+            dataset_sha256 = (SELECT json_extract(e.detail_json, '$.sha256') FROM events e
+                              WHERE e.job = jobs.name AND e.kind = 'done' ORDER BY e.id DESC LIMIT 1);
+        CREATE TABLE stage_shortfalls (
+            job TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            target INTEGER NOT NULL,
+            missing INTEGER NOT NULL,        -- valid examples the stage lacks
+            top_ups INTEGER NOT NULL,        -- top-up rounds it had
+            reason TEXT NOT NULL,            -- max_top_ups | budget
+            at_utc TEXT NOT NULL,
+            PRIMARY KEY (job, stage)
+        );
+        INSERT INTO stage_shortfalls (job, stage, target, missing, top_ups, reason, at_utc)
+            SELECT job, json_extract(detail_json, '$.stage'), json_extract(detail_json, '$.target'),
+                   json_extract(detail_json, '$.missing'), json_extract(detail_json, '$.top_ups'),
+                   json_extract(detail_json, '$.reason'), at_utc FROM events
+            WHERE id IN (SELECT max(id) FROM events WHERE kind = 'short'
+                         GROUP BY job, json_extract(detail_json, '$.stage'))
+        """
+    )
+
+
 def _run(db: Database, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";\n"):

@@ -179,6 +179,7 @@ def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) 
     with ledger.transaction():
         if row["status"] == ACTIVE:
             ledger.set_job(spec.name, status=DONE)
+        ledger.record_dataset(spec.name, str(exported.path), exported.written, exported.sha256)
         ledger.event("done", job=spec.name, dataset=str(exported.path), written=exported.written,
                      sha256=exported.sha256)
         crash_point("stage")

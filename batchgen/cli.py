@@ -244,7 +244,7 @@ def _register(session: Any, job: str) -> Any:
 def _progress_line(p: Any) -> None:
     batches = ", ".join(f"{n} {s}" for s, n in sorted(p.batches.items())) or "none yet"
     line = (f"[{p.job}/{p.stage}] requests {p.finished}/{p.requests} · batches: {batches} · "
-            f"valid examples {p.valid_examples} · spent ${p.spent_usd:.6f}")
+            f"valid examples {p.valid_examples} · spent {format_usd(p.spent_usd)}")
     if p.waiting_for_budget:
         line += " · waiting: budget"
     click.echo(("\r" + line.ljust(110)) if sys.stderr.isatty() else line, err=True, nl=not sys.stderr.isatty())

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError
-from batchgen.ledger.base import dec_sum
 from batchgen.ledger.store import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.pricing import ModelPrice, get_price
@@ -78,7 +77,7 @@ def check_ledger(ledger: Ledger, workspace: Workspace) -> CheckReport:
 
 
 def _rows(ledger: Ledger, sql: str) -> Iterator[tuple[Any, ...]]:
-    yield from ledger.execute(sql)
+    yield from ledger._execute(sql)
 
 
 def _outcomes(ledger: Ledger) -> Iterator[Problem]:
@@ -116,7 +115,7 @@ def _collection(ledger: Ledger) -> Iterator[Problem]:
 
 def _batch_costs(ledger: Ledger) -> Iterator[Problem]:
     for batch, actual in _rows(ledger, "SELECT id, actual_cost_usd FROM batches WHERE collected = 1"):
-        total = dec_sum(r[0] for r in ledger.execute("SELECT cost_usd FROM results WHERE batch_id = ?", [batch]))
+        total = ledger.batch_spent_usd(batch)
         try:
             recorded = Decimal(actual) if actual is not None else None
         except ArithmeticError:
@@ -127,7 +126,7 @@ def _batch_costs(ledger: Ledger) -> Iterator[Problem]:
 
 def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
     prices: dict[tuple[str, str], ModelPrice | None] = {}
-    cursor = ledger.execute(
+    cursor = ledger._execute(
         "SELECT s.custom_id, s.prompt_tokens, s.cached_tokens, s.completion_tokens, s.cost_usd, s.priced_by, "
         "sh.model, j.job_dir FROM results s JOIN requests r ON r.custom_id = s.custom_id "
         "JOIN shards sh ON sh.id = r.shard_id JOIN jobs j ON j.name = s.job")

@@ -1,9 +1,158 @@
-"""Reports: the questions `show`, `status` and `ledger reconcile` ask of a job's records."""
+"""Reports: the questions `show`, `status` and `ledger reconcile` ask of a job's records.
+
+Every answer is a plain value (ints, dicts, tuples, exact Decimal money); the report objects are built by
+`batchgen.dataset.report` and `batchgen.run.reconcile`.
+"""
 
 from __future__ import annotations
 
-from batchgen.ledger.base import Store
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from batchgen.ledger.base import Store, dec_sum
+
+# The events that count as faults in a job's status: transient errors while polling or ticking, and batches the
+# API refused.
+FAULT_EVENTS = ("poll_error", "tick_error", "batch_failed")
+
+
+class ValidExample(NamedTuple):
+    """A valid example with what its provenance needs: the request it came from and the model that wrote it."""
+
+    content: dict[str, Any]  # the example as stored (in the job's format), decoded from its JSON
+    custom_id: str
+    position: int  # index of the example inside its response
+    cell: dict[str, Any]  # the variant cell of the request, decoded
+    content_hash: str | None
+    batch_id: str | None
+    attempt: int
+    model: str
 
 
 class ReportQueries(Store):
-    pass
+    # -- a job's dataset and quality -----------------------------------------------------------------------
+    def valid_examples_for_export(self, job: str, stage: str, limit: int) -> Iterator[ValidExample]:
+        """The first `limit` valid examples of a stage, in variant order (then attempt, then position in the
+        response): the ones an export writes. Read lazily, so a large stage is never held in memory."""
+        cursor = self._execute(
+            "SELECT e.content_json, e.custom_id, e.position, r.cell_json, e.content_hash, r.batch_id, r.attempt, "
+            "s.model FROM examples e JOIN requests r ON r.custom_id = e.custom_id JOIN shards s ON s.id = r.shard_id "
+            "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position LIMIT ?",
+            [job, stage, limit])
+        for content, custom_id, position, cell, digest, batch_id, attempt, model in cursor:
+            yield ValidExample(json.loads(content), custom_id, position, json.loads(cell), digest, batch_id,
+                               attempt, model)
+
+    def example_counts_by_reason(self, job: str) -> list[tuple[bool, str | None, str | None, int]]:
+        """How many examples the job generated, as (valid, category, reason, count): one row for the valid ones
+        (category and reason None), one per rejection category and reason."""
+        return [(bool(valid), category, reason, int(count)) for valid, category, reason, count in self._execute(
+            "SELECT valid, category, reason, count(*) FROM examples WHERE job = ? GROUP BY valid, category, reason",
+            [job])]
+
+    def last_export(self, job: str) -> dict[str, Any] | None:
+        """The dataset written when the job last finished, {"path", "examples"}, as its `done` event records it;
+        None if the job has not finished."""
+        return self.one("SELECT json_extract(detail_json, '$.dataset') AS path, json_extract(detail_json, '$.written') "
+                        "AS examples FROM events WHERE job = ? AND kind = 'done' ORDER BY id DESC LIMIT 1", [job])
+
+    def shortfall_events(self, job: str) -> list[dict[str, Any]]:
+        """The detail of every `short` event of the job (a stage that ended below its target), oldest first."""
+        return [json.loads(detail) for (detail,) in self._execute(
+            "SELECT detail_json FROM events WHERE job = ? AND kind = 'short' ORDER BY id", [job])]
+
+    # -- a job's requests and what went wrong --------------------------------------------------------------
+    def request_outcomes(self, job: str) -> dict[str, int]:
+        """The job's requests by status (succeeded, invalid, retried, ...), in status order."""
+        return {status: int(count) for status, count in self._execute(
+            "SELECT status, count(*) FROM requests WHERE job = ? GROUP BY status ORDER BY status", [job])}
+
+    def failure_codes(self, job: str) -> dict[str, int]:
+        """Results that are not successes, by error code (e.g. rate_limit_exceeded, batch_expired, missing; an
+        error without a code counts as http_<status>), the most frequent first."""
+        return {code: int(count) for code, count in self._execute(
+            "SELECT coalesce(error_code, 'http_' || status_code, source), count(*) FROM results "
+            "WHERE job = ? AND source != 'output' GROUP BY 1 ORDER BY 2 DESC, 1", [job])}
+
+    def fault_counts(self, job: str) -> dict[str, int]:
+        """Transient faults met while polling or ticking, and batches the API refused, by event kind."""
+        marks = ", ".join("?" for _ in FAULT_EVENTS)
+        return {kind: int(count) for kind, count in self._execute(
+            f"SELECT kind, count(*) FROM events WHERE job = ? AND kind IN ({marks}) GROUP BY kind ORDER BY kind",
+            [job, *FAULT_EVENTS])}
+
+    # -- money and tokens ----------------------------------------------------------------------------------
+    def token_totals(self, job: str) -> dict[str, int]:
+        """The tokens of every result of the job: {"prompt", "cached", "completion", "reasoning"}."""
+        row = self.one("SELECT coalesce(sum(prompt_tokens), 0) AS prompt, coalesce(sum(cached_tokens), 0) AS cached, "
+                       "coalesce(sum(completion_tokens), 0) AS completion, "
+                       "coalesce(sum(reasoning_tokens), 0) AS reasoning FROM results WHERE job = ?", [job])
+        assert row is not None  # an aggregate always has a row
+        return {name: int(value) for name, value in row.items()}
+
+    def spent_usd(self, job: str) -> Decimal:
+        """What the job has cost so far: the exact sum of the `cost_usd` of every result recorded for it (successes,
+        errors and retried attempts alike), over all its batches and stages. Batches still running add nothing
+        until they are collected."""
+        return dec_sum(cost for (cost,) in self._execute("SELECT cost_usd FROM results WHERE job = ?", [job]))
+
+    def estimated_usd(self, job: str) -> Decimal:
+        """What the job's shards were expected to cost at batch price: the exact sum of their `est_cost_usd`."""
+        return dec_sum(cost for (cost,) in self._execute("SELECT est_cost_usd FROM shards WHERE job = ?", [job]))
+
+    # -- batches -------------------------------------------------------------------------------------------
+    def batch_list(self, job: str | None = None) -> list[dict[str, Any]]:
+        """Every batch row (of `job`, or of all jobs), in the order they were submitted."""
+        if job:
+            return self.rows("SELECT * FROM batches WHERE job = ? ORDER BY submitted_utc", [job])
+        return self.rows("SELECT * FROM batches ORDER BY submitted_utc")
+
+    def batches_with_model(self, job: str | None = None) -> list[dict[str, Any]]:
+        """Every batch row (of `job`, or of all jobs) in submission order, with the `model` of its shard and the
+        `job_dir` of its job (where a job's own price table is found)."""
+        where, params = ("WHERE b.job = ?", [job]) if job else ("", [])
+        return self.rows(f"SELECT b.*, s.model, j.job_dir FROM batches b JOIN shards s ON s.id = b.shard_id "
+                         f"JOIN jobs j ON j.name = b.job {where} ORDER BY b.submitted_utc", params)
+
+    def recorded_batch_ids(self) -> set[str]:
+        """The ids of every batch the ledger has recorded, of any job."""
+        return {batch_id for (batch_id,) in self._execute("SELECT id FROM batches")}
+
+    def job_backends(self, job: str | None = None) -> set[str]:
+        """The backend names ("embedded", "openai", "azure") the job (or every job) was registered with (a batch
+        records the identity of the endpoint it went to instead: see `batches_with_model`)."""
+        if job:
+            return {backend for (backend,) in self._execute("SELECT DISTINCT backend FROM jobs WHERE name = ?",
+                                                            [job])}
+        return {backend for (backend,) in self._execute("SELECT DISTINCT backend FROM jobs")}
+
+    def requests_sent(self, batch_id: str) -> int:
+        """How many requests the ledger sent in the batch."""
+        return int(self.scalar("SELECT count(*) FROM requests WHERE batch_id = ?", [batch_id]))
+
+    def output_results(self, batch_id: str) -> int:
+        """How many of the batch's results came from its output file (not from the error file, not missing)."""
+        return int(self.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND source = 'output'", [batch_id]))
+
+    def batch_token_sums(self, batch_id: str) -> tuple[int, int, int]:
+        """The tokens of the batch's results: (input, cached input, output)."""
+        row = self._execute("SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(cached_tokens), 0), "
+                            "coalesce(sum(completion_tokens), 0) FROM results WHERE batch_id = ?",
+                            [batch_id]).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def batch_spent_usd(self, batch_id: str) -> Decimal:
+        """The exact sum of the `cost_usd` of the batch's results (what a collected batch's `actual_cost_usd`
+        should be)."""
+        return dec_sum(cost for (cost,) in self._execute("SELECT cost_usd FROM results WHERE batch_id = ?",
+                                                         [batch_id]))
+
+    # -- submissions ---------------------------------------------------------------------------------------
+    def submission_keys(self, job: str | None = None) -> dict[str, str]:
+        """The idempotency key of every submission intent (of `job`, or of all jobs), with the job it belongs to."""
+        if job:
+            return {key: name for key, name in self._execute(
+                "SELECT idempotency_key, job FROM intents WHERE job = ?", [job])}
+        return {key: name for key, name in self._execute("SELECT idempotency_key, job FROM intents")}

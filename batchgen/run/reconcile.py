@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BackendError
-from batchgen.ledger import TERMINAL, Ledger, dec_sum
+from batchgen.ledger import TERMINAL, Ledger
 from batchgen.recipe.pricing import get_price
 from batchgen.run.client import BatchClient
 
@@ -82,14 +82,11 @@ def _tokens(tokens: tuple[int, int, int] | None) -> dict[str, int] | None:
 def audit(ledger: Ledger, client_for: Callable[[str], BatchClient], job: str | None = None) -> Audit:
     """Compare every recorded batch (of `job`, or of all jobs) with the provider; `client_for(backend)` gives the
     client of a backend name ("embedded", "openai", "azure")."""
-    where, params = ("WHERE b.job = ?", [job]) if job else ("", [])
     report = Audit()
-    rows = ledger.rows(f"SELECT b.*, s.model, j.job_dir FROM batches b JOIN shards s ON s.id = b.shard_id "
-                       f"JOIN jobs j ON j.name = b.job {where} ORDER BY b.submitted_utc", params)
+    rows = ledger.batches_with_model(job)
     for row in rows:
         report.batches.append(_audit_batch(ledger, client_for(_backend(row["backend"])), row))
-    backends = {_backend(row["backend"]) for row in rows} | {r[0] for r in ledger.execute(
-        "SELECT DISTINCT backend FROM jobs" + (" WHERE name = ?" if job else ""), [job] if job else [])}
+    backends = {_backend(row["backend"]) for row in rows} | ledger.job_backends(job)
     for backend in sorted(backends):
         report.unrecorded += _unrecorded(ledger, client_for(backend), job)
     return report
@@ -121,20 +118,15 @@ def _audit_batch(ledger: Ledger, client: BatchClient, row: dict[str, Any]) -> Ba
     if found.provider_status != row["status"]:
         found.problems.append(f"status: ledger {row['status']}, provider {found.provider_status}")
     counts = remote.get("request_counts") or {}
-    sent = int(ledger.scalar("SELECT count(*) FROM requests WHERE batch_id = ?", [row["id"]]))
-    outputs = int(ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ? AND source = 'output'",
-                                [row["id"]]))
+    sent = ledger.requests_sent(row["id"])
+    outputs = ledger.output_results(row["id"])
     if row["status"] != "failed":
         if counts.get("total") is not None and counts["total"] != sent:
             found.problems.append(f"requests: ledger sent {sent}, provider counts {counts['total']}")
         if counts.get("completed") is not None and counts["completed"] != outputs:
             found.problems.append(f"completed: ledger recorded {outputs}, provider counts {counts['completed']}")
-    sums = ledger.one("SELECT coalesce(sum(prompt_tokens), 0) AS input, coalesce(sum(cached_tokens), 0) AS cached, "
-                      "coalesce(sum(completion_tokens), 0) AS output FROM results WHERE batch_id = ?", [row["id"]])
-    assert sums is not None
-    found.ledger_tokens = (int(sums["input"]), int(sums["cached"]), int(sums["output"]))
-    found.ledger_usd = dec_sum(r[0] for r in ledger.execute("SELECT cost_usd FROM results WHERE batch_id = ?",
-                                                              [row["id"]]))
+    found.ledger_tokens = ledger.batch_token_sums(row["id"])
+    found.ledger_usd = ledger.batch_spent_usd(row["id"])
     usage = remote.get("usage")
     if not usage:
         found.notes.append("the provider reports no usage for this batch")
@@ -153,11 +145,10 @@ def _audit_batch(ledger: Ledger, client: BatchClient, row: dict[str, Any]) -> Ba
 
 def _unrecorded(ledger: Ledger, client: BatchClient, job: str | None) -> list[dict[str, Any]]:
     """Provider batches carrying a submission key of this ledger that the ledger has not recorded."""
-    where, params = ("WHERE job = ?", [job]) if job else ("", [])
-    keys = {r[0]: r[1] for r in ledger.execute(f"SELECT idempotency_key, job FROM intents {where}", params)}
+    keys = ledger.submission_keys(job)
     if not keys:
         return []
-    known = {r[0] for r in ledger.execute("SELECT id FROM batches")}
+    known = ledger.recorded_batch_ids()
     missing = []
     for batch in client.list_batches():
         key = (batch.metadata or {}).get("batchgen_key")

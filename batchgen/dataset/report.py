@@ -43,46 +43,22 @@ def quality(ledger: Ledger, job: str) -> Summary:
     return summary
 
 
-def outcomes(ledger: Ledger, job: str) -> dict[str, int]:
-    return ledger.request_outcomes(job)
-
-
 def dataset(ledger: Ledger, job: str) -> dict[str, Any] | None:
-    """The last export made when the job finished: {"path", "examples"}, or None."""
-    return ledger.last_export(job)
-
-
-def failures(ledger: Ledger, job: str) -> dict[str, int]:
-    """Results that are not successes, by error code (e.g. rate_limit_exceeded, batch_expired, missing)."""
-    return ledger.failure_codes(job)
-
-
-def faults(ledger: Ledger, job: str) -> dict[str, int]:
-    """Transient faults met while polling or ticking, and batches the API refused, by kind."""
-    return ledger.fault_counts(job)
-
-
-def costs(ledger: Ledger, job: str) -> dict[str, Any]:
-    return {"tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
-            "estimated_usd": ledger.estimated_usd(job)}
-
-
-def shortfalls(ledger: Ledger, job: str) -> list[dict[str, Any]]:
-    """Stages that ended below their target: {"stage", "target", "missing", "top_ups", "reason"}, the last word
-    on each stage (reason "max_top_ups": the top-up rounds were spent; "budget": no more fitted the budget)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for event in ledger.shortfall_events(job):
-        latest[event["stage"]] = {k: event.get(k) for k in ("stage", "target", "missing", "top_ups", "reason")}
-    return list(latest.values())
+    """The dataset written when the job finished: {"path", "examples"}, or None."""
+    found = ledger.dataset(job)
+    return None if found is None else {"path": found["path"], "examples": found["examples"]}
 
 
 def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
     row = ledger.job(job)
+    """Everything `batchgen show` says about a job (its --json output)."""
     return {"job": job, "dataset": dataset(ledger, job), "status": row["status"], "stage": row["stage"],
-            "backend": row["backend"], "short": shortfalls(ledger, job),
+            "backend": row["backend"], "short": ledger.shortfalls(job),
             "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
-            "requests": outcomes(ledger, job), "failures": failures(ledger, job), "faults": faults(ledger, job),
-            "quality": quality(ledger, job).to_dict(), **costs(ledger, job)}
+            "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
+            "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
+            "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
+            "estimated_usd": ledger.estimated_usd(job)}
 
 
 def batch_rows(ledger: Ledger, job: str | None = None) -> list[dict[str, Any]]:

@@ -78,16 +78,21 @@ class BatchRecords(Store):
         return {row[0] for row in self._execute("SELECT id FROM batches WHERE job = ? AND submitted_utc < ?",
                                                 [job, when_utc])}
 
-    # -- what batches in flight hold -------------------------------------------------------------------------
+    # -- money, and what batches in flight hold --------------------------------------------------------------
+    def spent_usd(self, job: str) -> Decimal:
+        """What the job has cost so far: the exact sum of the `cost_usd` of every result recorded for it (successes,
+        errors and retried attempts alike), over all its batches and stages. Batches still running add nothing
+        until they are collected."""
+        return dec_sum(cost for (cost,) in self._execute("SELECT cost_usd FROM results WHERE job = ?", [job]))
+
     def committed_usd(self, job: str, mode: str = "worst") -> Decimal:
         """Actual cost of what was collected plus the estimate of batches not collected yet (worst case or
         expected)."""
         column = COST_COLUMN[mode]
-        done = dec_sum(r[0] for r in self._execute("SELECT cost_usd FROM results WHERE job = ?", [job]))
         flying = dec_sum(r[0] for r in self._execute(
             f"SELECT s.{column} FROM batches b JOIN shards s ON s.id = b.shard_id WHERE b.job = ? "
             "AND b.collected = 0", [job]))
-        return done + flying
+        return self.spent_usd(job) + flying
 
     def queued_tokens(self, model: str) -> int:
         """Input tokens of this model's batches that the provider still holds in its queue (every job)."""

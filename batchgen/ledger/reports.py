@@ -52,17 +52,6 @@ class ReportQueries(Store):
             "SELECT valid, category, reason, count(*) FROM examples WHERE job = ? GROUP BY valid, category, reason",
             [job])]
 
-    def last_export(self, job: str) -> dict[str, Any] | None:
-        """The dataset written when the job last finished, {"path", "examples"}, as its `done` event records it;
-        None if the job has not finished."""
-        return self.one("SELECT json_extract(detail_json, '$.dataset') AS path, json_extract(detail_json, '$.written') "
-                        "AS examples FROM events WHERE job = ? AND kind = 'done' ORDER BY id DESC LIMIT 1", [job])
-
-    def shortfall_events(self, job: str) -> list[dict[str, Any]]:
-        """The detail of every `short` event of the job (a stage that ended below its target), oldest first."""
-        return [json.loads(detail) for (detail,) in self._execute(
-            "SELECT detail_json FROM events WHERE job = ? AND kind = 'short' ORDER BY id", [job])]
-
     # -- a job's requests and what went wrong --------------------------------------------------------------
     def request_outcomes(self, job: str) -> dict[str, int]:
         """The job's requests by status (succeeded, invalid, retried, ...), in status order."""
@@ -91,12 +80,6 @@ class ReportQueries(Store):
                        "coalesce(sum(reasoning_tokens), 0) AS reasoning FROM results WHERE job = ?", [job])
         assert row is not None  # an aggregate always has a row
         return {name: int(value) for name, value in row.items()}
-
-    def spent_usd(self, job: str) -> Decimal:
-        """What the job has cost so far: the exact sum of the `cost_usd` of every result recorded for it (successes,
-        errors and retried attempts alike), over all its batches and stages. Batches still running add nothing
-        until they are collected."""
-        return dec_sum(cost for (cost,) in self._execute("SELECT cost_usd FROM results WHERE job = ?", [job]))
 
     def estimated_usd(self, job: str) -> Decimal:
         """What the job's shards were expected to cost at batch price: the exact sum of their `est_cost_usd`."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.crashpoints import crash_point
-from batchgen.dataset.report import costs, dataset, export_job
+from batchgen.dataset.report import dataset, export_job
 from batchgen.errors import BatchgenError, SpecError
 from batchgen.ledger.states import ACTIVE, CANCELLED, DONE
 from batchgen.recipe.loader import load_spec
@@ -191,6 +191,6 @@ def progress(session: Session, name: str) -> JobProgress:
     exported = dataset(ledger, name)
     return JobProgress(name, job["stage"], job["status"], ledger.request_count(name), ledger.result_count(name),
                        ledger.batch_status_counts(name), valid_examples=ledger.valid_example_count(name),
-                       spent_usd=costs(ledger, name)["spent_usd"],  # TODO-merge: ledger.spent_usd
+                       spent_usd=ledger.spent_usd(name),
                        dataset=exported["path"] if exported else None,
                        pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0)

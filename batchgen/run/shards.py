@@ -4,7 +4,7 @@ below its target, and shards sent back to the queue after `token_limit_exceeded`
 Retry rules (per variant, looking at its latest request):
   expired, cancelled (batch_expired / batch_cancelled rows)   resubmitted; does not use up an attempt if the
                                                               batch ran any line (else it does: no endless loop)
-  failed with HTTP 429 / 5xx, request_timeout, missing        resubmitted while attempts remain
+  failed with HTTP 408/409/429/5xx, request_timeout, missing  resubmitted while attempts remain
   invalid (no valid example), when the job's retry_invalid    resubmitted while attempts remain
   failed with any other 4xx (invalid request, context length) permanent: reported, never retried
 A retry is a new request with a new custom_id (the attempt number is part of it) in a new shard; the old request
@@ -18,7 +18,7 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen.errors import BatchgenError
+from batchgen.errors import BatchgenError, is_retryable_status
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
@@ -111,7 +111,7 @@ def _retryable(row: dict[str, Any], spec: JobSpec) -> bool:
         return spec.retry_invalid
     if status == "failed":
         code = row["status_code"]
-        return code is None or code == 429 or code >= 500 or (row["error_code"] or "") in RETRY_CODES
+        return code is None or is_retryable_status(code) or (row["error_code"] or "") in RETRY_CODES
     return False
 
 

@@ -2,8 +2,133 @@
 
 from __future__ import annotations
 
-from batchgen.ledger.base import Store
+from collections.abc import Iterable
+from decimal import Decimal
+from operator import itemgetter
+from typing import Any
+
+from batchgen.ledger.base import Store, utcnow
 
 
 class ResultRecords(Store):
-    pass
+    # -- the collect transaction's bookkeeping ---------------------------------------------------------------
+    def batch_collected(self, batch_id: str) -> bool:
+        """Whether the batch's results are already in the ledger."""
+        return bool(self.scalar("SELECT collected FROM batches WHERE id = ?", [batch_id]))
+
+    def mark_batch_collected(self, batch_id: str, cost_usd: Decimal) -> None:
+        """The batch's results are recorded, and what they cost."""
+        self._execute("UPDATE batches SET collected = 1, actual_cost_usd = ?, updated_utc = ? WHERE id = ?",
+                      [str(cost_usd), utcnow(), batch_id])
+
+    def queued_batches_of_model(self, model: str | None, other_than: str) -> int:
+        """Batches of the model, other than this one, that the provider still holds in its queue."""
+        return int(self.scalar(
+            "SELECT count(*) FROM batches b JOIN shards s ON s.id = b.shard_id WHERE s.model = ? AND b.id != ? AND "
+            "b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')", [model, other_than]))
+
+    def batch_requests(self, batch_id: str) -> dict[str, tuple[str, int]]:
+        """custom_id -> (stage, requests.rowid) of every request sent in the batch."""
+        return {row[0]: (row[1], row[2]) for row in self._execute(
+            "SELECT custom_id, stage, rowid FROM requests WHERE batch_id = ?", [batch_id])}
+
+    def has_result(self, custom_id: str) -> bool:
+        """Whether a result is recorded for the custom_id (a line that repeats one already answered)."""
+        return bool(self.scalar("SELECT 1 FROM results WHERE custom_id = ?", [custom_id]))
+
+    # -- the collector's bulk writes -----------------------------------------------------------------------------
+    # Rows come as tuples kept apart by shape: binding None costs sqlite3 far more than any other value, so the
+    # common rows (a success, a valid example) leave their NULL columns out of the statement.
+    def insert_results(self, succeeded: Iterable[tuple[Any, ...]], others: Iterable[tuple[Any, ...]]) -> None:
+        """Result rows: `succeeded` are output lines (custom_id, batch_id, job, status_code, finish_reason,
+        prompt, cached, completion, reasoning tokens, cost_usd, priced_by, request_id, collected_utc); `others`
+        carry every column (custom_id, batch_id, job, source, status_code, error_code, error_message,
+        finish_reason, the four token counts, cost_usd, priced_by, request_id, collected_utc)."""
+        conn = self.db.conn
+        conn.executemany(
+            "INSERT INTO results (custom_id, batch_id, job, source, status_code, finish_reason, prompt_tokens, "
+            "cached_tokens, completion_tokens, reasoning_tokens, cost_usd, priced_by, request_id, collected_utc) "
+            "VALUES (?, ?, ?, 'output', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", succeeded)
+        conn.executemany(
+            "INSERT INTO results (custom_id, batch_id, job, source, status_code, error_code, error_message, "
+            "finish_reason, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, "
+            "priced_by, request_id, collected_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            others)
+
+    def insert_examples(self, accepted: Iterable[tuple[Any, ...]], others: Iterable[tuple[Any, ...]]) -> None:
+        """Example rows: `accepted` are valid (job, stage, custom_id, position, content_json, content_hash);
+        `others` carry every column (the same, then valid, category, reason, duplicate_of)."""
+        conn = self.db.conn
+        conn.executemany(
+            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid) "
+            "VALUES (?, ?, ?, ?, ?, ?, 1)", accepted)
+        conn.executemany(
+            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid, category, "
+            "reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", others)
+
+    def set_request_statuses(self, statuses: list[tuple[str, int]]) -> None:
+        """Each (status, requests.rowid), written in table order: lines arrive in any order, and updating the
+        requests in rowid order touches each page of the table once. Sorts `statuses` in place."""
+        statuses.sort(key=itemgetter(1))
+        self.db.conn.executemany("UPDATE requests SET status = ? WHERE rowid = ?", statuses)
+
+    def reject_batch_requests(self, batch_id: str, job: str, code: str, detail: str) -> int:
+        """A `batch_failed` result for every request of a batch whose input file was rejected, and the requests
+        marked rejected; how many requests."""
+        rows = self._execute("SELECT custom_id FROM requests WHERE batch_id = ?", [batch_id]).fetchall()
+        self.db.conn.executemany(
+            "INSERT INTO results (custom_id, batch_id, job, source, error_code, error_message, cost_usd, "
+            "collected_utc) VALUES (?, ?, ?, 'batch_failed', ?, ?, '0', ?)",
+            ((r[0], batch_id, job, code, detail, utcnow()) for r in rows))
+        self._execute("UPDATE requests SET status = 'rejected' WHERE batch_id = ?", [batch_id])
+        return len(rows)
+
+    # -- example hashes and dedupe --------------------------------------------------------------------------
+    def earlier_stage_hashes(self, job: str, stage: str) -> dict[str, str]:
+        """content_hash -> "custom_id#position" of the valid examples of the job's other stages."""
+        return {row[0]: f"{row[1]}#{row[2]}" for row in self._execute(
+            "SELECT content_hash, custom_id, position FROM examples WHERE job = ? AND stage != ? AND valid = 1 "
+            "AND content_hash IS NOT NULL ORDER BY id", [job, stage])}
+
+    def valid_example_count(self, job: str, stage: str) -> int:
+        return int(self.scalar("SELECT count(*) FROM examples WHERE job = ? AND stage = ? AND valid = 1",
+                               [job, stage]))
+
+    def stage_hashes(self, job: str, stage: str) -> set[str]:
+        """Hashes of the stage's examples that passed every check but dedupe (valid ones and duplicates)."""
+        return {h for (h,) in self._execute(
+            "SELECT content_hash FROM examples WHERE job = ? AND stage = ? AND content_hash IS NOT NULL AND "
+            "(valid = 1 OR category = 'duplicate')", [job, stage])}
+
+    def dedupe_stage(self, job: str, stage: str, candidates: Iterable[str]) -> None:
+        """Mark repeats inside a stage, keeping the first in canonical order (variant, attempt, position).
+
+        Run after every collection of the stage, with the hashes that can have changed: those the batch brought
+        twice, or brought again after an earlier batch. A batch collected later may hold an earlier twin of an
+        example that was valid so far, so each such hash is settled again from scratch; the result does not depend
+        on the order in which lines or batches arrive.
+        """
+        candidates = list(candidates)
+        if not candidates:
+            return
+        self._execute("CREATE TEMP TABLE IF NOT EXISTS dedupe_candidates (hash TEXT PRIMARY KEY)")
+        self._execute("DELETE FROM dedupe_candidates")
+        self.db.conn.executemany("INSERT OR IGNORE INTO dedupe_candidates VALUES (?)", ((h,) for h in candidates))
+        self._execute("UPDATE examples SET valid = 1, category = NULL, reason = NULL, duplicate_of = NULL "
+                      "WHERE job = ? AND stage = ? AND category = 'duplicate' AND content_hash IN "
+                      "(SELECT hash FROM dedupe_candidates)", [job, stage])
+        self._execute(
+            """
+            UPDATE examples SET valid = 0, category = 'duplicate', reason = 'Duplicate: ' || d.first_key,
+                   duplicate_of = d.first_key
+            FROM (
+                SELECT e.id,
+                       row_number() OVER w AS rank,
+                       first_value(e.custom_id || '#' || e.position) OVER w AS first_key
+                FROM examples e JOIN requests r ON r.custom_id = e.custom_id
+                WHERE e.job = ? AND e.stage = ? AND e.valid = 1
+                  AND e.content_hash IN (SELECT hash FROM dedupe_candidates)
+                WINDOW w AS (PARTITION BY e.content_hash ORDER BY r.variant, r.attempt, e.position)
+            ) AS d
+            WHERE examples.id = d.id AND d.rank > 1
+            """, [job, stage])

@@ -17,11 +17,10 @@ import gc
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -60,54 +59,11 @@ def rules_for(spec: JobSpec) -> Rules:
 def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: Rules) -> Deduper:
     """Seed copies, and repeats of valid examples of the job's *earlier* stages.
 
-    Duplicates inside the stage being collected are settled afterwards by `dedupe_stage`, which does not depend on
-    the order in which output lines or batches arrive.
+    Duplicates inside the stage being collected are settled afterwards by `Ledger.dedupe_stage`, which does not
+    depend on the order in which output lines or batches arrive.
     """
-    known = {row[0]: f"{row[1]}#{row[2]}" for row in ledger.execute(
-        "SELECT content_hash, custom_id, position FROM examples WHERE job = ? AND stage != ? AND valid = 1 "
-        "AND content_hash IS NOT NULL ORDER BY id", [spec.name, stage])}
+    known = ledger.earlier_stage_hashes(spec.name, stage)
     return Deduper.for_rules(rules, spec.format, spec.seeds, known=known)
-
-
-def stage_hashes(ledger: Ledger, job: str, stage: str) -> set[str]:
-    """Hashes of the stage's examples that passed every check but dedupe (valid ones and duplicates)."""
-    return {h for (h,) in ledger.execute(
-        "SELECT content_hash FROM examples WHERE job = ? AND stage = ? AND content_hash IS NOT NULL AND "
-        "(valid = 1 OR category = 'duplicate')", [job, stage])}
-
-
-def dedupe_stage(ledger: Ledger, job: str, stage: str, candidates: Iterable[str]) -> None:
-    """Mark repeats inside a stage, keeping the first in canonical order (variant, attempt, position).
-
-    Run after every collection of the stage, with the hashes that can have changed: those the batch brought
-    twice, or brought again after an earlier batch. A batch collected later may hold an earlier twin of an example
-    that was valid so far, so each such hash is settled again from scratch; the result does not depend on the
-    order in which lines or batches arrive.
-    """
-    candidates = list(candidates)
-    if not candidates:
-        return
-    ledger.execute("CREATE TEMP TABLE IF NOT EXISTS dedupe_candidates (hash TEXT PRIMARY KEY)")
-    ledger.execute("DELETE FROM dedupe_candidates")
-    ledger.db.conn.executemany("INSERT OR IGNORE INTO dedupe_candidates VALUES (?)", ((h,) for h in candidates))
-    ledger.execute("UPDATE examples SET valid = 1, category = NULL, reason = NULL, duplicate_of = NULL "
-                   "WHERE job = ? AND stage = ? AND category = 'duplicate' AND content_hash IN "
-                   "(SELECT hash FROM dedupe_candidates)", [job, stage])
-    ledger.execute(
-        """
-        UPDATE examples SET valid = 0, category = 'duplicate', reason = 'Duplicate: ' || d.first_key,
-               duplicate_of = d.first_key
-        FROM (
-            SELECT e.id,
-                   row_number() OVER w AS rank,
-                   first_value(e.custom_id || '#' || e.position) OVER w AS first_key
-            FROM examples e JOIN requests r ON r.custom_id = e.custom_id
-            WHERE e.job = ? AND e.stage = ? AND e.valid = 1
-              AND e.content_hash IN (SELECT hash FROM dedupe_candidates)
-            WINDOW w AS (PARTITION BY e.content_hash ORDER BY r.variant, r.attempt, e.position)
-        ) AS d
-        WHERE examples.id = d.id AND d.rank > 1
-        """, [job, stage])
 
 
 def download_results(client: BatchClient, workspace: Workspace, job: str, batch: dict[str, Any]) -> list[Path]:
@@ -130,15 +86,13 @@ class _Collector:
     def __init__(self, ledger: Ledger, spec: JobSpec, batch: dict[str, Any]):
         self.ledger, self.spec, self.batch = ledger, spec, batch
         self.rules = rules_for(spec)
-        self.stage = ledger.scalar("SELECT stage FROM shards WHERE id = ?", [batch["shard_id"]])
+        self.stage: str = ledger.shard(batch["shard_id"])["stage"]
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, job_dir=spec.job_dir)
-        self.pending: dict[str, tuple[str, int]] = {  # custom_id -> (stage, rowid)
-            row[0]: (row[1], row[2]) for row in ledger.execute(
-                "SELECT custom_id, stage, rowid FROM requests WHERE batch_id = ?", [batch["id"]])}
+        self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)
         self.report = CollectReport(batch["id"])
         self.track_hashes = self.rules.dedupe != "none"
-        self.prior = stage_hashes(ledger, spec.name, self.stage) if self.track_hashes else set()
+        self.prior = ledger.stage_hashes(spec.name, self.stage) if self.track_hashes else set()
         self.seen: set[int] = set()  # hash() of each valid hash of this batch
         self.candidates: set[str] = set()  # valid hashes this batch brings twice, or again after the stage had it
         self.now = utcnow()
@@ -154,7 +108,7 @@ class _Collector:
     def add(self, judged: Judged) -> None:
         kind, custom_id = judged[0], judged[1]
         if custom_id not in self.pending:
-            seen = self.ledger.scalar("SELECT 1 FROM results WHERE custom_id = ?", [custom_id])
+            seen = self.ledger.has_result(custom_id)
             if seen or any(r[0] == custom_id for r in self.succeeded + self.results):
                 self.report.repeated_ids += 1
             else:
@@ -184,7 +138,7 @@ class _Collector:
     def _examples(self, custom_id: str, stage: str, reason: tuple[str, str] | None,
                   examples: list[tuple[Any, ...]]) -> int:
         """Record a response's examples; how many are valid. Seed copies and repeats of earlier stages are
-        rejected here; repeats inside the stage are settled afterwards (see dedupe_stage)."""
+        rejected here; repeats inside the stage are settled afterwards (see Ledger.dedupe_stage)."""
         job, valid_count, rows, accepted = self.spec.name, 0, self.examples, self.accepted
         if reason is not None:
             rows.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None))
@@ -200,7 +154,7 @@ class _Collector:
                     if found is not None:
                         valid, category, text, duplicate_of = False, found.category, str(found), found.detail
                 if valid and track:
-                    # A candidate for dedupe_stage if the stage already holds it or the batch brings it twice.
+                    # A candidate for Ledger.dedupe_stage if the stage already holds it or the batch brings it twice.
                     # `seen` keeps only each hash's hash() (a small int, not the 32-character text); two different
                     # hashes sharing one only add a candidate, which dedupe_stage settles to what it was.
                     key = hash(digest)
@@ -241,33 +195,17 @@ class _Collector:
         return sorted(self.candidates)
 
     def flush(self) -> None:
-        conn = self.ledger.db.conn
-        conn.executemany(
-            "INSERT INTO results (custom_id, batch_id, job, source, status_code, finish_reason, prompt_tokens, "
-            "cached_tokens, completion_tokens, reasoning_tokens, cost_usd, priced_by, request_id, collected_utc) "
-            "VALUES (?, ?, ?, 'output', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.succeeded)
-        conn.executemany(
-            "INSERT INTO results (custom_id, batch_id, job, source, status_code, error_code, error_message, "
-            "finish_reason, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, "
-            "priced_by, request_id, collected_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self.results)
+        self.ledger.insert_results(self.succeeded, self.results)
         crash_point("ingest")
-        conn.executemany(
-            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid) "
-            "VALUES (?, ?, ?, ?, ?, ?, 1)", self.accepted)
-        conn.executemany(
-            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid, category, "
-            "reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.examples)
+        self.ledger.insert_examples(self.accepted, self.examples)
         self.succeeded, self.results, self.accepted, self.examples = [], [], [], []
         self.flushed = len(self.statuses)
 
     def finish(self) -> None:
-        """Write what is left, then every request's status in table order (lines arrive in any order; updating
-        the requests in rowid order touches each page of the table once)."""
+        """Write what is left, then every request's status (in table order, see Ledger.set_request_statuses)."""
         self.missing()
         self.flush()
-        self.statuses.sort(key=itemgetter(1))
-        self.ledger.db.conn.executemany("UPDATE requests SET status = ? WHERE rowid = ?", self.statuses)
+        self.ledger.set_request_statuses(self.statuses)
         self.statuses = []
 
 
@@ -283,25 +221,17 @@ def settle_failed_batch(ledger: Ledger, client: BatchClient, spec: JobSpec, batc
     code, line, message = first.get("code") or "failed", first.get("line"), first.get("message") or ""
     report = CollectReport(batch["id"])
     with ledger.transaction():
-        if ledger.scalar("SELECT collected FROM batches WHERE id = ?", [batch["id"]]):
+        if ledger.batch_collected(batch["id"]):
             return report
-        ledger.execute("UPDATE batches SET collected = 1, actual_cost_usd = '0', updated_utc = ? WHERE id = ?",
-                       [utcnow(), batch["id"]])
+        ledger.mark_batch_collected(batch["id"], Decimal(0))
         if code == "token_limit_exceeded":
             _learn_queue_limit(ledger, spec, batch, message)
-            requeue_shard(ledger, batch["shard_id"])
-            report.outcomes["requeued"] = int(ledger.scalar("SELECT lines FROM shards WHERE id = ?",
-                                                            [batch["shard_id"]]))
+            ledger.requeue_shard(batch["shard_id"])
+            report.outcomes["requeued"] = int(ledger.shard(batch["shard_id"])["lines"])
         else:
             detail = f"line {line}: {message}" if line else message
-            rows = ledger.execute("SELECT custom_id FROM requests WHERE batch_id = ?", [batch["id"]]).fetchall()
-            ledger.db.conn.executemany(
-                "INSERT INTO results (custom_id, batch_id, job, source, error_code, error_message, cost_usd, "
-                "collected_utc) VALUES (?, ?, ?, 'batch_failed', ?, ?, '0', ?)",
-                ((r[0], batch["id"], spec.name, code, detail, utcnow()) for r in rows))
-            ledger.execute("UPDATE requests SET status = 'rejected' WHERE batch_id = ?", [batch["id"]])
-            ledger.execute("UPDATE shards SET status = 'failed' WHERE id = ?", [batch["shard_id"]])
-            report.outcomes["rejected"] = len(rows)
+            report.outcomes["rejected"] = ledger.reject_batch_requests(batch["id"], spec.name, code, detail)
+            ledger.set_shard_status(batch["shard_id"], "failed")
         ledger.event("batch_failed", job=spec.name, batch_id=batch["id"], code=code, line=line, message=message)
     try:
         client.delete_file(batch["input_file_id"])
@@ -316,33 +246,16 @@ _LIMIT = re.compile(r"Limit: ([\d,]+) enqueued tokens")
 def _learn_queue_limit(ledger: Ledger, spec: JobSpec, batch: dict[str, Any], message: str) -> None:
     """Remember the provider's queued-token limit from its message; refuse to loop on a shard that can never fit."""
     found = _LIMIT.search(message)
-    shard = ledger.one("SELECT model, input_tokens FROM shards WHERE id = ?", [batch["shard_id"]]) or {}
+    shard = ledger.find_shard(batch["shard_id"]) or {}
     if found:
         ledger.event("queue_limit", job=spec.name, batch_id=batch["id"], model=shard.get("model"),
                      limit=int(found.group(1).replace(",", "")))
         return
-    others = ledger.scalar(
-        "SELECT count(*) FROM batches b JOIN shards s ON s.id = b.shard_id WHERE s.model = ? AND b.id != ? AND "
-        "b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')", [shard.get("model"), batch["id"]])
+    others = ledger.queued_batches_of_model(shard.get("model"), batch["id"])
     if not others:
         raise BackendError(f"The Batch API refused shard {batch['shard_id']} ({shard.get('input_tokens')} tokens) "
                            f"with nothing else queued: {message}; set limits.max_queued_tokens in job.toml or "
                            "--queue-limit below that")
-
-
-def requeue_shard(ledger: Ledger, shard_id: str) -> str:
-    """A new pending shard record for the same file, taking over the shard's requests (inside a transaction)."""
-    base = shard_id.split("~", 1)[0]
-    tries = int(ledger.scalar("SELECT count(*) FROM shards WHERE id = ? OR id LIKE ?", [base, base + "~%"]))
-    new_id = f"{base}~{tries}"
-    ledger.execute(
-        "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, est_cost_usd, "
-        "max_cost_usd, status, created_utc) SELECT ?, job, stage, attempt, model, path, sha256, lines, bytes, "
-        "input_tokens, est_cost_usd, max_cost_usd, 'pending', ? FROM shards WHERE id = ?", [new_id, utcnow(), shard_id])
-    ledger.execute("UPDATE shards SET status = 'requeued' WHERE id = ?", [shard_id])
-    ledger.execute("UPDATE requests SET shard_id = ?, status = 'compiled', batch_id = NULL WHERE shard_id = ?",
-                   [new_id, shard_id])
-    return new_id
 
 
 @contextmanager
@@ -366,7 +279,7 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
     paths = download_results(client, workspace, spec.name, batch)
     try:
         with ledger.transaction():
-            if ledger.scalar("SELECT collected FROM batches WHERE id = ?", [batch["id"]]):
+            if ledger.batch_collected(batch["id"]):
                 return CollectReport(batch["id"])
             collector = _Collector(ledger, spec, batch)
             with _no_cyclic_gc():
@@ -377,11 +290,10 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
                         collector.add(judged)
                 collector.finish()
             if collector.rules.dedupe != "none":
-                dedupe_stage(ledger, spec.name, collector.stage, collector.dedupe_candidates())
+                ledger.dedupe_stage(spec.name, collector.stage, collector.dedupe_candidates())
             report = collector.report
-            ledger.execute("UPDATE batches SET collected = 1, actual_cost_usd = ?, updated_utc = ? WHERE id = ?",
-                           [str(report.cost_usd), utcnow(), batch["id"]])
-            ledger.execute("UPDATE shards SET status = 'done' WHERE id = ?", [batch["shard_id"]])
+            ledger.mark_batch_collected(batch["id"], report.cost_usd)
+            ledger.set_shard_status(batch["shard_id"], "done")
             ledger.event("collected", job=spec.name, batch_id=batch["id"], outcomes=dict(report.outcomes),
                          examples_valid=report.examples_valid, examples_total=report.examples_total,
                          cost_usd=str(report.cost_usd), unknown_ids=report.unknown_ids,

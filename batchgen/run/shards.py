@@ -4,7 +4,7 @@ below its target, and shards sent back to the queue after `token_limit_exceeded`
 Retry rules (per variant, looking at its latest request):
   expired, cancelled (batch_expired / batch_cancelled rows)   resubmitted; does not use up an attempt if the
                                                               batch ran any line (else it does: no endless loop)
-  failed with HTTP 429 / 5xx, request_timeout, missing        resubmitted while attempts remain
+  failed with HTTP 408/409/429/5xx, request_timeout, missing  resubmitted while attempts remain
   invalid (no valid example), when the job's retry_invalid    resubmitted while attempts remain
   failed with any other 4xx (invalid request, context length) permanent: reported, never retried
 A retry is a new request with a new custom_id (the attempt number is part of it) in a new shard; the old request
@@ -13,14 +13,13 @@ keeps its outcome and is marked `retried`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
-from batchgen.errors import BatchgenError
-from batchgen.ledger import Ledger, utcnow
+from batchgen.errors import BatchgenError, is_retryable_status
+from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
 from batchgen.recipe.plan import expected_output_tokens
@@ -35,23 +34,19 @@ RETRY_CODES = ("rate_limit_exceeded", "server_error", "request_timeout", "missin
 def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
                     limits: LimitsSpec | None = None) -> None:
     """Compile the stage's first attempt and record its shards and requests, once."""
-    if ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
+    if ledger.stage_has_shards(spec.name, stage.name):
         return
     sources = stage_sources(ledger, spec, stage)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, sources=sources, limits=limits)
     with ledger.transaction():
-        if not ledger.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [spec.name, stage.name]):
+        if not ledger.stage_has_shards(spec.name, stage.name):
             record_compile(ledger, spec, stage, result)
 
 
 def record_compile(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, result: CompileResult) -> None:
     """Shard rows and one request row per manifest line (call inside a transaction)."""
     for shard_id, manifest in _insert_shards(ledger, spec, stage, result):
-        ledger.db.conn.executemany(
-            "INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, input_tokens, "
-            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'compiled')",
-            ((r["custom_id"], spec.name, stage.name, r["index"], json.dumps(r["cell"], sort_keys=True), shard_id,
-              r["attempt"], r["input_tokens"]) for r in manifest))
+        ledger.add_requests(spec.name, stage.name, shard_id, manifest)
     ledger.event("compiled", job=spec.name, stage=stage.name, attempt=result.attempt, shards=len(result.shards),
                  requests=result.requests, input_tokens=result.input_tokens)
 
@@ -68,11 +63,7 @@ def _insert_shards(ledger: Ledger, spec: JobSpec, stage: ResolvedStage,
         for r in read_manifest(shard.manifest_path):
             est += price.cost(r["input_tokens"], 0, expected)
             worst += price.cost(r["input_tokens"], 0, r["max_tokens"])
-        ledger.execute(
-            "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, "
-            "est_cost_usd, max_cost_usd, status, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [shard_id, spec.name, stage.name, shard.attempt, shard.model, shard.path, shard.sha256, shard.lines,
-             shard.bytes, shard.input_tokens, str(est), str(worst), "pending", utcnow()])
+        ledger.add_shard(shard_id, spec.name, stage.name, shard, est, worst)
         yield shard_id, read_manifest(shard.manifest_path)
 
 
@@ -80,11 +71,7 @@ def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[d
     """The valid examples of the stage a `from` stage is compiled from, in a stable order."""
     if stage.source is None:
         return None
-    rows = ledger.execute(
-        "SELECT e.content_json FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
-        "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position",
-        [spec.name, stage.source])
-    sources = [json.loads(r[0]) for r in rows]
+    sources = ledger.source_examples(spec.name, stage.source)
     if not sources:
         raise BatchgenError(f"Stage {stage.name!r} of job {spec.name!r} has no valid examples of stage "
                             f"{stage.source!r} to start from")
@@ -96,20 +83,12 @@ def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[d
 
 def retry_candidates(ledger: Ledger, spec: JobSpec, stage: str) -> tuple[list[int], list[str]]:
     """(variant indices to resubmit, custom_ids they replace) for a stage whose shards have all ended."""
-    latest = ledger.rows(
-        "SELECT r.custom_id, r.variant, r.status, r.batch_id, s.status_code, s.error_code FROM requests r "
-        "LEFT JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? AND r.status != 'retried'",
-        [spec.name, stage])
+    latest = ledger.latest_requests(spec.name, stage)
     # An expired or cancelled line is resubmitted without using up an attempt only if its batch ran something:
     # a batch that ends again and again with nothing done must not be resubmitted for ever.
-    progressed = {row[0] for row in ledger.execute(
-        "SELECT DISTINCT batch_id FROM results WHERE job = ? AND source != 'missing' AND (error_code IS NULL OR "
-        "error_code NOT IN ('batch_expired', 'batch_cancelled'))", [spec.name])}
+    progressed = ledger.batches_that_ran(spec.name)
     used: dict[int, int] = {}
-    for variant, batch_id, code in ledger.execute(
-            "SELECT r.variant, r.batch_id, s.error_code FROM requests r LEFT JOIN results s ON s.custom_id = "
-            "r.custom_id WHERE r.job = ? AND r.stage = ? AND r.status IN ('retried', 'failed', 'invalid', 'missing', "
-            "'expired', 'cancelled')", [spec.name, stage]):
+    for variant, batch_id, code in ledger.ended_attempts(spec.name, stage):
         if code in ("batch_expired", "batch_cancelled") and batch_id in progressed:
             continue
         used[variant] = used.get(variant, 0) + 1
@@ -132,7 +111,7 @@ def _retryable(row: dict[str, Any], spec: JobSpec) -> bool:
         return spec.retry_invalid
     if status == "failed":
         code = row["status_code"]
-        return code is None or code == 429 or code >= 500 or (row["error_code"] or "") in RETRY_CODES
+        return code is None or is_retryable_status(code) or (row["error_code"] or "") in RETRY_CODES
     return False
 
 
@@ -142,8 +121,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
     variants, replaced = retry_candidates(ledger, spec, stage.name)
     if not variants:
         return 0
-    attempt = int(ledger.scalar("SELECT max(attempt) FROM requests WHERE job = ? AND stage = ?",
-                                [spec.name, stage.name])) + 1
+    attempt = ledger.next_attempt(spec.name, stage.name)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits)
     with ledger.transaction():
@@ -151,8 +129,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
         if sorted(still) != sorted(replaced):
             return 0  # another process scheduled these meanwhile
         record_compile(ledger, spec, stage, result)
-        ledger.db.conn.executemany("UPDATE requests SET status = 'retried' WHERE custom_id = ?",
-                                   ((cid,) for cid in replaced))
+        ledger.mark_retried(replaced)
         ledger.event("retry", job=spec.name, stage=stage.name, attempt=attempt, requests=len(variants))
     return len(variants)
 
@@ -163,13 +140,10 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
 def top_up_need(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> tuple[int, int, int]:
     """(valid examples the stage still lacks, top-up rounds it had, the next free variant index)."""
     base = request_count(spec, stage)
-    valid = int(ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND stage = ? AND valid = 1",
-                              [spec.name, stage.name]))
-    rounds = int(ledger.scalar(
-        "SELECT count(DISTINCT first) FROM (SELECT min(attempt) AS first FROM requests WHERE job = ? AND stage = ? "
-        "AND variant >= ? GROUP BY variant)", [spec.name, stage.name, base]))
-    last = ledger.scalar("SELECT max(variant) FROM requests WHERE job = ? AND stage = ?", [spec.name, stage.name])
-    return max(stage.target - valid, 0), rounds, max(base, int(last if last is not None else -1) + 1)
+    valid = ledger.valid_example_count(spec.name, stage.name)
+    rounds = ledger.top_up_rounds(spec.name, stage.name, base)
+    last = ledger.highest_variant(spec.name, stage.name)
+    return max(stage.target - valid, 0), rounds, max(base, (last if last is not None else -1) + 1)
 
 
 def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
@@ -192,13 +166,11 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     price = get_price(spec.model, job_dir=spec.job_dir)
     budget_left = budget()
     if budget_left is not None:
-        largest = int(ledger.scalar("SELECT max(input_tokens) FROM requests WHERE job = ? AND stage = ?",
-                                    [spec.name, stage.name]) or 0)
+        largest = ledger.largest_prompt(spec.name, stage.name)
         per_request = price.cost(largest, 0, stage.max_tokens)
         if per_request > 0:
             count = min(count, int(max(budget_left, Decimal(0)) / per_request))
-    attempt = int(ledger.scalar("SELECT max(attempt) FROM requests WHERE job = ? AND stage = ?",
-                                [spec.name, stage.name])) + 1
+    attempt = ledger.next_attempt(spec.name, stage.name)
     sources = stage_sources(ledger, spec, stage)
     result = None
     while count > 0:
@@ -214,9 +186,7 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         _short(ledger, spec, stage, short, rounds, "budget")
         return 0
     with ledger.transaction():
-        if top_up_need(ledger, spec, stage) != (short, rounds, first) or ledger.scalar(
-                "SELECT count(*) FROM shards WHERE job = ? AND stage = ? AND status IN ('pending', 'submitted')",
-                [spec.name, stage.name]):
+        if top_up_need(ledger, spec, stage) != (short, rounds, first) or ledger.open_shards(spec.name, stage.name):
             return 0  # another process moved the stage on meanwhile
         record_compile(ledger, spec, stage, result)
         ledger.event("top_up", job=spec.name, stage=stage.name, attempt=attempt, round=rounds + 1, missing=short,
@@ -251,17 +221,16 @@ def _ceil(value: Decimal) -> int:
 def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict[str, Any],
                 limits: LimitsSpec) -> None:
     """Cut a pending shard that alone exceeds the queued-token cap into smaller ones with the same requests."""
-    variants = [r[0] for r in ledger.execute("SELECT variant FROM requests WHERE shard_id = ?", [shard["id"]])]
+    variants = ledger.shard_variants(shard["id"])
     stage = spec.stage(shard["stage"])
     # A folder of its own: the same attempt and variants as a retry or top-up shard would be that shard's folder.
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=shard["attempt"], indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits, label="split")
     with ledger.transaction():
-        if ledger.scalar("SELECT status FROM shards WHERE id = ?", [shard["id"]]) != "pending":
+        if (ledger.find_shard(shard["id"]) or {}).get("status") != "pending":
             return
         for part_id, manifest in _insert_shards(ledger, spec, stage, result):
-            ledger.db.conn.executemany("UPDATE requests SET shard_id = ? WHERE custom_id = ?",
-                                       ((part_id, r["custom_id"]) for r in manifest))
-        ledger.execute("UPDATE shards SET status = 'split' WHERE id = ?", [shard["id"]])
+            ledger.move_requests(part_id, (r["custom_id"] for r in manifest))
+        ledger.set_shard_status(shard["id"], "split")
         ledger.event("split", job=spec.name, shard=shard["id"], parts=len(result.shards),
                      max_queued_tokens=limits.max_queued_tokens)

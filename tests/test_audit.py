@@ -61,7 +61,7 @@ def test_a_token_count_changed_in_the_ledger_is_found(tmp_path, monkeypatch):
     workspace = workspace_with(tmp_path, monkeypatch)
     assert invoke("run", str(TASK_API), "--quiet").exit_code == 0
     with Ledger.open(workspace / "ledger.db") as ledger, ledger.transaction():
-        ledger.execute("UPDATE results SET completion_tokens = completion_tokens + 7 WHERE rowid = 1")
+        ledger.db.execute("UPDATE results SET completion_tokens = completion_tokens + 7 WHERE rowid = 1")
     code, report = reconcile()
     assert code == 1 and not report["clean"]
     (batch,) = report["batches"]
@@ -76,7 +76,7 @@ def test_a_batch_the_ledger_did_not_record_is_listed(tmp_path, monkeypatch):
     assert invoke("submit", str(TASK_API)).exit_code == 0
     with Ledger.open(workspace / "ledger.db") as ledger, ledger.transaction():
         batch_id = ledger.scalar("SELECT id FROM batches")
-        ledger.execute("DELETE FROM batches")
+        ledger.db.execute("DELETE FROM batches")
     code, report = reconcile()
     assert code == 1 and report["batches"] == []
     assert report["unrecorded"] == [{"batch": batch_id, "job": "task_api", "status": report["unrecorded"][0]["status"]}]

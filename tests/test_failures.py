@@ -54,8 +54,8 @@ def batchgen(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def one_outcome_per_request_and_costs_once(ledger: Ledger) -> None:
     assert ledger.scalar("SELECT count(*) FROM requests r LEFT JOIN results s USING (custom_id) "
                          "WHERE s.custom_id IS NULL") == 0
-    per_result = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
-    per_batch = sum((Decimal(r[0]) for r in ledger.execute("SELECT actual_cost_usd FROM batches")), Decimal(0))
+    per_result = sum((Decimal(r[0]) for r in ledger.db.execute("SELECT cost_usd FROM results")), Decimal(0))
+    per_batch = sum((Decimal(r[0]) for r in ledger.db.execute("SELECT actual_cost_usd FROM batches")), Decimal(0))
     assert per_result == per_batch
 
 
@@ -147,7 +147,7 @@ def test_a_budget_smaller_than_the_job_stops_at_the_budget(tmp_path):
     assert done.stderr.startswith("Error: Budget $0.01 of job 'task_api' reached") and "left" in done.stderr
     assert "Traceback" not in done.stderr
     with Ledger.open(workspace / "ledger.db") as ledger:
-        spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+        spent = sum((Decimal(r[0]) for r in ledger.db.execute("SELECT cost_usd FROM results")), Decimal(0))
         submitted = ledger.scalar("SELECT count(*) FROM batches")
         assert 0 < submitted < ledger.scalar("SELECT count(*) FROM shards")
         next_worst = Decimal(ledger.scalar("SELECT max_cost_usd FROM shards WHERE status = 'pending' ORDER BY id"))
@@ -252,7 +252,7 @@ def test_cancelling_a_job_keeps_finished_work_and_submits_nothing_more(tmp_path)
 def top_up_requests(workspace: Path) -> list[int]:
     with Ledger.open(workspace / "ledger.db") as ledger:
         one_outcome_per_request_and_costs_once(ledger)
-        return [r[0] for r in ledger.execute("SELECT variant FROM requests WHERE variant >= 50 ORDER BY variant")]
+        return [r[0] for r in ledger.db.execute("SELECT variant FROM requests WHERE variant >= 50 ORDER BY variant")]
 
 
 def shortfalls(workspace: Path) -> list[dict]:
@@ -274,7 +274,7 @@ def test_a_stage_that_ends_short_of_its_target_is_topped_up(tmp_path):
     assert extra and extra == list(range(50, 50 + len(extra)))  # the variants after the plan, each once
     assert shortfalls(topped) == []
     with Ledger.open(topped / "ledger.db") as ledger:
-        rounds = [json.loads(d) for (d,) in ledger.execute("SELECT detail_json FROM events WHERE kind = 'top_up'")]
+        rounds = [json.loads(d) for (d,) in ledger.db.execute("SELECT detail_json FROM events WHERE kind = 'top_up'")]
     assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
     assert rounds[0]["first_variant"] == 50 and sum(r["requests"] for r in rounds) == len(extra)
 
@@ -303,7 +303,7 @@ def test_a_top_up_never_goes_past_the_budget(tmp_path):
     (short,) = shortfalls(workspace)
     assert short["reason"] == "budget"
     with Ledger.open(workspace / "ledger.db") as ledger:
-        spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+        spent = sum((Decimal(r[0]) for r in ledger.db.execute("SELECT cost_usd FROM results")), Decimal(0))
     assert spent <= Decimal("0.0129")
     assert "the budget has no room for a top-up" in batchgen(workspace, "show", "task_api").stdout
 
@@ -322,7 +322,7 @@ def test_top_ups_leave_the_later_stages_their_budget(tmp_path):
     with Ledger.open(workspace / "ledger.db") as ledger:
         assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'top_up'") > 0
         assert ledger.scalar("SELECT count(DISTINCT stage) FROM requests") == 4
-        spent = sum((Decimal(r[0]) for r in ledger.execute("SELECT cost_usd FROM results")), Decimal(0))
+        spent = sum((Decimal(r[0]) for r in ledger.db.execute("SELECT cost_usd FROM results")), Decimal(0))
         one_outcome_per_request_and_costs_once(ledger)
     assert spent <= Decimal(budget)
 

@@ -28,7 +28,7 @@ def workspace(finished, tmp_path, monkeypatch):
     copy = tmp_path / ".batchgen"
     shutil.copytree(finished, copy)
     with Ledger.open(copy / "ledger.db") as ledger, ledger.transaction():
-        ledger.execute("UPDATE shards SET path = replace(path, ?, ?)", [str(finished), str(copy)])
+        ledger.db.execute("UPDATE shards SET path = replace(path, ?, ?)", [str(finished), str(copy)])
     monkeypatch.setenv("BATCHGEN_WORKSPACE", str(copy))
     return copy
 
@@ -39,7 +39,7 @@ def check(*args: str):
 
 def tamper(workspace, sql: str, params=()):
     with Ledger.open(workspace / "ledger.db") as ledger, ledger.transaction():
-        ledger.execute(sql, params)
+        ledger.db.execute(sql, params)
 
 
 def test_a_finished_job_is_clean(workspace):

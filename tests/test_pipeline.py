@@ -121,7 +121,7 @@ def test_compile_estimates_the_prompt_tokens_the_emulator_bills(finished_run):
     """Messages and the json_schema response format, request by request."""
     workspace, _ = finished_run
     with Ledger.open(workspace / "ledger.db") as ledger:
-        pairs = ledger.execute("SELECT r.input_tokens, s.prompt_tokens FROM requests r JOIN results s "
+        pairs = ledger.db.execute("SELECT r.input_tokens, s.prompt_tokens FROM requests r JOIN results s "
                                "USING (custom_id) WHERE s.source = 'output'").fetchall()
     assert len(pairs) == 55 and all(estimated == billed for estimated, billed in pairs)
 

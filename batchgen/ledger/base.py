@@ -125,8 +125,6 @@ class Store:
     def _execute(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
         return self.db.conn.execute(sql, params)  # type: ignore[arg-type]
 
-    execute = _execute  # TRANSITIONAL: removed once every statement has moved behind a named method
-
     def rows(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
         cursor = self._execute(sql, params)
         names = [d[0] for d in cursor.description]

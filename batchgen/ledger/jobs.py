@@ -72,7 +72,7 @@ class JobRecords(Store):
         return self.rows("SELECT stage, target, missing, top_ups, reason FROM stage_shortfalls WHERE job = ? "
                          "ORDER BY at_utc, stage", [job])
 
-    # -- the shards and batches a job still has open -------------------------------------------------------
+    # -- the batches a job still has open -------------------------------------------------------
     def unfinished_batches(self, job: str) -> int:
         """Batches of the job that have not ended yet."""
         return int(self.scalar(f"SELECT count(*) FROM batches WHERE job = ? AND {UNFINISHED}", [job]))
@@ -81,27 +81,9 @@ class JobRecords(Store):
         """Batches of the job whose results are not in the ledger yet (running, or ended and not collected)."""
         return int(self.scalar("SELECT count(*) FROM batches WHERE job = ? AND collected = 0", [job]))
 
-    def open_shards(self, job: str, stage: str) -> int:
-        """Shards of the stage that are still to submit or still running."""
-        return int(self.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ? AND status IN "
-                               "('pending', 'submitted')", [job, stage]))
-
-    def pending_shards(self, job: str) -> list[dict[str, Any]]:
-        """The job's shards waiting to be submitted, in the order they were compiled."""
-        return self.rows("SELECT * FROM shards WHERE job = ? AND status = 'pending' ORDER BY id", [job])
-
-    def pending_shard_count(self, job: str) -> int:
-        return int(self.scalar("SELECT count(*) FROM shards WHERE job = ? AND status = 'pending'", [job]))
-
-    def shard(self, shard_id: str) -> dict[str, Any] | None:
-        return self.one("SELECT * FROM shards WHERE id = ?", [shard_id])
-
     # -- where a job stands ----------------------------------------------------------------------------------
     def request_count(self, job: str) -> int:
         return int(self.scalar("SELECT count(*) FROM requests WHERE job = ?", [job]))
 
     def result_count(self, job: str) -> int:
         return int(self.scalar("SELECT count(*) FROM results WHERE job = ?", [job]))
-
-    def valid_example_count(self, job: str) -> int:
-        return int(self.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [job]))

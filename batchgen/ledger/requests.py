@@ -23,6 +23,13 @@ class RequestRecords(Store):
     def find_shard(self, shard_id: str) -> dict[str, Any] | None:
         return self.one("SELECT * FROM shards WHERE id = ?", [shard_id])
 
+    def pending_shards(self, job: str) -> list[dict[str, Any]]:
+        """The job's shards waiting to be submitted, in the order they were compiled."""
+        return self.rows("SELECT * FROM shards WHERE job = ? AND status = 'pending' ORDER BY id", [job])
+
+    def pending_shard_count(self, job: str) -> int:
+        return int(self.scalar("SELECT count(*) FROM shards WHERE job = ? AND status = 'pending'", [job]))
+
     def stage_has_shards(self, job: str, stage: str) -> bool:
         """Whether the stage's first attempt has been compiled and recorded."""
         return bool(self.scalar("SELECT count(*) FROM shards WHERE job = ? AND stage = ?", [job, stage]))

@@ -8,6 +8,7 @@ from operator import itemgetter
 from typing import Any
 
 from batchgen.ledger.base import Store, utcnow
+from batchgen.ledger.states import IN_FLIGHT
 
 
 class ResultRecords(Store):
@@ -23,9 +24,10 @@ class ResultRecords(Store):
 
     def queued_batches_of_model(self, model: str | None, other_than: str) -> int:
         """Batches of the model, other than this one, that the provider still holds in its queue."""
+        marks = ",".join("?" * len(IN_FLIGHT))
         return int(self.scalar(
             "SELECT count(*) FROM batches b JOIN shards s ON s.id = b.shard_id WHERE s.model = ? AND b.id != ? AND "
-            "b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')", [model, other_than]))
+            f"b.status IN ({marks})", [model, other_than, *IN_FLIGHT]))
 
     def batch_requests(self, batch_id: str) -> dict[str, tuple[str, int]]:
         """custom_id -> (stage, requests.rowid) of every request sent in the batch."""
@@ -90,7 +92,10 @@ class ResultRecords(Store):
             "SELECT content_hash, custom_id, position FROM examples WHERE job = ? AND stage != ? AND valid = 1 "
             "AND content_hash IS NOT NULL ORDER BY id", [job, stage])}
 
-    def valid_example_count(self, job: str, stage: str) -> int:
+    def valid_example_count(self, job: str, stage: str | None = None) -> int:
+        """Valid examples of the job (of one stage, if given)."""
+        if stage is None:
+            return int(self.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [job]))
         return int(self.scalar("SELECT count(*) FROM examples WHERE job = ? AND stage = ? AND valid = 1",
                                [job, stage]))
 

@@ -248,6 +248,8 @@ def _learn_queue_limit(ledger: Ledger, spec: JobSpec, batch: dict[str, Any], mes
     found = _LIMIT.search(message)
     shard = ledger.find_shard(batch["shard_id"]) or {}
     if found:
+        if shard.get("model"):
+            ledger.learn_queue_limit(shard["model"], int(found.group(1).replace(",", "")))
         ledger.event("queue_limit", job=spec.name, batch_id=batch["id"], model=shard.get("model"),
                      limit=int(found.group(1).replace(",", "")))
         return

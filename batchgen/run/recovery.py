@@ -49,7 +49,7 @@ def recover_submissions(session: Session, client: BatchClient, spec: JobSpec, *,
         return done
     remote = find_batches(client, ledger, spec.name, pending)
     for intent in pending:
-        shard = ledger.shard(intent["shard_id"])
+        shard = ledger.find_shard(intent["shard_id"])
         batch = remote.get(intent["idempotency_key"])
         if batch is not None and shard is not None:
             with ledger.transaction():

@@ -195,8 +195,10 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
 
 
 def _short(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, missing: int, rounds: int, reason: str) -> None:
-    """Record that the stage ends below its target, and why (`report.shortfalls` reads it)."""
+    """Record that the stage ends below its target, and why (`batchgen show` reports it)."""
     with ledger.transaction():
+        ledger.record_shortfall(spec.name, stage.name, target=stage.target, missing=missing, top_ups=rounds,
+                                reason=reason)
         ledger.event("short", job=spec.name, stage=stage.name, target=stage.target, missing=missing, top_ups=rounds,
                      reason=reason)
 

@@ -20,7 +20,7 @@ from batchgen.run.session import Session
 from batchgen.run.tick import advance, register_job
 from batchgen.run.verbs import run_job
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def job_copy(tmp_path: Path, job: str = "task_api", **settings: str) -> Path:

@@ -23,8 +23,8 @@ from batchgen.recipe.loader import load_spec
 from batchgen.recipe.render import custom_id, is_reasoning_model, max_tokens_param, parse_custom_id
 from batchgen.recipe.spec import LimitsSpec
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = FIXTURES / "golden"
 TASK_API = ROOT / "jobs" / "task_api"
 

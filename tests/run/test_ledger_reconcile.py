@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from batchgen.cli import cli
 from batchgen.ledger import Ledger
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASK_API = ROOT / "jobs" / "task_api"
 FAST = {"line_seconds": 0, "validation_seconds": 0, "finalizing_seconds": 0}
 

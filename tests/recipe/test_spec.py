@@ -14,7 +14,7 @@ from batchgen.cli import cli
 from batchgen.errors import SpecError
 from batchgen.recipe.loader import load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASK_API = ROOT / "jobs" / "task_api"
 Edit = Callable[[str], str]
 
@@ -213,5 +213,5 @@ def test_loading_a_spec_does_not_build_a_tokenizer() -> None:
     code = ("from batchgen.recipe import tokens; from batchgen.recipe.loader import load_spec; load_spec('jobs/task_api'); "
             "load_spec('jobs/evol_task_api'); print(tokens.get_encoding.cache_info().currsize)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "0"

@@ -16,7 +16,7 @@ from batchgen.recipe.loader import load_spec
 from batchgen.recipe.plan import expected_output_tokens, plan_job
 from batchgen.recipe.tokens import count_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASK_API = ROOT / "jobs" / "task_api"
 
 

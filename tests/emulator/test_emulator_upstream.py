@@ -326,7 +326,7 @@ def test_serve_help_lists_the_upstream_flags():
 
 
 def test_the_readme_shows_the_upstream_command():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert "batchgen serve --upstream http://localhost:11434/v1" in readme
 
 

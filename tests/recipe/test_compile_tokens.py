@@ -64,7 +64,7 @@ def test_random_text_counts_exactly(model: str, encoding: str) -> None:
 def test_json_blocks_count_exactly(model: str, encoding: str) -> None:
     seeds = [
         json.loads(line)
-        for line in (Path(__file__).resolve().parent.parent / "jobs" / "task_api" / "seeds.jsonl")
+        for line in (Path(__file__).resolve().parents[2] / "jobs" / "task_api" / "seeds.jsonl")
         .read_text()
         .splitlines()
     ]

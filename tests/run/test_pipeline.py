@@ -21,7 +21,7 @@ from batchgen.recipe.formats import parse_example
 from batchgen.recipe.loader import load_spec
 from batchgen.run.collect import rules_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASK_API = ROOT / "jobs" / "task_api"
 
 

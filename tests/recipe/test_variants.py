@@ -12,7 +12,7 @@ import pytest
 from batchgen.recipe.loader import load_spec
 from batchgen.recipe.variants import VariantPlan, coverage, expand_variants, request_count
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASK_API = ROOT / "jobs" / "task_api"
 
 

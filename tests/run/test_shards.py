@@ -15,7 +15,7 @@ from batchgen.run import shards
 from batchgen.run.session import Session
 from batchgen.run.tick import register_job
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

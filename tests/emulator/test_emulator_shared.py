@@ -25,7 +25,7 @@ from batchgen.errors import BackendError
 from batchgen.ledger import Ledger
 from batchgen.run.client import BatchClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SLOW = {"line_seconds": 0.1}  # 55 lines of jobs/task_api take about 6 s: long enough to act while it runs
 HOLDER = """
 import sys

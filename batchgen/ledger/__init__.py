@@ -1,9 +1,38 @@
 """What is known: the SQLite ledger (every read and write of state, as named methods), its migrations, its
-integrity check, and the workspace it lives in."""
+integrity check, and the workspace it lives in.
 
-from batchgen.ledger.base import dec_sum, utcnow
-from batchgen.ledger.states import TERMINAL, UNFINISHED
-from batchgen.ledger.store import Ledger
-from batchgen.ledger.workspace import Workspace
+Names load on first use, so that a command that only needs the workspace's folders (`batchgen compile`) does not
+load sqlite-utils and the record classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "TERMINAL": "batchgen.ledger.states",
+    "UNFINISHED": "batchgen.ledger.states",
+    "Ledger": "batchgen.ledger.store",
+    "Workspace": "batchgen.ledger.workspace",
+    "dec_sum": "batchgen.ledger.base",
+    "utcnow": "batchgen.ledger.base",
+}
 
 __all__ = ["TERMINAL", "UNFINISHED", "Ledger", "Workspace", "dec_sum", "utcnow"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchgen.ledger' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from batchgen.ledger.base import dec_sum, utcnow
+    from batchgen.ledger.states import TERMINAL, UNFINISHED
+    from batchgen.ledger.store import Ledger
+    from batchgen.ledger.workspace import Workspace

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchgen.errors import NotFoundError
 from batchgen.ledger.base import Store, utcnow
-from batchgen.recipe.compile import ShardInfo
+
+if TYPE_CHECKING:  # a type only: opening the ledger need not load the compiler
+    from batchgen.recipe.compile import ShardInfo
 
 
 class RequestRecords(Store):

@@ -7,8 +7,9 @@ load sqlite-utils and the record classes.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from batchgen._lazy import lazy_names
 
 _EXPORTS = {
     "TERMINAL": "batchgen.ledger.states",
@@ -22,13 +23,7 @@ _EXPORTS = {
 __all__ = ["TERMINAL", "UNFINISHED", "Ledger", "Workspace", "dec_sum", "utcnow"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'batchgen.ledger' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -35,10 +35,15 @@ def env_for(workspace: Path, **extra: str) -> dict[str, str]:
     return {**env, "BATCHGEN_WORKSPACE": str(workspace), **extra}
 
 
-def batchgen(workspace: Path, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
-    """`python -m batchgen ARGS` in a new process on the workspace (extra: more environment variables)."""
-    return subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True,
+def batchgen(workspace: Path, *args: str, timeout: float = 300, check: bool = False,
+             **extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m batchgen ARGS` in a new process on the workspace, as cron or a second terminal would run it
+    (extra: more environment variables; check: assert that it exits 0)."""
+    done = subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True,
                           env=env_for(workspace, **extra), cwd=ROOT, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
 
 
 def spawn(workspace: Path, *args: str, **extra: str) -> subprocess.Popen[str]:

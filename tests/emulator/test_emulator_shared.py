@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import openai
 import pytest
+from workspaces import batchgen
 
 from batchgen.emulator import AttachedEmulator, EmbeddedEmulator, StateInUse, connect_embedded
 from batchgen.emulator.shared import SERVER_FILE, Published, publish, read_published
@@ -60,11 +61,6 @@ def make_workspace(tmp_path: Path, config: dict[str, Any]) -> Path:
 def environment(workspace: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGEN_CRASH")}
     return {**env, "BATCHGEN_WORKSPACE": str(workspace)}
-
-
-def batchgen(workspace: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=environment(workspace), timeout=timeout)
 
 
 @pytest.fixture

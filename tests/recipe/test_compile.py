@@ -264,7 +264,8 @@ def test_model_family_rules(model: str, param: str, reasoning: bool) -> None:
 
 
 def test_reasoning_body_has_no_temperature(tmp_path: Path) -> None:
-    shard = compile_stage(load_spec(FIXTURES / "jobs" / "reasoning"), shards_dir=Workspace(tmp_path).shards_dir).shards[0]
+    spec = load_spec(FIXTURES / "jobs" / "reasoning")
+    shard = compile_stage(spec, shards_dir=Workspace(tmp_path).shards_dir).shards[0]
     for row in lines_of(shard.path):
         assert "temperature" not in row["body"] and row["body"]["max_completion_tokens"] == 3000
         assert row["body"]["response_format"] == {"type": "json_object"}

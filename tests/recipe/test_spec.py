@@ -210,8 +210,9 @@ def test_loading_a_spec_does_not_build_a_tokenizer() -> None:
     import subprocess
     import sys
 
-    code = ("from batchgen.recipe import tokens; from batchgen.recipe.loader import load_spec; load_spec('jobs/task_api'); "
-            "load_spec('jobs/evol_task_api'); print(tokens.get_encoding.cache_info().currsize)")
+    code = ("from batchgen.recipe import tokens; from batchgen.recipe.loader import load_spec; "
+            "load_spec('jobs/task_api'); load_spec('jobs/evol_task_api'); "
+            "print(tokens.get_encoding.cache_info().currsize)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "0"

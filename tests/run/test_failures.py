@@ -13,6 +13,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from workspaces import batchgen
+
 from batchgen.emulator import EmulatorControl
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
@@ -43,12 +45,6 @@ def job_copy(tmp_path: Path, job: str = "task_api", **settings: str) -> Path:
 def emulator_config(workspace: Path, **config: object) -> None:
     (workspace / "emulator").mkdir(parents=True, exist_ok=True)
     (workspace / "emulator" / "config.json").write_text(json.dumps(config), encoding="utf-8")
-
-
-def batchgen(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BATCHGEN_WORKSPACE": str(workspace)}
-    return subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
 
 
 def one_outcome_per_request_and_costs_once(ledger: Ledger) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from workspaces import batchgen
 
 from batchgen.cli import cli
 from batchgen.dataset import result_lines as judge
@@ -28,16 +26,6 @@ TASK_API = ROOT / "jobs" / "task_api"
 def invoke(*args: str):
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     return result
-
-
-def batchgen(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """batchgen in a new process, as cron or a second terminal would run it."""
-    env = {**os.environ, "BATCHGEN_WORKSPACE": str(workspace)}
-    done = subprocess.run([sys.executable, "-m", "batchgen", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 def dataset_lines(path: Path) -> list[dict]:
@@ -59,7 +47,7 @@ def ledger_snapshot(workspace: Path) -> dict:
 def finished_run(tmp_path_factory):
     """One `batchgen run jobs/task_api` from an empty workspace (shared by the tests that read its results)."""
     workspace = tmp_path_factory.mktemp("run") / ".batchgen"
-    done = batchgen(workspace, "run", str(TASK_API), "--quiet")
+    done = batchgen(workspace, "run", str(TASK_API), "--quiet", check=True)
     return workspace, done
 
 
@@ -94,7 +82,7 @@ def test_running_again_submits_nothing_new(finished_run):
     before = ledger_snapshot(workspace)
     with Ledger.open(workspace / "ledger.db") as ledger:
         batches = ledger.scalar("SELECT count(*) FROM batches")
-    again = batchgen(workspace, "run", str(TASK_API), "--quiet")
+    again = batchgen(workspace, "run", str(TASK_API), "--quiet", check=True)
     assert "Job task_api: done" in again.stdout
     with Ledger.open(workspace / "ledger.db") as ledger:
         assert ledger.scalar("SELECT count(*) FROM batches") == batches
@@ -129,12 +117,12 @@ def test_compile_estimates_the_prompt_tokens_the_emulator_bills(finished_run):
 def test_submit_status_collect_in_new_processes_equals_run(finished_run, tmp_path):
     run_workspace, _ = finished_run
     workspace = tmp_path / ".batchgen"
-    submitted = batchgen(workspace, "submit", str(TASK_API))
+    submitted = batchgen(workspace, "submit", str(TASK_API), check=True)
     assert "Submitted" in submitted.stdout
-    status = batchgen(workspace, "status", "task_api", "--json")
+    status = batchgen(workspace, "status", "task_api", "--json", check=True)
     assert all(row["job"] == "task_api" for row in json.loads(status.stdout))
     for _ in range(100):
-        collected = batchgen(workspace, "collect", "task_api")
+        collected = batchgen(workspace, "collect", "task_api", check=True)
         if "done" in collected.stdout.split(";")[-1] or "dataset" in collected.stdout:
             break
     assert "dataset" in collected.stdout
@@ -248,7 +236,7 @@ def test_a_50000_line_batch_has_exactly_one_result_per_custom_id(tmp_path):
     workspace = tmp_path / ".batchgen"
     (workspace / "emulator").mkdir(parents=True)
     (workspace / "emulator" / "config.json").write_text(json.dumps({"line_seconds": 0}), encoding="utf-8")
-    done = batchgen(workspace, "run", str(ROOT / "tests" / "fixtures" / "jobs" / "big"), "--quiet")
+    done = batchgen(workspace, "run", str(ROOT / "tests" / "fixtures" / "jobs" / "big"), "--quiet", check=True)
     assert "Job big: done" in done.stdout
     with Ledger.open(workspace / "ledger.db") as ledger:
         assert ledger.scalar("SELECT count(*) FROM batches") == 1

@@ -62,7 +62,8 @@ def test_a_create_without_an_answer_is_made_once_on_the_next_tick(setup):
     assert [(b.metadata or {}).get("batchgen_key") for b in batches] == [key]
     assert batches[0].input_file_id == file_id  # created from the intent's file, not uploaded again
     assert [f.id for f in sdk.files.list(purpose="batch")] == [file_id]
-    assert session.ledger.rows("SELECT status, batch_id FROM intents") == [{"status": "done", "batch_id": batches[0].id}]
+    intents = session.ledger.rows("SELECT status, batch_id FROM intents")
+    assert intents == [{"status": "done", "batch_id": batches[0].id}]
 
 
 def test_a_batch_created_but_never_recorded_is_adopted(setup):

@@ -17,6 +17,17 @@ from batchgen.output import echo_json, echo_table, output_options
 from batchgen.recipe.pricing import format_usd
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+# Exit statuses of run, submit, collect and tick (README "Exit status"): 0 every job touched is done at its target
+# or running normally; 1 an error; 3 a job ended short of its target; 130 stopped by Ctrl-C.
+EXIT_SHORT = 3
+
+
+def _exit_for(progress: Any) -> None:
+    """Exit 1 when a job met an error, 3 when one ended short of its target; return otherwise."""
+    if any(p.error for p in progress):
+        sys.exit(1)
+    if any(p.ended_short for p in progress):
+        sys.exit(EXIT_SHORT)
 
 
 class BatchgenGroup(click.Group):
@@ -205,8 +216,9 @@ def _wait_note() -> Any:
 @guard_options
 @workspace_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display")
+@click.option("json_", "--json", is_flag=True, help="Print the summary as JSON (as 'batchgen show --json')")
 def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, poll_interval: float | None,
-         workspace: str | None, quiet: bool) -> None:
+         workspace: str | None, quiet: bool, json_: bool) -> None:
     """Run JOB to the end: compile, submit, poll, collect, validate, export. Safe to stop and start again.
 
     Ctrl-C leaves the batches running; run the same command later to pick up where it stopped.
@@ -214,6 +226,8 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
     \b
         batchgen run jobs/task_api                 # free, on the embedded emulator
         batchgen run jobs/task_api --backend openai
+
+    Exit status: 0 done at the target (or running normally), 1 an error, 3 a job ended short of its target. Ctrl-C: 130.
     """
     from batchgen.run.verbs import run_job
 
@@ -222,13 +236,14 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
     session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
     spec = _register(session, job)
     try:
-        run_job(session, spec, None if quiet else _progress_line, sleep=lock.pausing(session.close, note),
-                on_outage=_outage_note)
+        final = run_job(session, spec, None if quiet or json_ else _progress_line,
+                        sleep=lock.pausing(session.close, note), on_outage=_outage_note)
     except KeyboardInterrupt:
         click.echo(f"\nStopped. Batches keep running; resume with 'batchgen run {job}' or check with "
                    f"'batchgen status {spec.name}'", err=True)
         sys.exit(130)
-    _print_summary(session, spec.name, False)
+    _print_summary(session, spec.name, json_)
+    _exit_for([final])
 
 
 def _outage_note(message: str) -> None:
@@ -287,12 +302,15 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
 @backend_option
 @guard_options
 @workspace_option
+@click.option("json_", "--json", is_flag=True, help="Print {job, submitted, waiting} as JSON")
 def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, poll_interval: float | None,
-            workspace: str | None) -> None:
+            workspace: str | None, json_: bool) -> None:
     """Compile JOB and submit its batches, then return at once (collect later with 'batchgen collect').
 
     \b
         batchgen submit jobs/task_api && batchgen status task_api
+
+    Exit status: 0 done at the target (or running normally), 1 an error, 3 a job ended short of its target.
     """
     from batchgen.run.verbs import submit_job
 
@@ -300,30 +318,42 @@ def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | 
     session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
     spec = _register(session, job)
     count, blocked = submit_job(session, spec)
-    click.echo(f"Submitted {count} batch(es) for job {spec.name}" + (f"; {blocked}" if blocked else ""))
+    if json_:
+        echo_json({"job": spec.name, "submitted": count, "waiting": blocked})
+    else:
+        click.echo(f"Submitted {count} batch(es) for job {spec.name}" + (f"; {blocked}" if blocked else ""))
 
 
 @cli.command(name="collect")
 @click.argument("job", required=False)
 @workspace_option
-def collect_(job: str | None, workspace: str | None) -> None:
+@click.option("json_", "--json", is_flag=True, help="Print each job's progress as JSON")
+def collect_(job: str | None, workspace: str | None, json_: bool) -> None:
     """Poll the batches of JOB (default: every active job) and collect the ones that ended.
 
     \b
         batchgen collect task_api
+
+    Exit status: 0 done at the target (or running normally), 1 an error, 3 a job ended short of its target.
     """
     from batchgen.ledger import TERMINAL
     from batchgen.run.verbs import collect_jobs
 
     _lock(workspace, on_wait=_wait_note())
     session = _session(workspace)
-    for p in collect_jobs(session, [job] if job else None):
+    progress = collect_jobs(session, [job] if job else None)
+    if json_:
+        echo_json([p.to_dict() for p in progress])
+        _exit_for(progress)
+        return
+    for p in progress:
         running = sum(n for s, n in p.batches.items() if s not in TERMINAL)
         state = "done" if p.done else f"{running} batch(es) still running"
         if p.pending_shards:
             state += f"; {p.pending_shards} shard(s) to submit: batchgen submit {p.job}"
         click.echo(f"{p.job}: collected {p.collected_now} batch(es); {p.finished}/{p.requests} requests answered; "
                    f"{p.valid_examples} valid examples; {state}" + (f"; dataset {p.dataset}" if p.dataset else ""))
+    _exit_for(progress)
 
 
 @cli.command(name="tick")
@@ -331,12 +361,16 @@ def collect_(job: str | None, workspace: str | None) -> None:
 @workspace_option
 @click.option("--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for another batchgen working on the workspace before skipping this tick")
+@click.option("json_", "--json", is_flag=True, help="Print each job's progress as JSON")
 def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None, workspace: str | None,
-          wait: float) -> None:
-    """One pass over every active job: submit, poll, collect, export. For cron; exits 0 with a one-line summary.
+          wait: float, json_: bool) -> None:
+    """One pass over every active job: submit, poll, collect, export. For cron, with a one-line summary.
 
     \b
         */10 * * * * cd ~/data && batchgen tick >> batchgen.log 2>&1
+
+    Exit status: 0 done at the target (or running normally), 1 an error, 3 a job ended short of its target;
+    0 when another batchgen holds the workspace longer than --wait (the tick is skipped).
     """
     from batchgen.errors import WorkspaceBusy
     from batchgen.run.tick import tick
@@ -344,14 +378,19 @@ def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None
     try:
         _lock(workspace, wait=wait)
     except WorkspaceBusy as error:
-        click.echo(f"{error}; skipped")
+        echo_json({"skipped": str(error), "jobs": []}) if json_ else click.echo(f"{error}; skipped")
         return
     session = _session(workspace, None, budget_mode, queue_limit, poll_interval)
     report = tick(session)
+    if json_:
+        echo_json({"skipped": None, "jobs": [p.to_dict() for p in report]})
+        _exit_for(report)
+        return
     parts = [f"{p.job} {p.status} {p.finished}/{p.requests} (+{p.submitted_now} submitted, "
              f"+{p.collected_now} collected)" + (f" error: {p.error}" if p.error else "")
              + (f" waiting: {p.waiting_for_budget}" if p.waiting_for_budget else "") for p in report]
     click.echo("tick: " + ("; ".join(parts) if parts else "no active jobs"))
+    _exit_for(report)
 
 
 @cli.command(name="status")
@@ -422,7 +461,9 @@ def show_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None
 @click.option("--provenance", type=click.Choice(["inline", "sidecar", "none"]), default="inline", show_default=True,
               help="Where each line's provenance goes: a _provenance key, a .provenance.jsonl file, or nowhere")
 @workspace_option
-def export_(job: str, format_: str | None, output: str | None, provenance: str, workspace: str | None) -> None:
+@click.option("json_", "--json", is_flag=True, help="Print {path, written, sha256, skipped} as JSON")
+def export_(job: str, format_: str | None, output: str | None, provenance: str, workspace: str | None,
+            json_: bool) -> None:
     """Write the valid examples of JOB as JSONL, one example per line, with provenance.
 
     \b
@@ -438,6 +479,10 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
     fmt_ = format_ or spec.format
     path = Path(output) if output else session.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
     result = export_job(session.ledger, spec, path, fmt_, provenance)
+    if json_:
+        echo_json({"path": str(result.path), "written": result.written, "sha256": result.sha256,
+                   "skipped": dict(result.skipped)})
+        return
     skipped = f" ({result.skipped_total} skipped: {dict(result.skipped)})" if result.skipped_total else ""
     click.echo(f"Wrote {result.written} examples to {result.path}{skipped}")
 
@@ -445,7 +490,8 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
 @cli.command(name="cancel")
 @click.argument("target")
 @workspace_option
-def cancel_(target: str, workspace: str | None) -> None:
+@click.option("json_", "--json", is_flag=True, help="Print [{batch, status}] as JSON")
+def cancel_(target: str, workspace: str | None, json_: bool) -> None:
     """Cancel a batch by id, or every running batch of a job. Finished work is kept and collected.
 
     \b
@@ -455,7 +501,11 @@ def cancel_(target: str, workspace: str | None) -> None:
     from batchgen.run.verbs import cancel
 
     _lock(workspace, on_wait=_wait_note())
-    for batch_id, status in cancel(_session(workspace), target):
+    cancelled = cancel(_session(workspace), target)
+    if json_:
+        echo_json([{"batch": batch_id, "status": status} for batch_id, status in cancelled])
+        return
+    for batch_id, status in cancelled:
         click.echo(f"{batch_id}: {status}")
 
 

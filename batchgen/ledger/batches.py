@@ -70,6 +70,11 @@ class BatchRecords(Store):
                           [job])
         return None if due is None else float(due)
 
+    def first_batch_created_at(self, job: str) -> int | None:
+        """When the provider created the job's first recorded batch (unix seconds), or None."""
+        first = self.scalar("SELECT min(created_at) FROM batches WHERE job = ?", [job])
+        return None if first is None else int(first)
+
     def batch_status_counts(self, job: str) -> dict[str, int]:
         return dict(self._execute("SELECT status, count(*) FROM batches WHERE job = ? GROUP BY status",
                                   [job]).fetchall())

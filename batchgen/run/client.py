@@ -156,7 +156,13 @@ class BatchClient:
         return self._call(f"Cancelling batch {batch_id}", lambda: self._sdk.batches.cancel(batch_id))
 
     def list_batches(self, limit: int = 100) -> Iterator[Batch]:
-        yield from self._call("Listing batches", lambda: list(self._sdk.batches.list(limit=limit)))
+        """The provider's batches, newest first, a page at a time: a caller that stops early asks for no more."""
+        page = self._call("Listing batches", lambda: self._sdk.batches.list(limit=limit))
+        while True:
+            yield from page.data
+            if not page.has_next_page():
+                return
+            page = self._call("Listing batches", page.get_next_page)
 
     def list_files(self) -> list[FileObject]:
         return self._call("Listing files", lambda: list(self._sdk.files.list(purpose="batch")))

@@ -67,7 +67,9 @@ class Audit:
         agree = sum(1 for b in self.batches if not b.problems)
         text = f"{agree} of {len(self.batches)} batch(es) agree with the provider"
         if self.unrecorded:
-            text += f"; {len(self.unrecorded)} batch(es) at the provider are not in the ledger yet (run batchgen tick)"
+            jobs = " ".join(sorted({u["job"] for u in self.unrecorded}))
+            text += (f"; {len(self.unrecorded)} batch(es) at the provider are not in the ledger yet: "
+                     f"'batchgen run {jobs}' adopts them instead of paying for them again")
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,14 +146,17 @@ def _audit_batch(ledger: Ledger, client: BatchClient, row: dict[str, Any]) -> Ba
 
 
 def _unrecorded(ledger: Ledger, client: BatchClient, job: str | None) -> list[dict[str, Any]]:
-    """Provider batches carrying a submission key of this ledger that the ledger has not recorded."""
+    """Provider batches made for this ledger's jobs (a submission key it wrote, or `metadata.batchgen_job` naming one
+    of its jobs, as after a ledger was restored from a backup) that the ledger has not recorded."""
     keys = ledger.submission_keys(job)
-    if not keys:
-        return []
+    names = {job} if job else {row["name"] for row in ledger.jobs()}
     known = ledger.recorded_batch_ids()
     missing = []
     for batch in client.list_batches():
-        key = (batch.metadata or {}).get("batchgen_key")
-        if key in keys and batch.id not in known:
-            missing.append({"batch": batch.id, "job": keys[key], "status": batch.status})
+        metadata = batch.metadata or {}
+        owner = keys.get(metadata.get("batchgen_key", "")) or (
+            metadata.get("batchgen_job") if metadata.get("batchgen_key") and metadata.get("batchgen_job") in names
+            else None)
+        if owner is not None and batch.id not in known:
+            missing.append({"batch": batch.id, "job": owner, "status": batch.status})
     return missing

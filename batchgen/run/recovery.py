@@ -23,9 +23,8 @@ from batchgen.errors import BackendError
 from batchgen.ledger import Ledger
 from batchgen.recipe.spec import JobSpec
 from batchgen.run.client import BatchClient
-from batchgen.run.polling import record_batch_state
 from batchgen.run.session import Session
-from batchgen.run.submission import FILENAME_KEY, record_created, submit_shard
+from batchgen.run.submission import FILENAME_KEY, adopt, submit_shard
 
 
 @dataclass
@@ -52,12 +51,7 @@ def recover_submissions(session: Session, client: BatchClient, spec: JobSpec, *,
         shard = ledger.find_shard(intent["shard_id"])
         batch = remote.get(intent["idempotency_key"])
         if batch is not None and shard is not None:
-            with ledger.transaction():
-                record_created(session, client, spec.name, shard, batch)
-                record_batch_state(session, client, spec.name, batch, 0)  # it may have ended while nobody looked
-                ledger.finish_intent(intent["id"], batch["id"], batch["input_file_id"])
-                ledger.event("adopted", job=spec.name, batch_id=batch["id"], shard=shard["id"],
-                             key=intent["idempotency_key"])
+            adopt(session, client, spec, shard, intent, batch)
             done.adopted.append(batch["id"])
         elif not resume:
             continue

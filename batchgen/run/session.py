@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger, Workspace
@@ -29,6 +30,12 @@ class Session:
         self.queue_limit = queue_limit
         self.poll_base = poll_interval
         self._clients: dict[str, BatchClient] = {}
+        # The provider's batch list as far as read in this tick, per client identity (see run/submission.py).
+        self.listings: dict[str, Any] = {}
+
+    def new_tick(self) -> None:
+        """Forget what was read from the providers in the last tick."""
+        self.listings.clear()
 
     def client(self, backend: str) -> BatchClient:
         if backend not in self._clients:

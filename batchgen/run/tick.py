@@ -10,7 +10,7 @@ again without spending twice or losing a result.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,19 @@ class JobProgress:
     waiting_for_budget: str | None = None
     error: str | None = None
     pending_shards: int = 0  # compiled and waiting to be submitted (a stage's first shards, retries, top-ups)
+    short: list[str] = field(default_factory=list)  # stages that ended below their target
 
     @property
     def done(self) -> bool:
         return self.status != ACTIVE
+
+    @property
+    def ended_short(self) -> bool:
+        """The job has ended (done or cancelled) with a stage below its target."""
+        return self.done and bool(self.short)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "done": self.done, "ended_short": self.ended_short}
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------
@@ -127,6 +136,7 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
         return progress(session, spec.name)
     stage = spec.stage(row["stage"])
     client = session.client(row["backend"])
+    session.new_tick()
     recover_submissions(session, client, spec, resume=submit and row["status"] == ACTIVE)
     submitted, blocked = 0, None
     if row["status"] == ACTIVE:
@@ -193,4 +203,5 @@ def progress(session: Session, name: str) -> JobProgress:
                        ledger.batch_status_counts(name), valid_examples=ledger.valid_example_count(name),
                        spent_usd=ledger.spent_usd(name),
                        dataset=exported["path"] if exported else None,
-                       pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0)
+                       pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0,
+                       short=[s["stage"] for s in ledger.shortfalls(name)])

@@ -276,9 +276,12 @@ def test_a_stage_that_ends_short_of_its_target_is_topped_up(tmp_path):
 
     plain = tmp_path / "plain" / ".batchgen"
     emulator_config(plain, **faults)
-    done = batchgen(plain, "run", str(job_copy(tmp_path / "plain", max_top_ups="0", **settings)), "--quiet")
-    assert done.returncode == 0, done.stderr
+    done = batchgen(plain, "run", str(job_copy(tmp_path / "plain", max_top_ups="0", **settings)), "--json")
+    assert done.returncode == 3, done.stderr  # ended short of its target: not the status of success
+    assert json.loads(done.stdout)["short"][0]["stage"] == "main"
     assert top_up_requests(plain) == []
+    again = batchgen(plain, "collect", "task_api", "--json")
+    assert again.returncode == 3 and json.loads(again.stdout)[0]["ended_short"] is True
     (short,) = shortfalls(plain)
     assert short["reason"] == "max_top_ups" and short["target"] == 500
     assert len(dataset(plain)) == 500 - short["missing"] < 500
@@ -295,7 +298,7 @@ def test_a_top_up_never_goes_past_the_budget(tmp_path):
     job = job_copy(tmp_path, max_attempts="1", retry_invalid="false", overgeneration="1", max_top_ups="10",
                    budget_usd='"0.0129"')
     done = batchgen(workspace, "run", str(job), "--quiet", "--budget-mode", "expected")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr
     (short,) = shortfalls(workspace)
     assert short["reason"] == "budget"
     with Ledger.open(workspace / "ledger.db") as ledger:
@@ -314,7 +317,8 @@ def test_top_ups_leave_the_later_stages_their_budget(tmp_path):
     job = job_copy(tmp_path, "evol_task_api", max_attempts="1", retry_invalid="false", max_top_ups="10",
                    budget_usd=f'"{budget}"')
     done = batchgen(workspace, "run", str(job), "--quiet")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # a later stage ends short: the budget kept for it was all it had
+    assert "Short: stage" in done.stdout
     with Ledger.open(workspace / "ledger.db") as ledger:
         assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'top_up'") > 0
         assert ledger.scalar("SELECT count(DISTINCT stage) FROM requests") == 4

@@ -53,7 +53,7 @@ def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
     row = ledger.job(job)
     """Everything `batchgen show` says about a job (its --json output)."""
     return {"job": job, "dataset": dataset(ledger, job), "status": row["status"], "stage": row["stage"],
-            "backend": row["backend"], "short": ledger.shortfalls(job),
+            "backend": row["backend"], "short": ledger.shortfalls(job), "blocked": row["blocked_reason"],
             "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
             "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
             "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),

@@ -9,7 +9,8 @@ from batchgen.errors import NotFoundError
 from batchgen.ledger.base import Store, utcnow
 from batchgen.ledger.states import UNFINISHED
 
-JOB_COLUMNS = frozenset({"spec_hash", "spec_json", "job_dir", "status", "stage", "backend", "budget_usd"})
+JOB_COLUMNS = frozenset({"spec_hash", "spec_json", "job_dir", "status", "stage", "backend", "budget_usd",
+                         "blocked_reason"})
 
 
 class JobRecords(Store):

@@ -195,6 +195,12 @@ def m002_facts_of_their_own(db: Database) -> None:
     )
 
 
+@migrations()
+def m003_blocked_jobs(db: Database) -> None:
+    """A job that met a dead end (a cause retrying cannot change) ends `blocked`, and says why."""
+    _run(db, "ALTER TABLE jobs ADD COLUMN blocked_reason TEXT")
+
+
 def _run(db: Database, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";\n"):

@@ -143,3 +143,24 @@ class RequestRecords(Store):
         """The requests have been replaced by a retry."""
         self.db.conn.executemany("UPDATE requests SET status = 'retried' WHERE custom_id = ?",
                                  ((cid,) for cid in custom_ids))
+
+    # -- how the rounds of a stage went ------------------------------------------------------------------------
+    def rounds(self, job: str, stage: str, last: int = 2) -> list[dict[str, Any]]:
+        """The stage's latest rounds (an attempt number each: the first compile, a retry, a top-up), newest first:
+        {"attempt", "requests", "answered" (lines in the output file), "valid" (valid examples)}."""
+        return self.rows(
+            "SELECT r.attempt, count(*) AS requests, coalesce(sum(s.source = 'output'), 0) AS answered, "
+            "(SELECT count(*) FROM examples e JOIN requests q ON q.custom_id = e.custom_id WHERE q.job = r.job "
+            "AND q.stage = r.stage AND q.attempt = r.attempt AND e.valid = 1) AS valid "
+            "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? "
+            "GROUP BY r.attempt ORDER BY r.attempt DESC LIMIT ?", [job, stage, last])
+
+    def failure_causes(self, job: str, stage: str, attempt: int) -> list[dict[str, Any]]:
+        """The distinct causes of the round's failed lines (status code, error code, message) with how many lines
+        each, leaving out lines that expired or were cancelled with their batch."""
+        return self.rows(
+            "SELECT s.status_code, s.error_code, s.error_message, count(*) AS lines FROM requests r "
+            "JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? AND r.attempt = ? "
+            "AND s.source != 'output' AND coalesce(s.error_code, '') NOT IN ('batch_expired', 'batch_cancelled') "
+            "GROUP BY s.status_code, s.error_code, s.error_message ORDER BY lines DESC", [job, stage, attempt])
+

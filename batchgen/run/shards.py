@@ -26,6 +26,7 @@ from batchgen.recipe.plan import expected_output_tokens
 from batchgen.recipe.pricing import ModelPrice, get_price
 from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
 from batchgen.recipe.variants import request_count
+from batchgen.run import dead_ends
 
 RETRY_FREE = ("expired", "cancelled")
 RETRY_CODES = ("rate_limit_exceeded", "server_error", "request_timeout", "missing", "timeout")
@@ -121,6 +122,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
     variants, replaced = retry_candidates(ledger, spec, stage.name)
     if not variants:
         return 0
+    dead_ends.check(ledger, spec, stage)
     attempt = ledger.next_attempt(spec.name, stage.name)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits)
@@ -162,6 +164,7 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     if rounds >= spec.max_top_ups:
         _short(ledger, spec, stage, short, rounds, "max_top_ups")
         return 0
+    dead_ends.check(ledger, spec, stage)
     count = _ceil(Decimal(short) * spec.overgeneration / stage.examples_per_request)
     price = get_price(spec.model, job_dir=spec.job_dir)
     budget_left = budget()

@@ -18,13 +18,14 @@ from typing import Any
 from batchgen.crashpoints import crash_point
 from batchgen.dataset.report import dataset, export_job
 from batchgen.errors import BatchgenError, SpecError
-from batchgen.ledger.states import ACTIVE, CANCELLED, DONE
+from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED, DONE
 from batchgen.recipe.loader import load_spec
 from batchgen.recipe.spec import JobSpec, ResolvedStage
 from batchgen.run import shards
 from batchgen.run.admission import shard_limits, top_up_budget
 from batchgen.run.client import BatchClient, choose_backend
 from batchgen.run.collect import collect_batch
+from batchgen.run.dead_ends import DeadEnd
 from batchgen.run.polling import poll_due
 from batchgen.run.recovery import recover_submissions
 from batchgen.run.session import Session
@@ -50,6 +51,7 @@ class JobProgress:
     error: str | None = None
     pending_shards: int = 0  # compiled and waiting to be submitted (a stage's first shards, retries, top-ups)
     short: list[str] = field(default_factory=list)  # stages that ended below their target
+    blocked: str | None = None  # the dead end the job met, when it ended blocked
 
     @property
     def done(self) -> bool:
@@ -57,8 +59,8 @@ class JobProgress:
 
     @property
     def ended_short(self) -> bool:
-        """The job has ended (done or cancelled) with a stage below its target."""
-        return self.done and bool(self.short)
+        """The job has ended short of its target: a stage below it, or blocked at a dead end."""
+        return self.done and (bool(self.short) or self.blocked is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "done": self.done, "ended_short": self.ended_short}
@@ -147,14 +149,24 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
     collected = collect_ended(session, client, spec)
     if row["status"] == ACTIVE and not ledger.open_shards(spec.name, stage.name):
         limits = shard_limits(session, spec)
-        if not shards.schedule_retries(ledger, session.workspace, spec, stage, limits) \
-                and not ledger.uncollected_batches(spec.name):
-            shards.schedule_top_up(ledger, session.workspace, spec, stage, limits,
-                                   lambda: top_up_budget(session, spec, stage))
+        try:
+            if not shards.schedule_retries(ledger, session.workspace, spec, stage, limits) \
+                    and not ledger.uncollected_batches(spec.name):
+                shards.schedule_top_up(ledger, session.workspace, spec, stage, limits,
+                                       lambda: top_up_budget(session, spec, stage))
+        except DeadEnd as cause:
+            block(session, spec, str(cause))
     next_stage_or_finish(session, spec, stage)
     result = progress(session, spec.name)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
     return result
+
+
+def block(session: Session, spec: JobSpec, cause: str) -> None:
+    """End the job `blocked`: nothing more is submitted for it; its cause is one line."""
+    with session.ledger.transaction():
+        session.ledger.set_job(spec.name, status=BLOCKED, blocked_reason=cause)
+        session.ledger.event("blocked", job=spec.name, cause=cause)
 
 
 def ensure_compiled(session: Session, spec: JobSpec, stage: ResolvedStage) -> None:
@@ -204,4 +216,4 @@ def progress(session: Session, name: str) -> JobProgress:
                        spent_usd=ledger.spent_usd(name),
                        dataset=exported["path"] if exported else None,
                        pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0,
-                       short=[s["stage"] for s in ledger.shortfalls(name)])
+                       short=[s["stage"] for s in ledger.shortfalls(name)], blocked=job["blocked_reason"])

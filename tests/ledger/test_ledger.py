@@ -26,7 +26,7 @@ SCHEMA = {
                 "file_id": str, "batch_id": str, "created_utc": str, "updated_utc": str},
     "jobs": {"name": str, "spec_hash": str, "spec_json": str, "job_dir": str, "status": str, "stage": str,
              "backend": str, "budget_usd": str, "created_utc": str, "updated_utc": str, "dataset_path": str,
-             "dataset_examples": int, "dataset_sha256": str},
+             "dataset_examples": int, "dataset_sha256": str, "blocked_reason": str},
     "queue_limits": {"model": str, "limit_tokens": int, "learned_utc": str},
     "requests": {"custom_id": str, "job": str, "stage": str, "variant": int, "cell_json": str, "shard_id": str,
                  "attempt": int, "input_tokens": int, "status": str, "batch_id": str},
@@ -94,7 +94,8 @@ def test_no_two_record_classes_define_the_same_method():
 def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
-        assert again.migration_status() == {"applied": ["m001_initial", "m002_facts_of_their_own"], "pending": []}
+        assert again.migration_status() == {"applied": ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs"],
+                                                "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -329,14 +329,15 @@ def test_top_ups_leave_the_later_stages_their_budget(tmp_path):
 
 def test_batches_that_always_expire_do_not_loop_for_ever(tmp_path):
     """Every batch expires half done: expired lines go back for free while batches make progress, but a batch that
-    ran nothing (one line, half of it rounds to none) uses up an attempt, so the job ends."""
+    ran nothing (one line, half of it rounds to none) uses up an attempt, and rounds that yield nothing are a dead
+    end, so the job ends, blocked."""
     workspace = tmp_path / ".batchgen"
     emulator_config(workspace, expire_after_fraction=0.5, line_seconds=0, validation_seconds=0,
                     finalizing_seconds=0)
     job = job_copy(tmp_path, max_top_ups="0")
     done = subprocess.run([sys.executable, "-m", "batchgen", "run", str(job), "--quiet"], capture_output=True,
                           text=True, env={**os.environ, "BATCHGEN_WORKSPACE": str(workspace)}, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3 and "Blocked: stage main: round" in done.stdout, done.stderr
     with Ledger.open(workspace / "ledger.db") as ledger:
         stuck = ledger.scalar("SELECT count(*) FROM requests WHERE status = 'expired'")
         attempts = ledger.scalar("SELECT max(attempt) FROM requests")

@@ -165,32 +165,45 @@ backend_option = click.option(
 
 
 def _session(workspace: str | None, backend: str | None = None, budget_mode: str = "worst",
-            queue_limit: int | None = None, poll_interval: float | None = None) -> Any:
-    """A Session on the workspace's ledger, closed when the command ends."""
+             queue_limit: int | None = None, poll_interval: float | None = None, *, ledger: str = "create") -> Any:
+    """A Session on the workspace's ledger, closed when the command ends.
+
+    ledger="create" makes the workspace and its ledger if need be (commands that start jobs); "existing" needs a
+    ledger there (a mistyped --workspace is an error, never a new empty ledger); "read" also writes nothing, so a
+    read-only workspace can be inspected."""
     from batchgen.ledger import Ledger
     from batchgen.ledger.workspace import Workspace
     from batchgen.run.session import Session
 
-    space = Workspace.resolve(workspace).ensure()
-    ledger = Ledger.open(space.ledger_path)
-    session = Session(ledger, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
-                    poll_interval=poll_interval)
+    space = Workspace.resolve(workspace)
+    if ledger == "read":
+        opened = Ledger.open(space.ledger_path, read_only=True)
+    else:
+        if ledger == "existing":
+            Ledger.open(space.ledger_path, create=False, read_only=True).close()
+        opened = Ledger.open(space.ensure().ledger_path)
+    session = Session(opened, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
+                      poll_interval=poll_interval)
     ctx = click.get_current_context()
-    ctx.call_on_close(ledger.close)
+    ctx.call_on_close(opened.close)
     ctx.call_on_close(session.close)
     return session
 
 
-def _lock(workspace: str | None, wait: float | None = None, on_wait: Any = None) -> Any:
+def _lock(workspace: str | None, wait: float | None = None, on_wait: Any = None, need_ledger: bool = False) -> Any:
     """Take the workspace lock for the rest of the command (call before `_session`, so that it is released last).
 
     Waits as long as it takes (wait=None), or raises WorkspaceBusy after `wait` seconds; `on_wait` is told whom
     it waits for.
     """
+    from batchgen.ledger import Ledger
     from batchgen.ledger.workspace import Workspace
     from batchgen.run.lock import WorkspaceLock
 
-    lock = WorkspaceLock(Workspace.resolve(workspace).ensure().root)
+    space = Workspace.resolve(workspace)
+    if need_ledger:  # a mistyped --workspace: say so, and make nothing there
+        Ledger.open(space.ledger_path, create=False, read_only=True).close()
+    lock = WorkspaceLock(space.ensure().root)
     lock.acquire(timeout=wait, on_wait=on_wait)
     click.get_current_context().call_on_close(lock.release)
     return lock
@@ -290,6 +303,8 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
                f"(estimated {format_usd(summary['estimated_usd'])})")
     if summary["dataset"]:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
+    if summary["blocked"]:
+        click.echo(f"Blocked: {summary['blocked']}")
     for short in summary["short"]:
         why = (f"after {short['top_ups']} top-up round(s), the most max_top_ups allows"
                if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")
@@ -339,8 +354,8 @@ def collect_(job: str | None, workspace: str | None, json_: bool) -> None:
     from batchgen.ledger import TERMINAL
     from batchgen.run.verbs import collect_jobs
 
-    _lock(workspace, on_wait=_wait_note())
-    session = _session(workspace)
+    _lock(workspace, on_wait=_wait_note(), need_ledger=True)
+    session = _session(workspace, ledger="existing")
     progress = collect_jobs(session, [job] if job else None)
     if json_:
         echo_json([p.to_dict() for p in progress])
@@ -376,11 +391,11 @@ def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None
     from batchgen.run.tick import tick
 
     try:
-        _lock(workspace, wait=wait)
+        _lock(workspace, wait=wait, need_ledger=True)
     except WorkspaceBusy as error:
         echo_json({"skipped": str(error), "jobs": []}) if json_ else click.echo(f"{error}; skipped")
         return
-    session = _session(workspace, None, budget_mode, queue_limit, poll_interval)
+    session = _session(workspace, None, budget_mode, queue_limit, poll_interval, ledger="existing")
     report = tick(session)
     if json_:
         echo_json({"skipped": None, "jobs": [p.to_dict() for p in report]})
@@ -396,7 +411,8 @@ def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None
 @cli.command(name="status")
 @click.argument("job", required=False)
 @click.option("--watch", is_flag=True, help="Refresh every few seconds until every batch has ended")
-@click.option("--interval", default=5.0, show_default=True, help="Seconds between refreshes with --watch")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between refreshes with --watch")
 @workspace_option
 @output_options
 def status_(job: str | None, watch: bool, interval: float, workspace: str | None, json_: bool,
@@ -410,7 +426,7 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
     from batchgen.dataset.report import batch_rows
     from batchgen.run.lock import WorkspaceLock
 
-    session = _session(workspace)
+    session = _session(workspace, ledger="existing")
     lock = WorkspaceLock(session.workspace.root)
     while True:
         active = _refresh(session, lock, job)
@@ -419,6 +435,9 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
             echo_json(rows)
         else:
             echo_table(rows, fmt=fmt) if rows else click.echo("No batches yet")
+            for row in session.ledger.jobs("blocked"):
+                if job in (None, row["name"]):
+                    click.echo(f"Blocked: job {row['name']}: {row['blocked_reason']}")
         if not watch or not active:
             return
         time.sleep(interval)
@@ -449,7 +468,7 @@ def show_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None
     \b
         batchgen show task_api
     """
-    _print_summary(_session(workspace), job, json_)
+    _print_summary(_session(workspace, ledger="read"), job, json_)
 
 
 @cli.command(name="export")
@@ -474,7 +493,7 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
     from batchgen.dataset.report import export_job
     from batchgen.run.tick import job_spec
 
-    session = _session(workspace)
+    session = _session(workspace, ledger="read")
     spec = job_spec(session, job)
     fmt_ = format_ or spec.format
     path = Path(output) if output else session.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
@@ -500,8 +519,8 @@ def cancel_(target: str, workspace: str | None, json_: bool) -> None:
     """
     from batchgen.run.verbs import cancel
 
-    _lock(workspace, on_wait=_wait_note())
-    cancelled = cancel(_session(workspace), target)
+    _lock(workspace, on_wait=_wait_note(), need_ledger=True)
+    cancelled = cancel(_session(workspace, ledger="existing"), target)
     if json_:
         echo_json([{"batch": batch_id, "status": status} for batch_id, status in cancelled])
         return
@@ -519,7 +538,7 @@ def jobs_() -> None:
 @output_options
 def jobs_list(workspace: str | None, json_: bool, fmt: str | None) -> None:
     """List every job: status, stage, backend, budget."""
-    session = _session(workspace)
+    session = _session(workspace, ledger="read")
     rows = [{k: r[k] for k in ("name", "status", "stage", "backend", "budget_usd", "created_utc")}
             for r in session.ledger.jobs()]
     echo_json(rows) if json_ else (echo_table(rows, fmt=fmt) if rows else click.echo("No jobs yet"))
@@ -545,7 +564,7 @@ def ledger_path(workspace: str | None) -> None:
 @output_options
 def ledger_status(workspace: str | None, json_: bool, fmt: str | None) -> None:
     """Applied and pending migrations, and the number of rows in each table."""
-    ledger = _session(workspace).ledger
+    ledger = _session(workspace, ledger="read").ledger
     data = {"path": str(ledger.path), **ledger.migration_status(), "rows": ledger.table_counts()}
     if json_:
         echo_json(data)
@@ -560,7 +579,7 @@ def ledger_status(workspace: str | None, json_: bool, fmt: str | None) -> None:
 @workspace_option
 def ledger_backup(target: str, workspace: str | None) -> None:
     """Copy the ledger to TARGET with VACUUM INTO (safe while a job runs)."""
-    path = _session(workspace).ledger.backup(target)
+    path = _session(workspace, ledger="read").ledger.backup(target)
     click.echo(f"Backed up the ledger to {path}")
 
 
@@ -576,7 +595,7 @@ def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
     """
     from batchgen.ledger.check import check_ledger
 
-    session = _session(workspace)
+    session = _session(workspace, ledger="read")
     report = check_ledger(session.ledger, session.workspace)
     if json_:
         echo_json(report.to_dict())
@@ -602,7 +621,7 @@ def ledger_reconcile(job: str | None, workspace: str | None, json_: bool, fmt: s
     """
     from batchgen.run.reconcile import audit
 
-    session = _session(workspace)
+    session = _session(workspace, ledger="existing")
     if job is not None:
         session.ledger.job(job)  # NotFoundError for an unknown job
     report = audit(session.ledger, session.client, job)

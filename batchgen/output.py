@@ -8,14 +8,15 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import click
-from tabulate import tabulate
+from tabulate import tabulate, tabulate_formats
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def output_options(func: F) -> F:
     """Add --json and --fmt to a command (sqlite-utils style)."""
-    func = click.option("--fmt", default=None, help="Table format for tabulate (simple, github, plain ...)")(func)
+    func = click.option("--fmt", default=None, type=click.Choice(sorted(tabulate_formats)), metavar="FORMAT",
+                        help="Table format for tabulate (simple, github, plain ...)")(func)
     func = click.option("json_", "--json", is_flag=True, help="Print JSON instead of a table")(func)
     return func
 

@@ -44,20 +44,14 @@ class Store:
 
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> Self:
+    def open(cls, path: str | Path, *, create: bool = True, read_only: bool = False) -> Self:
+        """Open (and migrate) the ledger at `path`. create=False: LedgerError if there is none. read_only: never
+        write, not even the WAL's index, so that a read-only workspace can be inspected."""
         path = Path(path)
-        if not path.exists() and not create:
-            raise LedgerError(f"No ledger at {path}; run a job first ('batchgen run JOB')")
+        if not path.is_file() and (not create or read_only):
+            raise LedgerError(f"No ledger at {path}; check --workspace or run a job first ('batchgen run JOB')")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA page_size=8192")  # takes effect only on a new, empty file
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            # 32 MB of page cache: fewer index pages spilled to the WAL and written again while a large batch is
-            # collected in one transaction (see BENCHMARKS.md, Collect)
-            conn.execute("PRAGMA cache_size=-32768")
+            conn = _connect_read_only(path) if read_only else cls._connect(path)
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
         except (OSError, sqlite3.Error) as error:
@@ -74,6 +68,19 @@ class Store:
             raise
         return ledger
 
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA page_size=8192")  # takes effect only on a new, empty file
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        # 32 MB of page cache: fewer index pages spilled to the WAL and written again while a large batch is
+        # collected in one transaction (see BENCHMARKS.md, Collect)
+        conn.execute("PRAGMA cache_size=-32768")
+        return conn
+
     def _migrate(self) -> None:
         known = set(migrations.known_names())
         unknown = [m.name for m in migrations.migrations.applied(self.db) if m.name not in known]
@@ -83,6 +90,9 @@ class Store:
                 "upgrade batchgen to use it"
             )
         if migrations.migrations.pending(self.db):
+            if self.db.conn.execute("PRAGMA query_only").fetchone()[0]:
+                raise LedgerError(f"Ledger {self.path} was written by an older batchgen and needs migrating; run a "
+                                  "command that writes (such as 'batchgen tick') on a writable workspace first")
             # Under the write lock, so two processes opening a new ledger do not both migrate it; apply()
             # checks again what is pending and nests each migration in a savepoint.
             with self._immediate():
@@ -164,3 +174,18 @@ class Store:
             "INSERT INTO events (at_utc, job, batch_id, kind, detail_json) VALUES (?, ?, ?, ?, ?)",
             [utcnow(), job, batch_id, kind, json.dumps(detail, default=str, sort_keys=True)],
         )
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing. In a read-only folder SQLite cannot make the WAL's index file, so the
+    ledger is then opened as immutable (nothing else can be writing it there)."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=30,
+                               check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+

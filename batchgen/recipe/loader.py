@@ -44,7 +44,7 @@ def load_job(job_dir: Path) -> JobSpec:
         raise SpecError(f"No job directory {job_dir}; create one with 'batchgen init NAME'")
     if not toml_path.is_file():
         raise SpecError(f"No {JOB_FILE} in {job_dir}; create a job with 'batchgen init NAME'")
-    text = toml_path.read_text(encoding="utf-8")
+    text = _text(toml_path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -60,10 +60,20 @@ def load_job(job_dir: Path) -> JobSpec:
     raws: list[StageSpec | None] = list(spec.stages) or [None]
     for stage, raw in zip(spec.resolved_stages(), raws, strict=True):
         key = f"stages.{stage.name}.template" if raw is not None and raw.template else "prompt.template"
-        templates[stage.template] = _job_file(job_dir, stage.template, key).read_text(encoding="utf-8")
+        templates[stage.template] = _text(_job_file(job_dir, stage.template, key))
     spec = spec.loaded(job_dir, tuple(seeds), templates, seeds_bytes)
     check_templates(spec)
     return spec
+
+
+def _text(path: Path) -> str:
+    """A job file's text; a SpecError when it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise SpecError(f"{path} line {line}: not UTF-8 text (byte {error.start}); save the file as UTF-8") from None
 
 
 def _check_model(spec: JobSpec, job_dir: Path) -> None:
@@ -95,7 +105,7 @@ def _load_seeds(spec: JobSpec, job_dir: Path) -> tuple[list[dict[str, Any]], byt
     path = _job_file(job_dir, name, "prompt.seeds")
     raw = path.read_bytes()
     seeds: list[dict[str, Any]] = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

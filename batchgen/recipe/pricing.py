@@ -172,6 +172,12 @@ def _read_table(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PricingError(f"Price file {path} not found (named by {ENV_VAR} or the job)") from None
+    except IsADirectoryError:
+        raise PricingError(f"Price file {path} is a directory; {ENV_VAR} names a TOML file") from None
+    except UnicodeDecodeError as error:
+        raise PricingError(f"Price file {path} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise PricingError(f"Cannot read price file {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise PricingError(f"{path}: TOML syntax error: {error}") from None
     models = data.get("models", {})

@@ -210,7 +210,9 @@ class Renderer:
         try:
             return self.template.render(self.context(variant, attempt))
         except jinja2.TemplateError as error:
-            raise template_error(self.spec, self.template_name, error) from None
+            raise template_error(self.spec, self.template_name, error, variant.index) from None
+        except Exception as error:  # noqa: BLE001 - a template can raise anything Python can ({{ 1/0 }})
+            raise template_error(self.spec, self.template_name, error, variant.index) from None
 
     def body(self, variant: Variant, attempt: int = 1) -> tuple[bytes, int]:
         """(body as compact JSON bytes, exact input tokens) of a variant."""
@@ -323,13 +325,15 @@ def _unknown_variable(
     return SpecError(f"{path}{where}: template variable '{name}' is not defined{extra}")
 
 
-def template_error(spec: JobSpec, template: str, error: Exception) -> SpecError:
-    """A SpecError naming the template file and line for a Jinja2 error."""
+def template_error(spec: JobSpec, template: str, error: Exception, index: int | None = None) -> SpecError:
+    """A SpecError naming the template file and line (and the request, when rendering one failed)."""
     path = spec.job_dir / template
     if isinstance(error, jinja2.TemplateSyntaxError):
         return SpecError(f"{path} line {error.lineno}: template syntax error: {error.message}")
     line = _template_line(error, str(path))
-    return SpecError(f"{path}{f' line {line}' if line else ''}: {error}")
+    request = f" (rendering request {index})" if index is not None else ""
+    what = str(error) if isinstance(error, jinja2.TemplateError) else f"{type(error).__name__}: {error}"
+    return SpecError(f"{path}{f' line {line}' if line else ''}{request}: {what}")
 
 
 def _template_line(error: BaseException, filename: str) -> int | None:

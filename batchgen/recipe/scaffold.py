@@ -6,9 +6,12 @@ import json
 import re
 from pathlib import Path
 
-from batchgen.errors import SpecError
+from batchgen.errors import PricingError, SpecError
 from batchgen.recipe import formats
+from batchgen.recipe.pricing import get_price
 from batchgen.recipe.spec import JOB_FILE, JOB_NAME
+
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}"
 
 _INIT_TOML = """# A batchgen job; plan it with: batchgen plan {path}
 name = "{name}"
@@ -69,6 +72,12 @@ def scaffold_job(
     """Create `<parent>/<name>/` with job.toml, prompt.j2 and seeds.jsonl; the job loads and plans as is."""
     if not re.fullmatch(JOB_NAME, name):
         raise SpecError(f"Job name {name!r}: use letters, digits, '_', '.', '-' (at most 40 characters)")
+    if not re.fullmatch(MODEL_NAME, model):
+        raise SpecError(f"Model {model!r}: a model name is letters, digits and '.', '_', ':', '/', '-'")
+    try:
+        get_price(model, job_dir=parent / name)
+    except PricingError as error:
+        raise SpecError(f"Model {model!r} has no known price, so the job could not plan: {error}") from None
     if fmt not in formats.FORMATS:
         raise SpecError(f"Unknown format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
     job_dir = parent / name

@@ -79,8 +79,12 @@ class WorkspaceLock:
         """
         if self._fd is not None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise BatchgenError(f"Cannot open the workspace lock {self.path}: {error.strerror or error}; remove it "
+                                "if it is not a file batchgen made") from None
         waiting: int | None = None
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

@@ -503,7 +503,8 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
                    "skipped": dict(result.skipped)})
         return
     skipped = f" ({result.skipped_total} skipped: {dict(result.skipped)})" if result.skipped_total else ""
-    click.echo(f"Wrote {result.written} examples to {result.path}{skipped}")
+    # Into a pipe or /dev/stdout the data is on stdout already: the summary goes to stderr.
+    click.echo(f"Wrote {result.written} examples to {result.path}{skipped}", err=not result.path.is_file())
 
 
 @cli.command(name="cancel")

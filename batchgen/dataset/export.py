@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -134,11 +135,18 @@ def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str]
         raise BatchgenError(f"Unknown provenance mode {provenance!r}; "
                             f"use one of {', '.join(PROVENANCE_MODES)}")
     target = Path(path)
+    # A FIFO, a terminal, /dev/stdout: written through, never replaced by a file. A link to a file: the file it
+    # names is replaced, and the link stays.
+    stream = target.exists() and not stat.S_ISREG(target.stat().st_mode)
+    if not stream and target.is_symlink():
+        target = target.resolve()
+    if stream and provenance == "sidecar":
+        raise BatchgenError(f"{path} is not a regular file, so it has no sidecar; use --provenance inline or none")
     sidecar = sidecar_path(target) if provenance == "sidecar" else None
     result = ExportResult(target, fmt, provenance, sidecar_path=sidecar)
     try:
         with ExitStack() as stack:
-            main = stack.enter_context(_atomic_writer(target))
+            main = stack.enter_context(_stream_writer(target) if stream else _atomic_writer(target))
             side = stack.enter_context(_atomic_writer(sidecar)) if sidecar else None
             _write_records(records, fmt, provenance, main, side, result)
             result.sha256 = main.sha256.hexdigest()
@@ -183,6 +191,15 @@ class _HashingFile:
         line = orjson.dumps(obj) + b"\n"
         self.handle.write(line)
         self.sha256.update(line)
+
+
+@contextmanager
+def _stream_writer(target: Path) -> Iterator[_HashingFile]:
+    """Write into something that is not a regular file (a pipe, a device) as it is: it cannot be replaced."""
+    if target.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(target))
+    with open(target, "ab", buffering=1 << 20) as handle:
+        yield _HashingFile(handle)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,3 +222,47 @@ def test_target_that_is_a_directory_is_one_clear_error(tmp_path: Path) -> None:
 def test_dataset_filename() -> None:
     assert dataset_filename("task_api", "chatml") == "task_api.chatml.jsonl"
 
+
+
+def test_a_fifo_is_written_through_never_replaced(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = export_dataset(records(), fifo, "sharegpt", provenance="none")
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)  # still the FIFO
+    assert received[0].count(b"\n") == result.written == len(records())
+    with pytest.raises(BatchgenError, match="not a regular file, so it has no sidecar"):
+        export_dataset(records(), fifo, "sharegpt", provenance="sidecar")
+
+
+def test_a_symlink_keeps_pointing_at_the_file_it_names(tmp_path: Path) -> None:
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    real.write_text("old\n")
+    link.symlink_to(real.name)
+    export_dataset(records(), link, "sharegpt")
+    assert link.is_symlink() and os.readlink(link) == real.name
+    assert len(lines_of(real)) == len(records())
+
+
+def test_dev_stdout_is_written_through_not_replaced() -> None:
+    """As root, renaming a temporary file over /dev/stdout would replace the device for everyone."""
+    import subprocess
+    import sys
+
+    before = os.lstat("/dev/stdout")
+    code = ("from batchgen.dataset.export import ExportRecord, Provenance, export_dataset\n"
+            "p = Provenance(custom_id='c', job='j', stage='main', position=0, attempt=1, batch_id='b', model='m', "
+            "cell={}, content_hash=None)\n"
+            "rows = [ExportRecord({'conversations': [{'from': 'human', 'value': f'q{n}'}, "
+            "{'from': 'gpt', 'value': 'a'}]}, 'sharegpt', p) for n in range(3)]\n"
+            "export_dataset(rows, '/dev/stdout', 'chatml', provenance='none')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["messages"][0]["content"] for line in done.stdout.splitlines()] == ["q0", "q1", "q2"]
+    after = os.lstat("/dev/stdout")
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)

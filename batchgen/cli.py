@@ -180,7 +180,7 @@ def _session(workspace: str | None, backend: str | None = None, budget_mode: str
         opened = Ledger.open(space.ledger_path, read_only=True)
     else:
         if ledger == "existing":
-            Ledger.open(space.ledger_path, create=False, read_only=True).close()
+            Ledger.require(space.ledger_path)
         opened = Ledger.open(space.ensure().ledger_path)
     session = Session(opened, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
                       poll_interval=poll_interval)
@@ -202,7 +202,7 @@ def _lock(workspace: str | None, wait: float | None = None, on_wait: Any = None,
 
     space = Workspace.resolve(workspace)
     if need_ledger:  # a mistyped --workspace: say so, and make nothing there
-        Ledger.open(space.ledger_path, create=False, read_only=True).close()
+        Ledger.require(space.ledger_path)
     lock = WorkspaceLock(space.ensure().root)
     lock.acquire(timeout=wait, on_wait=on_wait)
     click.get_current_context().call_on_close(lock.release)

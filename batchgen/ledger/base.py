@@ -48,8 +48,8 @@ class Store:
         """Open (and migrate) the ledger at `path`. create=False: LedgerError if there is none. read_only: never
         write, not even the WAL's index, so that a read-only workspace can be inspected."""
         path = Path(path)
-        if not path.is_file() and (not create or read_only):
-            raise LedgerError(f"No ledger at {path}; check --workspace or run a job first ('batchgen run JOB')")
+        if not create or read_only:
+            cls.require(path)
         try:
             conn = _connect_read_only(path) if read_only else cls._connect(path)
         except sqlite3.DatabaseError as error:
@@ -69,6 +69,12 @@ class Store:
         return ledger
 
     @staticmethod
+    def require(path: Path) -> None:
+        """LedgerError unless a ledger file is there (a mistyped --workspace must not become a new ledger)."""
+        if not path.is_file():
+            raise LedgerError(f"No ledger at {path}; check --workspace or run a job first ('batchgen run JOB')")
+
+    @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
@@ -82,6 +88,9 @@ class Store:
         return conn
 
     def _migrate(self) -> None:
+        if self.db.conn.execute("PRAGMA query_only").fetchone()[0] and "_sqlite_migrations" not in \
+                self.db.table_names():
+            raise LedgerError(f"Ledger {self.path} is empty: nothing was recorded in it yet")
         known = set(migrations.known_names())
         unknown = [m.name for m in migrations.migrations.applied(self.db) if m.name not in known]
         if unknown:
@@ -164,8 +173,18 @@ class Store:
         target = Path(target)
         if target.exists():
             raise LedgerError(f"Backup target {target} already exists; choose another path")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._execute("VACUUM INTO ?", [str(target)])
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy = sqlite3.connect(str(target))
+        except (OSError, sqlite3.Error) as error:
+            raise LedgerError(f"Cannot write the backup {target}: {error}") from None
+        try:
+            self.db.conn.backup(copy)  # page by page, from a read-only connection too
+        except sqlite3.Error as error:
+            copy.close()
+            target.unlink(missing_ok=True)  # never a half-written backup
+            raise LedgerError(f"Cannot write the backup {target}: {error}") from None
+        copy.close()
         return target
 
     # -- events --------------------------------------------------------------------------------------------

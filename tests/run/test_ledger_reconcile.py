@@ -94,7 +94,7 @@ def test_a_batch_still_running_is_noted_not_compared(tmp_path, monkeypatch):
 
 
 def test_an_unknown_job_is_one_line(tmp_path, monkeypatch):
-    workspace_with(tmp_path, monkeypatch)
+    Ledger.open(workspace_with(tmp_path, monkeypatch) / "ledger.db").close()
     result = invoke("ledger", "reconcile", "nope")
     assert result.exit_code == 1 and result.output.startswith("Error: No job 'nope'")
     assert "Traceback" not in result.output

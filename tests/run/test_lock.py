@@ -21,6 +21,7 @@ from workspaces import (
 )
 
 from batchgen.errors import WorkspaceBusy
+from batchgen.ledger import Ledger
 from batchgen.run.lock import WorkspaceLock
 
 HOLD = """
@@ -66,7 +67,14 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock.release()
 
 
+def with_ledger(workspace):
+    """A workspace whose ledger exists (commands other than run and submit refuse a workspace without one)."""
+    Ledger.open(workspace / "ledger.db").close()
+    return workspace
+
+
 def test_a_half_written_lock_file_is_taken_over(tmp_path):
+    with_ledger(tmp_path / "ws")
     killed = batchgen(tmp_path / "ws", "jobs", "list", BATCHGEN_CRASH_AT="lock")  # a read: takes no lock
     assert killed.returncode == 0
     killed = batchgen(tmp_path / "ws", "collect", BATCHGEN_CRASH_AT="lock")
@@ -78,7 +86,7 @@ def test_a_half_written_lock_file_is_taken_over(tmp_path):
 
 
 def test_tick_skips_at_once_while_another_process_works(tmp_path):
-    workspace = tmp_path / "ws"
+    workspace = with_ledger(tmp_path / "ws")
     holder = hold_in_another_process(workspace)
     try:
         started = time.monotonic()
@@ -92,7 +100,7 @@ def test_tick_skips_at_once_while_another_process_works(tmp_path):
 
 
 def test_status_reads_without_polling_while_another_process_works(tmp_path):
-    workspace = tmp_path / "ws"
+    workspace = with_ledger(tmp_path / "ws")
     holder = hold_in_another_process(workspace)
     try:
         status = batchgen(workspace, "status")
@@ -104,7 +112,7 @@ def test_status_reads_without_polling_while_another_process_works(tmp_path):
 
 
 def test_a_pausing_holder_hands_the_lock_to_a_waiting_tick(tmp_path):
-    workspace = tmp_path / "ws"
+    workspace = with_ledger(tmp_path / "ws")
     lock = WorkspaceLock(workspace)
     lock.acquire()
     stepped_aside = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -175,6 +176,7 @@ def test_show_status_export_and_ledger_commands(finished_run, tmp_path, monkeypa
     ],
 )
 def test_unknown_job_or_batch_is_one_line(args, message):
+    Ledger.open(Path(os.environ["BATCHGEN_WORKSPACE"]) / "ledger.db").close()
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and message in result.output and "Traceback" not in result.output

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from batchgen._version import __version__
 from batchgen.errors import BatchgenError
+from batchgen.money import format_usd
 from batchgen.output import echo_json, echo_table, output_options
-from batchgen.recipe.pricing import format_usd
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 # Exit statuses of run, submit, collect and tick (README "Exit status"): 0 every job touched is done at its target

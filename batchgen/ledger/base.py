@@ -88,8 +88,8 @@ class Store:
         return conn
 
     def _migrate(self) -> None:
-        if self.db.conn.execute("PRAGMA query_only").fetchone()[0] and "_sqlite_migrations" not in \
-                self.db.table_names():
+        read_only = bool(self.db.conn.execute("PRAGMA query_only").fetchone()[0])
+        if read_only and "_sqlite_migrations" not in self.db.table_names():
             raise LedgerError(f"Ledger {self.path} is empty: nothing was recorded in it yet")
         known = set(migrations.known_names())
         unknown = [m.name for m in migrations.migrations.applied(self.db) if m.name not in known]
@@ -99,7 +99,7 @@ class Store:
                 "upgrade batchgen to use it"
             )
         if migrations.migrations.pending(self.db):
-            if self.db.conn.execute("PRAGMA query_only").fetchone()[0]:
+            if read_only:
                 raise LedgerError(f"Ledger {self.path} was written by an older batchgen and needs migrating; run a "
                                   "command that writes (such as 'batchgen tick') on a writable workspace first")
             # Under the write lock, so two processes opening a new ledger do not both migrate it; apply()

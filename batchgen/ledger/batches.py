@@ -79,10 +79,6 @@ class BatchRecords(Store):
         return dict(self._execute("SELECT status, count(*) FROM batches WHERE job = ? GROUP BY status",
                                   [job]).fetchall())
 
-    def batches_submitted_before(self, job: str, when_utc: str) -> set[str]:
-        return {row[0] for row in self._execute("SELECT id FROM batches WHERE job = ? AND submitted_utc < ?",
-                                                [job, when_utc])}
-
     # -- money, and what batches in flight hold --------------------------------------------------------------
     def spent_usd(self, job: str) -> Decimal:
         """What the job has cost so far: the exact sum of the `cost_usd` of every result recorded for it (successes,

@@ -24,8 +24,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from batchgen.money import format_usd
 from batchgen.recipe.compile import ShardInfo, _Packer, iter_requests
-from batchgen.recipe.pricing import ModelPrice, Rates, format_usd, get_price
+from batchgen.recipe.pricing import ModelPrice, Rates, get_price
 from batchgen.recipe.render import request_response_format, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.recipe.tokens import count_text, response_format_tokens

@@ -13,8 +13,9 @@ from decimal import Decimal
 from typing import Any
 
 from batchgen.ledger.batches import COST_COLUMN
+from batchgen.money import format_usd
 from batchgen.recipe.plan import plan_stage
-from batchgen.recipe.pricing import format_usd, get_price
+from batchgen.recipe.pricing import get_price
 from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
 from batchgen.run.session import Session
 

@@ -17,7 +17,6 @@ Then input files that carry a key of the job's intents but that neither an inten
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from batchgen.errors import BackendError
 from batchgen.ledger import Ledger
@@ -46,10 +45,10 @@ def recover_submissions(session: Session, client: BatchClient, spec: JobSpec, *,
     pending = ledger.pending_intents(spec.name)
     if not pending:
         return done
-    remote = find_batches(client, ledger, spec.name, pending)
+    listing = session.provider_batches(client, spec.name)
     for intent in pending:
         shard = ledger.find_shard(intent["shard_id"])
-        batch = remote.get(intent["idempotency_key"])
+        batch = listing.find(intent["idempotency_key"])
         if batch is not None and shard is not None:
             adopt(session, client, spec, shard, intent, batch)
             done.adopted.append(batch["id"])
@@ -66,35 +65,6 @@ def recover_submissions(session: Session, client: BatchClient, spec: JobSpec, *,
             done.abandoned.append(intent["shard_id"])
     done.deleted_files = delete_orphans(client, ledger, spec.name)
     return done
-
-
-def find_batches(client: BatchClient, ledger: Ledger, job: str,
-                 intents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Remote batches whose `metadata.batchgen_key` is one of the intents' keys, by key.
-
-    Pages through the list newest first and stops early once it is past a batch of this job that was recorded
-    before the oldest intent was written: every batch made for an intent was created after that one (strictly
-    older `created_at`, as batches of the same second may come in any order). The early stop is only trusted while
-    the list really comes newest first.
-    """
-    wanted = {i["idempotency_key"] for i in intents}
-    before = ledger.batches_submitted_before(job, min(i["created_utc"] for i in intents))
-    found: dict[str, dict[str, Any]] = {}
-    newest_first, last_created, stop_below = True, None, None
-    for batch in client.list_batches():
-        if last_created is not None and batch.created_at > last_created:
-            newest_first = False
-        last_created = batch.created_at
-        if newest_first and stop_below is not None and batch.created_at < stop_below:
-            break
-        key = (batch.metadata or {}).get("batchgen_key")
-        if key is not None and key in wanted and key not in found:
-            found[key] = batch.model_dump(mode="json")
-            if len(found) == len(wanted):
-                break
-        if batch.id in before and stop_below is None:
-            stop_below = batch.created_at
-    return found
 
 
 def delete_orphans(client: BatchClient, ledger: Ledger, job: str) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger, Workspace
 from batchgen.run.client import BatchClient
+from batchgen.run.listing import SCAN_DAYS, ProviderBatches
 
 BUDGET_MODES = ("worst", "expected")
 
@@ -30,12 +30,21 @@ class Session:
         self.queue_limit = queue_limit
         self.poll_base = poll_interval
         self._clients: dict[str, BatchClient] = {}
-        # The provider's batch list as far as read in this tick, per client identity (see run/submission.py).
-        self.listings: dict[str, Any] = {}
+        self._listings: dict[str, ProviderBatches] = {}
 
     def new_tick(self) -> None:
         """Forget what was read from the providers in the last tick."""
-        self.listings.clear()
+        self._listings.clear()
+
+    def provider_batches(self, client: BatchClient, job: str) -> ProviderBatches:
+        """The provider's batches by key, for this tick (one listing per client, shared by recovery and
+        submission), read back to the job's first recorded batch, or SCAN_DAYS when none is recorded."""
+        listing = self._listings.get(client.identity)
+        if listing is None:
+            first = self.ledger.first_batch_created_at(job)
+            since = first - 1 if first is not None else self.clock() - SCAN_DAYS * 86400
+            listing = self._listings[client.identity] = ProviderBatches(client, since)
+        return listing
 
     def client(self, backend: str) -> BatchClient:
         if backend not in self._clients:

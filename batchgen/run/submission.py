@@ -3,6 +3,9 @@ remote call (`batchgen.run.recovery` settles whatever a crash leaves between two
 
 The idempotency key of each submission is in the uploaded file's name (`batchgen-<key>-<shard>.jsonl`) and in the
 batch's `metadata.batchgen_key`, so a batch or file that a crash left unrecorded can be found again by its key.
+Keys are deterministic (job, shard, content, submission number), so a ledger restored from a backup, lost or empty
+compiles the same shards with the same keys: before uploading, `submit_shard` looks for the key among the provider's
+batches (`Session.provider_batches`) and adopts what it finds instead of paying for it again.
 """
 
 from __future__ import annotations
@@ -24,36 +27,6 @@ from batchgen.run.polling import record_batch_state
 from batchgen.run.session import Session
 
 FILENAME_KEY = re.compile(r"^batchgen-([0-9a-f]{32})-")
-# How far back the provider's batch list is searched for a batch carrying a key, when the ledger knows no earlier
-# batch of the job (a lost or restored ledger); OpenAI keeps batches listed for at least this long.
-SCAN_DAYS = 30
-
-
-class ProviderBatches:
-    """The provider's batches by `metadata.batchgen_key`, read from its list (newest first) only as far as a lookup
-    needs and no further back than `since` (unix seconds), and kept for the rest of the tick."""
-
-    def __init__(self, client: BatchClient, since: float):
-        self._batches = iter(client.list_batches())
-        self._since = since
-        self._found: dict[str, dict[str, Any]] = {}
-        self._last: int | None = None
-        self._done = False
-
-    def find(self, key: str) -> dict[str, Any] | None:
-        while key not in self._found and not self._done:
-            batch = next(self._batches, None)
-            if batch is None:
-                self._done = True
-                break
-            newest_first = self._last is None or batch.created_at <= self._last
-            self._last = batch.created_at
-            found = (batch.metadata or {}).get("batchgen_key")
-            if found and found not in self._found:
-                self._found[found] = batch.model_dump(mode="json")
-            if newest_first and batch.created_at < self._since:
-                self._done = True  # older than anything this job can have submitted
-        return self._found.get(key)
 
 
 def intent_key(job: str, shard: dict[str, Any], number: int) -> str:
@@ -85,7 +58,7 @@ def submit_shard(session: Session, client: BatchClient, spec: JobSpec, shard: di
     intent = open_intent(ledger, spec.name, shard)
     key = intent["idempotency_key"]
     crash_point("intent")
-    remote = provider_batches(session, client, spec.name).find(key)
+    remote = session.provider_batches(client, spec.name).find(key)
     if remote is not None:
         adopt(session, client, spec, shard, intent, remote)
         return
@@ -101,20 +74,6 @@ def submit_shard(session: Session, client: BatchClient, spec: JobSpec, shard: di
     with ledger.transaction():
         record_created(session, client, spec.name, shard, batch.model_dump(mode="json"))
         ledger.finish_intent(intent["id"], batch.id)
-
-
-def provider_batches(session: Session, client: BatchClient, job: str) -> ProviderBatches:
-    """The provider's batches for this tick (listed once per tick and client; `Session.new_tick` forgets them).
-
-    Keys are deterministic (job, shard, content, submission number), so a ledger restored from a backup, lost or
-    empty compiles the same shards with the same keys, and finds there what it submitted before instead of paying
-    for it again. The list is read back to the job's first recorded batch, or SCAN_DAYS when none is recorded."""
-    cached = session.listings.get(client.identity)
-    if cached is None:
-        first = session.ledger.first_batch_created_at(job)
-        since = first - 1 if first is not None else session.clock() - SCAN_DAYS * 86400
-        cached = session.listings[client.identity] = ProviderBatches(client, since)
-    return cached
 
 
 def adopt(session: Session, client: BatchClient, spec: JobSpec, shard: dict[str, Any], intent: dict[str, Any],

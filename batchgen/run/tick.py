@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.crashpoints import crash_point
-from batchgen.dataset.report import dataset, export_job
+from batchgen.dataset.report import export_job
 from batchgen.errors import BatchgenError, SpecError
 from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED, DONE
 from batchgen.recipe.loader import load_spec
@@ -210,7 +210,7 @@ def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) 
 def progress(session: Session, name: str) -> JobProgress:
     ledger = session.ledger
     job = ledger.job(name)
-    exported = dataset(ledger, name)
+    exported = ledger.dataset(name)
     return JobProgress(name, job["stage"], job["status"], ledger.request_count(name), ledger.result_count(name),
                        ledger.batch_status_counts(name), valid_examples=ledger.valid_example_count(name),
                        spent_usd=ledger.spent_usd(name),

@@ -13,7 +13,7 @@ from batchgen.errors import BackendError
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.run.session import Session
-from batchgen.run.submission import open_intent, provider_batches, submit_shard, upload_name
+from batchgen.run.submission import open_intent, submit_shard, upload_name
 from batchgen.run.tick import ensure_compiled, register_job, tick
 
 
@@ -52,7 +52,7 @@ def test_a_create_without_an_answer_is_made_once_on_the_next_tick(setup):
     session, spec, emulator, sdk = setup
     shard, key, file_id = uploaded_intent(session, spec)
     # The provider's list is read first (no batch carries the key yet); then the create gets no answer.
-    assert provider_batches(session, session.client("openai"), spec.name).find(key) is None
+    assert session.provider_batches(session.client("openai"), spec.name).find(key) is None
     emulator.control.configure(drop_rate=1.0)
     with pytest.raises(BackendError, match="Creating a batch failed"):
         submit_shard(session, session.client("openai"), spec, shard)

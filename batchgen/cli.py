@@ -305,6 +305,7 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
     if summary["blocked"]:
         click.echo(f"Blocked: {summary['blocked']}")
+        click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}', then run the job again")
     for short in summary["short"]:
         why = (f"after {short['top_ups']} top-up round(s), the most max_top_ups allows"
                if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")
@@ -543,6 +544,25 @@ def jobs_list(workspace: str | None, json_: bool, fmt: str | None) -> None:
     rows = [{k: r[k] for k in ("name", "status", "stage", "backend", "budget_usd", "created_utc")}
             for r in session.ledger.jobs()]
     echo_json(rows) if json_ else (echo_table(rows, fmt=fmt) if rows else click.echo("No jobs yet"))
+
+
+@jobs_.command(name="unblock")
+@click.argument("name")
+@workspace_option
+def jobs_unblock(name: str, workspace: str | None) -> None:
+    """Give a blocked job one more round, once the cause that blocked it is fixed.
+
+    A job ends blocked when its retries cannot help (every line failed the same way, or a round yielded nothing).
+    After an unblock, the next run or tick retries the stage once; a cause that is still there blocks it again.
+
+    \b
+        batchgen jobs unblock task_api && batchgen run jobs/task_api
+    """
+    from batchgen.run.verbs import unblock
+
+    _lock(workspace, on_wait=_wait_note(), need_ledger=True)
+    cause = unblock(_session(workspace, ledger="existing"), name)
+    click.echo(f"Unblocked job {name} (it was blocked: {cause}); the next run or tick gives it one more round")
 
 
 @cli.group(name="ledger", context_settings=CONTEXT_SETTINGS)

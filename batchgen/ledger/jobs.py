@@ -48,6 +48,21 @@ class JobRecords(Store):
         if cursor.rowcount == 0:
             self.job(name)
 
+    # -- unblocking ------------------------------------------------------------------------------------------
+    def record_unblock(self, job: str, stage: str, attempt: int, cause: str) -> None:
+        """The user has seen the stage's rounds up to `attempt` through (call inside a transaction)."""
+        self._execute("INSERT INTO unblocks (job, stage, attempt, cause, at_utc) VALUES (?, ?, ?, ?, ?)",
+                      [job, stage, attempt, cause, utcnow()])
+
+    def unblocked_attempt(self, job: str, stage: str) -> int:
+        """The stage's latest round when the job was last unblocked (0 if it never was)."""
+        return int(self.scalar("SELECT coalesce(max(attempt), 0) FROM unblocks WHERE job = ? AND stage = ?",
+                               [job, stage]))
+
+    def latest_attempt(self, job: str, stage: str) -> int:
+        return int(self.scalar("SELECT coalesce(max(attempt), 0) FROM requests WHERE job = ? AND stage = ?",
+                               [job, stage]))
+
     # -- what a job ended with --------------------------------------------------------------------------------
     def record_dataset(self, job: str, path: str, examples: int, sha256: str) -> None:
         """The dataset exported when the job finished (the `done` event records it too, as history)."""

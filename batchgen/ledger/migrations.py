@@ -201,6 +201,26 @@ def m003_blocked_jobs(db: Database) -> None:
     _run(db, "ALTER TABLE jobs ADD COLUMN blocked_reason TEXT")
 
 
+@migrations()
+def m004_unblocks(db: Database) -> None:
+    """`batchgen jobs unblock`: the rounds a user has seen through. A dead end is judged on later rounds only, so an
+    unblocked job gets one more round, and a cause that is still there blocks it again."""
+    _run(
+        db,
+        """
+        CREATE TABLE unblocks (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL REFERENCES jobs(name),
+            stage TEXT NOT NULL,
+            attempt INTEGER NOT NULL,        -- the stage's latest round when the job was unblocked
+            cause TEXT NOT NULL,             -- the blocked_reason it was unblocked from
+            at_utc TEXT NOT NULL
+        );
+        CREATE INDEX unblocks_job ON unblocks(job, stage)
+        """
+    )
+
+
 def _run(db: Database, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";\n"):

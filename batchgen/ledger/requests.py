@@ -145,15 +145,16 @@ class RequestRecords(Store):
                                  ((cid,) for cid in custom_ids))
 
     # -- how the rounds of a stage went ------------------------------------------------------------------------
-    def rounds(self, job: str, stage: str, last: int = 2) -> list[dict[str, Any]]:
-        """The stage's latest rounds (an attempt number each: the first compile, a retry, a top-up), newest first:
-        {"attempt", "requests", "answered" (lines in the output file), "valid" (valid examples)}."""
+    def rounds(self, job: str, stage: str, last: int = 2, after: int = 0) -> list[dict[str, Any]]:
+        """The stage's latest rounds after attempt `after` (an attempt number each: the first compile, a retry, a
+        top-up), newest first: {"attempt", "requests", "answered" (lines in the output file), "valid" (valid
+        examples)}."""
         return self.rows(
             "SELECT r.attempt, count(*) AS requests, coalesce(sum(s.source = 'output'), 0) AS answered, "
             "(SELECT count(*) FROM examples e JOIN requests q ON q.custom_id = e.custom_id WHERE q.job = r.job "
             "AND q.stage = r.stage AND q.attempt = r.attempt AND e.valid = 1) AS valid "
             "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? "
-            "GROUP BY r.attempt ORDER BY r.attempt DESC LIMIT ?", [job, stage, last])
+            "AND r.attempt > ? GROUP BY r.attempt ORDER BY r.attempt DESC LIMIT ?", [job, stage, after, last])
 
     def failure_causes(self, job: str, stage: str, attempt: int) -> list[dict[str, Any]]:
         """The distinct causes of the round's failed lines (status code, error code, message) with how many lines

@@ -7,7 +7,8 @@ Two signs, read from the stage's latest rounds before a retry or a top-up is com
   Transient trouble (429, varied 5xx, timeouts, some lines through) is retried as before;
 - a retry or top-up round that yields no valid example at all: of three requests or more, or twice in a row.
 
-The job then ends `blocked`, with the cause in one line (`batchgen show`, `status`, `run`'s summary).
+The job then ends `blocked`, with the cause in one line (`batchgen show`, `status`, `run`'s summary). Once the
+cause is fixed, `batchgen jobs unblock JOB` gives it one more round: only the rounds after the unblock are judged.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def check(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> None:
 
 def dead_end(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> str | None:
     """Why the stage cannot get further by retrying or topping up, or None."""
-    rounds = ledger.rounds(spec.name, stage.name)
+    rounds = ledger.rounds(spec.name, stage.name, after=ledger.unblocked_attempt(spec.name, stage.name))
     if not rounds:
         return None
     latest = rounds[0]

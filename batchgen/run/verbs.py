@@ -1,4 +1,5 @@
-"""The verbs of the command line, composed from the steps of a tick: run, submit, collect, status, cancel."""
+"""The verbs of the command line, composed from the steps of a tick: run, submit, collect, status, cancel,
+unblock."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-from batchgen.errors import BackendError, NotFoundError
-from batchgen.ledger.states import ACTIVE, CANCELLED
+from batchgen.errors import BackendError, BatchgenError, NotFoundError
+from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED
 from batchgen.recipe.spec import JobSpec
 from batchgen.run.client import is_transient
 from batchgen.run.polling import poll_due, record_batch_state, seconds_to_next_poll
@@ -112,3 +113,19 @@ def cancel(session: Session, target: str) -> list[tuple[str, str]]:
             ledger.event("cancel_requested", job=row["job"], batch_id=row["id"])
         done.append((row["id"], remote["status"]))
     return done
+
+
+def unblock(session: Session, name: str) -> str:
+    """Make a blocked job active again, for one more round of its stage once the user has fixed the cause (an
+    upstream, a model, a parameter); returns the cause it was blocked by. Rounds before this one no longer count as
+    a dead end, so a cause that is still there blocks the job again after one round."""
+    ledger = session.ledger
+    with ledger.transaction():
+        job = ledger.job(name)
+        if job["status"] != BLOCKED:
+            raise BatchgenError(f"Job {name!r} is not blocked (it is {job['status']})")
+        cause = job["blocked_reason"] or ""
+        ledger.record_unblock(name, job["stage"], ledger.latest_attempt(name, job["stage"]), cause)
+        ledger.set_job(name, status=ACTIVE, blocked_reason=None)
+        ledger.event("unblocked", job=name, stage=job["stage"], cause=cause)
+    return cause

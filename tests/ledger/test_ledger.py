@@ -39,10 +39,11 @@ SCHEMA = {
                "status": str, "created_utc": str},
     "stage_shortfalls": {"job": str, "stage": str, "target": int, "missing": int, "top_ups": int, "reason": str,
                          "at_utc": str},
+    "unblocks": {"id": int, "job": str, "stage": str, "attempt": int, "cause": str, "at_utc": str},
 }
 PRIMARY_KEYS = {"batches": ["id"], "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
                 "queue_limits": ["model"], "requests": ["custom_id"], "results": ["custom_id"], "shards": ["id"],
-                "stage_shortfalls": ["job", "stage"]}
+                "stage_shortfalls": ["job", "stage"], "unblocks": ["id"]}
 
 
 def blank(path):
@@ -94,8 +95,8 @@ def test_no_two_record_classes_define_the_same_method():
 def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
-        assert again.migration_status() == {"applied": ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs"],
-                                                "pending": []}
+        applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks"]
+        assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

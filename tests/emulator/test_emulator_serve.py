@@ -1,8 +1,10 @@
 """`batchgen serve` as a real subprocess: SIGKILL in the middle of a batch and a restart on the same state answer
-every line exactly once; SIGINT/SIGTERM stop it cleanly; a public host needs a token."""
+every line exactly once; SIGINT/SIGTERM stop it cleanly; a public host needs a token; a multipart body cut short
+gets a clean 400."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -122,3 +124,41 @@ def test_the_start_line_says_where_answers_come_from(tmp_path):
     returncode, err = _stop(process, signal.SIGTERM)
     assert returncode == 0
     assert f"(state {state}; lines forwarded to http://127.0.0.1:9/v1)" in err
+
+
+BOUNDARY = "b0undary"
+CUT_BODY = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+            f"Content-Type: application/jsonl\r\n\r\n{json.dumps(chat_line(0))}\n").encode()
+
+
+def _post_upload(port: int, body: bytes) -> tuple[int, dict]:
+    """POST /v1/files with a raw multipart body; the status and the JSON answer (the timeout only ends a hang)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", "/v1/files", body=body,
+                           headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_multipart_body_without_its_closing_boundary_gets_400_and_stores_nothing(tmp_path):
+    port = _free_port()
+    process = _serve(tmp_path / "state", port)
+    try:
+        for body in (CUT_BODY, CUT_BODY + f"\r\n--{BOUNDARY}".encode()):  # cut inside the file part, in the boundary
+            status, answer = _post_upload(port, body)
+            assert status == 400
+            assert set(answer["error"]) == {"message", "type", "param", "code"}
+            assert answer["error"]["message"] == "The multipart body ended before its closing boundary."
+            assert answer["error"]["type"] == "invalid_request_error"
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as client:
+            assert client.files.list().data == []
+        status, answer = _post_upload(port, CUT_BODY + f"\r\n--{BOUNDARY}--\r\n".encode())
+        assert status == 200 and answer["bytes"] == len(json.dumps(chat_line(0))) + 1
+    finally:
+        returncode, err = _stop(process, signal.SIGTERM)
+    assert returncode == 0 and "Traceback" not in err
+

@@ -1,16 +1,20 @@
 """HTTP-level faults through the SDK: transient 429/500/503 with Retry-After, dropped connections, slow answers;
-and config loading from <state>/config.json."""
+line faults that one seed makes the same in every run; and config loading from <state>/config.json."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 from emulator_fixtures import chat_line, rows, run_lines, running
+from workspaces import FAST, TASK_API, batchgen, dataset, fresh_workspace
 
 from batchgen.emulator import ConfigError, EmulatorConfig, start_embedded
+from batchgen.ledger import Ledger
 
 
 def test_transient_errors_carry_retry_after(tmp_path):
@@ -99,3 +103,32 @@ def test_one_process_at_a_time_on_a_state_directory(tmp_path):
         with pytest.raises(StateInUse):
             Engine(tmp_path / "emu", EmulatorConfig(), lock_timeout=0.1)
     Engine(tmp_path / "emu", EmulatorConfig(), lock_timeout=0.1).stop()
+
+
+def _faults(workspace: Path) -> tuple[list[Any], list[Any]]:
+    """Every line that got an error and every example rejected, with why, in a stable order."""
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        failed = ledger.rows("SELECT custom_id, status_code, error_code FROM results WHERE source != 'output' "
+                             "ORDER BY custom_id")
+        rejected = ledger.rows("SELECT custom_id, position, reason FROM examples WHERE valid = 0 "
+                               "ORDER BY custom_id, position")
+    return [tuple(row.values()) for row in failed], [tuple(row.values()) for row in rejected]
+
+
+def test_one_seed_gives_the_same_faults_and_the_same_dataset_in_every_run(tmp_path):
+    """Faults are seeded by the seed, the batch's input bytes and the line's position, never by a random batch id:
+    two fresh workspaces with one config end with the same dataset, and another seed faults other lines."""
+    def config(seed: int) -> str:
+        return json.dumps({**json.loads(FAST), "error_rate": 0.1, "malformed_rate": 0.2, "seed": seed})
+
+    first, second, other = (fresh_workspace(tmp_path / name, config(seed))
+                            for name, seed in (("first", 7), ("second", 7), ("other", 8)))
+    for workspace in (first, second, other):
+        batchgen(workspace, "run", str(TASK_API), "--quiet", check=True)
+    failed, rejected = _faults(first)
+    assert failed and rejected  # both kinds of fault met, and retried
+    assert _faults(second) == (failed, rejected)
+    assert dataset(second) == dataset(first)
+    other_failed, other_rejected = _faults(other)
+    assert other_failed != failed and other_rejected != rejected
+

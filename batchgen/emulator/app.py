@@ -114,12 +114,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def build_app(engine: Engine, *, token: str | None = None, control: bool = False,
               identity: dict[str, Any] | None = None) -> Starlette:
-    """The ASGI app: /v1 routes, optional control routes, bearer auth and HTTP fault injection.
+    """The ASGI app: /v1 routes, optional control routes, bearer auth, HTTP fault injection and a log line for
+    each client that disconnects before its answer is complete.
 
     With `identity`, `GET /_emulator/health` answers it (outside /v1, so injected faults never hit it).
     """
     from batchgen.emulator.control import control_routes
-    from batchgen.emulator.middleware import AuthMiddleware, FaultMiddleware
+    from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware
 
     routes = api_routes(engine) + (control_routes(engine) if control else [])
     if identity is not None:
@@ -127,4 +128,5 @@ def build_app(engine: Engine, *, token: str | None = None, control: bool = False
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.add_middleware(FaultMiddleware, engine=engine)
     app.add_middleware(AuthMiddleware, token=token)
+    app.add_middleware(DisconnectLog)
     return app

@@ -9,8 +9,10 @@ The upstream executor's API key is never part of the configuration: it is read f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,70 +88,48 @@ class EmulatorConfig:
              overrides: Mapping[str, Any] | None = None) -> EmulatorConfig:
         """Preset defaults, then `<state_dir>/config.json`, then `overrides` (None values are ignored).
 
-        With the upstream executor, lines are paced by the upstream server itself: `line_seconds` is 0 unless the
-        file or the overrides set it."""
+        A problem in the file is one ConfigError line that names the file: where its JSON breaks (line and column),
+        the unknown key, or the key, its value and what it allows. With the upstream executor, lines are paced by
+        the upstream server itself: `line_seconds` is 0 unless the file or the overrides set it."""
         config = cls.preset(preset)
-        paced = False
-        if state_dir is not None:
-            path = Path(state_dir) / CONFIG_FILE
-            if path.exists():
-                try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as error:
-                    raise ConfigError(f"{path}: not readable JSON ({error})") from error
-                if not isinstance(data, dict):
-                    raise ConfigError(f"{path}: expected a JSON object")
-                config = config.updated(data)
-                paced = "line_seconds" in data
-        if overrides:
-            given = {k: v for k, v in overrides.items() if v is not None}
-            config = config.updated(given)
-            paced = paced or "line_seconds" in given
-        if config.executor == "upstream" and not paced:
+        path = Path(state_dir) / CONFIG_FILE if state_dir is not None else None
+        from_file = read_config_file(path) if path is not None and path.exists() else {}
+        try:
+            config = config._applied(from_file)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        config = config._applied(given)
+        try:
+            config.check()
+        except ConfigError as error:
+            if "executor" in from_file and "executor" not in given:
+                raise ConfigError(f"{path}: {error}") from error
+            raise
+        if config.executor == "upstream" and "line_seconds" not in from_file and "line_seconds" not in given:
             config = config.updated({"line_seconds": 0})
         return config
 
     def updated(self, changes: Mapping[str, Any]) -> EmulatorConfig:
-        """A copy with `changes` applied; unknown keys and ill-typed values raise ConfigError."""
-        known = {f.name: f for f in dataclasses.fields(self)}
-        values = dataclasses.asdict(self)
-        for key, value in changes.items():
-            if key not in known:
-                raise ConfigError(f"unknown emulator config key {key!r}; known: {', '.join(sorted(known))}")
-            values[key] = _coerce(key, value, values[key])
-        result = EmulatorConfig(**values)
+        """A copy with `changes` applied; unknown keys and values a key does not allow raise ConfigError."""
+        result = self._applied(changes)
         result.check()
         return result
 
-    def check(self) -> None:
-        """Raise ConfigError for values out of range."""
-        for name in ("error_rate", "malformed_rate", "http_error_rate", "drop_rate", "slow_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be between 0 and 1")
-        if self.expire_after_fraction is not None and not 0.0 <= self.expire_after_fraction <= 1.0:
-            raise ConfigError("expire_after_fraction must be between 0 and 1")
-        if self.time_scale < 0:
-            raise ConfigError("time_scale must not be negative")
-        for name in ("validation_seconds", "line_seconds", "finalizing_seconds", "cancelling_seconds",
-                     "stuck_finalizing_seconds", "http_retry_after", "slow_seconds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative")
-        self._check_upstream()
+    def _applied(self, changes: Mapping[str, Any]) -> EmulatorConfig:
+        """A copy with each change checked against its key's rule (the checks across keys are `check`'s)."""
+        values = dataclasses.asdict(self)
+        for key, value in changes.items():
+            rule = _RULES.get(key)
+            if rule is None:
+                raise ConfigError(_unknown_key(key))
+            values[key] = rule.apply(key, value)
+        return EmulatorConfig(**values)
 
-    def _check_upstream(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+    def check(self) -> None:
+        """Raise ConfigError for a combination of values that cannot work."""
         if self.executor == "upstream" and not self.upstream_url:
             raise ConfigError("the upstream executor needs upstream_url (batchgen serve --upstream URL)")
-        if self.upstream_url is not None:
-            check_upstream_url(self.upstream_url)
-        if not self.upstream_timeout > 0:
-            raise ConfigError("upstream_timeout must be a positive number of seconds")
-        if not 1 <= self.upstream_concurrency <= MAX_UPSTREAM_CONCURRENCY:
-            raise ConfigError(f"upstream_concurrency must be between 1 and {MAX_UPSTREAM_CONCURRENCY}")
-        for requested, upstream in self.upstream_models.items():
-            if not requested or not upstream:
-                raise ConfigError(f"upstream_models: empty model name in {requested!r} -> {upstream!r}")
 
     def queued_token_limit(self, model: str) -> int | None:
         """The queued prompt-token limit of a model (None: unlimited)."""
@@ -190,34 +170,169 @@ def check_upstream_url(url: str) -> None:
         raise ConfigError(f"upstream_url must not have a query or fragment: {url!r}")
 
 
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    if key in ("expire_after_fraction", "default_queued_token_limit", "upstream_url") and value is None:
-        return None
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The object in a `config.json`; ConfigError naming the file and, for broken JSON, the line and column."""
     try:
-        if key in ("executor", "upstream_url"):
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if key == "upstream_models":
-            if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-                raise TypeError
-            return {str(k): v for k, v in value.items()}
-        if isinstance(current, bool) or key == "control":
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if key == "models":
-            return [str(m) for m in value]
-        if key == "queued_token_limits":
-            return {str(k): int(v) for k, v in dict(value).items()}
-        if key in ("seed", "completion_window_seconds", "max_lines", "max_batch_bytes", "max_batch_upload_bytes",
-                   "max_upload_bytes", "default_examples", "max_examples", "default_queued_token_limit",
-                   "upstream_concurrency"):
-            return int(value)
-        return float(value)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"emulator config key {key!r}: bad value {value!r}") from error
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 (byte {error.start})") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}") \
+            from error
+    except RecursionError as error:
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config keys, not {_json_type(data)}")
+    return data
 
+
+def _unknown_key(key: str) -> str:
+    close = difflib.get_close_matches(key, list(_RULES), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(_RULES))}"
+    return f"unknown emulator config key {key!r}; {hint}"
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, in words ("an array"), for a file that holds something else than an object."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return "a number"
+
+
+def _shown(value: Any) -> str:
+    """A value as the error shows it: JSON's spelling for true, false and null, short."""
+    text = json.dumps(value) if isinstance(value, bool) or value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Rule:
+    """What one key allows: `allowed` says it in words for the error `KEY must be ALLOWED, not VALUE`, which is
+    raised when `convert` (the value to store) raises TypeError or ValueError; a ConfigError of its own passes."""
+
+    def __init__(self, allowed: str, convert: Callable[[Any], Any], nullable: bool = False) -> None:
+        self.allowed = allowed + (", or null" if nullable else "")
+        self.convert = convert
+        self.nullable = nullable
+
+    def apply(self, key: str, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
+        try:
+            return self.convert(value)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{key} must be {self.allowed}, not {_shown(value)}") from error
+
+
+def _number(value: Any, low: float | None = None, high: float | None = None, above: float | None = None) -> float:
+    """A finite JSON number within the bounds (a bool or a numeric string is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError
+    if (low is not None and value < low) or (high is not None and value > high) \
+            or (above is not None and not value > above):
+        raise ValueError
+    return float(value)
+
+
+def _integer(value: Any, low: int | None = None, high: int | None = None) -> int:
+    """A JSON integer within the bounds (5.0 counts as 5; 5.5, a bool or a string does not)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError
+    return value
+
+
+def _names(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError
+    return [_name(item) for item in value]
+
+
+def _limits(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise TypeError
+    return {_name(model): _integer(limit, 0) for model, limit in value.items()}
+
+
+def _renames(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TypeError
+    return {_name(requested): _name(upstream) for requested, upstream in value.items()}
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _executor(value: Any) -> str:
+    if value not in EXECUTORS:
+        raise ValueError
+    return str(value)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    check_upstream_url(value)
+    return value
+
+
+def _rate() -> _Rule:
+    return _Rule("a number from 0 to 1", lambda v: _number(v, 0.0, 1.0))
+
+
+def _seconds() -> _Rule:
+    return _Rule("a number of seconds (0 or more)", lambda v: _number(v, 0.0))
+
+
+def _count(what: str) -> _Rule:
+    return _Rule(f"a whole number of {what} (1 or more)", lambda v: _integer(v, 1))
+
+
+_RULES: dict[str, _Rule] = {
+    "seed": _Rule("a whole number", _integer),
+    "time_scale": _Rule("a number (0 or more)", lambda v: _number(v, 0.0)),
+    "validation_seconds": _seconds(), "line_seconds": _seconds(), "finalizing_seconds": _seconds(),
+    "cancelling_seconds": _seconds(), "stuck_finalizing_seconds": _seconds(), "http_retry_after": _seconds(),
+    "slow_seconds": _seconds(),
+    "completion_window_seconds": _count("seconds"),
+    "models": _Rule("an array of model names", _names),
+    "queued_token_limits": _Rule("an object of model names to token counts (whole numbers, 0 or more)", _limits),
+    "default_queued_token_limit": _Rule("a whole number of tokens (0 or more)", lambda v: _integer(v, 0),
+                                        nullable=True),
+    "max_lines": _count("lines"), "max_batch_bytes": _count("bytes"), "max_batch_upload_bytes": _count("bytes"),
+    "max_upload_bytes": _count("bytes"), "default_examples": _count("examples"), "max_examples": _count("examples"),
+    "error_rate": _rate(), "malformed_rate": _rate(), "http_error_rate": _rate(), "drop_rate": _rate(),
+    "slow_rate": _rate(),
+    "expire_after_fraction": _Rule("a number from 0 to 1", lambda v: _number(v, 0.0, 1.0), nullable=True),
+    "control": _Rule("true or false", _flag),
+    "executor": _Rule(f"one of {', '.join(EXECUTORS)}", _executor),
+    "upstream_url": _Rule("an http:// or https:// URL", _url, nullable=True),
+    "upstream_models": _Rule("an object of requested model names to upstream model names", _renames),
+    "upstream_timeout": _Rule("a positive number of seconds", lambda v: _number(v, above=0.0)),
+    "upstream_concurrency": _Rule(f"between 1 and {MAX_UPSTREAM_CONCURRENCY}",
+                                  lambda v: _integer(v, 1, MAX_UPSTREAM_CONCURRENCY)),
+}
 
 _SERVE_KEYS = {"stuck_finalizing": "stuck_finalizing_seconds", "retry_after": "http_retry_after"}
 

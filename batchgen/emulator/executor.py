@@ -24,7 +24,11 @@ SYNC_BATCH = "sync"
 
 @dataclass(frozen=True)
 class LineRequest:
-    """One request: a batch line or a synchronous call (batch_id "sync")."""
+    """One request: a batch line or a synchronous call (batch_id "sync").
+
+    `content` names what the request belongs to by its bytes, never by a random id: the digest of the batch's input
+    file (a synchronous call's custom_id is already a digest of its body). With `index`, the line's position in
+    that file, it seeds the line's faults, so one config and one input give the same faults in every run."""
 
     endpoint: str
     body: dict[str, Any]
@@ -32,6 +36,7 @@ class LineRequest:
     index: int
     batch_id: str
     created: int
+    content: str = SYNC_BATCH
 
 
 @dataclass
@@ -123,7 +128,7 @@ class FaultyExecutor:
         """The line's random source (None without faults) and its injected error, if it gets one."""
         if not config.error_rate and not config.malformed_rate:
             return None, None
-        rng = line_rng(config.seed, "fault", request.batch_id, request.index, request.custom_id)
+        rng = line_rng(config.seed, "fault", request.content, request.index, request.custom_id)
         if config.error_rate and rng.random() < config.error_rate:
             if rng.random() < 0.5:
                 return rng, LineResult(429, error_body("Rate limit reached for requests. Please try again later.",

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from batchgen.emulator.apierror import APIError, bad_request, error_envelope
@@ -32,13 +32,18 @@ def error_response(error: APIError) -> Response:
 
 
 def guarded(handler: Handler) -> Handler:
-    """Turn APIError into its envelope and any other exception into a 500 envelope (logged, no traceback out)."""
+    """Turn APIError into its envelope and any other exception into a 500 envelope (logged, no traceback out).
+
+    A client gone before its request body was complete gets an answer nobody reads; `DisconnectLog` (middleware)
+    writes the one log line about it."""
 
     async def wrapper(request: Request) -> Response:
         try:
             return await handler(request)
         except APIError as error:
             return error_response(error)
+        except ClientDisconnect:
+            return Response(status_code=400)
         except Exception:
             log.exception("emulator request %s %s failed", request.method, request.url.path)
             return JSON(error_envelope("The server had an error while processing your request.", "server_error"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from batchgen.emulator.batches import BatchRecord, BatchStore, empty_usage
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.files import FileStore
-from batchgen.emulator.runner import INPUT_LINK, Runner
+from batchgen.emulator.runner import CONTENT_KEY, INPUT_LINK, Runner
 from batchgen.emulator.tokencount import TokenCounter
 from batchgen.emulator.validate import Verdict, batch_error, validate_input
 
@@ -120,6 +120,7 @@ class Lifecycle:
         record.run.total = verdict.total
         record.run.queued_tokens = verdict.tokens
         record.run.in_progress_t = now
+        record.run.extra[CONTENT_KEY] = verdict.digest
         record.batch.update(status="in_progress", in_progress_at=int(now), model=verdict.model,
                             usage=empty_usage(),
                             request_counts={"total": verdict.total, "completed": 0, "failed": 0})

@@ -1,6 +1,7 @@
-"""ASGI middleware: bearer-token auth, and HTTP-level faults on /v1 (transient 429/500/503 with Retry-After,
-dropped connections, slow answers). Both drain a request body before answering early, so clients never see a reset
-while they are still sending.
+"""ASGI middleware: bearer-token auth, HTTP-level faults on /v1 (transient 429/500/503 with Retry-After,
+dropped connections, slow answers), and one log line for a client that goes away mid-request or mid-download.
+Auth and faults drain a request body before answering early, so clients never see a reset while they are still
+sending.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchgen.emulator.apierror import error_envelope
 from batchgen.emulator.engine import Engine
@@ -21,6 +22,7 @@ from batchgen.emulator.engine import Engine
 _MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
                 "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 _DROP_MESSAGE = "ASGI callable returned without completing response."
+log = logging.getLogger("batchgen.emulator")
 
 
 async def drain(receive: Receive) -> None:
@@ -115,3 +117,63 @@ class FaultMiddleware:
         await send_json(send, status, body, headers)
 
 
+
+
+class _Exchange:
+    """How far one request's answer got: started, bytes handed to the server, complete."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.complete = False
+        self.sent = 0
+        self.length: int | None = None
+        self.logged = False
+
+    def note(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            length = dict(message.get("headers", [])).get(b"content-length", b"")
+            self.length = int(length) if length.isdigit() else None
+        elif message["type"] == "http.response.body":
+            self.sent += len(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+
+
+class DisconnectLog:
+    """Logs one line (INFO) when a client disconnects before its answer is complete: while it still sends the
+    request (an upload cut short, which stores nothing) or while it reads the answer (a download closed early).
+
+    The server reports the disconnect as an `http.disconnect` message to whoever reads the request next: the
+    route reading its body, or the file response watching the connection while it streams."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        exchange = _Exchange()
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not exchange.complete and not exchange.logged:
+                exchange.logged = True
+                log.info(_gone(scope, exchange))
+            return message
+
+        async def watched_send(message: Message) -> None:
+            exchange.note(message)
+            await send(message)
+
+        await self.app(scope, watched_receive, watched_send)
+
+
+def _gone(scope: Scope, exchange: _Exchange) -> str:
+    what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    client = scope.get("client")
+    who = f"client {client[0]}:{client[1]}" if client else "client"
+    if not exchange.started:
+        return f"{who} disconnected before it had sent all of {what}; the request was dropped"
+    total = f" of {exchange.length:,}" if exchange.length is not None else ""
+    return f"{who} disconnected while reading the answer to {what} ({exchange.sent:,}{total} bytes sent)"

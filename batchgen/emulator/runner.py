@@ -32,6 +32,7 @@ CHUNKS_IN_FLIGHT = 4  # a concurrent executor gets at most this many times its c
 OUTPUT_PART = "output.part"
 ERRORS_PART = "errors.part"
 INPUT_LINK = "input.jsonl"
+CONTENT_KEY = "input_sha256"  # in Run.extra: the digest of the input file, set when the batch starts
 TAIL_MESSAGES = {
     "batch_expired": "This request could not be executed before the completion window expired.",
     "batch_cancelled": "This request was not executed because the batch was cancelled.",
@@ -159,8 +160,10 @@ class Runner:
 
     def _request(self, record: BatchRecord, raw: bytes, index: int) -> LineRequest:
         item = orjson.loads(raw)
+        # A batch started by an emulator older than the content key falls back on its id, as it was seeded then.
+        content = str(record.run.extra.get(CONTENT_KEY) or record.id)
         return LineRequest(record.batch["endpoint"], item["body"], item["custom_id"], index, record.id,
-                           int(self._now()))
+                           int(self._now()), content)
 
     def _results(self, requests: list[LineRequest], width: int) -> list[LineResult]:
         if width > 1:

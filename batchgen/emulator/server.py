@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
 from collections.abc import Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import uvicorn
 
@@ -163,6 +164,27 @@ def check_bind(host: str, token: str | None) -> None:
         raise ValueError(f"refusing to serve on {host} without --token: anyone who can reach it could use it")
 
 
+class _ServeLog(logging.StreamHandler[TextIO]):
+    """stderr, in uvicorn's format ("INFO:     ...")."""
+
+    def __init__(self) -> None:
+        from uvicorn.logging import DefaultFormatter
+
+        super().__init__()
+        self.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+
+
+def _log_like_uvicorn(log_level: str) -> None:
+    """The emulator's own lines (a client gone mid-request, a request that failed) go to stderr at the server's
+    log level and in uvicorn's format, so the serve log reads as one log; otherwise only warnings would show, and
+    without a level."""
+    logger = logging.getLogger("batchgen.emulator")
+    if not any(isinstance(h, _ServeLog) for h in logger.handlers):
+        logger.addHandler(_ServeLog())
+    logger.setLevel(log_level.upper())
+    logger.propagate = False
+
+
 def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, log_level: str = "info") -> None:
     """Serve in the foreground until SIGINT/SIGTERM; raises ValueError for a public host without a token."""
@@ -172,6 +194,7 @@ def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0
     try:
         app = build_app(engine, token=token, control=config.control)
         uv_config = _uvicorn_config(app, log_level)
+        _log_like_uvicorn(log_level)
         uv_config.host, uv_config.port = host, port
         _QuietSignalsServer(uv_config).run()
     finally:

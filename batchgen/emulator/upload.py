@@ -2,7 +2,8 @@
 
 The body is parsed as it arrives and the file part is written straight to a spool file, so memory does not grow
 with the upload. An upload over the size limit is drained (never half-read, so the client sees a clean answer) and
-answered 413. Batch files must be named `.jsonl` and start with a JSON object line.
+answered 413; a body that ends before its closing boundary is answered 400 and nothing of it is kept. Batch files
+must be named `.jsonl` and start with a JSON object line.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class _Sink:
         self.filename: str | None = None
         self.file_bytes = 0
         self.too_big = False
+        self.complete = False  # the closing boundary was seen: every part is whole
         self._handle: IO[bytes] | None = None
         self._headers: dict[str, str] = {}
         self._field = b""
@@ -49,7 +51,7 @@ class _Sink:
             "on_part_begin": self._part_begin, "on_header_field": self._header_field,
             "on_header_value": self._header_value, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
+            "on_part_end": self._part_end, "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
@@ -91,6 +93,9 @@ class _Sink:
             self._handle = None
         elif self._name:
             self.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+    def _end(self) -> None:
+        self.complete = True
 
     def close(self) -> None:
         if self._handle is not None:
@@ -142,6 +147,8 @@ async def _feed(request: Request, parser: MultipartParser, sink: _Sink) -> None:
             parser.finalize()
         except MultipartParseError as error:
             raise bad_request("The multipart body could not be parsed.") from error
+        if not sink.complete:  # cut short: the last part may be missing bytes, so nothing is stored
+            raise bad_request("The multipart body ended before its closing boundary.")
 
 
 async def _drain(request: Request) -> None:

@@ -1,11 +1,13 @@
 """Input-file validation of a batch (spec §4): the first bad line ends the batch in `failed` with one error.
 
-Streams the file once, holding only the set of custom_ids, and counts the prompt tokens the batch would enqueue.
+Streams the file once, holding only the set of custom_ids, counts the prompt tokens the batch would enqueue and
+hashes the bytes (the digest seeds the batch's faults, so the same file gets the same faults under one seed).
 Codes the spec leaves open are emulator choices: `too_many_tasks`, `empty_batch`, `file_too_large`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,13 @@ from batchgen.emulator.tokencount import TokenCounter
 
 @dataclass
 class Verdict:
-    """The outcome: `error` (a BatchError dict) or the totals of a valid file."""
+    """The outcome: `error` (a BatchError dict) or the totals and the content digest of a valid file."""
 
     error: dict[str, Any] | None = None
     total: int = 0
     model: str | None = None
     tokens: int = 0
+    digest: str = ""
 
 
 def batch_error(code: str, message: str, param: str | None = None, line: int | None = None) -> dict[str, Any]:
@@ -39,8 +42,10 @@ def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: T
     seen: set[str] = set()
     verdict = Verdict()
     line_no = 0
+    content = hashlib.sha256()
     with open(path, "rb") as handle:
         for raw in handle:
+            content.update(raw)
             line_no += 1
             if not raw.strip():
                 continue
@@ -53,6 +58,7 @@ def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: T
                 return Verdict(error)
     if verdict.total == 0:
         return Verdict(batch_error("empty_batch", "The input file contains no requests.", "input_file_id"))
+    verdict.digest = content.hexdigest()
     return verdict
 
 

@@ -69,11 +69,11 @@ class BatchClient:
 
     def _open_emulator(self, state_dir: Path, timeout: float) -> openai.OpenAI:
         """Start the workspace's emulator, or attach to the one another process runs on the same state."""
-        from batchgen.emulator import EmulatorStartError, StateInUse, connect_embedded
+        from batchgen.emulator import ConfigError, EmulatorStartError, StateInUse, connect_embedded
 
         try:
             self._emulator = connect_embedded(state_dir)
-        except (StateInUse, EmulatorStartError) as error:
+        except (ConfigError, StateInUse, EmulatorStartError) as error:
             raise BackendError(f"Cannot use the embedded emulator: {error}") from error
         return openai.OpenAI(api_key="embedded", base_url=self._emulator.base_url, timeout=timeout)
 

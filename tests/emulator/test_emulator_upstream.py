@@ -281,7 +281,8 @@ def test_executor_settings_cannot_change_live(tmp_path, upstream):
     ({"upstream_url": "http://user:pw@host/v1"}, "upstream_url must not hold credentials"),
     ({"upstream_concurrency": 0}, "upstream_concurrency must be between 1 and 256"),
     ({"upstream_timeout": 0}, "upstream_timeout must be a positive number of seconds"),
-    ({"upstream_models": ["a"]}, "emulator config key 'upstream_models': bad value"),
+    ({"upstream_models": ["a"]}, "upstream_models must be an object of requested model names to upstream model "
+                                 "names, not ['a']"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError) as error:
@@ -314,7 +315,9 @@ def test_serve_reads_a_bad_executor_from_config_json(tmp_path):
     result = CliRunner().invoke(cli, ["serve", "--state", str(state), "--port", "0"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: the upstream executor needs upstream_url (batchgen serve --upstream URL)"]
+        f"Error: {state / 'config.json'}: the upstream executor needs upstream_url (batchgen serve --upstream URL)"]
+    # a URL given on the command line completes the file's executor
+    assert EmulatorConfig.load(state, "serve", {"upstream_url": "http://h/v1"}).upstream_url == "http://h/v1"
 
 
 def test_serve_help_lists_the_upstream_flags():

@@ -35,6 +35,7 @@ _EXPORTS = {
     "PricingError": "batchgen.errors",
     "Session": "batchgen.run.session",
     "SpecError": "batchgen.errors",
+    "StageProgress": "batchgen.run.tick",
     "ValidationFailed": "batchgen.errors",
     "Workspace": "batchgen.ledger",
     "WorkspaceBusy": "batchgen.errors",
@@ -64,6 +65,7 @@ __all__ = [
     "PricingError",
     "Session",
     "SpecError",
+    "StageProgress",
     "ValidationFailed",
     "Workspace",
     "WorkspaceBusy",
@@ -108,5 +110,5 @@ if TYPE_CHECKING:
     from batchgen.recipe.plan import Plan, plan_job
     from batchgen.recipe.spec import JobSpec
     from batchgen.run.session import Session
-    from batchgen.run.tick import JobProgress, register_job, tick
+    from batchgen.run.tick import JobProgress, StageProgress, register_job, tick
     from batchgen.run.verbs import cancel, collect_jobs, run_job, submit_job

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from pydantic import ValidationError
 
 from batchgen._version import __version__
@@ -242,6 +243,7 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
 
     Exit status: 0 done at the target (or running normally), 1 an error, 3 a job ended short of its target. Ctrl-C: 130.
     """
+    from batchgen.progress import progress_display
     from batchgen.run.verbs import run_job
 
     note = _wait_note()
@@ -249,33 +251,40 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
     session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
     spec = _register(session, job)
     try:
-        final = run_job(session, spec, None if quiet or json_ else _progress_line,
-                        sleep=lock.pausing(session.close, note), on_outage=_outage_note)
+        with progress_display(show=not (quiet or json_)) as display:
+            final = run_job(session, spec, display.update, sleep=lock.pausing(session.close, note),
+                            on_outage=lambda message: display.note(f"Backend unavailable: {message}"))
     except KeyboardInterrupt:
-        click.echo(f"\nStopped. Batches keep running; resume with 'batchgen run {job}' or check with "
-                   f"'batchgen status {spec.name}'", err=True)
+        click.echo(_stopped_hint(job, spec.name), err=True)
         sys.exit(130)
     _print_summary(session, spec.name, json_)
     _exit_for([final])
 
 
-def _outage_note(message: str) -> None:
-    click.echo(f"\nBackend unavailable: {message}", err=True)
+# The options of `run` that shape what it does: a resumed run needs them again (--quiet and --json only change what
+# it prints).
+RESUME_OPTIONS = ("backend", "budget_mode", "queue_limit", "poll_interval", "workspace")
+
+
+def _stopped_hint(job: str, name: str) -> str:
+    """What to type to pick up where Ctrl-C stopped `run`: the same job with each option of RESUME_OPTIONS that was
+    given (on the command line, or --workspace through $BATCHGEN_WORKSPACE), quoted for a shell."""
+    import shlex
+
+    ctx = click.get_current_context()
+    params = {param.name: param for param in ctx.command.params}
+    given = {name: f"{params[name].opts[0]} {shlex.quote(str(ctx.params[name]))}" for name in RESUME_OPTIONS
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    options = "".join(f" {option}" for option in given.values())
+    where = f" {given['workspace']}" if "workspace" in given else ""
+    return (f"Stopped. Batches keep running; resume with 'batchgen run {shlex.quote(job)}{options}' or check with "
+            f"'batchgen status {name}{where}'")
 
 
 def _register(session: Any, job: str) -> Any:
     from batchgen.run.tick import register_job
 
     return register_job(session, job)
-
-
-def _progress_line(p: Any) -> None:
-    batches = ", ".join(f"{n} {s}" for s, n in sorted(p.batches.items())) or "none yet"
-    line = (f"[{p.job}/{p.stage}] requests {p.finished}/{p.requests} · batches: {batches} · "
-            f"valid examples {p.valid_examples} · spent {format_usd(p.spent_usd)}")
-    if p.waiting_for_budget:
-        line += " · waiting: budget"
-    click.echo(("\r" + line.ljust(110)) if sys.stderr.isatty() else line, err=True, nl=not sys.stderr.isatty())
 
 
 def _print_summary(session: Any, name: str, json_: bool) -> None:

@@ -1,4 +1,5 @@
-"""Rendering for the CLI: tables, JSON, progress on stderr. No decisions are made here."""
+"""Rendering for the CLI: tables, JSON, warnings on stderr (the progress of `run` is in batchgen.progress). No
+decisions are made here."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pytest
 
 RANK = {"base": 0, "recipe": 1, "ledger": 2, "dataset": 3, "run": 4, "shell": 5}  # a module imports at or below
-SHELL = {"batchgen", "batchgen.__main__", "batchgen.cli", "batchgen.output"}
+SHELL = {"batchgen", "batchgen.__main__", "batchgen.cli", "batchgen.output", "batchgen.progress"}
 BASE = {"batchgen._lazy", "batchgen._version", "batchgen.money", "batchgen.errors", "batchgen.crashpoints"}
 EMULATOR_MAY_IMPORT = {"batchgen.recipe.tokens"}
 MAY_IMPORT_EMULATOR = SHELL | {"batchgen.run.client"}

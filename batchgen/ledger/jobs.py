@@ -103,3 +103,28 @@ class JobRecords(Store):
 
     def result_count(self, job: str) -> int:
         return int(self.scalar("SELECT count(*) FROM results WHERE job = ?", [job]))
+
+    def stage_standings(self, job: str) -> dict[str, dict[str, Any]]:
+        """Where each stage of the job stands, in the order its requests were compiled: {"requests" (every
+        attempt), "answered" (those with a result, plus what the provider last counted completed or failed in
+        batches not collected yet), "batches" (status -> count), "valid_examples"}. A request has a result once
+        its status has moved past compiled and submitted, which the requests index answers without a join."""
+        standings: dict[str, dict[str, Any]] = {}
+        for stage, status, count in self._execute(
+                "SELECT stage, status, count(*) FROM requests WHERE job = ? GROUP BY stage, status "
+                "ORDER BY min(rowid)", [job]):
+            entry = standings.setdefault(stage, {"requests": 0, "answered": 0, "batches": {}, "valid_examples": 0})
+            entry["requests"] += count
+            entry["answered"] += 0 if status in ("compiled", "submitted") else count
+        for stage, status, count, counted in self._execute(
+                "SELECT s.stage, b.status, count(*), sum(CASE WHEN b.collected = 0 THEN b.completed + b.failed "
+                "ELSE 0 END) FROM batches b JOIN shards s ON s.id = b.shard_id WHERE b.job = ? "
+                "GROUP BY s.stage, b.status", [job]):
+            if stage in standings:
+                standings[stage]["batches"][status] = count
+                standings[stage]["answered"] += counted
+        for stage, count in self._execute(
+                "SELECT stage, count(*) FROM examples WHERE job = ? AND valid = 1 GROUP BY stage", [job]):
+            if stage in standings:
+                standings[stage]["valid_examples"] = count
+        return standings

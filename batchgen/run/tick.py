@@ -33,6 +33,18 @@ from batchgen.run.submission import submit_pending
 
 
 @dataclass
+class StageProgress:
+    """Where one stage of a job stands after a tick: what a progress display draws for it."""
+
+    name: str
+    target: int | None  # valid examples the stage wants (None when the job's spec could not be read)
+    requests: int = 0  # request lines compiled for the stage so far, every attempt (retries and top-ups too)
+    answered: int = 0  # of those: collected, or counted completed or failed by the provider in a running batch
+    batches: dict[str, int] = field(default_factory=dict)  # the stage's batches by status
+    valid_examples: int = 0
+
+
+@dataclass
 class JobProgress:
     """Where a job stands after a tick."""
 
@@ -52,6 +64,9 @@ class JobProgress:
     pending_shards: int = 0  # compiled and waiting to be submitted (a stage's first shards, retries, top-ups)
     short: list[str] = field(default_factory=list)  # stages that ended below their target
     blocked: str | None = None  # the dead end the job met, when it ended blocked
+    stages: list[StageProgress] = field(default_factory=list)  # every stage of the job, in order
+    budget_usd: Decimal | None = None
+    committed_usd: Decimal = Decimal(0)  # spent plus batches in flight, as the budget guard counts them
 
     @property
     def done(self) -> bool:
@@ -123,7 +138,7 @@ def tick(session: Session, names: Iterable[str] | None = None) -> list[JobProgre
         except BatchgenError as error:
             with ledger.transaction():
                 ledger.event("tick_error", job=row["name"], message=str(error))
-            report = progress(session, row["name"])
+            report = progress(session, row["name"])  # without the spec: the stages the ledger knows
             report.error = str(error)
             reports.append(report)
     return reports
@@ -135,7 +150,7 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
     row = ledger.job(spec.name)
     settled = row["status"] == CANCELLED and not ledger.uncollected_batches(spec.name)
     if row["status"] not in (ACTIVE, CANCELLED) or settled:
-        return progress(session, spec.name)
+        return progress(session, spec.name, spec)
     stage = spec.stage(row["stage"])
     client = session.client(row["backend"])
     session.new_tick()
@@ -157,7 +172,7 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
         except DeadEnd as cause:
             block(session, spec, str(cause))
     next_stage_or_finish(session, spec, stage)
-    result = progress(session, spec.name)
+    result = progress(session, spec.name, spec)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
     return result
 
@@ -207,7 +222,9 @@ def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) 
         crash_point("stage")
 
 
-def progress(session: Session, name: str) -> JobProgress:
+def progress(session: Session, name: str, spec: JobSpec | None = None) -> JobProgress:
+    """Where the job stands now, from the ledger; with its spec, every stage is listed with its target, also the
+    ones not opened yet."""
     ledger = session.ledger
     job = ledger.job(name)
     exported = ledger.dataset(name)
@@ -216,4 +233,17 @@ def progress(session: Session, name: str) -> JobProgress:
                        spent_usd=ledger.spent_usd(name),
                        dataset=exported["path"] if exported else None,
                        pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0,
-                       short=[s["stage"] for s in ledger.shortfalls(name)], blocked=job["blocked_reason"])
+                       short=[s["stage"] for s in ledger.shortfalls(name)], blocked=job["blocked_reason"],
+                       stages=stage_progress(session, name, spec),
+                       budget_usd=None if job["budget_usd"] is None else Decimal(job["budget_usd"]),
+                       committed_usd=ledger.committed_usd(name, session.budget_mode))
+
+
+def stage_progress(session: Session, name: str, spec: JobSpec | None) -> list[StageProgress]:
+    """The spec's stages in order (then any the ledger knows that the spec does not name), each with what the
+    ledger holds of it; without the spec, only the stages that have requests, and no targets."""
+    standings = session.ledger.stage_standings(name)
+    stages = spec.resolved_stages() if spec is not None else []
+    targets: dict[str, int | None] = {stage.name: stage.target for stage in stages}
+    names = list(targets) + [stage for stage in standings if stage not in targets]
+    return [StageProgress(stage, targets.get(stage), **standings.get(stage, {})) for stage in names]

@@ -276,9 +276,21 @@ def _stopped_hint(job: str, name: str) -> str:
     given = {name: f"{params[name].opts[0]} {shlex.quote(str(ctx.params[name]))}" for name in RESUME_OPTIONS
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     options = "".join(f" {option}" for option in given.values())
-    where = f" {given['workspace']}" if "workspace" in given else ""
+    where = _workspace_flag()
     return (f"Stopped. Batches keep running; resume with 'batchgen run {shlex.quote(job)}{options}' or check with "
             f"'batchgen status {name}{where}'")
+
+
+def _workspace_flag() -> str:
+    """' --workspace PATH' when the command was given one (on the command line or through $BATCHGEN_WORKSPACE), for
+    the commands a message tells the user to type next."""
+    import shlex
+
+    ctx = click.get_current_context()
+    if ctx.params.get("workspace") is None or ctx.get_parameter_source("workspace") not in (
+            ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        return ""
+    return f" --workspace {shlex.quote(str(ctx.params['workspace']))}"
 
 
 def _register(session: Any, job: str) -> Any:
@@ -314,7 +326,7 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
     if summary["blocked"]:
         click.echo(f"Blocked: {summary['blocked']}")
-        click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}', then run the job again")
+        click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}{_workspace_flag()}', then run the job again")
     for short in summary["short"]:
         why = (f"after {short['top_ups']} top-up round(s), the most max_top_ups allows"
                if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")

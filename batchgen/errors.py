@@ -8,7 +8,9 @@
     ├── ValidationFailed   generated data failed a check that was required to pass
     ├── BudgetExceeded     the budget guard refused to spend more
     ├── WorkspaceBusy      another batchgen process holds the workspace lock
-    └── PricingError       no price is known for a model
+    ├── PricingError       no price is known for a model
+    └── DiskError          a file or folder cannot be written: no space left, a quota or the file size limit met,
+                           or a folder that cannot be made (worded by batchgen.disk)
 
 The CLI turns each into `Error: <message>` and exit status 1. The library never prints and never exits.
 """
@@ -56,6 +58,10 @@ class PricingError(BatchgenError):
 
 
 class WorkspaceBusy(BatchgenError):
+    pass
+
+
+class DiskError(BatchgenError):
     pass
 
 

@@ -12,8 +12,9 @@ One JSON object per line, UTF-8 (not ASCII-escaped), every line newline-terminat
 
 Records are streamed: nothing holds the whole dataset. The file (and its sidecar) is written to a temporary
 file in the target's directory, fsynced and renamed over the target, so a reader never sees half a dataset and
-a failure part-way leaves the previous file untouched. An example that the target format cannot hold (a
-multi-turn chat as Alpaca) or that does not parse is skipped and counted by reason.
+a failure part-way (a full disk: one `DiskError` line) leaves the previous file untouched and no temporary file.
+An example that the target format cannot hold (a multi-turn chat as Alpaca) or that does not parse is skipped
+and counted by reason.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -33,6 +34,7 @@ import orjson
 from pydantic import ValidationError
 
 from batchgen.crashpoints import crash_point
+from batchgen.disk import make_folder, write_error
 from batchgen.errors import BatchgenError
 from batchgen.recipe.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
 
@@ -144,17 +146,43 @@ def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str]
         raise BatchgenError(f"{path} is not a regular file, so it has no sidecar; use --provenance inline or none")
     sidecar = sidecar_path(target) if provenance == "sidecar" else None
     result = ExportResult(target, fmt, provenance, sidecar_path=sidecar)
+    if not stream:
+        make_folder(target.parent, f"dataset {target}", "choose another file with -o")
     try:
-        with ExitStack() as stack:
-            main = stack.enter_context(_stream_writer(target) if stream else _atomic_writer(target))
-            side = stack.enter_context(_atomic_writer(sidecar)) if sidecar else None
-            _write_records(records, fmt, provenance, main, side, result)
+        if stream:
+            with _stream_writer(target) as main:
+                _write_records(records, fmt, provenance, main, None, result)
             result.sha256 = main.sha256.hexdigest()
-            result.sidecar_sha256 = side.sha256.hexdigest() if side else None
+        else:
+            _write_files(records, fmt, provenance, target, sidecar, result)
     except OSError as error:
-        raise BatchgenError(f"Cannot write dataset {target}: {error.strerror or error}; "
-                            "choose another file with -o or check the folder's permissions") from error
+        raise write_error(error, f"dataset {target}",
+                          "choose another file with -o or check the folder's permissions") from error
     return result
+
+
+def _write_files(records: Iterable[ExportRecord], fmt: str, provenance: str, target: Path, sidecar: Path | None,
+                 result: ExportResult) -> None:
+    """Write the dataset (and its sidecar) beside the old ones; both are complete and on disk before either
+    replaces its old file, so a full disk part-way leaves the previous pair as it was and no temporary file."""
+    pending: list[_Pending] = []
+    try:
+        pending.append(_Pending(target))
+        if sidecar is not None:
+            pending.append(_Pending(sidecar))
+        main, side = pending[0].file, (pending[1].file if sidecar is not None else None)
+        _write_records(records, fmt, provenance, main, side, result)
+        for file in pending:
+            file.finish()
+        for file in reversed(pending):
+            file.commit()
+    except BaseException:
+        for file in pending:
+            file.discard()
+        raise
+    _fsync_dir(target.parent)
+    result.sha256 = main.sha256.hexdigest()
+    result.sidecar_sha256 = side.sha256.hexdigest() if side is not None else None
 
 
 def _write_records(records: Iterable[ExportRecord], fmt: str, provenance: str, main: _HashingFile,
@@ -202,25 +230,33 @@ def _stream_writer(target: Path) -> Iterator[_HashingFile]:
         yield _HashingFile(handle)
 
 
-@contextmanager
-def _atomic_writer(target: Path) -> Iterator[_HashingFile]:
-    """A temporary file beside `target`, fsynced and renamed over it on success, removed on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
-            yield _HashingFile(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+class _Pending:
+    """A new file for `target`, written under a temporary name beside it: `finish()` puts it on disk (where a
+    full disk shows), `commit()` renames it over `target`, `discard()` removes it."""
+
+    def __init__(self, target: Path) -> None:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        self.target, self.temp = target, Path(temp_name)
+        self.file = _HashingFile(os.fdopen(fd, "wb", buffering=1 << 20))
+
+    def finish(self) -> None:
+        handle = self.file.handle
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+
+    def commit(self) -> None:
         # mkstemp makes 0600: keep the mode of the file being replaced, else the usual 0644 (reading the umask
         # would mean setting it, which is not thread-safe while the embedded emulator writes files).
-        os.chmod(temp, target.stat().st_mode & 0o7777 if target.exists() else 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+        os.chmod(self.temp, self.target.stat().st_mode & 0o7777 if self.target.exists() else 0o644)
+        os.replace(self.temp, self.target)
+
+    def discard(self) -> None:
+        try:
+            self.file.handle.close()  # flushes what is buffered: on a full disk this fails too
+        except OSError:
+            pass
+        self.temp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -27,7 +27,6 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
 def export_job(ledger: Ledger, spec: JobSpec, path: Path, fmt: str | None = None,
                provenance: str = "inline") -> ExportResult:
     """Write the job's dataset (default: in the job's format) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     return export_dataset(valid_examples(ledger, spec), path, fmt or spec.format, provenance=provenance)
 
 

@@ -2,12 +2,15 @@
 record classes (`batchgen.ledger.jobs`, `.batches`, ...) build their named methods on.
 
 Every read-modify-write runs inside `transaction()` (BEGIN IMMEDIATE), so two processes on one workspace never
-interleave a decision and its record. WAL mode lets `status` read while a `run` writes.
+interleave a decision and its record. WAL mode lets `status` read while a `run` writes. A write the disk refuses
+(SQLITE_FULL, or an I/O error: over quota, the file size limit) rolls the transaction back and becomes one
+`DiskError` naming the ledger: nothing of it is recorded, and the same command can run again once there is room.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +21,8 @@ from typing import Any, Self
 
 from sqlite_utils import Database
 
-from batchgen.errors import LedgerError
+from batchgen.disk import AGAIN, make_folder, no_space, out_of_space, write_error
+from batchgen.errors import BatchgenError, DiskError, LedgerError
 from batchgen.ledger import migrations
 
 
@@ -52,17 +56,15 @@ class Store:
             cls.require(path)
         try:
             conn = _connect_read_only(path) if read_only else cls._connect(path)
-        except sqlite3.DatabaseError as error:
-            raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
         except (OSError, sqlite3.Error) as error:
-            raise LedgerError(f"Cannot open ledger {path}: {error}") from error
+            raise _open_error(path, error) from error
         db = Database(conn)
         ledger = cls(db, path)
         try:
             ledger._migrate()
         except sqlite3.DatabaseError as error:
             conn.close()
-            raise LedgerError(f"Ledger {path} is not a usable SQLite database: {error}") from error
+            raise _open_error(path, error) from error
         except LedgerError:
             conn.close()
             raise
@@ -76,7 +78,7 @@ class Store:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, f"the ledger {path}", "check --workspace and BATCHGEN_LEDGER")
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
         conn.execute("PRAGMA page_size=8192")  # takes effect only on a new, empty file
         conn.execute("PRAGMA journal_mode=WAL")
@@ -119,16 +121,19 @@ class Store:
     # -- transactions ----------------------------------------------------------------------------------------
     @contextmanager
     def _immediate(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; on any error (a COMMIT the disk refused too) ROLLBACK, so nothing counts."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             yield
-        except BaseException:
+            conn.execute("COMMIT")
+        except BaseException as error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            refused = _disk_refused(error, self.path)
+            if refused is None:
+                raise
+            raise refused from error
 
     @contextmanager
     def transaction(self) -> Iterator[Self]:
@@ -142,7 +147,13 @@ class Store:
     # -- SQL primitives: for the record classes of this package, and for inspection (tests, a debugging session).
     # Code outside batchgen.ledger calls named methods instead (tests/test_architecture.py checks it).
     def _execute(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
-        return self.db.conn.execute(sql, params)  # type: ignore[arg-type]
+        try:
+            return self.db.conn.execute(sql, params)  # type: ignore[arg-type]
+        except sqlite3.OperationalError as error:
+            refused = _disk_refused(error, self.path)
+            if refused is None:
+                raise
+            raise refused from error
 
     def rows(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
         cursor = self._execute(sql, params)
@@ -170,20 +181,23 @@ class Store:
         return {name: int(self.scalar(f"SELECT count(*) FROM {name}")) for name in names}
 
     def backup(self, target: str | Path) -> Path:
+        """Copy the ledger to `target`, a new file; on failure (a full disk) no part of the copy is left."""
         target = Path(target)
         if target.exists():
             raise LedgerError(f"Backup target {target} already exists; choose another path")
+        make_folder(target.parent, f"the backup {target}", "choose another path")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             copy = sqlite3.connect(str(target))
-        except (OSError, sqlite3.Error) as error:
+        except sqlite3.Error as error:
             raise LedgerError(f"Cannot write the backup {target}: {error}") from None
         try:
             self.db.conn.backup(copy)  # page by page, from a read-only connection too
         except sqlite3.Error as error:
             copy.close()
-            target.unlink(missing_ok=True)  # never a half-written backup
-            raise LedgerError(f"Cannot write the backup {target}: {error}") from None
+            for part in ("", "-journal", "-wal", "-shm"):  # never a half-written backup
+                Path(f"{target}{part}").unlink(missing_ok=True)
+            refused = _disk_refused(error, target, "the backup")
+            raise refused or LedgerError(f"Cannot write the backup {target}: {error}") from None
         copy.close()
         return target
 
@@ -193,6 +207,50 @@ class Store:
             "INSERT INTO events (at_utc, job, batch_id, kind, detail_json) VALUES (?, ?, ?, ?, ?)",
             [utcnow(), job, batch_id, kind, json.dumps(detail, default=str, sort_keys=True)],
         )
+
+
+NEARLY_FULL = 1 << 20
+# The I/O errors of a write that a disk over quota or past the file size limit causes (a full disk is SQLITE_FULL).
+_WRITE_FAILURES = {sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_TRUNCATE,
+                   sqlite3.SQLITE_IOERR_SHMSIZE}
+
+
+def _disk_refused(error: BaseException, path: Path, what: str = "the ledger") -> DiskError | None:
+    """SQLite's word for a write the disk refused, as one line naming the file; None for any other error.
+
+    SQLITE_FULL is a full disk. Other refusals reach SQLite as a failed write (an I/O error, whose cause it does
+    not pass on): on a disk with almost nothing free (the -shm file of WAL mode could not grow) that is a full disk
+    too; otherwise the message names the likely causes, a quota or the file size limit."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return None
+    code = error.sqlite_errorcode
+    if code == sqlite3.SQLITE_FULL or (code in _WRITE_FAILURES and _nearly_full(path.parent)):
+        return no_space(f"{what} {path}")
+    if code in _WRITE_FAILURES:
+        return DiskError(f"Cannot write {what} {path}: {error} ({error.sqlite_errorname}); if its disk is full, "
+                         f"over quota or at the file size limit (ulimit -f), make room and {AGAIN}")
+    return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than a megabyte free for this user on the disk of `folder`."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL
+
+
+def _open_error(path: Path, error: OSError | sqlite3.Error) -> BatchgenError:
+    """Why the ledger cannot be opened, in one line."""
+    if isinstance(error, OSError) and out_of_space(error):
+        return write_error(error, f"the ledger {path}")
+    refused = _disk_refused(error, path)
+    if refused is not None:
+        return refused
+    if isinstance(error, sqlite3.DatabaseError):
+        return LedgerError(f"Ledger {path} is not a usable SQLite database: {error}")
+    return LedgerError(f"Cannot open ledger {path}: {error}")
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

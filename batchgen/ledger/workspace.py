@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchgen.disk import out_of_space, write_error
 from batchgen.errors import BatchgenError
 
 ENV_VAR = "BATCHGEN_WORKSPACE"
@@ -60,6 +61,8 @@ class Workspace:
             # a file of its own (two processes may start on one workspace at the same moment)
             tempfile.TemporaryFile(dir=self.root, prefix=".write-probe-").close()
         except OSError as error:
+            if out_of_space(error):
+                raise write_error(error, f"workspace {self.root}") from error
             raise BatchgenError(f"Workspace {self.root} is not writable: {error.strerror or error}; "
                                 "pass --workspace DIR or set BATCHGEN_WORKSPACE") from error
         return self

@@ -17,7 +17,8 @@ Manifest line (compact JSON): {"custom_id", "index", "stage", "attempt", "cell",
 Shards are cut before a line would break any limit: `limits.max_lines` (≤ 50,000), `limits.max_bytes` (190 MB
 by default, under the 200 MB file limit), `limits.max_queued_tokens` (input tokens per shard, optional) and
 one model per file. Each file is written to a temporary name and renamed when complete; a leftover shard of an
-earlier compile in the same directory is removed.
+earlier compile in the same directory is removed. A compile that fails (a template error, a full disk: one
+`DiskError` line naming the shard) leaves the directory as it was.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import IO, Any
 
 import orjson
 
-from batchgen.errors import SpecError
+from batchgen.disk import make_folder, write_error, writing
+from batchgen.errors import DiskError, SpecError
 from batchgen.recipe.render import RenderedRequest, Renderer
 from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
 from batchgen.recipe.variants import VariantPlan
@@ -92,6 +94,7 @@ class _Packer:
             directory,
         )
         self.shards: list[ShardInfo] = []
+        self.created: list[Path] = []  # shard files this compile added to the folder (removed if it fails)
         self._lines = self._bytes = self._tokens = 0
         self._hash = hashlib.sha256()
         self._out: IO[bytes] | None = None
@@ -105,21 +108,24 @@ class _Packer:
                 f"request {request.custom_id} alone ({size} bytes, {tokens} input tokens) exceeds the "
                 f"shard limits (max_bytes {self.limits.max_bytes}, max_queued_tokens {cap})"
             )
-        if self._lines and (
-            self._lines + 1 > self.limits.max_lines
-            or self._bytes + size > self.limits.max_bytes
-            or (cap is not None and self._tokens + tokens > cap)
-        ):
-            self.close()
-        if self._lines == 0 and self.directory is not None:
-            self._open()
-        self._lines += 1
-        self._bytes += size
-        self._tokens += tokens
-        self._hash.update(request.line)
-        if self._out is not None and self._manifest is not None:
-            self._out.write(request.line)
-            self._manifest.write(_manifest_line(request, self.stage.max_tokens))
+        try:
+            if self._lines and (
+                self._lines + 1 > self.limits.max_lines
+                or self._bytes + size > self.limits.max_bytes
+                or (cap is not None and self._tokens + tokens > cap)
+            ):
+                self._finish()
+            if self._lines == 0 and self.directory is not None:
+                self._open()
+            self._lines += 1
+            self._bytes += size
+            self._tokens += tokens
+            self._hash.update(request.line)
+            if self._out is not None and self._manifest is not None:
+                self._out.write(request.line)
+                self._manifest.write(_manifest_line(request, self.stage.max_tokens))
+        except OSError as error:
+            raise self._write_error(error) from error
 
     def _paths(self, number: int) -> tuple[Path, Path]:
         assert self.directory is not None
@@ -135,14 +141,28 @@ class _Packer:
 
     def close(self) -> None:
         """Finish the current shard (if any)."""
+        try:
+            self._finish()
+        except OSError as error:
+            raise self._write_error(error) from error
+
+    def _write_error(self, error: OSError) -> DiskError:
+        """A full disk (or any refused write) as one line naming the shard being written."""
+        return write_error(error, f"shard {self._paths(len(self.shards))[0]}")
+
+    def _finish(self) -> None:
         if self._lines == 0:
             return
         number = len(self.shards)
         path, manifest = self._paths(number) if self.directory is not None else (Path(""), Path(""))
-        for handle, final in ((self._out, path), (self._manifest, manifest)):
-            if handle is not None:
-                handle.close()
-                os.replace(handle.name, final)
+        # Both files complete (flushed: that is where a full disk shows) before either takes its final name.
+        handles = [(h, final) for h, final in ((self._out, path), (self._manifest, manifest)) if h is not None]
+        for handle, _ in handles:
+            handle.close()
+        for handle, final in handles:
+            if not final.exists():
+                self.created.append(final)
+            os.replace(handle.name, final)
         self._out = self._manifest = None
         self.shards.append(
             ShardInfo(
@@ -163,10 +183,21 @@ class _Packer:
         self._hash = hashlib.sha256()
 
     def abort(self) -> None:
+        """Leave the folder as it was: remove the temporary files, and the shards this compile added to it.
+
+        A shard that was there before is left alone: compiling is deterministic, so it has the same bytes, and the
+        ledger may know it."""
         for handle in (self._out, self._manifest):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()  # flushes what is buffered: on a full disk this fails too
+                except OSError:
+                    pass
                 Path(handle.name).unlink(missing_ok=True)
+        self._out = self._manifest = None
+        for path in self.created:
+            path.unlink(missing_ok=True)
+        self.created.clear()
 
 
 def _manifest_line(request: RenderedRequest, max_tokens: int) -> bytes:
@@ -250,36 +281,42 @@ def compile_stage(
         if shards_dir is None:
             raise ValueError("compile_stage(write=True) needs shards_dir")
         directory = stage_directory(Path(shards_dir), spec, resolved.name, attempt, chosen, label)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_folder(directory, f"the shards of stage {resolved.name!r}", "pass --workspace DIR")
     packer = _Packer(limits or spec.limits, spec.model, resolved, attempt, directory)
     try:
         for request in iter_requests(spec, resolved, attempt=attempt, indices=chosen, sources=sources):
             packer.add(request)
         packer.close()
+        result = CompileResult(
+            spec.name, resolved.name, attempt, spec.spec_hash, str(directory or ""), packer.shards
+        )
+        if directory is not None:
+            _finish_directory(directory, result)
     except BaseException:
         packer.abort()
         raise
-    result = CompileResult(
-        spec.name, resolved.name, attempt, spec.spec_hash, str(directory or ""), packer.shards
-    )
-    if directory is not None:
-        _finish_directory(directory, result)
     return result
 
 
 def _finish_directory(directory: Path, result: CompileResult) -> None:
-    keep = {Path(p).name for s in result.shards for p in (s.path, s.manifest_path)}
-    for old in directory.glob("shard-*.jsonl"):
-        if old.name not in keep:
-            old.unlink()
+    """Write shards.json, then remove the shards an earlier, larger compile left in the folder."""
     summary = directory / "shards.json"
     tmp = summary.with_suffix(".json.tmp")
     entries = [
         {**s.to_dict(), "path": Path(s.path).name, "manifest_path": Path(s.manifest_path).name}
         for s in result.shards
     ]
-    tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, summary)
+    try:
+        with writing(f"shard list {summary}"):
+            tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, summary)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    keep = {Path(p).name for s in result.shards for p in (s.path, s.manifest_path)}
+    for old in directory.glob("shard-*.jsonl"):
+        if old.name not in keep:
+            old.unlink()
 
 
 def read_manifest(path: str | Path) -> Iterator[dict[str, Any]]:

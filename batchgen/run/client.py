@@ -23,6 +23,7 @@ import openai
 from openai.types import Batch, FileObject
 
 from batchgen.crashpoints import crash_point
+from batchgen.disk import make_folder, writing
 from batchgen.errors import BackendError, is_retryable_status
 
 if TYPE_CHECKING:
@@ -171,13 +172,15 @@ class BatchClient:
         self._call(f"Deleting file {file_id}", lambda: self._sdk.files.delete(file_id))
 
     def download(self, file_id: str, target: Path) -> Path:
-        """Stream a file's content to `target` through a temporary file, so it never exists half-written."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """Stream a file's content to `target` through a temporary file, so it never exists half-written (a full
+        disk is one DiskError naming `target`, and the temporary file is removed)."""
+        what = f"result file {target}"
+        make_folder(target.parent, what, "check --workspace")
         tmp = target.with_name(target.name + ".part")
 
         def fetch() -> None:
             with self._sdk.files.with_streaming_response.content(file_id) as response:
-                with open(tmp, "wb") as out:
+                with writing(what), open(tmp, "wb") as out:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
                         crash_point("download")
@@ -186,10 +189,11 @@ class BatchClient:
 
         try:
             self._call(f"Downloading file {file_id}", fetch)
+            with writing(what):
+                tmp.replace(target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        tmp.replace(target)
         return target
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 
 from batchgen.crashpoints import crash_point
+from batchgen.disk import out_of_space
 from batchgen.errors import BatchgenError, WorkspaceBusy
 
 LOCK_FILE = "lock"
@@ -185,13 +186,20 @@ class WorkspaceLock:
         return True
 
     def _write_holder(self, fd: int) -> None:
+        """Say who holds the lock, for the messages of those who wait. On a full disk the note stays empty
+        (`holder()` then knows no pid): the flock is what locks, and the command goes on to say what ran out."""
         data = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                            "since_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
         os.ftruncate(fd, 0)
         half = len(data) // 2
-        os.pwrite(fd, data[:half], 0)
-        crash_point("lock")
-        os.pwrite(fd, data[half:], half)
+        try:
+            os.pwrite(fd, data[:half], 0)
+            crash_point("lock")
+            os.pwrite(fd, data[half:], half)
+        except OSError as error:
+            if not out_of_space(error):
+                raise
+            os.ftruncate(fd, 0)
 
     def __enter__(self) -> WorkspaceLock:
         self.acquire()

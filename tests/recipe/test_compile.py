@@ -205,6 +205,18 @@ def test_queued_token_and_byte_caps_cut_shards(tmp_path: Path) -> None:
         compile_stage(spec, write=False, limits=LimitsSpec(max_queued_tokens=per_request - 1))
 
 
+def test_a_compile_that_fails_part_way_leaves_no_file(tmp_path: Path) -> None:
+    """Three shards complete, then request 30 fails: neither they nor a temporary file stay behind."""
+    job = tmp_path / "task_api"
+    shutil.copytree(TASK_API, job)
+    with (job / "prompt.j2").open("a") as handle:
+        handle.write("{% if index == 30 %}{{ 1/0 }}{% endif %}\n")
+    shards = Workspace(tmp_path / "ws").shards_dir
+    with pytest.raises(SpecError, match="rendering request 30"):
+        compile_stage(load_spec(job), shards_dir=shards, limits=LimitsSpec(max_lines=10))
+    assert [p for p in shards.rglob("*") if p.is_file()] == []
+
+
 def test_retry_subset_gets_its_own_directory_and_ids(tmp_path: Path) -> None:
     spec = load_spec(TASK_API)
     space = Workspace(tmp_path)

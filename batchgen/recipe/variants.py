@@ -48,10 +48,22 @@ class Variant:
         return tuple(self.cell.items())
 
 
+# The most requests one job may plan, over all its stages: 100 full batches of the Batch API's 50,000 requests,
+# 20-30 GB of input files, 5 billion input tokens at 1,000 a request (five times the most gpt-4o-mini queues at
+# usage tier 4), and thousands of dollars even on gpt-4o-mini. Beyond that a target is a slip of the keyboard, or
+# a series of jobs. The loader refuses it in one line, before anything is rendered.
+MAX_JOB_REQUESTS = 5_000_000
+
+
 def request_count(spec: JobSpec, stage: ResolvedStage) -> int:
     """ceil(target * overgeneration / examples_per_request), computed exactly."""
     wanted = Decimal(stage.target) * spec.overgeneration / Decimal(stage.examples_per_request)
     return int(wanted.to_integral_value(rounding=ROUND_CEILING))
+
+
+def job_request_count(spec: JobSpec) -> int:
+    """The requests every stage of the job plans, together (top-ups come on top)."""
+    return sum(request_count(spec, stage) for stage in spec.resolved_stages())
 
 
 class CellPlan:
@@ -223,4 +235,5 @@ def coverage(variants: Iterable[Variant]) -> dict[tuple[tuple[str, Any], ...], i
     return dict(sorted(counts.items(), key=lambda kv: repr(kv[0])))
 
 
-__all__ = ["Variant", "VariantPlan", "CellPlan", "request_count", "expand_variants", "coverage"]
+__all__ = ["Variant", "VariantPlan", "CellPlan", "MAX_JOB_REQUESTS", "request_count", "job_request_count",
+           "expand_variants", "coverage"]

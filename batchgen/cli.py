@@ -68,11 +68,14 @@ def cli(debug: bool) -> None:
 
 @cli.command(name="plan")
 @click.argument("job")
+@click.option("--exact", is_flag=True,
+              help="Render and count every request even beyond 20,000 (a huge job then takes minutes)")
 @output_options
-def plan_(job: str, json_: bool, fmt: str | None) -> None:
+def plan_(job: str, exact: bool, json_: bool, fmt: str | None) -> None:
     """Show what JOB will cost before anything is spent: requests, shards, tokens, batch vs standard price.
 
-    JOB is a job directory, or a name under ./jobs.
+    JOB is a job directory, or a name under ./jobs. A job of more than 20,000 requests is estimated from a
+    sample of 2,000 requests a stage (the plan says so), unless --exact.
 
     \b
         batchgen plan jobs/task_api
@@ -81,7 +84,7 @@ def plan_(job: str, json_: bool, fmt: str | None) -> None:
     from batchgen.recipe.loader import load_spec
     from batchgen.recipe.plan import plan_job, shard_rows, summary_rows
 
-    plan = plan_job(load_spec(job))
+    plan = plan_job(load_spec(job), exact=exact)
     if json_:
         echo_json(plan.to_dict())
         return
@@ -110,7 +113,8 @@ def compile_(job: str, stage: str | None, attempt: int, workspace: str | None, j
     spec = load_spec(job)
     chosen = [spec.stage(stage)] if stage else [s for s in spec.resolved_stages() if s.source is None]
     space = Workspace.resolve(workspace)
-    results = [compile_stage(spec, s, shards_dir=space.shards_dir, attempt=attempt) for s in chosen]
+    results = [compile_stage(spec, s, shards_dir=space.shards_dir, attempt=attempt, progress=_compile_progress(s.name))
+               for s in chosen]
     rows: list[dict[str, Any]] = [{"stage": r.stage, "path": s.path, "lines": s.lines, "bytes": s.bytes,
                                    "input_tokens": s.input_tokens, "sha256": s.sha256}
                                   for r in results for s in r.shards]
@@ -118,6 +122,18 @@ def compile_(job: str, stage: str | None, attempt: int, workspace: str | None, j
         echo_json(rows)
         return
     echo_table([{**row, "sha256": row["sha256"][:12]} for row in rows], fmt=fmt)
+
+
+def _compile_progress(stage: str) -> Callable[[int, int], None]:
+    """Requests compiled so far, on stderr: in place on a terminal, every 100,000 in a log."""
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if tty or done % 100_000 == 0 or done == total:
+            line = f"[{stage}] compiled {done:,} of {total:,} requests"
+            click.echo(("\r" + line) if tty else line, err=True, nl=not tty or done == total)
+
+    return show
 
 
 @cli.command(name="init")

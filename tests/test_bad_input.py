@@ -79,3 +79,48 @@ def test_a_template_that_fails_while_rendering_one_request(tmp_path: Path) -> No
         assert output == (f"Error: {template} line {lines + 1} (rendering request 7): ZeroDivisionError: "
                           "division by zero\n")
     assert [p for p in (tmp_path / "ws").rglob("*") if p.is_file()] == []  # no shard left half-written
+
+
+def job_with(tmp_path: Path, old: str, new: str) -> Path:
+    job = job_copy(tmp_path)
+    text = (job / "job.toml").read_text()
+    assert old in text
+    (job / "job.toml").write_text(text.replace(old, new, 1))
+    return job
+
+
+@pytest.mark.parametrize("command", ["plan", "compile", "submit", "run"])
+def test_max_tokens_above_the_models_output_limit(command: str, tmp_path: Path) -> None:
+    job = job_with(tmp_path, "max_tokens = 2000", "max_tokens = 50000")
+    line = (job / "job.toml").read_text().splitlines().index("max_tokens = 50000") + 1
+    args = [command, str(job)] + ([] if command == "plan" else ["--workspace", str(tmp_path / "ws")])
+    code, output = invoke(*args)
+    assert code == 1
+    assert output == (f"Error: {job / 'job.toml'} line {line}: prompt.max_tokens = 50000 is above gpt-4o-mini's "
+                      "output limit of 16,384 tokens; lower it to 16,384 or less\n")
+    assert [p for p in (tmp_path / "ws").rglob("shard-*") if p.is_file()] == []  # refused before compiling
+
+
+def test_max_completion_tokens_above_the_limit_of_a_stage(tmp_path: Path) -> None:
+    """A reasoning model gets max_completion_tokens; a stage's own max_tokens is checked like the job's."""
+    job = job_with(tmp_path, 'model = "gpt-4o-mini"', 'model = "o4-mini-2025-04-16"')
+    with (job / "job.toml").open("a") as handle:
+        handle.write('\n[[stages]]\nname = "main"\nmax_tokens = 100001\n')
+    code, output = invoke("plan", str(job))
+    line = (job / "job.toml").read_text().splitlines().index("max_tokens = 100001") + 1
+    assert code == 1
+    assert output == (f"Error: {job / 'job.toml'} line {line}: stages.main.max_tokens = 100001 (sent as "
+                      "max_completion_tokens) is above o4-mini-2025-04-16 (o4-mini)'s output limit of 100,000 "
+                      "tokens; lower it to 100,000 or less\n")
+
+
+def test_a_target_beyond_any_sane_job(tmp_path: Path) -> None:
+    job = job_with(tmp_path, "target = 500 ", "target = 100_000_000 ")
+    line = next(n for n, text in enumerate((job / "job.toml").read_text().splitlines(), 1) if text.startswith("target"))
+    for args in (("plan", str(job)), ("compile", str(job), "--workspace", str(tmp_path / "ws"))):
+        code, output = invoke(*args)
+        assert code == 1
+        assert output == (f"Error: {job / 'job.toml'} line {line}: target = 100,000,000 needs 11,000,000 requests, "
+                          "more than the 5,000,000 one job may plan (100 full batches of 50,000, the Batch API's "
+                          "most); lower the target, raise examples_per_request, or split the job\n")
+    assert not (tmp_path / "ws").exists()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +37,9 @@ from batchgen.disk import make_folder, write_error, writing
 from batchgen.errors import DiskError, SpecError
 from batchgen.recipe.render import RenderedRequest, Renderer
 from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
-from batchgen.recipe.variants import VariantPlan
+from batchgen.recipe.variants import VariantPlan, request_count
+
+PROGRESS_EVERY = 10_000  # requests between two calls of a compile's progress callback
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,10 @@ def iter_requests(
     attempt: int = 1,
     indices: Iterable[int] | None = None,
     sources: Sequence[dict[str, Any]] | None = None,
+    sparse: bool = False,
 ) -> Iterator[RenderedRequest]:
-    """The request lines of a stage, in index order, one at a time (nothing is written)."""
+    """The request lines of a stage, in index order, one at a time (nothing is written). `sparse`: the indices
+    are scattered (a sample), see `VariantPlan`."""
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     if attempt < 1:
         raise SpecError(f"attempt must be >= 1, not {attempt}")
@@ -240,7 +244,7 @@ def iter_requests(
             "(library: pass them as sources=)"
         )
     renderer = Renderer(spec, resolved, sources)
-    plan = VariantPlan(spec, resolved, len(sources) if sources else None)
+    plan = VariantPlan(spec, resolved, len(sources) if sources else None, sparse=sparse)
     for variant in plan.variants(indices):
         yield renderer.request(variant, attempt)
 
@@ -267,12 +271,15 @@ def compile_stage(
     limits: LimitsSpec | None = None,
     write: bool = True,
     label: str = "",
+    progress: Callable[[int, int], None] | None = None,
 ) -> CompileResult:
     """Compile one stage (or the given variant indices of it) for one attempt; stream the shards to disk.
 
     The shards go under `shards_dir` (the workspace's `shards/`). `sources` are the valid examples of the `from`
     stage (dicts in the job's format). `limits` overrides the job's [limits]. With write=False nothing is written;
-    the result describes the shards it would write.
+    the result describes the shards it would write. Memory does not grow with the number of requests: each line
+    goes to its file as it is rendered. `progress(done, total)` is called every PROGRESS_EVERY requests and at
+    the end of a stage that long, for a display.
     """
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     chosen = sorted(set(indices)) if indices is not None else None
@@ -283,9 +290,13 @@ def compile_stage(
         directory = stage_directory(Path(shards_dir), spec, resolved.name, attempt, chosen, label)
         make_folder(directory, f"the shards of stage {resolved.name!r}", "pass --workspace DIR")
     packer = _Packer(limits or spec.limits, spec.model, resolved, attempt, directory)
+    total = len(chosen) if chosen is not None else request_count(spec, resolved)
     try:
-        for request in iter_requests(spec, resolved, attempt=attempt, indices=chosen, sources=sources):
+        requests = iter_requests(spec, resolved, attempt=attempt, indices=chosen, sources=sources)
+        for done, request in enumerate(requests, 1):
             packer.add(request)
+            if progress is not None and (done % PROGRESS_EVERY == 0 or done == total >= PROGRESS_EVERY):
+                progress(done, total)
         packer.close()
         result = CompileResult(
             spec.name, resolved.name, attempt, spec.spec_hash, str(directory or ""), packer.shards

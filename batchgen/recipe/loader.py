@@ -17,10 +17,12 @@ from pydantic import BaseModel, ValidationError
 
 from batchgen.errors import PricingError, SpecError
 from batchgen.recipe import formats
+from batchgen.recipe.model_limits import output_limit
 from batchgen.recipe.pricing import get_price
-from batchgen.recipe.render import check_templates
+from batchgen.recipe.render import check_templates, max_tokens_param
 from batchgen.recipe.spec import CHAT, JOB_FILE, JobSpec, StageSpec
 from batchgen.recipe.tokens import UnknownEncoding, encoding_name_for_model
+from batchgen.recipe.variants import MAX_JOB_REQUESTS, job_request_count
 
 
 def resolve_job_dir(ref: str | Path) -> Path:
@@ -55,6 +57,8 @@ def load_job(job_dir: Path) -> JobSpec:
     except ValidationError as error:
         raise SpecError(explain(error, text, toml_path)) from None
     _check_model(spec, job_dir)
+    _check_max_tokens(spec, text, toml_path)
+    _check_size(spec, text, toml_path)
     seeds, seeds_bytes = _load_seeds(spec, job_dir)
     templates = {}
     raws: list[StageSpec | None] = list(spec.stages) or [None]
@@ -91,6 +95,41 @@ def _check_model(spec: JobSpec, job_dir: Path) -> None:
         raise SpecError(str(error)) from None
     if spec.endpoint != CHAT and spec.stages and any(s.from_ for s in spec.stages):
         raise SpecError(f"endpoint = {spec.endpoint!r}: stages with 'from' need /v1/chat/completions")
+
+
+def _check_max_tokens(spec: JobSpec, text: str, toml_path: Path) -> None:
+    """max_tokens within the model's output limit, which the API enforces on every line (when the limit is known)."""
+    limit = output_limit(spec.model) if spec.endpoint == CHAT else None
+    if limit is None:
+        return
+    raws: list[StageSpec | None] = list(spec.stages) or [None]
+    for stage, raw in zip(spec.resolved_stages(), raws, strict=True):
+        if stage.max_tokens <= limit.tokens:
+            continue
+        key = f"stages.{stage.name}.max_tokens" if raw is not None and raw.max_tokens else "prompt.max_tokens"
+        param = max_tokens_param(spec.model)
+        sent = f" (sent as {param})" if param != "max_tokens" else ""
+        whose = spec.model if limit.model == spec.model else f"{spec.model} ({limit.model})"
+        match = re.search(rf"^\s*max_tokens\s*=\s*{stage.max_tokens}\b", text, re.MULTILINE)
+        number = text.count("\n", 0, match.start()) + 1 if match else 0
+        where = f" line {number}" if number else ""
+        raise SpecError(f"{toml_path}{where}: {key} = {stage.max_tokens}{sent} is above {whose}'s output limit "
+                        f"of {limit.tokens:,} tokens; lower it to {limit.tokens:,} or less")
+
+
+def _check_size(spec: JobSpec, text: str, toml_path: Path) -> None:
+    """No more requests than MAX_JOB_REQUESTS (see batchgen.recipe.variants for why that many)."""
+    requests = job_request_count(spec)
+    if requests <= MAX_JOB_REQUESTS:
+        return
+    line = _line_of(text, ["target"])
+    what = ("the targets of its stages need" if any(s.target for s in spec.stages)
+            else f"target = {spec.target:,} needs")
+    raise SpecError(
+        f"{toml_path}{f' line {line}' if line else ''}: {what} {requests:,} requests, more than the "
+        f"{MAX_JOB_REQUESTS:,} one job may plan ({MAX_JOB_REQUESTS // 50_000} full batches of 50,000, the Batch "
+        "API's most); lower the target, raise examples_per_request, or split the job"
+    )
 
 
 def _load_seeds(spec: JobSpec, job_dir: Path) -> tuple[list[dict[str, Any]], bytes]:

@@ -1,9 +1,15 @@
 """The cost plan of a job before a cent is spent: requests, shards, tokens, cost at batch and standard price.
 
-- Input tokens are exact: every request line is rendered and counted as compile would (nothing is written).
+- Input tokens are exact: every request line is rendered and counted as compile would (nothing is written),
+  for a job of up to `EXACT_LIMIT` requests. Beyond it, so that a plan answers in seconds at any size, each stage
+  of more than `SAMPLE_SIZE` requests is estimated from a stratified sample of `SAMPLE_SIZE` of them, each
+  standing for its stratum (`batchgen.recipe.tally`): tokens stay integers and costs exact Decimals, the shards
+  are estimated from the totals, and the plan states the sample and the 95 % margin of its input tokens.
+  `plan_job(spec, exact=True)` renders every request whatever the size.
   A stage with `from` has no sources before its earlier stage ran, so it is estimated with the seeds
-  standing in for them (`exact` is False for it). A json_schema response format adds an estimate per request
-  (`format_tokens`, see `tokens.response_format_tokens`): OpenAI bills it by a rule it does not publish.
+  standing in for them (`exact` is False for it, as for a sampled stage). A json_schema response format adds an
+  estimate per request (`format_tokens`, see `tokens.response_format_tokens`): OpenAI bills it by a rule it does
+  not publish.
 - Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as
   the model returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens.
   Worst case = max_tokens.
@@ -25,13 +31,20 @@ from fractions import Fraction
 from typing import Any
 
 from batchgen.money import format_usd
-from batchgen.recipe.compile import ShardInfo, _Packer, iter_requests
+from batchgen.recipe.compile import ShardInfo
+from batchgen.recipe.model_limits import OutputLimit, output_limit
 from batchgen.recipe.pricing import ModelPrice, Rates, get_price
-from batchgen.recipe.render import request_response_format, stand_in_sources
+from batchgen.recipe.render import max_tokens_param, request_response_format, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
+from batchgen.recipe.tally import count_every, count_sample, estimated_shards
 from batchgen.recipe.tokens import count_text, response_format_tokens
+from batchgen.recipe.variants import request_count
 
 MILLION = Decimal(1_000_000)
+# A job of up to EXACT_LIMIT requests is rendered and counted in full (1.6 s for the job of BENCHMARKS.md "Plan");
+# beyond it each stage of more than SAMPLE_SIZE requests is sampled (see the module docstring).
+EXACT_LIMIT = 20_000
+SAMPLE_SIZE = 2_000
 
 
 @dataclass
@@ -64,6 +77,13 @@ class StagePlan:
     worst_output_tokens: int
     cost: Money
     shards: list[ShardInfo] = field(default_factory=list)
+    max_tokens: int = 0  # per request (0 on the embeddings endpoint)
+    rendered: int = 0  # requests rendered and counted: all of them, or the sample
+    input_margin: int = 0  # 95 % margin of input_tokens when sampled, in tokens
+
+    @property
+    def sampled(self) -> bool:
+        return self.rendered < self.requests
 
 
 @dataclass
@@ -78,10 +98,48 @@ class Plan:
     budget_usd: Decimal | None
     stages: list[StagePlan]
     format_tokens: int = 0  # estimated prompt tokens of the response format, in every request's input tokens
+    output_limit: OutputLimit | None = None  # the model's output-token limit, when batchgen knows it
 
     @property
     def requests(self) -> int:
         return sum(s.requests for s in self.stages)
+
+    @property
+    def rendered(self) -> int:
+        return sum(s.rendered for s in self.stages)
+
+    @property
+    def sampled(self) -> bool:
+        return any(s.sampled for s in self.stages)
+
+    @property
+    def input_margin(self) -> int:
+        """95 % margin of input_tokens over the sampled stages (independent samples: margins add in squares)."""
+        return math.ceil(math.sqrt(sum(s.input_margin**2 for s in self.stages)))
+
+    @property
+    def counted_text(self) -> str:
+        """Whether the tokens were counted on every request or estimated from a sample, for people."""
+        if not self.sampled:
+            return "exact: every request rendered and counted"
+        several = len(self.stages) > 1
+        parts = [f"{s.rendered:,} of {s.requests:,} requests" + (f" of stage {s.name}" if several else "")
+                 for s in self.stages if s.sampled]
+        percent = Decimal(100 * self.input_margin) / (self.input_tokens or 1)
+        rest = "; every request of the other stages" if several and not all(s.sampled for s in self.stages) else ""
+        return f"estimate: sampled {', '.join(parts)}{rest}; input tokens within ±{percent:.1f} % (95 %)"
+
+    @property
+    def max_tokens_text(self) -> str:
+        """max_tokens per request, under which name it is sent, and the model's output limit if known."""
+        values = sorted({s.max_tokens for s in self.stages})
+        param = max_tokens_param(self.model)
+        shown = f"{values[0]:,}-{values[-1]:,}" if len(values) > 1 else f"{values[0]:,}"
+        sent = "" if param == "max_tokens" else f", sent as {param}"
+        limit = self.output_limit
+        if limit is None:
+            return f"{shown} a request{sent}; {self.model}'s output limit is not known to batchgen, not checked"
+        return f"{shown} a request{sent}; {limit.model}'s output limit is {limit.tokens:,}"
 
     @property
     def target(self) -> int:
@@ -156,6 +214,17 @@ class Plan:
                 "expected_output_tokens": Decimal(self.expected_output_tokens) / target,
                 "batch_cost_usd": cost.batch_expected / target,
             },
+            "counted": {
+                "exact": not self.sampled,
+                "rendered": self.rendered,
+                "requests": self.requests,
+                "input_tokens_margin": self.input_margin,
+                "text": self.counted_text,
+            },
+            "output_limit": None if self.output_limit is None else {
+                "model": self.output_limit.model,
+                "tokens": self.output_limit.tokens,
+            },
             "budget_usd": self.budget_usd,
             "verdict": self.verdict,
             "verdict_text": self.verdict_text,
@@ -183,11 +252,16 @@ def _stage_dict(stage: StagePlan) -> dict[str, Any]:
         "target": stage.target,
         "requests": stage.requests,
         "exact": stage.exact,
+        "sampled": stage.sampled,
+        "rendered": stage.rendered,
         "input_tokens": stage.input_tokens,
+        "input_tokens_margin": stage.input_margin,
+        "max_tokens": stage.max_tokens,
         "expected_output_tokens": stage.expected_output_tokens,
         "worst_output_tokens": stage.worst_output_tokens,
         "cost_batch_expected_usd": stage.cost.batch_expected,
         "cost_batch_worst_usd": stage.cost.batch_worst,
+        "shards_estimated": stage.sampled,
         "shards": [
             {"number": s.number, "lines": s.lines, "bytes": s.bytes, "input_tokens": s.input_tokens}
             for s in stage.shards
@@ -224,57 +298,51 @@ def estimate_requests(price: ModelPrice, input_tokens: int, output_tokens: int, 
     return money
 
 
-def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice) -> StagePlan:
-    """Render every request of a stage, pack the shards, count tokens and price them."""
+def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice, *,
+               exact_limit: int | None = EXACT_LIMIT) -> StagePlan:
+    """Render the requests of a stage, count their tokens and price them: every request when there are at most
+    `exact_limit` (None: always), else a sample of SAMPLE_SIZE (see the module docstring)."""
     sources = stand_in_sources(spec) if stage.source is not None else None
+    count = request_count(spec, stage)
+    if exact_limit is None or count <= exact_limit or count <= SAMPLE_SIZE:
+        tally = count_every(spec, stage, sources)
+    else:
+        tally = count_sample(spec, stage, sources, count, SAMPLE_SIZE)
     output = expected_output_tokens(spec, stage)
     worst = stage.max_tokens if spec.endpoint == CHAT else 0
-    packer = _Packer(spec.limits, spec.model, stage, 1, None)
-    by_input: dict[int, int] = {}
-    for request in iter_requests(spec, stage, sources=sources):
-        packer.add(request)
-        by_input[request.input_tokens] = by_input.get(request.input_tokens, 0) + 1
-    packer.close()
     cost = Money()
-    for tokens, count in by_input.items():
+    for tokens, weight in tally.by_input.items():
         one = estimate_requests(price, tokens, output, worst)
-        cost.add(
-            Money(
-                one.batch_expected * count,
-                one.batch_worst * count,
-                one.standard_expected * count,
-                one.standard_worst * count,
-            )
-        )
-    requests = sum(by_input.values())
-    return StagePlan(
-        stage.name,
-        stage.source,
-        stage.target,
-        requests,
-        stage.source is None,
-        sum(t * c for t, c in by_input.items()),
-        output * requests,
-        worst * requests,
-        cost,
-        packer.shards,
-    )
+        cost.add(Money(one.batch_expected * weight, one.batch_worst * weight, one.standard_expected * weight,
+                       one.standard_worst * weight))
+    requests = sum(tally.by_input.values())
+    input_tokens = sum(t * w for t, w in tally.by_input.items())
+    shards = tally.shards or estimated_shards(spec, stage, requests, tally.bytes, input_tokens)
+    exact = stage.source is None and tally.rendered == requests
+    return StagePlan(stage.name, stage.source, stage.target, requests, exact, input_tokens, output * requests,
+                     worst * requests, cost, shards, worst, tally.rendered, tally.margin)
 
 
-def plan_job(spec: JobSpec) -> Plan:
-    """The plan of every stage of a job."""
+def plan_job(spec: JobSpec, *, exact: bool = False) -> Plan:
+    """The plan of every stage of a job: exact up to EXACT_LIMIT requests (or with exact=True), else sampled."""
     price = get_price(spec.model, job_dir=spec.job_dir)
-    stages = [plan_stage(spec, stage, price) for stage in spec.resolved_stages()]
+    stages = spec.resolved_stages()
+    everything = exact or sum(request_count(spec, s) for s in stages) <= EXACT_LIMIT
+    plans = [plan_stage(spec, s, price, exact_limit=None if everything else SAMPLE_SIZE) for s in stages]
     format_tokens = response_format_tokens(request_response_format(spec), spec.model)
-    return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages, format_tokens)
+    limit = output_limit(spec.model) if spec.endpoint == CHAT else None
+    return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, plans, format_tokens,
+                limit)
 
 
 def summary_rows(plan: Plan) -> list[tuple[str, str]]:
     """(label, value) rows of the plan for a table; amounts rounded to the micro-dollar for display only."""
     cost, target = plan.cost, plan.target or 1
-    exact = "exact" if all(s.exact for s in plan.stages) else "exact; from-stages estimated with the seeds"
+    word = "sampled" if plan.sampled else "exact"
+    exact = word if all(s.source is None for s in plan.stages) else f"{word}; from-stages estimated with the seeds"
     if plan.format_tokens:
-        exact = exact.replace("exact", f"messages exact; {plan.format_tokens} a request estimated for the schema", 1)
+        exact = exact.replace(word, f"messages {word}; {plan.format_tokens} a request estimated for the schema", 1)
+    shards = sum(len(s.shards) for s in plan.stages)
     saving = cost.standard_expected - cost.batch_expected
     percent = (saving * 100 / cost.standard_expected).quantize(Decimal(1)) if cost.standard_expected else 0
     return [
@@ -285,12 +353,14 @@ def summary_rows(plan: Plan) -> list[tuple[str, str]]:
             f"batch {plan.price.batch.input} in / {plan.price.batch.output} out per 1M; {plan.price.source}",
         ),
         ("requests", f"{plan.requests:,} for {plan.target:,} examples"),
-        ("shards", str(sum(len(s.shards) for s in plan.stages))),
+        ("counted", plan.counted_text),
+        ("shards", f"{shards} (estimated from the sample)" if plan.sampled else str(shards)),
         ("input tokens", f"{plan.input_tokens:,} ({exact})"),
         (
             "output tokens",
             f"{plan.expected_output_tokens:,} expected; {plan.worst_output_tokens:,} worst case",
         ),
+        *([("max_tokens", plan.max_tokens_text)] if plan.endpoint == CHAT else []),
         ("batch cost", f"{format_usd(cost.batch_expected)} expected; {format_usd(cost.batch_worst)} worst case"),
         (
             "standard cost",

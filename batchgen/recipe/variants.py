@@ -23,7 +23,6 @@ that ends short of its target is topped up with the indices after the last one (
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
@@ -49,22 +48,36 @@ class Variant:
         return tuple(self.cell.items())
 
 
+# The most requests one job may plan, over all its stages: 100 full batches of the Batch API's 50,000 requests,
+# 20-30 GB of input files, 5 billion input tokens at 1,000 a request (five times the most gpt-4o-mini queues at
+# usage tier 4), and thousands of dollars even on gpt-4o-mini. Beyond that a target is a slip of the keyboard, or
+# a series of jobs. The loader refuses it in one line, before anything is rendered.
+MAX_JOB_REQUESTS = 5_000_000
+
+
 def request_count(spec: JobSpec, stage: ResolvedStage) -> int:
     """ceil(target * overgeneration / examples_per_request), computed exactly."""
     wanted = Decimal(stage.target) * spec.overgeneration / Decimal(stage.examples_per_request)
     return int(wanted.to_integral_value(rounding=ROUND_CEILING))
 
 
+def job_request_count(spec: JobSpec) -> int:
+    """The requests every stage of the job plans, together (top-ups come on top)."""
+    return sum(request_count(spec, stage) for stage in spec.resolved_stages())
+
+
 class CellPlan:
     """The axis cells of a stage and which cell each request index gets."""
 
-    def __init__(self, axes: AxesSpec, requests: int):
+    def __init__(self, axes: AxesSpec, requests: int, block_size: int = 4096):
         self.names = list(axes.values)
         self.values = [axes.values[name] for name in self.names]
         self.sizes = [len(v) for v in self.values]
         self.strategy = axes.strategy
         self.requests = requests
+        self.block_size = block_size  # weighted: positions of the order found at once (1 for a sparse sample)
         self._axes = axes
+        self._block_start, self._block = 0, list[int]()
 
     @property
     def cell_count(self) -> int:
@@ -79,7 +92,7 @@ class CellPlan:
         elif self.strategy == "rotate":
             digits = self._rotate_digits(index)
         else:
-            digits = self._digits(self._weighted_order[index % len(self._weighted_order)])
+            digits = self._digits(self._weighted_position(index))
         return {name: values[d] for name, values, d in zip(self.names, self.values, digits, strict=True)}
 
     def _digits(self, position: int) -> list[int]:
@@ -107,8 +120,8 @@ class CellPlan:
         return out
 
     @cached_property
-    def _weighted_order(self) -> array[int]:
-        """Cell positions (lexicographic, first axis fastest) for each request, interleaved evenly."""
+    def _weighted_counts(self) -> tuple[int, ...]:
+        """Requests per cell position (lexicographic, first axis fastest): its weight's share, largest remainder."""
         weights = [self._cell_weight(self._digits(p)) for p in range(self.cell_count)]
         total = sum(weights)
         if total == 0:
@@ -119,10 +132,42 @@ class CellPlan:
         by_remainder = sorted(range(len(quotas)), key=lambda p: (-(quotas[p] - counts[p]), p))
         for p in by_remainder[:spare]:
             counts[p] += 1
-        # Slot j of a cell with n requests sits at (2j + 1) / 2n; floats order these exactly (distinct
-        # fractions with denominators up to 2n differ far above double precision) and fast.
-        slots = sorted(((2 * j + 1) / (2 * n), p) for p, n in enumerate(counts) for j in range(n))
-        return array("q", (p for _, p in slots)) if slots else array("q", [0])
+        return tuple(counts)
+
+    def _weighted_position(self, index: int) -> int:
+        """The cell position of request `index`, from the block of the weighted order that holds it."""
+        total = self.requests  # the counts add up to it
+        if total == 0:
+            return 0
+        k = index % total
+        start = self._block_start
+        if not start <= k < start + len(self._block):
+            start = k - k % self.block_size
+            self._block_start, self._block = start, self._weighted_slice(start, min(start + self.block_size, total))
+        return self._block[k - start]
+
+    def _weighted_slice(self, lo: int, hi: int) -> list[int]:
+        """Positions lo..hi-1 of the weighted order, found without sorting the whole of it.
+
+        Slot j of a cell with n requests sits at (2j + 1) / 2n; the order sorts every slot by that value, then by
+        cell, so the cells are interleaved evenly. Floats order these exactly and fast: distinct fractions with
+        denominators up to 2n differ far above double precision. A cell has at most nx + 1/2 slots at or below x
+        and at least nx - 1/2 below it, so over c cells and N requests the slot at position k lies in
+        [(2k + 2 - c) / 2N, (2k + c) / 2N]. Only the slots of that window are sorted; those below it are counted.
+        Memory and time are O(hi - lo + cells), whatever N is.
+        """
+        counts = self._weighted_counts
+        total, cells = self.requests, sum(1 for n in counts if n)
+        low, high, twice = 2 * lo + 2 - cells, 2 * (hi - 1) + cells, 2 * total  # the window is [low, high] / 2N
+        below, slots = 0, list[tuple[float, int]]()
+        for p, n in enumerate(counts):
+            if n:
+                first = min(n, max(0, -((total - low * n) // twice)))  # slots with (2j + 1) / 2n < low / 2N
+                last = min(n, max(0, (high * n - total) // twice + 1))  # slots with (2j + 1) / 2n <= high / 2N
+                below += first
+                slots.extend(((2 * j + 1) / (2 * n), p) for j in range(first, last))
+        slots.sort()
+        return [p for _, p in slots[lo - below : hi - below]]
 
     def _cell_weight(self, digits: list[int]) -> Fraction:
         weight = Fraction(1)
@@ -133,12 +178,17 @@ class CellPlan:
 
 
 class VariantPlan:
-    """All variants of one stage; `variant(i)` is O(1) (after a one-off allocation for weighted axes)."""
+    """All variants of one stage; `variant(i)` is O(1) (weighted axes: O(cells) per block of the order).
 
-    def __init__(self, spec: JobSpec, stage: ResolvedStage, source_count: int | None = None):
+    `sparse`: only scattered indices will be asked for (a plan's sample), so the weighted order is searched one
+    position at a time instead of a block of 4,096 at a time.
+    """
+
+    def __init__(self, spec: JobSpec, stage: ResolvedStage, source_count: int | None = None, *,
+                 sparse: bool = False):
         self.stage = stage
         self.count = request_count(spec, stage)
-        self.cells = CellPlan(spec.axes, self.count)
+        self.cells = CellPlan(spec.axes, self.count, 1 if sparse else 4096)
         self.seed_count = len(spec.seeds)
         self.source_count = source_count
 
@@ -185,4 +235,5 @@ def coverage(variants: Iterable[Variant]) -> dict[tuple[tuple[str, Any], ...], i
     return dict(sorted(counts.items(), key=lambda kv: repr(kv[0])))
 
 
-__all__ = ["Variant", "VariantPlan", "CellPlan", "request_count", "expand_variants", "coverage"]
+__all__ = ["Variant", "VariantPlan", "CellPlan", "MAX_JOB_REQUESTS", "request_count", "job_request_count",
+           "expand_variants", "coverage"]

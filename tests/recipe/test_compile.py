@@ -14,6 +14,7 @@ import pytest
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 from click.testing import CliRunner
+from workspaces import batchgen
 
 from batchgen.cli import cli
 from batchgen.errors import SpecError
@@ -184,6 +185,17 @@ def test_sixty_thousand_requests_make_several_shards(tmp_path: Path) -> None:
         seen |= ids
     assert len(seen) == 60_000
     assert [s.lines for s in result.shards] == [50_000, 10_000]
+
+
+def test_a_long_compile_reports_its_progress(tmp_path: Path) -> None:
+    spec = load_spec(big_job(tmp_path, 25_000))
+    calls: list[tuple[int, int]] = []
+    compile_stage(spec, write=False, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(10_000, 25_000), (20_000, 25_000), (25_000, 25_000)]
+    done = batchgen(tmp_path / "ws", "compile", str(tmp_path / "big"), "--workspace", str(tmp_path / "ws"),
+                    check=True)
+    assert done.stderr == "[main] compiled 25,000 of 25,000 requests\n"  # a log gets a line every 100,000
+    assert "25000" in done.stdout
 
 
 def test_queued_token_and_byte_caps_cut_shards(tmp_path: Path) -> None:

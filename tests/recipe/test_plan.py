@@ -6,9 +6,11 @@ import json
 import shutil
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from workspaces import batchgen
 
 from batchgen.cli import cli
 from batchgen.recipe.compile import compile_stage
@@ -127,3 +129,67 @@ def test_init_scaffolds_a_job_that_plans(tmp_path: Path, monkeypatch: pytest.Mon
     assert again.exit_code == 1 and "already exists" in again.stderr
     bad = runner.invoke(cli, ["init", "bad name!"])
     assert bad.exit_code == 1 and "Job name" in bad.stderr
+
+
+def job_with_target(tmp_path: Path, target: int) -> Path:
+    job = tmp_path / "task_api"
+    shutil.copytree(TASK_API, job)
+    toml = job / "job.toml"
+    toml.write_text(toml.read_text().replace("target = 500 ", f"target = {target} "))
+    return job
+
+
+def plan_json(tmp_path: Path, job: Path, *args: str) -> dict[str, Any]:
+    done = batchgen(tmp_path / ".batchgen", "plan", str(job), "--json", *args, check=True)
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def test_a_huge_target_is_planned_from_a_sample_and_says_so(tmp_path: Path) -> None:
+    job = job_with_target(tmp_path, 11_363_636)  # 1,250,000 requests; every one of them would take minutes
+    table = batchgen(tmp_path / ".batchgen", "plan", str(job), check=True).stdout
+    assert "requests       1,250,000 for 11,363,636 examples" in table
+    assert "counted        estimate: sampled 2,000 of 1,250,000 requests; input tokens within ±" in table
+    assert "(estimated from the sample)" in table and "(messages sampled; 109 a request" in table
+    data = plan_json(tmp_path, job)
+    assert data["counted"]["exact"] is False and data["counted"]["rendered"] == 2_000
+    assert data["counted"]["text"].startswith("estimate: sampled 2,000 of 1,250,000 requests")
+    stage = data["stages"][0]
+    assert stage["sampled"] is True and stage["exact"] is False and stage["shards_estimated"] is True
+    assert sum(s["lines"] for s in stage["shards"]) == 1_250_000
+    assert sum(s["input_tokens"] for s in stage["shards"]) == data["input_tokens"]
+    # Money stays exact in the extrapolation: every sampled request's exact cost times what it stands for.
+    expected = (data["input_tokens"] * Decimal("0.075") + data["expected_output_tokens"] * Decimal("0.3")) / 10**6
+    assert Decimal(data["cost_usd"]["batch_expected"]) == expected
+    assert plan_json(tmp_path, job) == data  # the same spec gives the same sample
+
+
+def test_a_sampled_plan_is_within_one_percent_of_the_exact_one(tmp_path: Path) -> None:
+    """At 27,500 requests both run in seconds: the sample's estimates of tokens, cost and bytes are within 1 % of
+    the exact ones (the margin it states too), and the shards come out the same."""
+    job = job_with_target(tmp_path, 250_000)
+    sampled, exact = plan_json(tmp_path, job), plan_json(tmp_path, job, "--exact")
+    assert sampled["counted"]["exact"] is False and exact["counted"] == {
+        "exact": True, "rendered": 27_500, "requests": 27_500, "input_tokens_margin": 0,
+        "text": "exact: every request rendered and counted"}
+    assert sampled["requests"] == exact["requests"] == 27_500
+    difference = abs(sampled["input_tokens"] - exact["input_tokens"])
+    assert difference <= exact["input_tokens"] / 100
+    assert 0 < sampled["counted"]["input_tokens_margin"] <= exact["input_tokens"] / 100
+    for key in ("batch_expected", "batch_worst", "standard_expected"):
+        assert abs(Decimal(sampled["cost_usd"][key]) / Decimal(exact["cost_usd"][key]) - 1) <= Decimal("0.01"), key
+    shards = [stage["shards"] for stage in (sampled["stages"][0], exact["stages"][0])]
+    assert [s["lines"] for s in shards[0]] == [s["lines"] for s in shards[1]]
+    assert abs(sum(s["bytes"] for s in shards[0]) / sum(s["bytes"] for s in shards[1]) - 1) <= 0.01
+
+
+def test_a_model_without_a_known_output_limit_is_not_checked(tmp_path: Path) -> None:
+    job = tmp_path / "task_api"
+    shutil.copytree(TASK_API, job)
+    toml = job / "job.toml"
+    toml.write_text(toml.read_text().replace('model = "gpt-4o-mini"', 'model = "gpt-6-sol"')
+                    .replace("max_tokens = 2000", "max_tokens = 900000"))
+    plan = plan_job(load_spec(job))
+    assert plan.output_limit is None and plan.to_dict()["output_limit"] is None
+    assert plan.max_tokens_text == ("900,000 a request, sent as max_completion_tokens; gpt-6-sol's output limit "
+                                    "is not known to batchgen, not checked")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from collections import Counter
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +113,35 @@ def test_weighted_strategy_allocates_by_weight(tmp_path: Path) -> None:
     errors = Counter(v.cell["include_errors"] for v in variants)
     assert errors[False] == pytest.approx(55 * 3 / 4, abs=3)
     assert sum(ops.values()) == 55
+
+
+def whole_weighted_order(plan: Any) -> list[int]:
+    """The weighted order as first written: every slot (2j + 1) / 2n of every cell, sorted at once."""
+    counts = plan._weighted_counts
+    return [p for _, p in sorted(((2 * j + 1) / (2 * n), p) for p, n in enumerate(counts) for j in range(n))]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_order_found_by_blocks_is_the_whole_sort(seed: int) -> None:
+    """The order is found a block (or one position) at a time in a window around it, without sorting every
+    request; it must be the very order of the whole sort, ties between cells included, past the end too."""
+    from batchgen.recipe.spec import AxesSpec
+    from batchgen.recipe.variants import CellPlan
+
+    rng = random.Random(seed)
+    for _ in range(25):
+        sizes = [rng.randint(1, 5) for _ in range(rng.randint(1, 3))]
+        weights = {f"a{i}": {str(v): rng.choice([0, 0.5, 1, 1, 2, 3]) for v in range(size)}
+                   for i, size in enumerate(sizes)}
+        axes = AxesSpec.model_validate({"strategy": "weighted", "weights": weights,
+                                        "values": {f"a{i}": list(range(size)) for i, size in enumerate(sizes)}})
+        requests = rng.choice([1, 2, 3, 7, 55, 1000, rng.randint(1, 9000)])
+        whole = whole_weighted_order(CellPlan(axes, requests))
+        for block in (1, 7, 4096):
+            plan = CellPlan(axes, requests, block)
+            assert [plan._weighted_position(i) for i in range(requests)] == whole, (sizes, weights, requests)
+            for index in rng.sample(range(3 * requests), min(40, 3 * requests)):  # scattered, and top-ups
+                assert plan._weighted_position(index) == whole[index % requests]
 
 
 def test_balanced_cross_order_is_a_bijection() -> None:

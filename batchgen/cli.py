@@ -473,7 +473,9 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         if json_:
             echo_json(rows)
         else:
-            echo_table(rows, fmt=fmt) if rows else click.echo("No batches yet")
+            money = ("estimated_usd", "actual_usd")  # as people read money, not 2.2E-7 for an embeddings batch
+            shown = [{k: format_usd(v) if k in money and v is not None else v for k, v in r.items()} for r in rows]
+            echo_table(shown, fmt=fmt) if rows else click.echo("No batches yet")
             for row in session.ledger.jobs("blocked"):
                 if job in (None, row["name"]):
                     click.echo(f"Blocked: job {row['name']}: {row['blocked_reason']}")

@@ -344,8 +344,9 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
         click.echo(f"Blocked: {summary['blocked']}")
         click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}{_workspace_flag()}', then run the job again")
     for short in summary["short"]:
-        why = (f"after {short['top_ups']} top-up round(s), the most max_top_ups allows"
-               if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")
+        why = {"max_top_ups": f"after {short['top_ups']} top-up round(s), the most max_top_ups allows",
+               "budget": "the budget has no room for a top-up"}.get(
+            short["reason"], "every input has its answer; the others were duplicates or refused")
         click.echo(f"Short: stage {short['stage']} has {short['target'] - short['missing']} of its "
                    f"{short['target']} examples ({why})")
 
@@ -472,7 +473,9 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         if json_:
             echo_json(rows)
         else:
-            echo_table(rows, fmt=fmt) if rows else click.echo("No batches yet")
+            money = ("estimated_usd", "actual_usd")  # as people read money, not 2.2E-7 for an embeddings batch
+            shown = [{k: format_usd(v) if k in money and v is not None else v for k, v in r.items()} for r in rows]
+            echo_table(shown, fmt=fmt) if rows else click.echo("No batches yet")
             for row in session.ledger.jobs("blocked"):
                 if job in (None, row["name"]):
                     click.echo(f"Blocked: job {row['name']}: {row['blocked_reason']}")
@@ -511,8 +514,8 @@ def show_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None
 
 @cli.command(name="export")
 @click.argument("job")
-@click.option("--format", "format_", type=click.Choice(["sharegpt", "alpaca", "chatml"]), default=None,
-              help="Dataset format (default: the job's)")
+@click.option("--format", "format_", type=click.Choice(["sharegpt", "alpaca", "chatml", "embeddings"]),
+              default=None, help="Dataset format (default: the job's; an embeddings job has only embeddings)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File to write (default: <workspace>/datasets/<job>.<format>.jsonl)")
 @click.option("--provenance", type=click.Choice(["inline", "sidecar", "none"]), default="inline", show_default=True,
@@ -533,7 +536,7 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
 
     session = _session(workspace, ledger="read")
     spec = job_spec(session, job)
-    fmt_ = format_ or spec.format
+    fmt_ = format_ or spec.dataset_format
     path = Path(output) if output else session.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
     result = export_job(session.ledger, spec, path, fmt_, provenance)
     if json_:
@@ -727,7 +730,8 @@ def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[...,
 @click.option("--queued-token-limit", "limits", multiple=True, metavar="MODEL=TOKENS",
               help="Queued prompt-token limit of a model (repeatable; '*=N' for every model)")
 @_rate("--error-rate", "Share of lines answered with a 429/500 model error (error file)")
-@_rate("--malformed-rate", "Share of chat answers with broken content (not JSON, wrong roles, empty turns)")
+@_rate("--malformed-rate", "Share of answers with broken content (chat: not JSON, wrong roles, empty turns; "
+                           "embeddings: a vector cut short or holding a NaN)")
 @_rate("--expire-after-fraction", "Expire every batch once this share of its lines has run")
 @click.option("--stuck-finalizing", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Extra time every batch stays in 'finalizing'")

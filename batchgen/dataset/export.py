@@ -1,4 +1,5 @@
-"""Write valid examples as a dataset: ShareGPT, Alpaca or ChatML (OpenAI fine-tuning `messages`) JSONL.
+"""Write valid examples as a dataset: ShareGPT, Alpaca or ChatML (OpenAI fine-tuning `messages`) JSONL, or for
+an embeddings job `embeddings` JSONL, one `{"input": text, "embedding": [numbers]}` per line (its only format).
 
 One JSON object per line, UTF-8 (not ASCII-escaped), every line newline-terminated. Each line's provenance
 (job, stage, custom_id, position, attempt, batch id, model, variant cell, content hash) goes where
@@ -36,7 +37,15 @@ from pydantic import ValidationError
 from batchgen.crashpoints import crash_point
 from batchgen.disk import make_folder, write_error
 from batchgen.errors import BatchgenError
-from batchgen.recipe.formats import FORMATS, NotRepresentable, dump_example, from_turns, parse_example, to_turns
+from batchgen.recipe.formats import (
+    DATASET_FORMATS,
+    EMBEDDINGS_FORMAT,
+    NotRepresentable,
+    dump_example,
+    from_turns,
+    parse_example,
+    to_turns,
+)
 
 ProvenanceMode = Literal["inline", "sidecar", "none"]
 PROVENANCE_MODES: tuple[str, ...] = ("inline", "sidecar", "none")
@@ -116,8 +125,13 @@ def convert_example(example: Mapping[str, Any], source_fmt: str, target_fmt: str
     """An example in another format, checked against both schemas.
 
     Raises pydantic.ValidationError when the example does not fit `source_fmt`, and formats.NotRepresentable
-    when `target_fmt` cannot hold it. The same format is re-dumped as is (an Alpaca `input` stays separate).
+    when `target_fmt` cannot hold it. The same format is re-dumped as is (an Alpaca `input` stays separate). An
+    embedding converts to no chat format, nor a chat example to an embedding.
     """
+    if EMBEDDINGS_FORMAT in (source_fmt, target_fmt):
+        if source_fmt != target_fmt:
+            raise NotRepresentable(f"a {source_fmt} example cannot be written as {target_fmt}")
+        return {"input": example["input"], "embedding": example["embedding"]}
     parsed = parse_example(example, source_fmt)
     if source_fmt == target_fmt:
         return dump_example(parsed)
@@ -131,8 +145,8 @@ def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str]
     An exception raised while iterating `records` propagates after the temporary files are removed; the target
     is then exactly as it was before.
     """
-    if fmt not in FORMATS:
-        raise BatchgenError(f"Unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt not in DATASET_FORMATS:
+        raise BatchgenError(f"Unknown dataset format {fmt!r}; use one of {', '.join(DATASET_FORMATS)}")
     if provenance not in PROVENANCE_MODES:
         raise BatchgenError(f"Unknown provenance mode {provenance!r}; "
                             f"use one of {', '.join(PROVENANCE_MODES)}")

@@ -3,8 +3,9 @@
 `batchgen.dataset.validate` computes them and re-exports everything here; import from there.
 
 Categories, response level (the whole response yields no example): truncated, content_filter, finish_reason,
-refusal, empty_response, not_json, no_examples. Example level: schema, turn_count, role_order, empty_turn,
-turn_too_long, format_pattern, regex, forbidden, duplicate, seed_copy.
+refusal, empty_response, not_json, no_examples; and for an embeddings answer no_embedding, embedding_size,
+embedding_value. Example level: schema, turn_count, role_order, empty_turn, turn_too_long, format_pattern, regex,
+forbidden, duplicate, seed_copy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ REFUSAL = "refusal"
 EMPTY_RESPONSE = "empty_response"
 NOT_JSON = "not_json"
 NO_EXAMPLES = "no_examples"
+# Response-level categories of an embeddings answer: its one vector is missing, of the wrong size, or not numbers.
+NO_EMBEDDING = "no_embedding"
+EMBEDDING_SIZE = "embedding_size"
+EMBEDDING_VALUE = "embedding_value"
 # Example-level categories.
 SCHEMA = "schema"
 TURN_COUNT = "turn_count"
@@ -36,7 +41,7 @@ DUPLICATE = "duplicate"
 SEED_COPY = "seed_copy"
 
 RESPONSE_CATEGORIES = (TRUNCATED, CONTENT_FILTER, FINISH_REASON, REFUSAL, EMPTY_RESPONSE, NOT_JSON,
-                       NO_EXAMPLES)
+                       NO_EXAMPLES, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE)
 EXAMPLE_CATEGORIES = (SCHEMA, TURN_COUNT, ROLE_ORDER, EMPTY_TURN, TURN_TOO_LONG, FORMAT_PATTERN, REGEX,
                       FORBIDDEN, DUPLICATE, SEED_COPY)
 CATEGORIES = RESPONSE_CATEGORIES + EXAMPLE_CATEGORIES

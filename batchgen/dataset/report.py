@@ -10,7 +10,9 @@ from typing import Any
 
 from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
 from batchgen.dataset.validate import Reason, Summary
+from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger
+from batchgen.recipe.formats import EMBEDDINGS_FORMAT
 from batchgen.recipe.spec import JobSpec
 
 
@@ -18,7 +20,7 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
     """The job's valid examples, stage by stage, each stage capped at its target, in variant order."""
     for stage in spec.resolved_stages():
         for found in ledger.valid_examples_for_export(spec.name, stage.name, stage.target):
-            yield ExportRecord(found.content, spec.format, Provenance(
+            yield ExportRecord(found.content, spec.dataset_format, Provenance(
                 custom_id=found.custom_id, job=spec.name, stage=stage.name, position=found.position,
                 attempt=found.attempt, batch_id=found.batch_id, model=found.model, cell=found.cell,
                 content_hash=found.content_hash))
@@ -27,7 +29,25 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
 def export_job(ledger: Ledger, spec: JobSpec, path: Path, fmt: str | None = None,
                provenance: str = "inline") -> ExportResult:
     """Write the job's dataset (default: in the job's format) atomically."""
-    return export_dataset(valid_examples(ledger, spec), path, fmt or spec.format, provenance=provenance)
+    fmt = dataset_format(spec, fmt)
+    return export_dataset(valid_examples(ledger, spec), path, fmt, provenance=provenance)
+
+
+def dataset_format(spec: JobSpec, fmt: str | None = None) -> str:
+    """The format to write the job's dataset in: `fmt` if the job's examples fit it, by default the job's own.
+
+    A chat job's examples convert between the chat formats; an embeddings job has the one format, `embeddings`.
+    """
+    native = spec.dataset_format
+    if fmt is None or fmt == native:
+        return native
+    if native == EMBEDDINGS_FORMAT:
+        raise BatchgenError(f"Job {spec.name!r} is an embeddings job: its dataset has one format, {EMBEDDINGS_FORMAT} "
+                            f"(input, embedding and provenance on each line), not {fmt}; leave --format out")
+    if fmt == EMBEDDINGS_FORMAT:
+        raise BatchgenError(f"Job {spec.name!r} makes chat examples, which hold no embeddings; "
+                            "use --format sharegpt, alpaca or chatml")
+    return fmt
 
 
 def quality(ledger: Ledger, job: str) -> Summary:

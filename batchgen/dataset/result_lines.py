@@ -7,12 +7,14 @@ A judged line is one of:
   ("ok", custom_id, status_code, request_id, finish_reason, prompt, cached, completion, reasoning,
          response_reason | None, [example, ...])        example = (raw_json | None, hash | None, valid, category,
                                                                    reason | None)
+         (an embeddings answer, judged by `EmbeddingRules`, has no finish_reason and at most one example)
   ("error", custom_id, status_code | None, code, message, request_id | None)
   ("corrupt", line_number, message)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import queue
@@ -27,6 +29,7 @@ from typing import IO, Any
 
 import orjson
 
+from batchgen.dataset.embeddings import EmbeddingRules, judge_embedding
 from batchgen.dataset.validate import Rules, judge_examples, parse_response
 from batchgen.errors import BatchgenError
 
@@ -41,12 +44,14 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import batchgen; sys
               "from batchgen.dataset.result_lines import _worker; _worker()")
 
 Judged = tuple[Any, ...]
+AnyRules = Rules | EmbeddingRules
 
 
-def judge_line(line: bytes, number: int, fmt: str, rules: Rules) -> Judged:
+def judge_line(line: bytes, number: int, fmt: str, rules: AnyRules) -> Judged:
+    """One line of a result file, judged by chat `Rules` (examples of format `fmt`) or `EmbeddingRules`."""
     try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
+        row = _load_row(line)
+    except json.JSONDecodeError as error:
         return ("corrupt", number, str(error))
     if not isinstance(row, dict) or not isinstance(row.get("custom_id"), str):
         return ("corrupt", number, "not a batch result line")
@@ -61,9 +66,26 @@ def judge_line(line: bytes, number: int, fmt: str, rules: Rules) -> Judged:
     return ("error", custom_id, None, failure.get("code"), failure.get("message"), None)
 
 
-def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: Rules) -> Judged:
+def _load_row(line: bytes) -> Any:
+    """A line as JSON. NaN and Infinity, which some servers write for a number that is not finite, are read too,
+    so that the value they stand in is judged rather than the whole file taken for corrupt."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        if b"NaN" not in line and b"Infinity" not in line:
+            raise
+        strict = error
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise strict from None
+
+
+def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: AnyRules) -> Judged:
     body = response.get("body") or {}
     usage = body.get("usage") or {}
+    if isinstance(rules, EmbeddingRules):
+        return _embedding_success(custom_id, response, body, usage, rules)
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     finish = choice.get("finish_reason")
@@ -77,7 +99,16 @@ def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: Rules) -
             int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0), reason, examples)
 
 
-def judged_lines(path: Path, fmt: str, rules: Rules, *, parallel: bool | None = None) -> Iterator[Judged]:
+def _embedding_success(custom_id: str, response: dict[str, Any], body: Any, usage: dict[str, Any],
+                       rules: EmbeddingRules) -> Judged:
+    """An embeddings answer: input tokens only, and its one vector judged against the text its request sent."""
+    reason, examples = judge_embedding(body, rules.inputs.get(custom_id, ""), rules)
+    return ("ok", custom_id, response.get("status_code"), response.get("request_id"), None,
+            int(usage.get("prompt_tokens") or 0), 0, 0, 0,
+            (reason.category, str(reason)) if reason is not None else None, examples)
+
+
+def judged_lines(path: Path, fmt: str, rules: AnyRules, *, parallel: bool | None = None) -> Iterator[Judged]:
     """Every non-empty line of a result file, judged, in file order (streamed: one chunk in memory at a time).
 
     With `parallel` (by default: a file of PARALLEL_BYTES or more on a machine with more than one CPU) a worker
@@ -102,7 +133,7 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _judged_by_worker(path: Path, fmt: str, rules: Rules) -> Iterator[Judged]:
+def _judged_by_worker(path: Path, fmt: str, rules: AnyRules) -> Iterator[Judged]:
     # A fresh interpreter, not multiprocessing: it inherits neither the caller's workspace lock nor the emulator's
     # threads, and it does not re-import the caller's __main__ (a script calling collect needs no main guard).
     # -P keeps the current directory off its import path; the messages come over a pipe of their own, so nothing

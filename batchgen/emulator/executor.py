@@ -7,7 +7,9 @@ returns the results in the order of the requests; it raises `Interrupted` when `
 
 from __future__ import annotations
 
+import base64
 import random
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,7 +147,11 @@ class FaultyExecutor:
 
 
 def malform(body: dict[str, Any], rng: random.Random, counter: TokenCounter) -> None:
-    """Spoil a chat completion's content: not JSON, wrong roles or empty turns (usage follows the content)."""
+    """Spoil a chat completion's content: not JSON, wrong roles or empty turns (usage follows the content); or an
+    embeddings answer's first vector."""
+    if body.get("object") == "list":
+        _spoil_vector(body, rng)
+        return
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         return
@@ -167,6 +173,29 @@ def malform(body: dict[str, Any], rng: random.Random, counter: TokenCounter) -> 
     new = sum(counter.text(str(c.get("message", {}).get("content") or ""), model, unique=True) for c in choices)
     usage["completion_tokens"] = new
     usage["total_tokens"] = int(usage.get("total_tokens", 0)) - old + new
+
+
+def _spoil_vector(body: dict[str, Any], rng: random.Random) -> None:
+    """Cut the first vector short by a quarter, or make one of its numbers NaN (null in a float list, as JSON
+    writers spell it; the float32 NaN in base64). Usage stays: the input was embedded all the same."""
+    data = body.get("data")
+    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
+        return
+    item, short = data[0], rng.random() < 0.5
+    vector = item.get("embedding")
+    if isinstance(vector, list) and vector:
+        if short:
+            del vector[len(vector) * 3 // 4:]
+        else:
+            vector[rng.randrange(len(vector))] = None
+    elif isinstance(vector, str):
+        raw = bytearray(base64.b64decode(vector))
+        if short:
+            del raw[len(raw) // 16 * 12:]
+        elif raw:
+            at = rng.randrange(len(raw) // 4) * 4
+            raw[at:at + 4] = struct.pack("<f", float("nan"))
+        item["embedding"] = base64.b64encode(bytes(raw)).decode("ascii")
 
 
 def _spoil_turns(data: Any, kind: str) -> bool:

@@ -77,7 +77,8 @@ class JobRecords(Store):
 
     def record_shortfall(self, job: str, stage: str, *, target: int, missing: int, top_ups: int,
                          reason: str) -> None:
-        """The stage ends below its target, and why ("max_top_ups" or "budget"); the latest word on the stage."""
+        """The stage ends below its target, and why ("max_top_ups", "budget", or for embeddings
+        "answered": no input is left without an answer); the latest word on the stage."""
         self._execute("INSERT INTO stage_shortfalls (job, stage, target, missing, top_ups, reason, at_utc) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, stage) DO UPDATE SET target = excluded.target, "
                       "missing = excluded.missing, top_ups = excluded.top_ups, reason = excluded.reason, "

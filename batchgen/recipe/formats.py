@@ -3,6 +3,9 @@
 Each format is a pydantic model (extra="forbid", so a typo in a seed file fails loudly). All three convert to and from
 one neutral form, a list of `Turn`s (role system/user/assistant, content), which is what validation and export work on.
 `response_schema()` derives the strict JSON schema used as `response_format` for structured output.
+
+An embeddings job's dataset has a format of its own, `embeddings`: one `{"input": text, "embedding": [numbers]}`
+object per line. It holds no turns, so it converts to and from none of the chat formats.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FormatName = Literal["sharegpt", "alpaca", "chatml"]
 FORMATS: tuple[str, ...] = ("sharegpt", "alpaca", "chatml")
+EMBEDDINGS_FORMAT = "embeddings"
+DATASET_FORMATS: tuple[str, ...] = (*FORMATS, EMBEDDINGS_FORMAT)
 Role = Literal["system", "user", "assistant"]
 
 

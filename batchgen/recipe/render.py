@@ -11,7 +11,10 @@ Template variables (Jinja2, StrictUndefined, so a misspelt name is an error, not
     examples, example, examples_json, example_json   (stages with `from`: the source examples to evolve)
     index, attempt the variant index and attempt (they make every prompt unique)
 
-Model-family rules for the request body (decided by the model name):
+An embeddings request's body is `{"model", "input": <the rendered template>}`, plus the job's `dimensions` and
+`encoding_format` when it sets them; its input tokens are the text's tokens.
+
+Model-family rules for a chat request's body (decided by the model name):
 
 - `max_completion_tokens` for o-series (o1, o3, o4 ...) and gpt-5 and later (gpt-5*, gpt-6* ...), which reject
   `max_tokens`; `max_tokens` for gpt-4o, gpt-4.1, gpt-4 and gpt-3.5, which the Batch API documents with it.
@@ -173,6 +176,7 @@ class Renderer:
             "count": stage.examples_per_request,
         }
         self._model, self._chat = spec.model, spec.endpoint == CHAT
+        self._vector_options = spec.vector_options
         self._id_prefix = (spec.name, spec.spec_hash, stage.name)
         self._prefix = b'","method":"POST","url":' + orjson.dumps(spec.endpoint) + b',"body":'
         self._temperature = not is_reasoning_model(spec.model)
@@ -226,7 +230,8 @@ class Renderer:
         if self._chat:
             result = self._chat_body(text, variant.temperature)
         else:
-            result = (orjson.dumps({"model": self._model, "input": text}), self._counter.count(text))
+            result = (orjson.dumps({"model": self._model, "input": text, **self._vector_options}),
+                      self._counter.count(text))
         if len(self._bodies) >= _CACHE_LIMIT:
             self._bodies.clear()
         self._bodies[key] = result

@@ -24,7 +24,12 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
     [axes.weights] name = {value = weight}
     [validate]    response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies
     [limits]      max_lines, max_bytes, max_queued_tokens (per shard)
+    [embeddings]  dimensions, encoding_format (endpoint = "/v1/embeddings" only)
     [[stages]]    name, template, from, target, examples_per_request, temperature, max_tokens, system
+
+An embeddings job renders its template into one input text per request, and each answer is one vector: one
+example a request (examples_per_request is 1), no overgeneration unless asked, no seeds unless named, and none of
+the chat settings (system, temperature, max_tokens, structured_output, the chat checks of [validate]).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from batchgen.errors import SpecError
+from batchgen.recipe.embeddings import dimensions_problem
+from batchgen.recipe.formats import EMBEDDINGS_FORMAT
 
 JOB_FILE = "job.toml"
 # A job name: it names a directory, a dataset file and the ledger rows, so it stays short and plain.
@@ -130,6 +137,17 @@ class LimitsSpec(_Strict):
     )
 
 
+class EmbeddingsSpec(_Strict):
+    """Options of every embeddings request (endpoint = "/v1/embeddings")."""
+
+    dimensions: int | None = Field(
+        None, ge=1, description="numbers per vector, for models that can shorten theirs (text-embedding-3-*)"
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="float lists (the API's default) or base64 float32, about a quarter of the bytes"
+    )
+
+
 class StageSpec(_Strict):
     """One stage. A stage with `from` is compiled from the valid examples of that earlier stage."""
 
@@ -163,12 +181,55 @@ class JobSpec(_Strict):
     axes: AxesSpec = Field(default_factory=AxesSpec)
     validate_: ValidateSpec = Field(default_factory=lambda: ValidateSpec.model_validate({}), alias="validate")
     limits: LimitsSpec = Field(default_factory=lambda: LimitsSpec.model_validate({}))
+    embeddings: EmbeddingsSpec | None = None
     stages: list[StageSpec] = Field(default_factory=list)
 
     _dir: Path = PrivateAttr(default=Path("."))
     _seeds: tuple[dict[str, Any], ...] = PrivateAttr(default=())
     _templates: dict[str, str] = PrivateAttr(default_factory=dict)
     _hash: str = PrivateAttr(default="")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedding_defaults(cls, data: Any) -> Any:
+        """An embeddings request embeds one text, and an answer is hardly ever unusable: one example a request,
+        no overgeneration and no seeds, unless the job says otherwise."""
+        if not isinstance(data, dict) or data.get("endpoint") != EMBEDDINGS:
+            return data
+        prompt = data.get("prompt", {})
+        if isinstance(prompt, dict) and "seeds" not in prompt:
+            prompt = {"seeds_per_request": 0, **prompt}
+        return {"examples_per_request": 1, "overgeneration": 1, **data, "prompt": prompt}
+
+    @model_validator(mode="after")
+    def _check_embeddings(self) -> JobSpec:
+        if self.endpoint != EMBEDDINGS:
+            if self.embeddings is not None:
+                raise ValueError('[embeddings] applies to endpoint = "/v1/embeddings" only')
+            return self
+        chat_only = self._chat_only_keys()
+        if chat_only:
+            raise ValueError(f"{chat_only[0]} applies to chat requests; an embeddings job sends the rendered "
+                             "template as its input, so remove it")
+        if self.examples_per_request != 1 or any(s.examples_per_request not in (None, 1) for s in self.stages):
+            raise ValueError("an embeddings request embeds one text and yields one vector: examples_per_request "
+                             "must be 1 (or left out)")
+        dimensions = self.embeddings.dimensions if self.embeddings is not None else None
+        problem = dimensions_problem(self.model, dimensions) if dimensions is not None else None
+        if problem is not None:
+            raise ValueError(f"embeddings.dimensions: {problem}")
+        return self
+
+    def _chat_only_keys(self) -> list[str]:
+        """The settings of this job, as written, that only a chat request uses."""
+        keys = [f"prompt.{key}" for key in ("system", "temperature", "max_tokens", "structured_output")
+                if key in self.prompt.model_fields_set]
+        keys += [f"validate.{key}" for key in ("response_patterns", "role_order", "min_turns", "max_turns",
+                                               "reject_seed_copies") if key in self.validate_.model_fields_set]
+        for stage in self.stages:
+            keys += [f"stages.{stage.name}.{key}" for key in ("system", "temperature", "max_tokens")
+                     if key in stage.model_fields_set]
+        return keys
 
     @model_validator(mode="after")
     def _check_stages(self) -> JobSpec:
@@ -195,6 +256,18 @@ class JobSpec(_Strict):
         self._templates = templates
         self._hash = spec_digest(self, templates, seeds_bytes)
         return self
+
+    @property
+    def dataset_format(self) -> str:
+        """The format of the job's dataset: its chat format, or `embeddings` for an embeddings job."""
+        return EMBEDDINGS_FORMAT if self.endpoint == EMBEDDINGS else self.format
+
+    @property
+    def vector_options(self) -> dict[str, Any]:
+        """What every embeddings request adds to its body (`dimensions`, `encoding_format`), as set."""
+        if self.embeddings is None:
+            return {}
+        return self.embeddings.model_dump(exclude_none=True)
 
     # --- loaded content
     # -------------------------------------------------------------------------------------------
@@ -248,14 +321,14 @@ class JobSpec(_Strict):
             examples_per_request=stage.examples_per_request or self.examples_per_request,
             seeds_per_request=self.prompt.seeds_per_request if stage.from_ is None else 0,
             temperatures=temperatures,
-            max_tokens=stage.max_tokens or self.prompt.max_tokens,
+            max_tokens=0 if self.endpoint == EMBEDDINGS else stage.max_tokens or self.prompt.max_tokens,
             system=self.prompt.system if stage.system is None else stage.system,
         )
 
 
 @dataclass(frozen=True)
 class ResolvedStage:
-    """A stage with every setting decided."""
+    """A stage with every setting decided (an embeddings stage has max_tokens 0: its answers have no output)."""
 
     name: str
     template: str
@@ -276,6 +349,8 @@ def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) ->
         exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "retry_invalid",
                  "max_top_ups", "limits"},
     )
+    if identity.get("embeddings") is None:
+        del identity["embeddings"]  # jobs without embeddings options keep the hash they had before there were any
     payload = json.dumps(
         {"spec": identity, "templates": templates, "seeds": hashlib.sha256(seeds_bytes).hexdigest()},
         sort_keys=True,
@@ -290,6 +365,7 @@ __all__ = [
     "AxesSpec",
     "ValidateSpec",
     "LimitsSpec",
+    "EmbeddingsSpec",
     "StageSpec",
     "ResolvedStage",
     "spec_digest",

@@ -2,7 +2,8 @@
 (never by position), price it, validate what it generated, and record it all in one ledger transaction.
 
 Every request of the batch ends with exactly one result row:
-  output file, HTTP 2xx     -> succeeded (at least one valid example) or invalid (none)
+  output file, HTTP 2xx     -> succeeded (at least one valid example) or invalid (none; for an embeddings request:
+                               its vector is missing, of the wrong size or not finite numbers)
   error file, HTTP 4xx/5xx  -> failed (the model endpoint said no; not billed)
   error file, no response   -> expired / cancelled (batch_expired / batch_cancelled) or failed
   in neither file           -> missing
@@ -24,14 +25,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchgen.crashpoints import crash_point
-from batchgen.dataset.result_lines import Judged, judged_lines
+from batchgen.dataset.embeddings import EmbeddingRules
+from batchgen.dataset.result_lines import AnyRules, Judged, judged_lines
 from batchgen.dataset.validate import Deduper, Rules, example_key
-from batchgen.errors import BackendError
+from batchgen.errors import BackendError, BatchgenError
 from batchgen.ledger import Ledger, utcnow
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe import pricing
-from batchgen.recipe.spec import JobSpec
+from batchgen.recipe.embeddings import vector_size
+from batchgen.recipe.spec import EMBEDDINGS, JobSpec
 from batchgen.run.client import BatchClient
 
 CHUNK = 2000
@@ -56,13 +61,32 @@ def rules_for(spec: JobSpec) -> Rules:
                              reject_seed_copies=v.reject_seed_copies)
 
 
-def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: Rules) -> Deduper:
-    """Seed copies, and repeats of valid examples of the job's *earlier* stages.
+def embedding_rules(spec: JobSpec, shard_path: str) -> EmbeddingRules:
+    """The checks of an embeddings batch's answers, with the input text of each of its requests, read from the
+    shard file the batch was made of: what was sent, which an answer does not repeat."""
+    inputs: dict[str, str] = {}
+    try:
+        with open(shard_path, "rb") as handle:
+            for line in handle:
+                if line.strip():
+                    request = orjson.loads(line)
+                    inputs[request["custom_id"]] = request["body"]["input"]
+    except OSError as error:
+        raise BatchgenError(f"Cannot read shard file {shard_path}, which holds the inputs of its embeddings: "
+                            f"{error.strerror or error}; 'batchgen ledger check' lists the missing files") from None
+    size = vector_size(spec.model, spec.embeddings.dimensions if spec.embeddings is not None else None)
+    return EmbeddingRules(size, spec.validate_.dedupe, inputs)
+
+
+def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: AnyRules) -> Deduper:
+    """Seed copies (of a chat job), and repeats of valid examples of the job's *earlier* stages.
 
     Duplicates inside the stage being collected are settled afterwards by `Ledger.dedupe_stage`, which does not
     depend on the order in which output lines or batches arrive.
     """
     known = ledger.earlier_stage_hashes(spec.name, stage)
+    if isinstance(rules, EmbeddingRules):
+        return Deduper(known, dedupe=rules.dedupe != "none")
     return Deduper.for_rules(rules, spec.format, spec.seeds, known=known)
 
 
@@ -85,8 +109,9 @@ class _Collector:
 
     def __init__(self, ledger: Ledger, spec: JobSpec, batch: dict[str, Any]):
         self.ledger, self.spec, self.batch = ledger, spec, batch
-        self.rules = rules_for(spec)
-        self.stage: str = ledger.shard(batch["shard_id"])["stage"]
+        shard = ledger.shard(batch["shard_id"])
+        self.rules: AnyRules = embedding_rules(spec, shard["path"]) if spec.endpoint == EMBEDDINGS else rules_for(spec)
+        self.stage: str = shard["stage"]
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, job_dir=spec.job_dir)
         self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)

@@ -9,10 +9,14 @@ Retry rules (per variant, looking at its latest request):
   failed with any other 4xx (invalid request, context length) permanent: reported, never retried
 A retry is a new request with a new custom_id (the attempt number is part of it) in a new shard; the old request
 keeps its outcome and is marked `retried`.
+
+A top-up of a chat stage asks for new variants; a top-up of an embeddings stage asks again for the inputs that
+still have no vector, one attempt more than max_attempts per round (see `schedule_top_up`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -24,7 +28,7 @@ from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
 from batchgen.recipe.plan import expected_output_tokens
 from batchgen.recipe.pricing import ModelPrice, get_price
-from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
+from batchgen.recipe.spec import EMBEDDINGS, JobSpec, LimitsSpec, ResolvedStage
 from batchgen.recipe.variants import request_count
 from batchgen.run import dead_ends
 
@@ -82,26 +86,37 @@ def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[d
 # -- retries -------------------------------------------------------------------------------------------------
 
 
-def retry_candidates(ledger: Ledger, spec: JobSpec, stage: str) -> tuple[list[int], list[str]]:
-    """(variant indices to resubmit, custom_ids they replace) for a stage whose shards have all ended."""
+def retry_candidates(ledger: Ledger, spec: JobSpec, stage: str,
+                     attempts: int | None = None) -> tuple[list[int], list[str]]:
+    """(variant indices to resubmit, custom_ids they replace) for a stage whose shards have all ended, each
+    variant within `attempts` (default: the job's max_attempts)."""
     latest = ledger.latest_requests(spec.name, stage)
-    # An expired or cancelled line is resubmitted without using up an attempt only if its batch ran something:
-    # a batch that ends again and again with nothing done must not be resubmitted for ever.
     progressed = ledger.batches_that_ran(spec.name)
-    used: dict[int, int] = {}
-    for variant, batch_id, code in ledger.ended_attempts(spec.name, stage):
-        if code in ("batch_expired", "batch_cancelled") and batch_id in progressed:
-            continue
-        used[variant] = used.get(variant, 0) + 1
+    used = attempts_used(ledger, spec, stage, progressed)
+    limit = spec.max_attempts if attempts is None else attempts
     variants, replaced = [], []
     for row in latest:
         if not _retryable(row, spec):
             continue
         free = row["status"] in RETRY_FREE and row["batch_id"] in progressed
-        if free or used.get(row["variant"], 0) < spec.max_attempts:
+        if free or used.get(row["variant"], 0) < limit:
             variants.append(row["variant"])
             replaced.append(row["custom_id"])
     return variants, replaced
+
+
+def attempts_used(ledger: Ledger, spec: JobSpec, stage: str, progressed: set[str]) -> dict[int, int]:
+    """Variant -> the attempts it has used up: its requests that ended without a valid example or were retried.
+
+    An expired or cancelled line does not use one up if its batch ran something (`progressed`): a batch that ends
+    again and again with nothing done must not be resubmitted for ever.
+    """
+    used: dict[int, int] = {}
+    for variant, batch_id, code in ledger.ended_attempts(spec.name, stage):
+        if code in ("batch_expired", "batch_cancelled") and batch_id in progressed:
+            continue
+        used[variant] = used.get(variant, 0) + 1
+    return used
 
 
 def _retryable(row: dict[str, Any], spec: JobSpec) -> bool:
@@ -117,9 +132,10 @@ def _retryable(row: dict[str, Any], spec: JobSpec) -> bool:
 
 
 def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                     limits: LimitsSpec | None = None) -> int:
-    """Compile and record a retry shard set for what failed in the stage; how many requests were resubmitted."""
-    variants, replaced = retry_candidates(ledger, spec, stage.name)
+                     limits: LimitsSpec | None = None, attempts: int | None = None) -> int:
+    """Compile and record a retry shard set for what failed in the stage, each variant within `attempts` (default:
+    max_attempts); how many requests were resubmitted."""
+    variants, replaced = retry_candidates(ledger, spec, stage.name, attempts)
     if not variants:
         return 0
     dead_ends.check(ledger, spec, stage)
@@ -127,7 +143,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits)
     with ledger.transaction():
-        still = retry_candidates(ledger, spec, stage.name)[1]
+        still = retry_candidates(ledger, spec, stage.name, attempts)[1]
         if sorted(still) != sorted(replaced):
             return 0  # another process scheduled these meanwhile
         record_compile(ledger, spec, stage, result)
@@ -157,7 +173,11 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     requests, cut to what `budget()` (asked only when a top-up is due; None: no budget) covers in the worst case
     (every answer at max_tokens); the caller leaves the later stages' planned cost out of it, so a top-up never
     takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or affordable).
+
+    An embeddings stage is topped up by `_top_up_inputs` instead.
     """
+    if spec.endpoint == EMBEDDINGS:
+        return _top_up_inputs(ledger, workspace, spec, stage, limits)
     short, rounds, first = top_up_need(ledger, spec, stage)
     if not short:
         return 0
@@ -195,6 +215,28 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         ledger.event("top_up", job=spec.name, stage=stage.name, attempt=attempt, round=rounds + 1, missing=short,
                      requests=count, first_variant=first)
     return count
+
+
+def _top_up_inputs(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
+                   limits: LimitsSpec | None) -> int:
+    """An embeddings stage below its target asks again for the inputs that still have no vector: each top-up round
+    gives every one of them an attempt more than max_attempts, up to max_top_ups rounds. It adds no new variants:
+    when the axes cycle they render texts already embedded, which would be paid for and be duplicates. Admission
+    keeps the round within the budget, as for any retry. How many requests were resubmitted.
+    """
+    short = stage.target - ledger.valid_example_count(spec.name, stage.name)
+    if short <= 0:
+        return 0
+    lacking, _ = retry_candidates(ledger, spec, stage.name, attempts=sys.maxsize)
+    used = attempts_used(ledger, spec, stage.name, ledger.batches_that_ran(spec.name))
+    rounds = max(0, max((used.get(variant, 0) for variant in lacking), default=0) - spec.max_attempts)
+    if not lacking:
+        _short(ledger, spec, stage, short, rounds, "answered")
+        return 0
+    if rounds >= spec.max_top_ups:
+        _short(ledger, spec, stage, short, rounds, "max_top_ups")
+        return 0
+    return schedule_retries(ledger, workspace, spec, stage, limits, attempts=spec.max_attempts + rounds + 1)
 
 
 def _short(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, missing: int, rounds: int, reason: str) -> None:

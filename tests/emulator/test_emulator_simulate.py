@@ -177,6 +177,27 @@ def test_malformed_output_fault(tmp_path):
         assert broken == 12
 
 
+def test_malformed_embeddings_are_cut_short_or_hold_a_nan(tmp_path):
+    kinds = set()
+    with running(tmp_path / "emu", malformed_rate=1.0, seed=5) as emu:
+        for i in range(16):
+            encoding = "base64" if i % 2 else "float"
+            raw = emu.client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=f"text {i}",
+                                                                 dimensions=64, encoding_format=encoding)
+            body = raw.http_response.json()
+            vector = body["data"][0]["embedding"]
+            if encoding == "base64":
+                packed = base64.b64decode(vector)
+                vector = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+            assert body["usage"]["prompt_tokens"] == count_text(f"text {i}", "text-embedding-3-small")
+            if len(vector) == 48:
+                kinds.add("short")
+            else:
+                assert len(vector) == 64 and sum(v is None or math.isnan(v) for v in vector) == 1
+                kinds.add(f"nan in {encoding}")
+    assert kinds == {"short", "nan in float", "nan in base64"}
+
+
 def test_embeddings_are_deterministic_unit_vectors(emu):
     first = emu.client.embeddings.create(model="text-embedding-3-small", input=["hello", "world"],
                                          encoding_format="float")

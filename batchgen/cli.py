@@ -20,6 +20,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 # Exit statuses of run, submit, collect and tick (README "Exit status"): 0 every job touched is done at its target
 # or running normally; 1 an error; 3 a job ended short of its target; 130 stopped by Ctrl-C.
 EXIT_SHORT = 3
+# What a missing job directory stops, said by `show` and `status`.
+MISSING_DIR_NOTE = "submitted batches are still collected and exported; compiling, retries and top-ups need it"
 
 
 def _exit_for(progress: Any) -> None:
@@ -281,7 +283,7 @@ def _progress_line(p: Any) -> None:
 def _print_summary(session: Any, name: str, json_: bool) -> None:
     from batchgen.dataset.report import job_summary
 
-    summary = job_summary(session.ledger, name)
+    summary = job_summary(session.ledger, name, session.workspace)
     if json_:
         echo_json(summary)
         return
@@ -305,6 +307,8 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
     if summary["blocked"]:
         click.echo(f"Blocked: {summary['blocked']}")
+    if summary["job_dir"]["missing"]:
+        click.echo(f"Missing: job directory {summary['job_dir']['path']} ({MISSING_DIR_NOTE})")
     for short in summary["short"]:
         why = (f"after {short['top_ups']} top-up round(s), the most max_top_ups allows"
                if short["reason"] == "max_top_ups" else "the budget has no room for a top-up")
@@ -368,6 +372,8 @@ def collect_(job: str | None, workspace: str | None, json_: bool) -> None:
             state += f"; {p.pending_shards} shard(s) to submit: batchgen submit {p.job}"
         click.echo(f"{p.job}: collected {p.collected_now} batch(es); {p.finished}/{p.requests} requests answered; "
                    f"{p.valid_examples} valid examples; {state}" + (f"; dataset {p.dataset}" if p.dataset else ""))
+        if p.error:
+            click.echo(f"Error: {p.error}", err=True)
     _exit_for(progress)
 
 
@@ -423,7 +429,7 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         batchgen status
         batchgen status task_api --json
     """
-    from batchgen.dataset.report import batch_rows
+    from batchgen.dataset.report import batch_rows, missing_job_dirs
     from batchgen.run.lock import WorkspaceLock
 
     session = _session(workspace, ledger="existing")
@@ -438,6 +444,8 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
             for row in session.ledger.jobs("blocked"):
                 if job in (None, row["name"]):
                     click.echo(f"Blocked: job {row['name']}: {row['blocked_reason']}")
+            for gone in missing_job_dirs(session.ledger, session.workspace, job):
+                click.echo(f"Missing: job {gone['job']}: job directory {gone['path']} ({MISSING_DIR_NOTE})")
         if not watch or not active:
             return
         time.sleep(interval)

@@ -263,7 +263,7 @@ def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice) -> StageP
 
 def plan_job(spec: JobSpec) -> Plan:
     """The plan of every stage of a job."""
-    price = get_price(spec.model, job_dir=spec.job_dir)
+    price = get_price(spec.model, price_file=spec.price_file)
     stages = [plan_stage(spec, stage, price) for stage in spec.resolved_stages()]
     format_tokens = response_format_tokens(request_response_format(spec), spec.model)
     return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, stages, format_tokens)

@@ -88,7 +88,7 @@ class _Collector:
         self.rules = rules_for(spec)
         self.stage: str = ledger.shard(batch["shard_id"])["stage"]
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
-        self.price = pricing.get_price(spec.model, job_dir=spec.job_dir)
+        self.price = pricing.get_price(spec.model, price_file=spec.price_file)
         self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)
         self.report = CollectReport(batch["id"])
         self.track_hashes = self.rules.dedupe != "none"

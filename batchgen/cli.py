@@ -21,6 +21,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 # Exit statuses of run, submit, collect and tick (README "Exit status"): 0 every job touched is done at its target
 # or running normally; 1 an error; 3 a job ended short of its target; 130 stopped by Ctrl-C.
 EXIT_SHORT = 3
+# What a missing job directory stops, said by `show` and `status`.
+MISSING_DIR_NOTE = "submitted batches are still collected and exported; compiling, retries and top-ups need it"
 
 
 def _exit_for(progress: Any) -> None:
@@ -318,7 +320,7 @@ def _register(session: Any, job: str) -> Any:
 def _print_summary(session: Any, name: str, json_: bool) -> None:
     from batchgen.dataset.report import job_summary
 
-    summary = job_summary(session.ledger, name)
+    summary = job_summary(session.ledger, name, session.workspace)
     if json_:
         echo_json(summary)
         return
@@ -343,6 +345,8 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     if summary["blocked"]:
         click.echo(f"Blocked: {summary['blocked']}")
         click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}{_workspace_flag()}', then run the job again")
+    if summary["job_dir"]["missing"]:
+        click.echo(f"Missing: job directory {summary['job_dir']['path']} ({MISSING_DIR_NOTE})")
     for short in summary["short"]:
         why = {"max_top_ups": f"after {short['top_ups']} top-up round(s), the most max_top_ups allows",
                "budget": "the budget has no room for a top-up"}.get(
@@ -407,6 +411,8 @@ def collect_(job: str | None, workspace: str | None, json_: bool) -> None:
             state += f"; {p.pending_shards} shard(s) to submit: batchgen submit {p.job}"
         click.echo(f"{p.job}: collected {p.collected_now} batch(es); {p.finished}/{p.requests} requests answered; "
                    f"{p.valid_examples} valid examples; {state}" + (f"; dataset {p.dataset}" if p.dataset else ""))
+        if p.error:
+            click.echo(f"Error: {p.error}", err=True)
     _exit_for(progress)
 
 
@@ -462,7 +468,7 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
         batchgen status
         batchgen status task_api --json
     """
-    from batchgen.dataset.report import batch_rows
+    from batchgen.dataset.report import batch_rows, missing_job_dirs
     from batchgen.run.lock import WorkspaceLock
 
     session = _session(workspace, ledger="existing")
@@ -479,6 +485,8 @@ def status_(job: str | None, watch: bool, interval: float, workspace: str | None
             for row in session.ledger.jobs("blocked"):
                 if job in (None, row["name"]):
                     click.echo(f"Blocked: job {row['name']}: {row['blocked_reason']}")
+            for gone in missing_job_dirs(session.ledger, session.workspace, job):
+                click.echo(f"Missing: job {gone['job']}: job directory {gone['path']} ({MISSING_DIR_NOTE})")
         if not watch or not active:
             return
         time.sleep(interval)

@@ -2,6 +2,7 @@
 
     BatchgenError
     ├── SpecError          a job directory, job.toml, template or seed file is wrong
+    │   └── JobDirMissing  work that needs the job directory (compile, retry, top-up) finds it gone
     ├── LedgerError        the ledger cannot be opened, migrated or trusted
     ├── NotFoundError      an unknown job, batch, shard or file
     ├── BackendError       the Batch API (OpenAI, a compatible server or the emulator) said no
@@ -24,6 +25,16 @@ class BatchgenError(Exception):
 
 class SpecError(BatchgenError):
     pass
+
+
+class JobDirMissing(SpecError):
+    """New work for a job needs its directory (its templates), which is gone; what was submitted still counts."""
+
+    def __init__(self, job: str, job_dir: object, work: str):
+        super().__init__(f"Job {job!r}: {work} needs its job directory {job_dir}, which is missing; restore it, or "
+                         f"name its new place with 'batchgen run DIR' (batches already submitted are still "
+                         f"collected, and 'batchgen export {job}' works without it)")
+        self.job, self.job_dir, self.work = job, job_dir, work
 
 
 class LedgerError(BatchgenError):

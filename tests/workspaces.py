@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +29,17 @@ def fresh_workspace(parent: Path, config: str = FAST) -> Path:
     (workspace / "emulator").mkdir(parents=True)
     (workspace / "emulator" / "config.json").write_text(config, encoding="utf-8")
     return workspace
+
+
+def multi_shard_job(parent: Path) -> Path:
+    """A copy of the Evol-Instruct job under `parent/jobs/` with at most 4 requests a shard: four stages of several
+    shards each."""
+    job = parent / "jobs" / "evol_task_api"
+    shutil.copytree(EVOL, job)
+    toml = job / "job.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace("[prompt]", "[limits]\nmax_lines = 4\n\n[prompt]"),
+                    encoding="utf-8")
+    return job
 
 
 def env_for(workspace: Path, **extra: str) -> dict[str, str]:

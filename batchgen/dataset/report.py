@@ -11,7 +11,8 @@ from typing import Any
 from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
 from batchgen.dataset.validate import Reason, Summary
 from batchgen.errors import BatchgenError
-from batchgen.ledger import Ledger
+from batchgen.ledger import Ledger, Workspace
+from batchgen.ledger.states import ACTIVE
 from batchgen.recipe.formats import EMBEDDINGS_FORMAT
 from batchgen.recipe.spec import JobSpec
 
@@ -62,22 +63,44 @@ def quality(ledger: Ledger, job: str) -> Summary:
     return summary
 
 
-def dataset(ledger: Ledger, job: str) -> dict[str, Any] | None:
-    """The dataset written when the job finished: {"path", "examples"}, or None."""
+def dataset(ledger: Ledger, job: str, workspace: Workspace | None = None) -> dict[str, Any] | None:
+    """The dataset written when the job finished: {"path", "examples"}, or None. The path is as the ledger records it
+    (relative to the workspace), or located in `workspace` when one is given."""
     found = ledger.dataset(job)
-    return None if found is None else {"path": found["path"], "examples": found["examples"]}
+    if found is None:
+        return None
+    path = str(workspace.locate(found["path"])) if workspace is not None else found["path"]
+    return {"path": path, "examples": found["examples"]}
 
 
-def job_summary(ledger: Ledger, job: str) -> dict[str, Any]:
+def job_dir(ledger: Ledger, job: str, workspace: Workspace) -> dict[str, Any]:
+    """Where the job's directory is: {"path", "missing"}; a missing one stops only work that compiles."""
     row = ledger.job(job)
-    """Everything `batchgen show` says about a job (its --json output)."""
-    return {"job": job, "dataset": dataset(ledger, job), "status": row["status"], "stage": row["stage"],
-            "backend": row["backend"], "short": ledger.shortfalls(job), "blocked": row["blocked_reason"],
-            "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
-            "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
-            "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
-            "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
-            "estimated_usd": ledger.estimated_usd(job)}
+    found = workspace.find_job_dir(row["job_dir"], row["job_dir_relative"])
+    return {"path": str(found or row["job_dir"]), "missing": found is None}
+
+
+def missing_job_dirs(ledger: Ledger, workspace: Workspace, job: str | None = None) -> list[dict[str, str]]:
+    """The active jobs (of all, or the one named) whose directory is missing: [{"job", "path"}]."""
+    names = [row["name"] for row in ledger.jobs(ACTIVE) if job in (None, row["name"])]
+    found = [(name, job_dir(ledger, name, workspace)) for name in names]
+    return [{"job": name, "path": where["path"]} for name, where in found if where["missing"]]
+
+
+def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) -> dict[str, Any]:
+    """Everything `batchgen show` says about a job (its --json output); with the workspace, where its dataset and
+    its job directory are (`job_dir`)."""
+    row = ledger.job(job)
+    summary = {"job": job, "dataset": dataset(ledger, job, workspace), "status": row["status"], "stage": row["stage"],
+               "backend": row["backend"], "short": ledger.shortfalls(job), "blocked": row["blocked_reason"],
+               "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
+               "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
+               "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
+               "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
+               "estimated_usd": ledger.estimated_usd(job)}
+    if workspace is not None:
+        summary["job_dir"] = job_dir(ledger, job, workspace)
+    return summary
 
 
 def batch_rows(ledger: Ledger, job: str | None = None) -> list[dict[str, Any]]:

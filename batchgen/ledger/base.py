@@ -89,8 +89,13 @@ class Store:
         conn.execute("PRAGMA cache_size=-32768")
         return conn
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the ledger was opened read-only (`show`, `export`, ...): nothing may be written to it."""
+        return bool(self.db.conn.execute("PRAGMA query_only").fetchone()[0])
+
     def _migrate(self) -> None:
-        read_only = bool(self.db.conn.execute("PRAGMA query_only").fetchone()[0])
+        read_only = self.read_only
         if read_only and "_sqlite_migrations" not in self.db.table_names():
             raise LedgerError(f"Ledger {self.path} is empty: nothing was recorded in it yet")
         known = set(migrations.known_names())

@@ -9,7 +9,8 @@ message. The rules:
 - collection: every request of a collected batch has exactly one result from that batch;
 - money: a collected batch's `actual_cost_usd` is the exact (Decimal) sum of its results' `cost_usd`, and every
   result's cost equals its usage priced again (results priced by another price table are counted, not re-priced);
-- files: every shard's input file exists, and so do the downloaded result files of collected batches;
+- files: every shard's input file exists, and so do the downloaded result files of collected batches (paths the
+  ledger records relative to the workspace are looked for in the workspace in use);
 - submissions: no intent is still pending when its batch is recorded, every done intent's batch is recorded, and
   no idempotency key was submitted twice.
 """
@@ -19,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError
 from batchgen.ledger.store import Ledger
 from batchgen.ledger.workspace import Workspace
-from batchgen.recipe.pricing import ModelPrice, get_price
+from batchgen.recipe.pricing import ModelPrice
 
 OUTCOMES = ("succeeded", "invalid", "failed", "expired", "cancelled", "missing", "rejected", "retried")
 _IN = ",".join(f"'{s}'" for s in OUTCOMES)
@@ -128,9 +128,9 @@ def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
     prices: dict[tuple[str, str], ModelPrice | None] = {}
     cursor = ledger._execute(
         "SELECT s.custom_id, s.prompt_tokens, s.cached_tokens, s.completion_tokens, s.cost_usd, s.priced_by, "
-        "sh.model, j.job_dir FROM results s JOIN requests r ON r.custom_id = s.custom_id "
-        "JOIN shards sh ON sh.id = r.shard_id JOIN jobs j ON j.name = s.job")
-    for custom_id, prompt, cached, completion, cost, priced_by, model, job_dir in cursor:
+        "sh.model, s.job FROM results s JOIN requests r ON r.custom_id = s.custom_id "
+        "JOIN shards sh ON sh.id = r.shard_id")
+    for custom_id, prompt, cached, completion, cost, priced_by, model, job in cursor:
         try:
             recorded = Decimal(cost)
         except ArithmeticError:
@@ -140,9 +140,9 @@ def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
             if recorded != 0 or prompt or completion:
                 yield Problem("result_cost", f"request {custom_id} has usage or a cost (${cost}) but no price")
             continue
-        if (model, job_dir) not in prices:
-            prices[(model, job_dir)] = _price(model, job_dir)
-        price = prices[(model, job_dir)]
+        if (model, job) not in prices:
+            prices[(model, job)] = _price(ledger, job, model)
+        price = prices[(model, job)]
         if price is None or price.source != priced_by:
             report.not_repriced += 1
             continue
@@ -151,16 +151,18 @@ def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
             yield Problem("result_cost", f"request {custom_id} cost ${cost} but its usage prices at ${expected}")
 
 
-def _price(model: str, job_dir: str) -> ModelPrice | None:
+def _price(ledger: Ledger, job: str, model: str) -> ModelPrice | None:
+    """The job's price of the model (its price file as the ledger kept it), or None when none is known now."""
     try:
-        return get_price(model, job_dir=job_dir if Path(job_dir).is_dir() else None)
+        return ledger.job_price(job, model)
     except BatchgenError:
         return None
 
 
 def _files(ledger: Ledger, workspace: Workspace) -> Iterator[Problem]:
-    for shard, path in _rows(ledger, "SELECT id, path FROM shards"):
-        if not Path(path).is_file():
+    for shard, stored in _rows(ledger, "SELECT id, path FROM shards"):
+        path = workspace.locate(stored)
+        if not path.is_file():
             yield Problem("missing_file", f"shard {shard}: input file {path} does not exist")
     for job, batch, output, error in _rows(ledger, "SELECT job, id, output_file_id, error_file_id FROM batches "
                                                    "WHERE collected = 1"):

@@ -3,14 +3,36 @@ does next."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from batchgen.errors import NotFoundError
 from batchgen.ledger.base import Store, utcnow
 from batchgen.ledger.states import UNFINISHED
+from batchgen.recipe.pricing import ModelPrice, PriceFile, get_price
 
 JOB_COLUMNS = frozenset({"spec_hash", "spec_json", "job_dir", "status", "stage", "backend", "budget_usd",
                          "blocked_reason"})
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """What collect needs of a job directory besides the spec (kept in `jobs.spec_json`): the seed examples (to
+    reject copies of them) and the job's price file. The ledger keeps them for when the directory is gone."""
+
+    seeds: tuple[dict[str, Any], ...]
+    price_file: PriceFile | None
+
+    def to_json(self) -> str:
+        price = None if self.price_file is None else {"origin": self.price_file.origin, "text": self.price_file.text}
+        return json.dumps({"seeds": list(self.seeds), "price_file": price}, sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobFiles:
+        data = json.loads(text)
+        price = data["price_file"]
+        return cls(tuple(data["seeds"]), None if price is None else PriceFile(price["origin"], price["text"]))
 
 
 class JobRecords(Store):
@@ -62,6 +84,31 @@ class JobRecords(Store):
     def latest_attempt(self, job: str, stage: str) -> int:
         return int(self.scalar("SELECT coalesce(max(attempt), 0) FROM requests WHERE job = ? AND stage = ?",
                                [job, stage]))
+    def job_with_dir(self, job_dir: str) -> dict[str, Any] | None:
+        """The job last registered from this job directory (its absolute path), if any."""
+        return self.one("SELECT * FROM jobs WHERE job_dir = ? ORDER BY created_utc DESC LIMIT 1", [job_dir])
+
+    # -- where the job directory is, and what the ledger keeps of it -------------------------------------------
+    def keep_job_dir(self, name: str, *, job_dir: str, relative: str | None, files: JobFiles) -> bool:
+        """Record where the job directory was found and what collect needs of it; whether anything changed."""
+        cursor = self._execute(
+            "UPDATE jobs SET job_dir = ?, job_dir_relative = ?, job_files_json = ?, updated_utc = ? WHERE name = ? "
+            "AND (job_dir IS NOT ? OR job_dir_relative IS NOT ? OR job_files_json IS NOT ?)",
+            [job_dir, relative, files.to_json(), utcnow(), name, job_dir, relative, files.to_json()])
+        return cursor.rowcount > 0
+
+    def job_files(self, name: str) -> JobFiles | None:
+        """What the ledger kept of the job directory; None if nothing (a job last read by an older batchgen)."""
+        kept = self.scalar("SELECT job_files_json FROM jobs WHERE name = ?", [name])
+        return None if kept is None else JobFiles.from_json(kept)
+
+    def job_price(self, name: str, model: str) -> ModelPrice:
+        """The price the job's results of `model` are charged at: with the job's price file as the ledger kept it,
+        else as its directory holds it (PricingError when none is known)."""
+        kept = self.job_files(name)
+        if kept is not None:
+            return get_price(model, price_file=kept.price_file)
+        return get_price(model, job_dir=self.job(name)["job_dir"])
 
     # -- what a job ended with --------------------------------------------------------------------------------
     def record_dataset(self, job: str, path: str, examples: int, sha256: str) -> None:

@@ -6,6 +6,8 @@ never floats. API timestamps keep the API's names and unix ints; our own are ISO
 
 from __future__ import annotations
 
+import posixpath
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -219,6 +221,52 @@ def m004_unblocks(db: Database) -> None:
         CREATE INDEX unblocks_job ON unblocks(job, stage)
         """
     )
+
+
+@migrations()
+def m005_paths_relative_to_the_workspace(db: Database) -> None:
+    """Paths inside the workspace are recorded relative to it, so that the workspace can be moved; the job directory,
+    which lies outside it, is also recorded relative to the workspace's parent folder (the project), for when the
+    whole project moves; and what collect needs of the job directory (its seeds and price file) gets a column of its
+    own, so that a job's batches can be collected after its directory is gone (filled when a job is next read).
+
+    The workspace a shard was compiled in is read off its path (`<workspace>/shards/<job>/<stage>/...`, the layout
+    compile writes), so a ledger whose workspace was moved before this migration is rewritten as well. Events keep
+    the paths they were written with: they are history.
+    """
+    _run(
+        db,
+        """
+        -- the job directory from the workspace's parent folder, when it lies inside that folder
+        ALTER TABLE jobs ADD COLUMN job_dir_relative TEXT;
+        -- what collect needs of the job directory: {"seeds": [...], "price_file": {"origin", "text"} or null}
+        ALTER TABLE jobs ADD COLUMN job_files_json TEXT
+        """
+    )
+    roots: dict[str, str] = {}
+    for shard_id, job, stage, path in db.execute("SELECT id, job, stage, path FROM shards").fetchall():
+        root = _workspace_of(path, job, stage)
+        if root is not None:
+            roots.setdefault(job, root)
+            db.execute("UPDATE shards SET path = ? WHERE id = ?", [path[len(root) + 1:], shard_id])
+    for name, job_dir, dataset in db.execute("SELECT name, job_dir, dataset_path FROM jobs").fetchall():
+        root = roots.get(name)
+        if root is not None:
+            db.execute("UPDATE jobs SET dataset_path = ?, job_dir_relative = ? WHERE name = ?",
+                       [_inside(dataset, root) or dataset, _inside(job_dir, posixpath.dirname(root)), name])
+
+
+def _workspace_of(path: str, job: str, stage: str) -> str | None:
+    """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
+    found = path.rfind(f"/shards/{job}/{stage}/")
+    return path[:found] if found > 0 else None
+
+
+def _inside(path: str | None, folder: str) -> str | None:
+    """`path` relative to `folder` when it lies inside it, else None."""
+    if path is None or not path.startswith(folder.rstrip("/") + "/"):
+        return None
+    return path[len(folder.rstrip("/")) + 1:]
 
 
 def _run(db: Database, script: str) -> None:

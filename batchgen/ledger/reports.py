@@ -93,11 +93,10 @@ class ReportQueries(Store):
         return self.rows("SELECT * FROM batches ORDER BY submitted_utc")
 
     def batches_with_model(self, job: str | None = None) -> list[dict[str, Any]]:
-        """Every batch row (of `job`, or of all jobs) in submission order, with the `model` of its shard and the
-        `job_dir` of its job (where a job's own price table is found)."""
+        """Every batch row (of `job`, or of all jobs) in submission order, with the `model` of its shard."""
         where, params = ("WHERE b.job = ?", [job]) if job else ("", [])
-        return self.rows(f"SELECT b.*, s.model, j.job_dir FROM batches b JOIN shards s ON s.id = b.shard_id "
-                         f"JOIN jobs j ON j.name = b.job {where} ORDER BY b.submitted_utc", params)
+        return self.rows(f"SELECT b.*, s.model FROM batches b JOIN shards s ON s.id = b.shard_id {where} "
+                         "ORDER BY b.submitted_utc", params)
 
     def recorded_batch_ids(self) -> set[str]:
         """The ids of every batch the ledger has recorded, of any job."""

@@ -42,12 +42,13 @@ class RequestRecords(Store):
                                "('pending', 'submitted')", [job, stage]))
 
     def add_shard(self, shard_id: str, job: str, stage: str, shard: ShardInfo, est_cost_usd: Decimal,
-                  max_cost_usd: Decimal) -> None:
-        """A pending shard row for a compiled shard, priced expected and worst case."""
+                  max_cost_usd: Decimal, path: str) -> None:
+        """A pending shard row for a compiled shard, priced expected and worst case; `path` is its file as the
+        ledger records it (relative to the workspace, see `Workspace.stored`)."""
         self._execute(
             "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, "
             "est_cost_usd, max_cost_usd, status, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [shard_id, job, stage, shard.attempt, shard.model, shard.path, shard.sha256, shard.lines, shard.bytes,
+            [shard_id, job, stage, shard.attempt, shard.model, path, shard.sha256, shard.lines, shard.bytes,
              shard.input_tokens, str(est_cost_usd), str(max_cost_usd), "pending", utcnow()])
 
     def set_shard_status(self, shard_id: str, status: str) -> None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from batchgen.errors import PricingError, SpecError
 from batchgen.recipe import formats
 from batchgen.recipe.model_limits import output_limit
-from batchgen.recipe.pricing import get_price
+from batchgen.recipe.pricing import PriceFile, get_price, read_price_file
 from batchgen.recipe.render import check_templates, max_tokens_param
 from batchgen.recipe.spec import CHAT, JOB_FILE, JobSpec, StageSpec
 from batchgen.recipe.tokens import UnknownEncoding, encoding_name_for_model
@@ -56,7 +56,11 @@ def load_job(job_dir: Path) -> JobSpec:
         spec = JobSpec.model_validate(data)
     except ValidationError as error:
         raise SpecError(explain(error, text, toml_path)) from None
-    _check_model(spec, job_dir)
+    try:
+        price_file = read_price_file(job_dir)
+    except PricingError as error:
+        raise SpecError(str(error)) from None
+    _check_model(spec, price_file)
     _check_max_tokens(spec, text, toml_path)
     _check_size(spec, text, toml_path)
     seeds, seeds_bytes = _load_seeds(spec, job_dir)
@@ -65,7 +69,7 @@ def load_job(job_dir: Path) -> JobSpec:
     for stage, raw in zip(spec.resolved_stages(), raws, strict=True):
         key = f"stages.{stage.name}.template" if raw is not None and raw.template else "prompt.template"
         templates[stage.template] = _text(_job_file(job_dir, stage.template, key))
-    spec = spec.loaded(job_dir, tuple(seeds), templates, seeds_bytes)
+    spec = spec.loaded(job_dir, tuple(seeds), templates, seeds_bytes, price_file)
     check_templates(spec)
     return spec
 
@@ -80,8 +84,7 @@ def _text(path: Path) -> str:
         raise SpecError(f"{path} line {line}: not UTF-8 text (byte {error.start}); save the file as UTF-8") from None
 
 
-def _check_model(spec: JobSpec, job_dir: Path) -> None:
-
+def _check_model(spec: JobSpec, price_file: PriceFile | None) -> None:
     try:
         encoding_name_for_model(spec.model)
     except UnknownEncoding:
@@ -90,7 +93,7 @@ def _check_model(spec: JobSpec, job_dir: Path) -> None:
             "use an OpenAI model name (gpt-4o-mini, gpt-4.1-nano, gpt-5-nano ...)"
         ) from None
     try:
-        get_price(spec.model, job_dir=job_dir)
+        get_price(spec.model, price_file=price_file)
     except PricingError as error:
         raise SpecError(str(error)) from None
     if spec.endpoint != CHAT and spec.stages and any(s.from_ for s in spec.stages):

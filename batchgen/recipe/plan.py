@@ -325,7 +325,7 @@ def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice, *,
 
 def plan_job(spec: JobSpec, *, exact: bool = False) -> Plan:
     """The plan of every stage of a job: exact up to EXACT_LIMIT requests (or with exact=True), else sampled."""
-    price = get_price(spec.model, job_dir=spec.job_dir)
+    price = get_price(spec.model, price_file=spec.price_file)
     stages = spec.resolved_stages()
     everything = exact or sum(request_count(spec, s) for s in stages) <= EXACT_LIMIT
     plans = [plan_stage(spec, s, price, exact_limit=None if everything else SAMPLE_SIZE) for s in stages]

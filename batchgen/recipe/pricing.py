@@ -2,7 +2,8 @@
 
 Where a price comes from, first match wins:
 
-1. a user price file: `prices.toml` in the job directory, or the file named by `BATCHGEN_PRICES`;
+1. a user price file: the file named by `BATCHGEN_PRICES`, or else `prices.toml` in the job directory (as the
+   job read it: the ledger keeps a job's price file, so its results are priced alike once the directory is gone);
 2. the project's table `batchgen/data/prices.toml` (gaps and corrections of genai-prices, e.g. embeddings at
    batch price, which genai-prices prices at the standard rate);
 3. genai-prices, asked with the current date (it models batch prices only from 2026-10-14).
@@ -124,34 +125,54 @@ def request_cost(
     return Cost(price.cost(prompt_tokens, cached_tokens, completion_tokens, batch), price.source)
 
 
-def get_price(model: str, *, job_dir: Path | str | None = None, at: datetime | None = None) -> ModelPrice:
-    """The price of a model (see the module docstring for the order of sources)."""
-    user = _user_file(job_dir)
+@dataclass(frozen=True)
+class PriceFile:
+    """A user price file as it was read: its TOML text and where it was read from (which names its prices' source).
+
+    A job keeps its price file so (in its spec, and in the ledger) to price its results the same way once its
+    directory is gone.
+    """
+
+    origin: str
+    text: str
+
+
+def read_price_file(job_dir: Path | str | None) -> PriceFile | None:
+    """The job directory's `prices.toml`, read now; None when there is none."""
+    if job_dir is None or not (Path(job_dir) / USER_FILE).is_file():
+        return None
+    path = Path(job_dir) / USER_FILE
+    return PriceFile(str(path), _read_text(path))
+
+
+def get_price(model: str, *, job_dir: Path | str | None = None, price_file: PriceFile | None = None,
+              at: datetime | None = None) -> ModelPrice:
+    """The price of a model (see the module docstring for the order of sources). `price_file` is a job's price file
+    as it was read, in place of the one in `job_dir`."""
+    user = _env_file() or price_file or read_price_file(job_dir)
     day = (at or datetime.now(timezone.utc)).date().isoformat()
-    return _get_price(model, str(user) if user else None, day)
+    return _get_price(model, user, day)
 
 
-def _user_file(job_dir: Path | str | None) -> Path | None:
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
-    if job_dir is not None and (Path(job_dir) / USER_FILE).is_file():
-        return Path(job_dir) / USER_FILE
-    return None
+def _env_file() -> PriceFile | None:
+    if not os.environ.get(ENV_VAR):
+        return None
+    path = Path(os.environ[ENV_VAR])
+    return PriceFile(str(path), _read_text(path))
 
 
 @lru_cache(maxsize=256)
-def _get_price(model: str, user_file: str | None, day: str) -> ModelPrice:
-    if user_file is not None:
-        table = _read_table(Path(user_file))
-        entry = _match(table, model)
+def _get_price(model: str, user: PriceFile | None, day: str) -> ModelPrice:
+    if user is not None:
+        entry = _match(_parse_table(user), model)
         if entry is not None:
-            return _from_entry(model, entry, f"{user_file}")
+            return _from_entry(model, entry, user.origin)
     entry = _match(_project_table(), model)
     if entry is not None:
         return _from_entry(model, entry, f"batchgen {__version__} price table")
     price = _from_genai_prices(model, day)
     if price is None:
-        where = f"{user_file} or " if user_file else ""
+        where = f"{user.origin} or " if user else ""
         raise PricingError(
             f'No price known for model {model!r}: add [models."{model}"] with input and output '
             f"prices (USD per 1M tokens) to {where}prices.toml in the job directory or to the file "
@@ -167,9 +188,9 @@ def _project_table() -> dict[str, Any]:
     return models
 
 
-def _read_table(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PricingError(f"Price file {path} not found (named by {ENV_VAR} or the job)") from None
     except IsADirectoryError:
@@ -178,11 +199,16 @@ def _read_table(path: Path) -> dict[str, Any]:
         raise PricingError(f"Price file {path} is not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise PricingError(f"Cannot read price file {path}: {error.strerror or error}") from None
+
+
+def _parse_table(user: PriceFile) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(user.text)
     except tomllib.TOMLDecodeError as error:
-        raise PricingError(f"{path}: TOML syntax error: {error}") from None
+        raise PricingError(f"{user.origin}: TOML syntax error: {error}") from None
     models = data.get("models", {})
     if not isinstance(models, dict):
-        raise PricingError(f'{path}: expected tables [models."<name>"]')
+        raise PricingError(f'{user.origin}: expected tables [models."<name>"]')
     return models
 
 

@@ -149,6 +149,7 @@ class Renderer:
     """Renders the variants of one stage; keeps small caches of bodies and token counts."""
 
     def __init__(self, spec: JobSpec, stage: ResolvedStage, sources: Sequence[dict[str, Any]] | None = None):
+        spec.require_job_dir(f"rendering stage {stage.name!r}")
         self.spec, self.stage = spec, stage
         self.sources = list(sources) if sources is not None else None
         env = jinja2.Environment(

@@ -44,9 +44,10 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from batchgen.errors import SpecError
+from batchgen.errors import JobDirMissing, SpecError
 from batchgen.recipe.embeddings import dimensions_problem
 from batchgen.recipe.formats import EMBEDDINGS_FORMAT
+from batchgen.recipe.pricing import PriceFile
 
 JOB_FILE = "job.toml"
 # A job name: it names a directory, a dataset file and the ledger rows, so it stays short and plain.
@@ -188,6 +189,8 @@ class JobSpec(_Strict):
     _seeds: tuple[dict[str, Any], ...] = PrivateAttr(default=())
     _templates: dict[str, str] = PrivateAttr(default_factory=dict)
     _hash: str = PrivateAttr(default="")
+    _price_file: PriceFile | None = PrivateAttr(default=None)
+    _detached: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -249,12 +252,24 @@ class JobSpec(_Strict):
         return self
 
     def loaded(self, job_dir: Path, seeds: tuple[dict[str, Any], ...], templates: dict[str, str],
-               seeds_bytes: bytes) -> JobSpec:
+               seeds_bytes: bytes, price_file: PriceFile | None = None) -> JobSpec:
         """This spec with the content of its job directory attached (the loader's last step)."""
         self._dir = job_dir
         self._seeds = seeds
         self._templates = templates
         self._hash = spec_digest(self, templates, seeds_bytes)
+        self._price_file = price_file
+        return self
+
+    def restored(self, job_dir: Path, spec_hash: str, seeds: tuple[dict[str, Any], ...],
+                 price_file: PriceFile | None) -> JobSpec:
+        """This spec as a ledger kept it, for a job whose directory is gone: its hash, seeds and price file, enough
+        to judge, price and export what comes back, but no templates, so nothing new can be rendered."""
+        self._dir = job_dir
+        self._seeds = seeds
+        self._hash = spec_hash
+        self._price_file = price_file
+        self._detached = True
         return self
 
     @property
@@ -289,6 +304,21 @@ class JobSpec(_Strict):
         them keeps the custom_ids of a job stable.
         """
         return self._hash
+
+    @property
+    def price_file(self) -> PriceFile | None:
+        """The job's own price file (`prices.toml` in its directory) as it was read, or None."""
+        return self._price_file
+
+    @property
+    def detached(self) -> bool:
+        """Whether the spec was restored without its job directory (see `restored`)."""
+        return self._detached
+
+    def require_job_dir(self, work: str) -> None:
+        """JobDirMissing unless the job directory, which `work` needs (its templates), is there."""
+        if self._detached or not (self._dir / JOB_FILE).is_file():
+            raise JobDirMissing(self.name, self._dir, work)
 
     def template_text(self, stage: ResolvedStage) -> str:
         return self._templates[stage.template]

@@ -99,6 +99,6 @@ def top_up_budget(session: Session, spec: JobSpec, stage: ResolvedStage) -> Deci
         return None
     stages = spec.resolved_stages()
     later = stages[[s.name for s in stages].index(stage.name) + 1:]
-    price = get_price(spec.model, job_dir=spec.job_dir)
+    price = get_price(spec.model, price_file=spec.price_file)
     reserved = sum((plan_stage(spec, other, price).cost.batch_worst for other in later), Decimal(0))
     return Decimal(row["budget_usd"]) - session.ledger.committed_usd(spec.name, "worst") - reserved

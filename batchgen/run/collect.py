@@ -107,13 +107,14 @@ def download_results(client: BatchClient, workspace: Workspace, job: str, batch:
 class _Collector:
     """The state of one batch's collection inside its transaction."""
 
-    def __init__(self, ledger: Ledger, spec: JobSpec, batch: dict[str, Any]):
+    def __init__(self, ledger: Ledger, workspace: Workspace, spec: JobSpec, batch: dict[str, Any]):
         self.ledger, self.spec, self.batch = ledger, spec, batch
         shard = ledger.shard(batch["shard_id"])
-        self.rules: AnyRules = embedding_rules(spec, shard["path"]) if spec.endpoint == EMBEDDINGS else rules_for(spec)
+        self.rules: AnyRules = (embedding_rules(spec, str(workspace.locate(shard["path"])))
+                                if spec.endpoint == EMBEDDINGS else rules_for(spec))
         self.stage: str = shard["stage"]
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
-        self.price = pricing.get_price(spec.model, job_dir=spec.job_dir)
+        self.price = pricing.get_price(spec.model, price_file=spec.price_file)
         self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)
         self.report = CollectReport(batch["id"])
         self.track_hashes = self.rules.dedupe != "none"
@@ -308,7 +309,7 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
         with ledger.transaction():
             if ledger.batch_collected(batch["id"]):
                 return CollectReport(batch["id"])
-            collector = _Collector(ledger, spec, batch)
+            collector = _Collector(ledger, workspace, spec, batch)
             with _no_cyclic_gc():
                 for path in paths:
                     for judged in judged_lines(path, spec.format, collector.rules):

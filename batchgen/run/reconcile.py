@@ -20,12 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BackendError
 from batchgen.ledger import TERMINAL, Ledger
-from batchgen.recipe.pricing import get_price
 from batchgen.run.client import BatchClient
 
 
@@ -136,7 +134,7 @@ def _audit_batch(ledger: Ledger, client: BatchClient, row: dict[str, Any]) -> Ba
     found.provider_tokens = (int(usage.get("input_tokens") or 0),
                              int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
                              int(usage.get("output_tokens") or 0))
-    price = get_price(row["model"], job_dir=Path(row["job_dir"]))
+    price = ledger.job_price(row["job"], row["model"])
     found.provider_usd = price.cost(*found.provider_tokens)
     if found.provider_tokens != found.ledger_tokens:
         names = ("input", "cached input", "output")

@@ -12,6 +12,8 @@ keeps its outcome and is marked `retried`.
 
 A top-up of a chat stage asks for new variants; a top-up of an embeddings stage asks again for the inputs that
 still have no vector, one attempt more than max_attempts per round (see `schedule_top_up`).
+Every compile renders the job's templates, so it needs the job directory: when it is gone, the work says so
+(JobDirMissing, one line) and nothing is recorded; the job waits, and goes on once the directory is back.
 """
 
 from __future__ import annotations
@@ -41,25 +43,28 @@ def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     """Compile the stage's first attempt and record its shards and requests, once."""
     if ledger.stage_has_shards(spec.name, stage.name):
         return
+    spec.require_job_dir(f"compiling stage {stage.name!r}")
     sources = stage_sources(ledger, spec, stage)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, sources=sources, limits=limits)
     with ledger.transaction():
         if not ledger.stage_has_shards(spec.name, stage.name):
-            record_compile(ledger, spec, stage, result)
+            record_compile(ledger, workspace, spec, stage, result)
 
 
-def record_compile(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, result: CompileResult) -> None:
+def record_compile(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
+                   result: CompileResult) -> None:
     """Shard rows and one request row per manifest line (call inside a transaction)."""
-    for shard_id, manifest in _insert_shards(ledger, spec, stage, result):
+    for shard_id, manifest in _insert_shards(ledger, workspace, spec, stage, result):
         ledger.add_requests(spec.name, stage.name, shard_id, manifest)
     ledger.event("compiled", job=spec.name, stage=stage.name, attempt=result.attempt, shards=len(result.shards),
                  requests=result.requests, input_tokens=result.input_tokens)
 
 
-def _insert_shards(ledger: Ledger, spec: JobSpec, stage: ResolvedStage,
+def _insert_shards(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
                    result: CompileResult) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
-    """Insert a pending shard row per compiled shard (priced expected and worst case); yield (id, manifest)."""
-    price = get_price(spec.model, job_dir=spec.job_dir)
+    """Insert a pending shard row per compiled shard (priced expected and worst case, its file recorded relative to
+    the workspace); yield (id, manifest)."""
+    price = get_price(spec.model, price_file=spec.price_file)
     expected = expected_output_tokens(spec, stage)
     folder = Path(result.directory).name
     for shard in result.shards:
@@ -68,7 +73,7 @@ def _insert_shards(ledger: Ledger, spec: JobSpec, stage: ResolvedStage,
         for r in read_manifest(shard.manifest_path):
             est += price.cost(r["input_tokens"], 0, expected)
             worst += price.cost(r["input_tokens"], 0, r["max_tokens"])
-        ledger.add_shard(shard_id, spec.name, stage.name, shard, est, worst)
+        ledger.add_shard(shard_id, spec.name, stage.name, shard, est, worst, workspace.stored(shard.path))
         yield shard_id, read_manifest(shard.manifest_path)
 
 
@@ -139,6 +144,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
     if not variants:
         return 0
     dead_ends.check(ledger, spec, stage)
+    spec.require_job_dir(f"retrying {len(variants)} request(s) of stage {stage.name!r}")
     attempt = ledger.next_attempt(spec.name, stage.name)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits)
@@ -146,7 +152,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
         still = retry_candidates(ledger, spec, stage.name, attempts)[1]
         if sorted(still) != sorted(replaced):
             return 0  # another process scheduled these meanwhile
-        record_compile(ledger, spec, stage, result)
+        record_compile(ledger, workspace, spec, stage, result)
         ledger.mark_retried(replaced)
         ledger.event("retry", job=spec.name, stage=stage.name, attempt=attempt, requests=len(variants))
     return len(variants)
@@ -185,8 +191,9 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         _short(ledger, spec, stage, short, rounds, "max_top_ups")
         return 0
     dead_ends.check(ledger, spec, stage)
+    spec.require_job_dir(f"topping up stage {stage.name!r} ({short} example(s) short of its target)")
     count = _ceil(Decimal(short) * spec.overgeneration / stage.examples_per_request)
-    price = get_price(spec.model, job_dir=spec.job_dir)
+    price = get_price(spec.model, price_file=spec.price_file)
     budget_left = budget()
     if budget_left is not None:
         largest = ledger.largest_prompt(spec.name, stage.name)
@@ -211,7 +218,7 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     with ledger.transaction():
         if top_up_need(ledger, spec, stage) != (short, rounds, first) or ledger.open_shards(spec.name, stage.name):
             return 0  # another process moved the stage on meanwhile
-        record_compile(ledger, spec, stage, result)
+        record_compile(ledger, workspace, spec, stage, result)
         ledger.event("top_up", job=spec.name, stage=stage.name, attempt=attempt, round=rounds + 1, missing=short,
                      requests=count, first_variant=first)
     return count
@@ -270,13 +277,14 @@ def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict
     """Cut a pending shard that alone exceeds the queued-token cap into smaller ones with the same requests."""
     variants = ledger.shard_variants(shard["id"])
     stage = spec.stage(shard["stage"])
+    spec.require_job_dir(f"splitting shard {shard['id']} for the queued-token cap")
     # A folder of its own: the same attempt and variants as a retry or top-up shard would be that shard's folder.
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=shard["attempt"], indices=variants,
                            sources=stage_sources(ledger, spec, stage), limits=limits, label="split")
     with ledger.transaction():
         if (ledger.find_shard(shard["id"]) or {}).get("status") != "pending":
             return
-        for part_id, manifest in _insert_shards(ledger, spec, stage, result):
+        for part_id, manifest in _insert_shards(ledger, workspace, spec, stage, result):
             ledger.move_requests(part_id, (r["custom_id"] for r in manifest))
         ledger.set_shard_status(shard["id"], "split")
         ledger.event("split", job=spec.name, shard=shard["id"], parts=len(result.shards),

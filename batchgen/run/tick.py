@@ -17,10 +17,11 @@ from typing import Any
 
 from batchgen.crashpoints import crash_point
 from batchgen.dataset.report import export_job
-from batchgen.errors import BatchgenError, SpecError
+from batchgen.errors import BatchgenError, JobDirMissing, SpecError
+from batchgen.ledger.jobs import JobFiles
 from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED, DONE
-from batchgen.recipe.loader import load_spec
-from batchgen.recipe.spec import JobSpec, ResolvedStage
+from batchgen.recipe.loader import load_spec, resolve_job_dir
+from batchgen.recipe.spec import JOB_FILE, JobSpec, ResolvedStage
 from batchgen.run import shards
 from batchgen.run.admission import shard_limits, top_up_budget
 from batchgen.run.client import BatchClient, choose_backend
@@ -85,9 +86,20 @@ class JobProgress:
 
 
 def register_job(session: Session, job_ref: str | Path) -> JobSpec:
-    """Load a job directory and make sure the ledger knows it (a changed job.toml is refused)."""
-    spec = load_spec(job_ref)
+    """Load a job directory and make sure the ledger knows it (a changed job.toml is refused).
+
+    A job the ledger knows whose directory is gone (`job_ref` names its old place, or its name) is restored from the
+    ledger instead: its batches are still collected and its dataset exported, but nothing new is compiled.
+    """
     ledger = session.ledger
+    job_dir = resolve_job_dir(job_ref)
+    if not (job_dir / JOB_FILE).is_file():
+        bare_name = Path(job_ref).parent == Path(".")
+        known = ledger.job_with_dir(str(job_dir.resolve())) or (ledger.find_job(job_dir.name) if bare_name else None)
+        if known is not None:
+            _check_backend(session, known)
+            return job_spec(session, known["name"])
+    spec = load_spec(job_dir)
     budget = str(spec.budget_usd) if spec.budget_usd is not None else None
     with ledger.transaction():
         row = ledger.find_job(spec.name)
@@ -99,10 +111,9 @@ def register_job(session: Session, job_ref: str | Path) -> JobSpec:
             ledger.event("job_registered", job=spec.name, backend=backend, spec_hash=spec.spec_hash)
         else:
             _check_same_spec(spec, row)
-            if session.backend_flag and session.backend_flag != row["backend"]:
-                raise BatchgenError(f"Job {spec.name!r} runs on backend {row['backend']!r}; it cannot switch to "
-                                    f"{session.backend_flag!r} halfway")
+            _check_backend(session, row)
             ledger.set_job(spec.name, budget_usd=budget)
+        keep_job_dir(session, spec)
     return spec
 
 
@@ -113,11 +124,41 @@ def _check_same_spec(spec: JobSpec, row: dict[str, Any]) -> None:
                         "changed job a new name")
 
 
+def _check_backend(session: Session, row: dict[str, Any]) -> None:
+    if session.backend_flag and session.backend_flag != row["backend"]:
+        raise BatchgenError(f"Job {row['name']!r} runs on backend {row['backend']!r}; it cannot switch to "
+                            f"{session.backend_flag!r} halfway")
+
+
 def job_spec(session: Session, name: str) -> JobSpec:
+    """The spec of a job the ledger knows: loaded from its job directory where that is found now (checked against
+    the ledger), else restored from what the ledger kept (see `JobSpec.restored`)."""
     row = session.ledger.job(name)
-    spec = load_spec(row["job_dir"])
+    found = session.workspace.find_job_dir(row["job_dir"], row["job_dir_relative"])
+    if found is None:
+        return restore_spec(session, row)
+    spec = load_spec(found)
     _check_same_spec(spec, row)
+    if not session.ledger.read_only:
+        with session.ledger.transaction():
+            keep_job_dir(session, spec)
     return spec
+
+
+def restore_spec(session: Session, row: dict[str, Any]) -> JobSpec:
+    """The job's spec from the ledger alone, for a job whose directory is gone."""
+    kept = session.ledger.job_files(row["name"])
+    spec = JobSpec.model_validate_json(row["spec_json"])
+    return spec.restored(Path(row["job_dir"]), row["spec_hash"], kept.seeds if kept else (),
+                         kept.price_file if kept else None)
+
+
+def keep_job_dir(session: Session, spec: JobSpec) -> None:
+    """Record where the job directory is now (also from the project folder) and what collecting the job's batches
+    needs of it, so that they can be collected, priced and exported after the directory moved or is gone."""
+    files = JobFiles(spec.seeds, spec.price_file)
+    session.ledger.keep_job_dir(spec.name, job_dir=str(spec.job_dir.resolve()),
+                                relative=session.workspace.project_relative(spec.job_dir), files=files)
 
 
 # -- the pass ------------------------------------------------------------------------------------------------
@@ -145,7 +186,11 @@ def tick(session: Session, names: Iterable[str] | None = None) -> list[JobProgre
 
 
 def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgress:
-    """Move one job forward as far as it can go now (with submit=False: poll, collect and plan retries only)."""
+    """Move one job forward as far as it can go now (with submit=False: poll, collect and plan retries only).
+
+    Work that needs the job directory (a compile) and finds it gone raises JobDirMissing, but only after the job's
+    batches were polled and collected: what was submitted is never held up by it, and the job stays as it was.
+    """
     ledger = session.ledger
     row = ledger.job(spec.name)
     settled = row["status"] == CANCELLED and not ledger.uncollected_batches(spec.name)
@@ -155,26 +200,41 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
     client = session.client(row["backend"])
     session.new_tick()
     recover_submissions(session, client, spec, resume=submit and row["status"] == ACTIVE)
-    submitted, blocked = 0, None
+    submitted, blocked, missing = 0, None, None
     if row["status"] == ACTIVE:
-        ensure_compiled(session, spec, stage)
-        if submit:
-            submitted, blocked = submit_pending(session, client, spec, row)
+        try:
+            ensure_compiled(session, spec, stage)
+            if submit:
+                submitted, blocked = submit_pending(session, client, spec, row)
+        except JobDirMissing as error:
+            missing = error
     poll_due(session, client, spec.name)
     collected = collect_ended(session, client, spec)
-    if row["status"] == ACTIVE and not ledger.open_shards(spec.name, stage.name):
-        limits = shard_limits(session, spec)
-        try:
-            if not shards.schedule_retries(ledger, session.workspace, spec, stage, limits) \
-                    and not ledger.uncollected_batches(spec.name):
-                shards.schedule_top_up(ledger, session.workspace, spec, stage, limits,
-                                       lambda: top_up_budget(session, spec, stage))
-        except DeadEnd as cause:
-            block(session, spec, str(cause))
+    if missing is None and row["status"] == ACTIVE and not ledger.open_shards(spec.name, stage.name):
+        missing = schedule_more(session, spec, stage)
+    if missing is not None:
+        raise missing
     next_stage_or_finish(session, spec, stage)
     result = progress(session, spec.name, spec)
     result.submitted_now, result.collected_now, result.waiting_for_budget = submitted, collected, blocked
     return result
+
+
+def schedule_more(session: Session, spec: JobSpec, stage: ResolvedStage) -> JobDirMissing | None:
+    """Retries of what failed in the stage, or else a top-up of a stage short of its target; a dead end blocks the
+    job. The JobDirMissing that stops a compile is returned, for the caller to raise once the tick is done."""
+    ledger = session.ledger
+    limits = shard_limits(session, spec)
+    try:
+        if not shards.schedule_retries(ledger, session.workspace, spec, stage, limits) \
+                and not ledger.uncollected_batches(spec.name):
+            shards.schedule_top_up(ledger, session.workspace, spec, stage, limits,
+                                   lambda: top_up_budget(session, spec, stage))
+    except DeadEnd as cause:
+        block(session, spec, str(cause))
+    except JobDirMissing as error:
+        return error
+    return None
 
 
 def block(session: Session, spec: JobSpec, cause: str) -> None:
@@ -191,6 +251,9 @@ def ensure_compiled(session: Session, spec: JobSpec, stage: ResolvedStage) -> No
 
 def collect_ended(session: Session, client: BatchClient, spec: JobSpec) -> int:
     ended = session.ledger.ended_uncollected(spec.name)
+    if ended and spec.detached and session.ledger.job_files(spec.name) is None:
+        raise JobDirMissing(spec.name, spec.job_dir, "collecting its batches (this ledger was last written by an "
+                                                     "older batchgen, which kept no copy of the seeds and prices)")
     for batch in ended:
         collect_batch(session.ledger, client, session.workspace, spec, batch)
     return len(ended)
@@ -213,12 +276,12 @@ def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) 
             crash_point("stage")
             return
     exported = export_job(ledger, spec, session.workspace.datasets_dir / f"{spec.name}.{spec.dataset_format}.jsonl")
+    path = session.workspace.stored(exported.path)
     with ledger.transaction():
         if row["status"] == ACTIVE:
             ledger.set_job(spec.name, status=DONE)
-        ledger.record_dataset(spec.name, str(exported.path), exported.written, exported.sha256)
-        ledger.event("done", job=spec.name, dataset=str(exported.path), written=exported.written,
-                     sha256=exported.sha256)
+        ledger.record_dataset(spec.name, path, exported.written, exported.sha256)
+        ledger.event("done", job=spec.name, dataset=path, written=exported.written, sha256=exported.sha256)
         crash_point("stage")
 
 
@@ -231,7 +294,7 @@ def progress(session: Session, name: str, spec: JobSpec | None = None) -> JobPro
     return JobProgress(name, job["stage"], job["status"], ledger.request_count(name), ledger.result_count(name),
                        ledger.batch_status_counts(name), valid_examples=ledger.valid_example_count(name),
                        spent_usd=ledger.spent_usd(name),
-                       dataset=exported["path"] if exported else None,
+                       dataset=str(session.workspace.locate(exported["path"])) if exported else None,
                        pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0,
                        short=[s["stage"] for s in ledger.shortfalls(name)], blocked=job["blocked_reason"],
                        stages=stage_progress(session, name, spec),

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-from batchgen.errors import BackendError, BatchgenError, NotFoundError
+from batchgen.errors import BackendError, BatchgenError, JobDirMissing, NotFoundError
 from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED
 from batchgen.recipe.spec import JobSpec
 from batchgen.run.client import is_transient
@@ -15,7 +15,7 @@ from batchgen.run.polling import poll_due, record_batch_state, seconds_to_next_p
 from batchgen.run.recovery import recover_submissions
 from batchgen.run.session import Session
 from batchgen.run.submission import submit_pending
-from batchgen.run.tick import JobProgress, advance, ensure_compiled, job_spec
+from batchgen.run.tick import JobProgress, advance, ensure_compiled, job_spec, progress
 
 MAX_SLEEP = 60.0
 MAX_OUTAGE = 1800.0
@@ -72,10 +72,16 @@ def _names(session: Session, names: Iterable[str] | None) -> list[str]:
 
 
 def collect_jobs(session: Session, names: Iterable[str] | None = None) -> list[JobProgress]:
-    """Poll, collect what ended, plan retries and (after the last stage) export; submit nothing."""
+    """Poll, collect what ended, plan retries and (after the last stage) export; submit nothing. A job whose next
+    step needs its missing job directory says so in its progress (`error`), and the other jobs go on."""
     reports = []
     for name in _names(session, names):
-        reports.append(advance(session, job_spec(session, name), submit=False))
+        try:
+            reports.append(advance(session, job_spec(session, name), submit=False))
+        except JobDirMissing as error:
+            report = progress(session, name)
+            report.error = str(error)
+            reports.append(report)
     return reports
 
 

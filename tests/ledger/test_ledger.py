@@ -26,7 +26,8 @@ SCHEMA = {
                 "file_id": str, "batch_id": str, "created_utc": str, "updated_utc": str},
     "jobs": {"name": str, "spec_hash": str, "spec_json": str, "job_dir": str, "status": str, "stage": str,
              "backend": str, "budget_usd": str, "created_utc": str, "updated_utc": str, "dataset_path": str,
-             "dataset_examples": int, "dataset_sha256": str, "blocked_reason": str},
+             "dataset_examples": int, "dataset_sha256": str, "blocked_reason": str, "job_dir_relative": str,
+             "job_files_json": str},
     "queue_limits": {"model": str, "limit_tokens": int, "learned_utc": str},
     "requests": {"custom_id": str, "job": str, "stage": str, "variant": int, "cell_json": str, "shard_id": str,
                  "attempt": int, "input_tokens": int, "status": str, "batch_id": str},
@@ -82,6 +83,39 @@ def test_a_ledger_of_the_first_schema_keeps_what_its_events_knew(tmp_path):
                                            "reason": "max_top_ups"}]
 
 
+def _shard_row(shard_id, job, path):
+    return {"id": shard_id, "job": job, "stage": "main", "attempt": 1, "model": "gpt-4o-mini", "path": path,
+            "sha256": "s", "lines": 1, "bytes": 1, "input_tokens": 1, "est_cost_usd": "0", "max_cost_usd": "0",
+            "status": "done", "created_utc": "t0"}
+
+
+def test_m005_records_the_paths_inside_a_workspace_relative_to_it(tmp_path):
+    """Shard files and datasets become relative to the workspace they were in, read off each shard's path (so a
+    workspace moved before the migration is rewritten too); the job directory gets its path from the project."""
+    db = blank(tmp_path / "old.db")
+    migrations.migrations.apply(db, stop_before="m005_paths_relative_to_the_workspace")
+    jobs = [("here", "/proj/.batchgen", "/proj/jobs/here"), ("moved", "/old place/ws", "/elsewhere/jobs/moved")]
+    for name, root, job_dir in jobs:
+        db["jobs"].insert({"name": name, "spec_hash": "h", "spec_json": "{}", "job_dir": job_dir, "status": "done",
+                           "stage": "main", "backend": "embedded", "created_utc": "t0", "updated_utc": "t0",
+                           "dataset_path": f"{root}/datasets/{name}.sharegpt.jsonl"})
+        path = f"{root}/shards/{name}/main/abc/a1/shard-00000.jsonl"
+        db["shards"].insert(_shard_row(f"{name}/main/a1/00000", name, path))
+    db["shards"].insert(_shard_row("here/main/a1/00001", "here", "/somewhere/else/shard-00001.jsonl"))
+    db.conn.close()
+    with Ledger.open(tmp_path / "old.db") as ledger:
+        assert ledger.rows("SELECT id, path FROM shards ORDER BY id") == [
+            {"id": "here/main/a1/00000", "path": "shards/here/main/abc/a1/shard-00000.jsonl"},
+            {"id": "here/main/a1/00001", "path": "/somewhere/else/shard-00001.jsonl"},  # not of the layout: as it was
+            {"id": "moved/main/a1/00000", "path": "shards/moved/main/abc/a1/shard-00000.jsonl"}]
+        assert ledger.rows("SELECT name, job_dir, job_dir_relative, dataset_path, job_files_json FROM jobs "
+                           "ORDER BY name") == [
+            {"name": "here", "job_dir": "/proj/jobs/here", "job_dir_relative": "jobs/here",
+             "dataset_path": "datasets/here.sharegpt.jsonl", "job_files_json": None},
+            {"name": "moved", "job_dir": "/elsewhere/jobs/moved", "job_dir_relative": None,  # outside its project
+             "dataset_path": "datasets/moved.sharegpt.jsonl", "job_files_json": None}]
+
+
 def test_no_two_record_classes_define_the_same_method():
     """Ledger is composed of one record class per part of the schema; a name defined twice would silently shadow."""
     seen: dict[str, str] = {}
@@ -95,7 +129,8 @@ def test_no_two_record_classes_define_the_same_method():
 def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
-        applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks"]
+        applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
+                   "m005_paths_relative_to_the_workspace"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -13,17 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from workspaces import EVOL, assert_no_duplicate_batches, batchgen, dataset, fresh_workspace, remote_state
-
-
-def multi_shard_job(tmp_path: Path) -> Path:
-    """The Evol-Instruct job with at most 4 requests a shard: four stages of several shards each."""
-    job = tmp_path / "jobs" / "evol_task_api"
-    shutil.copytree(EVOL, job)
-    toml = job / "job.toml"
-    toml.write_text(toml.read_text(encoding="utf-8").replace("[prompt]", "[limits]\nmax_lines = 4\n\n[prompt]"),
-                    encoding="utf-8")
-    return job
+from workspaces import assert_no_duplicate_batches, batchgen, dataset, fresh_workspace, multi_shard_job, remote_state
 
 
 def spent(workspace: Path) -> Decimal:

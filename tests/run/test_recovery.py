@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import openai
 import pytest
 from workspaces import TASK_API
@@ -42,7 +40,8 @@ def uploaded_intent(session, spec):
     """The state `submit_shard` leaves right before its create: an intent with an uploaded file."""
     shard = session.ledger.one("SELECT * FROM shards")
     intent = open_intent(session.ledger, spec.name, shard)
-    file = session.client("openai").upload(Path(shard["path"]), upload_name(intent["idempotency_key"], shard["path"]))
+    path = session.workspace.locate(shard["path"])
+    file = session.client("openai").upload(path, upload_name(intent["idempotency_key"], shard["path"]))
     with session.ledger.transaction():
         session.ledger.set_intent_file(intent["id"], file.id)
     return shard, intent["idempotency_key"], file.id

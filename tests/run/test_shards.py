@@ -36,9 +36,9 @@ def test_a_shard_is_split_into_parts_of_its_own(job, indices):
     attempt = 1 if indices is None else 2
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=indices)
     with ledger.transaction():
-        shards.record_compile(ledger, spec, stage, result)
+        shards.record_compile(ledger, workspace, spec, stage, result)
     (shard,) = ledger.rows("SELECT * FROM shards")
-    before = Path(shard["path"]).read_bytes()
+    before = workspace.locate(shard["path"]).read_bytes()
     small = LimitsSpec.model_validate({"max_queued_tokens": shard["input_tokens"] // 3})
     shards.split_shard(ledger, workspace, spec, shard, small)
     parts = ledger.rows("SELECT * FROM shards WHERE id != ?", [shard["id"]])
@@ -46,7 +46,7 @@ def test_a_shard_is_split_into_parts_of_its_own(job, indices):
     assert ledger.scalar("SELECT status FROM shards WHERE id = ?", [shard["id"]]) == "split"
     assert sum(p["lines"] for p in parts) == shard["lines"]
     assert {p["path"] for p in parts}.isdisjoint({shard["path"]})
-    assert Path(shard["path"]).read_bytes() == before  # the split shard's file is left as it was recorded
+    assert workspace.locate(shard["path"]).read_bytes() == before  # the split shard's file is left as it was recorded
     moved = ledger.scalar("SELECT count(*) FROM requests WHERE shard_id IN (SELECT id FROM shards "
                           "WHERE status = 'pending')")
     assert moved == shard["lines"]

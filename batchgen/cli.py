@@ -787,3 +787,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
         serve(state_dir, config, host=host, port=port, token=token, log_level=log_level)
     except (ConfigError, StateInUse, ValueError) as error:
         raise click.ClickException(str(error)) from error
+    except OSError as error:  # the state cannot be written where it starts: a full disk, most likely
+        from batchgen.disk import write_error
+
+        raise click.ClickException(str(write_error(error, f"the emulator state {state_dir}"))) from error

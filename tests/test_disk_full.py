@@ -3,10 +3,11 @@ recorded that is not on disk; the same command run again once there is room give
 met a full disk.
 
 A full disk is real here: the CLI runs in a user and mount namespace (`unshare`) where a small tmpfs is mounted over
-the one folder under test (the shards, the result files, the ledger's folder, the dataset's folder) and filled up;
-the rest of the workspace, the embedded emulator's state among it, stays on the ordinary disk. Where unshare cannot
-do that the tests skip. The file size limit (EFBIG) is real too: RLIMIT_FSIZE in the child, which works everywhere.
-A disk quota (EDQUOT) needs quotas that only root can set up, so its wording is checked on the error itself.
+the one folder under test (the shards, the result files, the ledger's folder, the dataset's folder, the embedded
+emulator's state, the state of `batchgen serve`) and filled up; the rest of the workspace stays on the ordinary disk.
+Where unshare cannot do that the tests skip. The file size limit (EFBIG) is real too: RLIMIT_FSIZE in the child,
+which works everywhere. A disk quota (EDQUOT) needs quotas that only root can set up, so its wording is checked on
+the error itself.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from workspaces import ROOT, TASK_API, batchgen, dataset, env_for, fresh_workspace
@@ -239,7 +242,163 @@ def test_a_job_whose_dataset_does_not_fit_is_not_done(namespaces: None, finished
     assert dataset(kept) == dataset(finished)
 
 
+# -- the emulator's state -----------------------------------------------------------------------------------------
+
+
+def temporary(names: list[str]) -> list[str]:
+    """The temporary files among `names`: an atomic write's `.<name>.tmp`, an upload's spool `.upload-<token>`."""
+    return [name for name in names if name.endswith(".tmp") or Path(name).name.startswith(".upload-")]
+
+
+def room_in_the_emulator(finished: Path, room: str) -> int:
+    """KB to leave on the emulator's disk so that it gets as far as `room` says, from the sizes of a finished run."""
+    shard = next((finished / "shards").rglob("shard-00000.jsonl")).stat().st_size // 1024
+    answers = next((finished / "results").rglob("*.output.jsonl")).stat().st_size // 1024
+    assert shard > 64 and answers > 128  # the upload needs more than the start, the answers more than the margin
+    return {"nothing": 0, "its start": 32, "the upload": shard + 64}[room]
+
+
+@pytest.mark.parametrize("room", ["nothing", "its start", "the upload"])
+def test_a_run_whose_emulator_state_does_not_fit(namespaces: None, finished: Path, tmp_path: Path, room: str) -> None:
+    """Whether the embedded emulator cannot start, cannot store the upload (a 500) or cannot record the batch's
+    answers (its batch waits; reading it is a 500): one line naming the workspace's emulator state, at once, and the
+    same command run once there is room ends with the dataset of a run that never met a full disk."""
+    workspace = fresh_workspace(tmp_path)
+    disk = workspace / "emulator"
+    config = shlex.quote((disk / "config.json").read_text())
+    steps = on_a_small_disk(disk, workspace, f"printf %s {config} >{shlex.quote(str(disk / 'config.json'))}",
+                            fill(disk, room_in_the_emulator(finished, room)), cli("run", TASK_API, "--quiet"),
+                            f"find {shlex.quote(str(disk))} -name '*.part' -size +0 -printf '%P\\n'", free(disk),
+                            cli("run", TASK_API, "--quiet"), cli("ledger", "check"), cli("ledger", "status", "--json"))
+    full, parts, again, check, rows = steps[2], steps[3], steps[5], steps[6], ledger_rows(steps[7])
+    assert_one_error_line(full, f"No space left on device while writing the embedded emulator's state {disk}: {AGAIN}")
+    assert temporary(full.left) == [] and parts.stdout == ""  # no temporary file, no answer beyond what is recorded
+    assert again.returncode == 0 and "done" in again.stdout, again.stderr
+    assert check.returncode == 0, check.stdout
+    assert rows["batches"] == 1  # the batch of the first try, if it got one, and no second
+    assert dataset(workspace) == dataset(finished)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Serve:
+    """The shell words of a `batchgen serve` in the background on a small disk, and of a client's calls to it."""
+
+    def __init__(self, disk: Path, kept: Path) -> None:
+        self.disk, self.kept, self.port = disk, kept, free_port()
+        kept.mkdir()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "batchgen", "serve", "--state", str(self.disk), "--port", str(self.port),
+                "--log-level", "info", "--validation-seconds", "0", "--line-seconds", "0", "--finalizing-seconds", "0"]
+
+    def start(self) -> str:
+        return f"{shlex.join(self.command())} & echo $! >{shlex.quote(str(self.kept / 'pid'))}"
+
+    def call(self, *command: str | int) -> str:
+        """A client call (tests/serve_client.py), which prints its answer as one JSON line."""
+        return shlex.join([sys.executable, str(ROOT / "tests" / "serve_client.py"), str(self.port), str(self.kept),
+                           *map(str, command)])
+
+    def stop(self) -> str:
+        pid = f"$(cat {shlex.quote(str(self.kept / 'pid'))})"
+        return f"kill -TERM {pid} && wait {pid}"
+
+
+def answered(step: Step) -> dict[str, Any]:
+    assert step.returncode == 0, step.stderr
+    return dict(json.loads(step.stdout))
+
+
+def test_serve_refuses_an_upload_while_its_disk_is_full(namespaces: None, tmp_path: Path) -> None:
+    disk = tmp_path / "state"
+    disk.mkdir()
+    serve = Serve(disk, tmp_path / "kept")
+    steps = on_a_small_disk(disk, tmp_path, serve.start(), serve.call("wait"), fill(disk), serve.call("upload", 200),
+                            serve.call("files"), free(disk), serve.call("upload", 200), serve.call("files"),
+                            serve.stop())
+    log, full, listed, again, listed_again, stopped = steps[0], steps[3], steps[4], steps[6], steps[7], steps[8]
+    assert answered(steps[1])["status"] == 200
+    refused = answered(full)
+    assert refused["status"] == 500 and refused["should_retry"] == "false"
+    assert refused["error"] == {"message": "The emulator's disk is full (No space left on device): nothing of this "
+                                           "request was stored. Free some space on the emulator's disk and try again.",
+                                "type": "server_error", "param": None, "code": "emulator_disk_full"}
+    assert full.left == steps[2].left and temporary(full.left) == []  # the spool went, nothing was added
+    assert answered(listed) == {"status": 200, "body": []}
+    stored = answered(again)
+    assert stored["status"] == 200 and answered(listed_again)["body"] == [stored["body"]]
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Traceback" not in log.stderr, log.stderr
+    (line,) = [line for line in log.stderr.splitlines() if "No space left on device" in line]
+    assert line.startswith("WARNING:") and "POST /v1/files answered 500: No space left on device while writing " \
+        f"{disk}/files/.upload-" in line and line.endswith("; nothing of it was stored")
+
+
+def test_serve_resumes_a_batch_once_its_disk_has_room(namespaces: None, tmp_path: Path) -> None:
+    """A batch whose answers do not fit waits, its reads answering 500, and goes on once there is room: every line
+    answered exactly once, the counts those of the rows."""
+    disk = tmp_path / "state"
+    disk.mkdir()
+    serve = Serve(disk, tmp_path / "kept")
+    steps = on_a_small_disk(disk, tmp_path, serve.start(), serve.call("wait"), serve.call("upload", 300),
+                            fill(disk, leave_kb=16), serve.call("create"), serve.call("progress"), free(disk),
+                            serve.call("progress"), serve.call("output"), serve.stop())
+    log, created, waiting, ended, output, stopped = steps[0], steps[4], steps[5], steps[7], steps[8], steps[9]
+    assert answered(steps[2])["status"] == 200
+    assert answered(created)["status"] == 200  # the batch itself fits
+    stalled = answered(waiting)
+    assert stalled["status"] == 500 and stalled["error"]["code"] == "emulator_disk_full"
+    assert stalled["error"]["message"] == ("The emulator's disk is full (No space left on device): the progress of "
+                                           "batches cannot be saved until there is room. Free some space on the "
+                                           "emulator's disk and try again.")
+    assert temporary(waiting.left) == []
+    batch = answered(ended)["body"]
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 300, "completed": 300, "failed": 0}
+    assert answered(output)["body"] == {f"req-{i}": 1 for i in range(300)}
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Traceback" not in log.stderr, log.stderr
+    (line,) = [line for line in log.stderr.splitlines() if "No space left on device" in line]
+    assert line.startswith("WARNING:") and line.endswith(
+        f"batches wait for disk space: No space left on device while writing {disk}/batches/{batch['id']}/output.part;"
+        " trying again every 2 s")
+    assert "batches go on: their progress is written again" in log.stderr
+
+
 # -- the file size limit, a quota ---------------------------------------------------------------------------------
+
+
+def test_serve_at_the_file_size_limit(tmp_path: Path) -> None:
+    """EFBIG on an upload's spool: the 500 names the limit, the spool goes, a smaller file is stored."""
+    serve = Serve(tmp_path / "state", tmp_path / "kept")
+    process = subprocess.Popen(serve.command(), stderr=subprocess.PIPE, text=True,
+                               env=env_for(tmp_path), cwd=ROOT, preexec_fn=lambda: limited(65536))
+    try:
+        assert answered(client_call(serve, "wait"))["status"] == 200
+        refused, stored = answered(client_call(serve, "upload", 1000)), answered(client_call(serve, "upload", 10))
+        listed = answered(client_call(serve, "files"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=60)
+    assert refused["status"] == 500 and refused["error"]["code"] == "emulator_file_too_large"
+    assert refused["error"]["message"] == ("The emulator reached the file size limit (File too large): nothing of "
+                                           "this request was stored. Raise the emulator's file size limit "
+                                           "(ulimit -f) and try again.")
+    assert stored["status"] == 200 and listed["body"] == [stored["body"]]
+    assert temporary([str(p.relative_to(serve.disk)) for p in serve.disk.rglob("*") if p.is_file()]) == []
+    assert process.returncode == 0 and "Traceback" not in log, log
+    assert len([line for line in log.splitlines() if "File too large" in line]) == 1, log
+
+
+def client_call(serve: Serve, *command: str | int) -> Step:
+    """A client call run here, outside any namespace."""
+    done = subprocess.run(shlex.split(serve.call(*command)), capture_output=True, text=True, timeout=120)
+    return Step(done.returncode, done.stdout, done.stderr, [])
 
 
 def limited(size: int) -> None:

@@ -9,8 +9,12 @@
 `start_embedded` runs the emulator in this process (it waits for the state directory if another process holds
 it); `connect_embedded` does that when the state is free and otherwise attaches to the holder's server.
 
-The emulator imports nothing from batchgen except `batchgen.recipe.tokens`.
+The emulator imports nothing from batchgen except `batchgen.recipe.tokens`. It logs to the `batchgen.emulator`
+logger: `batchgen serve` shows it on stderr; embedded, its lines go wherever the application sends its logs, and
+nowhere by default, so that a command using it prints only its own lines (its errors come back as API answers).
 """
+
+import logging
 
 from batchgen.emulator.config import ConfigError, EmulatorConfig, serve_overrides
 from batchgen.emulator.control_client import ControlError, EmulatorControl
@@ -25,6 +29,8 @@ from batchgen.emulator.server import (
     start_embedded,
 )
 from batchgen.emulator.shared import AttachedEmulator
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AttachedEmulator",

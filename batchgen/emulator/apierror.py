@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 
@@ -35,3 +37,26 @@ def not_found(kind: str, object_id: str) -> APIError:
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+# The code of a 500 whose cause is the emulator's own disk, by what refused the write; a client that runs the
+# emulator itself (batchgen's embedded backend) reads it as its own full disk rather than a provider's outage.
+SPACE_CODES = {errno.ENOSPC: "emulator_disk_full", errno.EDQUOT: "emulator_quota_exceeded",
+               errno.EFBIG: "emulator_file_too_large"}
+_SPACE_WORDS = {
+    errno.ENOSPC: ("The emulator's disk is full", "Free some space on the emulator's disk"),
+    errno.EDQUOT: ("The emulator's disk quota is used up", "Free some space on the emulator's disk (or have its quota "
+                   "raised)"),
+    errno.EFBIG: ("The emulator reached the file size limit", "Raise the emulator's file size limit (ulimit -f)"),
+}
+
+
+def disk_full(error: OSError, consequence: str) -> APIError:
+    """The 500 for a write the emulator's disk refused (ENOSPC, EDQUOT or EFBIG), saying what it means.
+
+    The status and type are those of any server-side failure of the API; `x-should-retry: false` keeps clients
+    from asking again at once, as a full disk does not clear up in a second."""
+    code = error.errno if error.errno in SPACE_CODES else errno.ENOSPC
+    what, remedy = _SPACE_WORDS[code]
+    return APIError(500, f"{what} ({error.strerror or os.strerror(code)}): {consequence}. {remedy} and try again.",
+                    type_="server_error", code=SPACE_CODES[code], headers={"x-should-retry": "false"})

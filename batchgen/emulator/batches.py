@@ -1,18 +1,24 @@
 """Persistent batch records: `batches/<id>/batch.json` holds the public `batch` object and the run state.
 
 The run state is the engine's private progress (positions, committed byte sizes of the partial result files,
-counters). Every change is written atomically and fsynced before the engine relies on it.
+counters). Every change is written atomically and fsynced before the engine relies on it. A change whose write
+fails (a full disk) is undone in memory as well (`reverting`), so what the API shows and what the engine goes on
+from is always what the file says.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchgen.emulator.apierror import bad_request, not_found
-from batchgen.emulator.fsutil import read_json, write_json
+from batchgen.emulator.fsutil import json_bytes, write_atomic
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("failed", "completed", "expired", "cancelled")
@@ -74,25 +80,53 @@ class BatchStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._records: dict[str, BatchRecord] = {}
+        self._saved: dict[str, bytes] = {}  # what each batch.json holds: `revert` goes back to it
         for path in self.root.glob("batch_*/batch.json"):
             try:
-                data = read_json(path)
-                record = BatchRecord(data["batch"], Run(**data["run"]), path.parent)
+                saved = path.read_bytes()
+                record = _parsed(saved, path.parent)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             self._records[record.id] = record
+            self._saved[record.id] = saved
 
     def add(self, batch: dict[str, Any], run: Run) -> BatchRecord:
+        """Store a new batch; if its file cannot be written the batch does not exist, on disk or here."""
         directory = self.root / batch["id"]
         directory.mkdir(parents=True, exist_ok=True)
         record = BatchRecord(batch, run, directory)
         with self.lock:
-            self.save(record)
+            try:
+                self.save(record)
+            except BaseException:
+                (directory / "batch.json").unlink(missing_ok=True)
+                with suppress(OSError):
+                    directory.rmdir()
+                raise
             self._records[record.id] = record
         return record
 
     def save(self, record: BatchRecord) -> None:
-        write_json(record.directory / "batch.json", {"batch": record.batch, "run": record.run.__dict__})
+        data = json_bytes({"batch": record.batch, "run": record.run.__dict__})
+        write_atomic(record.directory / "batch.json", data)
+        self._saved[record.id] = data
+
+    def revert(self, record: BatchRecord) -> None:
+        """Make `record` what its file last said: undo changes that were not saved."""
+        saved = _parsed(self._saved[record.id], record.directory)
+        record.batch, record.run = saved.batch, saved.run
+
+    @contextmanager
+    def reverting(self, record: BatchRecord) -> Iterator[None]:
+        """Under the lock, a change to `record` that ends with its save: if anything fails before the save is done
+        (a full disk), the record is reverted while the lock is still held, so no reader sees the half-made change
+        and no other save writes it."""
+        with self.lock:
+            try:
+                yield
+            except BaseException:
+                self.revert(record)
+                raise
 
     def get(self, batch_id: str) -> BatchRecord:
         record = self._records.get(batch_id)
@@ -120,3 +154,8 @@ class BatchStore:
             page = [dict(r.batch) for r in items[:limit]]
         return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                 "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+
+
+def _parsed(saved: bytes, directory: Path) -> BatchRecord:
+    data = orjson.loads(saved)
+    return BatchRecord(data["batch"], Run(**data["run"]), directory)

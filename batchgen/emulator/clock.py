@@ -28,7 +28,7 @@ class Clock:
         previous = self._load()
         if previous is not None:
             self._anchor_emulated = max(real, previous)
-        self._save()
+        self._save(self._anchor_real, self._anchor_emulated, self._scale)
 
     def _load(self) -> float | None:
         if self._path is None or not self._path.exists():
@@ -39,10 +39,9 @@ class Clock:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _save(self) -> None:
+    def _save(self, real: float, emulated: float, scale: float) -> None:
         if self._path is not None:
-            write_json(self._path, {"anchor_real": self._anchor_real, "anchor_emulated": self._anchor_emulated,
-                                    "scale": self._scale}, durable=False)
+            write_json(self._path, {"anchor_real": real, "anchor_emulated": emulated, "scale": scale}, durable=False)
 
     @property
     def scale(self) -> float:
@@ -53,10 +52,10 @@ class Clock:
             return self._anchor_emulated + (time.time() - self._anchor_real) * self._scale
 
     def _reanchor(self, emulated: float, scale: float) -> None:
-        self._anchor_real = time.time()
-        self._anchor_emulated = emulated
-        self._scale = scale
-        self._save()
+        """Saved first: a change the disk refuses (OSError) is not made, so a restart never sees time go back."""
+        real = time.time()
+        self._save(real, emulated, scale)
+        self._anchor_real, self._anchor_emulated, self._scale = real, emulated, scale
 
     def advance(self, seconds: float) -> float:
         """Move emulated time forward; returns the new now."""

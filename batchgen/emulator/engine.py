@@ -3,11 +3,17 @@
 The worker runs passes over the active batches while the server lives; every API call that reads batches asks for
 a fresh pass first (bounded wait), so state catches up lazily as well. A new process on the same state directory
 recovers partial progress and carries on.
+
+A step the disk refuses (full, over quota, at the file size limit) leaves its batch as it was; the worker logs one
+line naming what ran out and the file, and tries again every few seconds and on each call that reads batches.
+Until a pass gets through, those calls answer a 500 that says the emulator's disk is full, rather than a state that
+is not moving; once there is room the batches go on from where they were.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -15,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.emulator import ids
-from batchgen.emulator.apierror import APIError, bad_request
-from batchgen.emulator.batches import BatchStore, Run
+from batchgen.emulator.apierror import APIError, bad_request, disk_full
+from batchgen.emulator.batches import BatchRecord, BatchStore, Run
 from batchgen.emulator.clock import Clock
 from batchgen.emulator.config import ConfigError, EmulatorConfig
 from batchgen.emulator.executor import Executor, FaultyExecutor, close_executor
 from batchgen.emulator.files import FileStore
+from batchgen.emulator.fsutil import out_of_space
 from batchgen.emulator.lifecycle import Lifecycle
 from batchgen.emulator.runner import Runner
 from batchgen.emulator.simulate import SimulateExecutor
@@ -30,6 +37,9 @@ ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/com
              "/v1/images/generations", "/v1/images/edits", "/v1/videos")
 _SLICE = 0.15
 _MAX_SLEEP = 0.5
+_STALLED_RETRY = 2.0  # real seconds between two tries of a step the disk refused
+_STALLED_SYNC = 5.0  # the longest a read waits for the pass that tells whether there is room again
+log = logging.getLogger("batchgen.emulator")
 _FIXED_KEYS = ("executor", "upstream_url", "upstream_timeout", "upstream_concurrency")  # set when the engine starts
 
 
@@ -41,6 +51,24 @@ class Engine:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = _lock_state(self.state_dir, lock_timeout)
+        try:
+            self._open_state(config, executor)
+        except BaseException:  # a full disk: the state stays free for the next try
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._started_passes = 0
+        self._done_passes = 0
+        self._idle = False
+        self._turn = 0
+        self._stalled: OSError | None = None  # the write the disk refused in the last pass
+        self._thread: threading.Thread | None = None
+
+    def _open_state(self, config: EmulatorConfig, executor: Executor | None) -> None:
+        """The stores on the state directory, the executor, and recovery of the batches a stop interrupted."""
         self.config = config
         self.clock = Clock(self.state_dir, config.time_scale)
         self.files = FileStore(self.state_dir)
@@ -55,14 +83,6 @@ class Engine:
                 self.runner.recover(record)
             elif record.status in ("failed", "completed", "expired", "cancelled"):
                 self.runner.cleanup(record)
-        self._cond = threading.Condition()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._started_passes = 0
-        self._done_passes = 0
-        self._idle = False
-        self._turn = 0
-        self._thread: threading.Thread | None = None
 
     def _executor(self) -> Executor:
         """The executor the config names."""
@@ -119,16 +139,47 @@ class Engine:
                 self._started_passes += 1
                 number = self._started_passes
                 self._wake.clear()
-            wait = self._pass()
+            try:
+                wait = self._pass()
+                self._room_again()
+            except OSError as error:
+                self._stall(error)
+                wait = _STALLED_RETRY
             with self._cond:
                 self._idle = wait != 0
                 self._done_passes = number
                 self._cond.notify_all()
             if wait != 0:
-                self._wake.wait(_MAX_SLEEP if wait is None else min(wait, _MAX_SLEEP))
+                self._wake.wait(_STALLED_RETRY if self._stalled else _MAX_SLEEP if wait is None
+                                else min(wait, _MAX_SLEEP))
+
+    def _stall(self, error: OSError) -> None:
+        """A step the disk refused: its batch is as before the step; say so once, and try again later."""
+        first, self._stalled = self._stalled is None, error
+        if not first:
+            return
+        if out_of_space(error):
+            log.warning("batches wait for disk space: %s while writing %s; trying again every %.0f s",
+                        error.strerror, error.filename, _STALLED_RETRY)
+        else:  # not a full disk: the traceback helps whoever looks into it
+            log.exception("batches wait: a step failed on %s; trying again every %.0f s", error.filename,
+                          _STALLED_RETRY)
+
+    def _room_again(self) -> None:
+        if self._stalled is not None:
+            self._stalled = None
+            log.info("batches go on: their progress is written again")
+
+    def _check_stalled(self) -> None:
+        """A call that reads batches while the disk refuses their progress gets the 500 that says so."""
+        stalled = self._stalled
+        if stalled is not None and out_of_space(stalled):
+            raise disk_full(stalled, "the progress of batches cannot be saved until there is room")
 
     def _pass(self) -> float | None:
-        """One round over the active batches; the real seconds until the next event (0: more work now)."""
+        """One round over the active batches; the real seconds until the next event (0: more work now).
+
+        An OSError from a step (a full disk) ends the pass; the step's batch is as it was before it."""
         next_due: float | None = None
         busy = False
         active = self.batches.active()
@@ -174,24 +225,35 @@ class Engine:
         return dict(batch)
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
-        self.sync()
+        self._fresh()
         with self.batches.lock:
-            return _copy(self.batches.get(batch_id).batch)
+            record = self.batches.get(batch_id)
+            self._check_stalled()
+            return _copy(record.batch)
 
     def list_batches(self, after: str | None, limit: int) -> dict[str, Any]:
-        self.sync()
+        self._fresh()
+        self._check_stalled()
         return self.batches.page(after=after, limit=limit)
+
+    def _fresh(self) -> None:
+        """Ask for a fresh pass before batches are read. While the disk refuses their progress the answer depends
+        on that pass (has room come back?), so it is waited for longer than the usual quarter of a second."""
+        if not self.sync() and self._stalled is not None:
+            self.sync(_STALLED_SYNC)
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         with self.batches.lock:
             record = self.batches.get(batch_id)
-            if record.status in ("validating", "in_progress"):
-                now = self.clock.now()
-                record.run.cancelling_t = now
-                record.batch.update(status="cancelling", cancelling_at=int(now))
-                self.batches.save(record)
-            elif record.status not in ("cancelling", "cancelled"):
-                raise bad_request(f"Cannot cancel a batch with status '{record.status}'.", code="invalid_state")
+            with self.batches.reverting(record):
+                if record.status in ("validating", "in_progress"):
+                    now = self.clock.now()
+                    record.run.cancelling_t = now
+                    record.batch.update(status="cancelling", cancelling_at=int(now))
+                    self.batches.save(record)
+                elif record.status not in ("cancelling", "cancelled"):
+                    raise bad_request(f"Cannot cancel a batch with status '{record.status}'.",
+                                      code="invalid_state")
             result = _copy(record.batch)
         self.poke()
         return result
@@ -200,15 +262,19 @@ class Engine:
         """Test control: `expire` now, or keep it `stuck_finalizing` for `seconds` more."""
         with self.batches.lock:
             record = self.batches.get(batch_id)
-            if action == "expire":
-                record.run.force_expire = True
-            elif action == "stuck_finalizing":
-                record.run.stuck_seconds = float(seconds)
-            else:
-                raise bad_request(f"Unknown action '{action}'; use 'expire' or 'stuck_finalizing'.", param="action")
-            self.batches.save(record)
+            with self.batches.reverting(record):
+                self._force(record, action, seconds)
         self.poke()
         return self.get_batch(batch_id)
+
+    def _force(self, record: BatchRecord, action: str, seconds: float) -> None:
+        if action == "expire":
+            record.run.force_expire = True
+        elif action == "stuck_finalizing":
+            record.run.stuck_seconds = float(seconds)
+        else:
+            raise bad_request(f"Unknown action '{action}'; use 'expire' or 'stuck_finalizing'.", param="action")
+        self.batches.save(record)
 
     def set_config(self, config: EmulatorConfig) -> None:
         """Apply a new config live; ConfigError for the executor's settings, which need a restart."""

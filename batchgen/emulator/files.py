@@ -1,7 +1,8 @@
 """Persistent file objects: `files/<id>.data` holds the bytes, `files/<id>.json` the `file` object.
 
 The data is renamed into place before its metadata is written, and the metadata write is atomic: a file exists
-exactly when its `.json` does. Data without metadata (a crash in between) is ignored and removed at startup.
+exactly when its `.json` does. Data without metadata (a crash in between) is ignored and removed at startup; a
+metadata write the disk refuses removes the data at once, so the file is simply not there.
 """
 
 from __future__ import annotations
@@ -63,13 +64,19 @@ class FileStore:
                 os.link(source, target)
             else:
                 os.replace(source, target)
-            fsync_dir(self.root)
             meta: dict[str, Any] = {
                 "id": file_id, "object": "file", "bytes": size, "created_at": created_at,
                 "expires_at": expires_at, "filename": filename, "purpose": purpose,
                 "status": "processed", "status_details": None,
             }
-            write_json(self.root / f"{file_id}.json", meta)
+            meta_path = self.root / f"{file_id}.json"
+            try:
+                fsync_dir(self.root)
+                write_json(meta_path, meta)
+            except BaseException:
+                meta_path.unlink(missing_ok=True)
+                target.unlink(missing_ok=True)
+                raise
             self._files[file_id] = meta
             return meta
 

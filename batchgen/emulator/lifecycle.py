@@ -3,19 +3,24 @@
 validating → failed | in_progress → finalizing → completed; in_progress → expired at the completion window (or a
 forced/fractional expiry); validating | in_progress → cancelling → cancelled. A step returns whether it did work
 and, when it is waiting, the emulated time of its next event.
+
+A step whose write fails (a full disk) raises its OSError with the batch as it was before the step: the record is
+reverted and its part files cut back before the batches lock is let go. Lines answered but not recorded are kept
+for the next try, so an upstream is not asked twice for them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from batchgen.emulator.batches import BatchRecord, BatchStore, empty_usage
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.files import FileStore
-from batchgen.emulator.runner import CONTENT_KEY, INPUT_LINK, Runner
+from batchgen.emulator.runner import CONTENT_KEY, INPUT_LINK, Answers, Runner
 from batchgen.emulator.tokencount import TokenCounter
 from batchgen.emulator.validate import Verdict, batch_error, validate_input
 
@@ -40,12 +45,26 @@ class Lifecycle:
         self.runner = runner
         self.counter = counter
         self._config = config
+        self._unrecorded: dict[str, Answers] = {}  # lines answered whose record the disk refused
+
+    @contextmanager
+    def _changing(self, record: BatchRecord) -> Iterator[None]:
+        """Under the batches lock: if the change fails, the record and its part files are as they were before."""
+        with self.batches.lock:
+            try:
+                with self.batches.reverting(record):
+                    yield
+            except BaseException:
+                self.runner.recover(record)
+                raise
 
     def step(self, record: BatchRecord, now: float) -> Step:
         status = record.status
         if status == "validating":
             return self._validating(record, now)
-        with self.batches.lock:
+        with self._changing(record):
+            if record.status != "in_progress":
+                self._unrecorded.pop(record.id, None)
             if record.status == "finalizing":
                 return self._finalizing(record, now)
             if record.status == "cancelling":
@@ -56,11 +75,17 @@ class Lifecycle:
         if step.lines:
             # Only this thread moves a batch's lines forward, so they can run unlocked: API calls reading batches
             # are not held up by a slow upstream. A cancel meanwhile keeps the lines already in flight.
-            answers = self.runner.answer(record, step.lines)
+            answers = self._unrecorded.pop(record.id, None)
+            if answers is None or answers.start != record.run.pos:
+                answers = self.runner.answer(record, step.lines)
             if answers is None:
                 return Step(False)
-            with self.batches.lock:
-                self.runner.record(record, answers)
+            with self._changing(record):
+                try:
+                    self.runner.record(record, answers)
+                except OSError:
+                    self._unrecorded[record.id] = answers
+                    raise
         return step
 
     def _validating(self, record: BatchRecord, now: float) -> Step:
@@ -71,7 +96,7 @@ class Lifecycle:
         verdict = self._check_file(record)
         if verdict is None:
             verdict = validate_input(record.part(INPUT_LINK), record.batch["endpoint"], config, self.counter)
-        with self.batches.lock:
+        with self._changing(record):
             if record.status != "validating":
                 return Step(True)
             if verdict.error is None:

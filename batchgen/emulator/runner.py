@@ -8,6 +8,9 @@ a crash, `recover` cuts the part files back to the committed sizes, so no line i
 Running a chunk is split in two: `answer` executes the lines (without the batches lock, since an upstream server
 may take a while; an executor with `concurrency` above 1 gets the whole chunk at once) and `record` writes them.
 Nothing is written before `record`, so lines answered when the emulator stops (`halt`) simply run again.
+
+A write the disk refuses raises before the record is saved: the caller reverts the record and `recover`s the part
+files to its committed sizes, which leaves the batch exactly as it was before the step.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from batchgen.emulator import ids
 from batchgen.emulator.batches import BatchRecord
 from batchgen.emulator.executor import Executor, Interrupted, LineRequest, LineResult, concurrency, error_body
 from batchgen.emulator.files import THIRTY_DAYS, FileStore
+from batchgen.emulator.fsutil import naming, write_all
 
 BLOCK = 256
 CHUNKS_IN_FLIGHT = 4  # a concurrent executor gets at most this many times its concurrency per chunk
@@ -61,13 +65,13 @@ def block_order(seed: int, batch_id: str, block: int, size: int) -> list[int]:
 
 
 def _append(path: Path, data: bytes | bytearray) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if data:
-            os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with naming(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -208,22 +212,23 @@ class Runner:
         if run.tail_written or run.total == 0:
             return
         path = record.part(ERRORS_PART)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            chunk = bytearray()
-            error = {"code": code, "message": TAIL_MESSAGES[code]}
-            for index, custom_id in self._remaining(record):
-                chunk += orjson.dumps({"id": ids.batch_request_id(record.id, index), "custom_id": custom_id,
-                                       "response": None, "error": error}) + b"\n"
-                if len(chunk) > 1 << 20:
-                    os.write(fd, chunk)
-                    run.err_bytes += len(chunk)
-                    chunk = bytearray()
-            os.write(fd, chunk)
-            run.err_bytes += len(chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with naming(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                chunk = bytearray()
+                error = {"code": code, "message": TAIL_MESSAGES[code]}
+                for index, custom_id in self._remaining(record):
+                    chunk += orjson.dumps({"id": ids.batch_request_id(record.id, index), "custom_id": custom_id,
+                                           "response": None, "error": error}) + b"\n"
+                    if len(chunk) > 1 << 20:
+                        write_all(fd, chunk)
+                        run.err_bytes += len(chunk)
+                        chunk = bytearray()
+                write_all(fd, chunk)
+                run.err_bytes += len(chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         run.tail_written = True
         self._save(record)
 

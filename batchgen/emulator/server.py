@@ -88,7 +88,11 @@ class EmbeddedEmulator:
                 self.stop()
                 raise EmulatorStartError("the embedded Batch API emulator did not start")
             time.sleep(0.002)
-        publish(self.state_dir, self.published)
+        try:
+            publish(self.state_dir, self.published)
+        except BaseException:  # a full disk: no emulator half up
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

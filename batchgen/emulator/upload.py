@@ -2,8 +2,10 @@
 
 The body is parsed as it arrives and the file part is written straight to a spool file, so memory does not grow
 with the upload. An upload over the size limit is drained (never half-read, so the client sees a clean answer) and
-answered 413; a body that ends before its closing boundary is answered 400 and nothing of it is kept. Batch files
-must be named `.jsonl` and start with a JSON object line.
+answered 413; a body that ends before its closing boundary is answered 400 and nothing of it is kept. A spool
+write the disk refuses (full, over quota, at the file size limit) is drained the same way and raised once the body
+has been read, for the route's guard to answer; the spool file goes. Batch files must be named `.jsonl` and start
+with a JSON object line.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class _Sink:
         self.filename: str | None = None
         self.file_bytes = 0
         self.too_big = False
+        self.failed: OSError | None = None  # the write the disk refused; nothing more is written
         self.complete = False  # the closing boundary was seen: every part is whole
         self._handle: IO[bytes] | None = None
         self._headers: dict[str, str] = {}
@@ -73,34 +76,54 @@ class _Sink:
         if self._name == "file":
             raw = options.get(b"filename", b"upload")
             self.filename = os.path.basename(raw.decode("utf-8", "replace")) or "upload"
-            self._handle = open(self.spool, "wb")
+            try:
+                self._handle = open(self.spool, "wb")
+            except OSError as error:
+                self._refused(error)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._name == "file" and self._handle is not None:
+        if self._name == "file":
             self.file_bytes += end - start
             if self.file_bytes > self.limit_for(self.fields.get("purpose")):
                 self.too_big = True
                 return
-            self._handle.write(data[start:end])
+            if self._handle is not None:
+                try:
+                    self._handle.write(data[start:end])
+                except OSError as error:
+                    self._refused(error)
         elif len(self._buffer) < _FIELD_LIMIT:
             self._buffer += data[start:end]
 
     def _part_end(self) -> None:
-        if self._name == "file" and self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
+        if self._name == "file":
+            if self._handle is not None:
+                try:
+                    self._handle.flush()
+                    os.fsync(self._handle.fileno())
+                except OSError as error:
+                    self._refused(error)
+            self.close()
         elif self._name:
             self.fields[self._name] = self._buffer.decode("utf-8", "replace")
 
     def _end(self) -> None:
         self.complete = True
 
+    def _refused(self, error: OSError) -> None:
+        """The disk refused a write to the spool: keep the first reason, and only read the rest of the body."""
+        if error.filename is None:
+            error.filename = str(self.spool)
+        self.failed = self.failed or error
+        self.close()
+
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()  # flushes what is still buffered, which a full disk refuses too
+            except OSError as error:
+                self._refused(error)
 
 
 async def receive_upload(request: Request, store: FileStore, config: EmulatorConfig, now: int) -> dict[str, Any]:
@@ -123,6 +146,8 @@ async def receive_upload(request: Request, store: FileStore, config: EmulatorCon
             limit = limit_for(sink.fields.get("purpose"))
             raise APIError(413, f"File is too large: the limit for this purpose is {limit} bytes.",
                            param="file", code="file_too_large")
+        if sink.failed is not None:
+            raise sink.failed
         purpose, expires_at = _check_fields(sink, spool, now)
         return store.add(ids.new_file_id(), spool, filename=sink.filename or "upload", purpose=purpose,
                          created_at=now, expires_at=expires_at)

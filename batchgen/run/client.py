@@ -10,6 +10,8 @@ Backends:
 
 SDK errors become `BackendError`, so nothing above this module depends on openai. The SDK's own retries stay on for
 idempotent calls; batch creation runs with max_retries=0, because a retried create could start a second batch.
+The embedded emulator's disk is the workspace's own: when it is full (the emulator's 500 says so, or it cannot
+start) that is a `DiskError` like any other write of batchgen's, not a provider outage to wait out.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import openai
 from openai.types import Batch, FileObject
 
 from batchgen.crashpoints import crash_point
-from batchgen.disk import make_folder, writing
-from batchgen.errors import BackendError, is_retryable_status
+from batchgen.disk import make_folder, no_space, write_error, writing
+from batchgen.errors import BackendError, DiskError, is_retryable_status
 
 if TYPE_CHECKING:
     from batchgen.emulator import AttachedEmulator, EmbeddedEmulator
@@ -76,6 +78,8 @@ class BatchClient:
             self._emulator = connect_embedded(state_dir)
         except (ConfigError, StateInUse, EmulatorStartError) as error:
             raise BackendError(f"Cannot use the embedded emulator: {error}") from error
+        except OSError as error:  # its state could not be written: a full disk, most likely
+            raise write_error(error, _state(state_dir)) from error
         return openai.OpenAI(api_key="embedded", base_url=self._emulator.base_url, timeout=timeout)
 
     def _reconnect(self) -> bool:
@@ -127,6 +131,9 @@ class BatchClient:
         try:
             return fn()
         except openai.APIStatusError as error:
+            full = self._emulator_disk_full(error)
+            if full is not None:
+                raise full from error
             message = _error_message(error)
             code = error.status_code
             raise BackendError(f"{what} failed: HTTP {code}: {message}", status_code=code,
@@ -135,6 +142,18 @@ class BatchClient:
         except openai.APIConnectionError as error:
             raise BackendError(f"{what} failed: cannot reach {self.base_url} ({error.__cause__ or error})",
                                transient=True) from error
+
+    def _emulator_disk_full(self, error: openai.APIStatusError) -> DiskError | None:
+        """The DiskError for the embedded emulator's answer that its disk (the workspace's) refused a write."""
+        if self._emulator is None or error.status_code != 500:
+            return None
+        from batchgen.emulator.apierror import SPACE_CODES
+
+        body = error.body if isinstance(error.body, dict) else {}
+        inner = body.get("error", body)
+        code = inner.get("code") if isinstance(inner, dict) else None
+        refused = {name: number for number, name in SPACE_CODES.items()}.get(str(code))
+        return None if refused is None else no_space(_state(self._emulator.state_dir), refused)
 
     def upload(self, path: Path, filename: str | None = None) -> FileObject:
         """Upload a batch input file, under `filename` (default: its own name)."""
@@ -200,6 +219,10 @@ class BatchClient:
 def is_transient(error: BackendError) -> bool:
     """A fault worth waiting out: no answer at all, 408, 409, 429 or a 5xx (set where the API call failed)."""
     return error.transient
+
+
+def _state(state_dir: Path) -> str:
+    return f"the embedded emulator's state {state_dir}"
 
 
 def _error_message(error: openai.APIStatusError) -> str:

@@ -23,6 +23,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 EXIT_SHORT = 3
 # What a missing job directory stops, said by `show` and `status`.
 MISSING_DIR_NOTE = "submitted batches are still collected and exported; compiling, retries and top-ups need it"
+PREVIEW_CHARS = 200  # characters of a turn that `preview` shows without --full
 
 
 def _exit_for(progress: Any) -> None:
@@ -340,6 +341,13 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     budget = f" of budget {format_usd(summary['budget_usd'])}" if summary["budget_usd"] is not None else ""
     click.echo(f"Cost: {format_usd(summary['spent_usd'])} at batch price{budget} "
                f"(estimated {format_usd(summary['estimated_usd'])})")
+    preview = summary["preview"]
+    if preview["requests"]:
+        free = "; the embedded emulator bills nothing" if preview["backends"] == ["embedded"] else ""
+        counted = "; counted against the budget" if summary["budget_usd"] is not None else ""
+        click.echo(f"Preview: {format_usd(preview['cost_usd'])} at standard price for {preview['requests']} "
+                   f"request(s) in {preview['previews']} preview(s), {preview['valid']}/{preview['examples']} "
+                   f"valid{counted}{free}")
     if summary["dataset"]:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
     if summary["blocked"]:
@@ -353,6 +361,80 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
             short["reason"], "every input has its answer; the others were duplicates or refused")
         click.echo(f"Short: stage {short['stage']} has {short['target'] - short['missing']} of its "
                    f"{short['target']} examples ({why})")
+
+
+@cli.command(name="preview")
+@click.argument("job")
+@click.option("-n", "count", default=5, show_default=True, type=click.IntRange(1, 50), help="Requests to send")
+@click.option("--stage", default=None, help="The stage to preview (default: the first)")
+@click.option("--full", is_flag=True, help=f"Show every turn whole (default: cut at {PREVIEW_CHARS} characters)")
+@backend_option
+@workspace_option
+@click.option("json_", "--json", is_flag=True, help="Print every request, example, verdict and cost as JSON")
+def preview_(job: str, count: int, stage: str | None, full: bool, backend: str | None, workspace: str | None,
+             json_: bool) -> None:
+    """Send a few requests of JOB now and show their examples, judged as collect judges them, and the yield.
+
+    The requests (spread over the axis cells, the same ones every time) go to the synchronous chat endpoint at
+    standard price, shown on stderr before anything is sent; what they cost is recorded as preview spend, which
+    counts against the job's budget. No batch is submitted. The embedded emulator bills nothing.
+
+    \b
+        batchgen preview jobs/task_api
+        batchgen preview jobs/evol_task_api --stage moderate -n 3 --json
+    """
+    from batchgen.run.preview import plan_preview, send_preview
+
+    _lock(workspace, on_wait=_wait_note())
+    session = _session(workspace, backend)
+    plan = plan_preview(session, job, count, stage)
+    click.echo(plan.announcement(), err=True)
+    report = send_preview(session, plan)
+    if json_:
+        echo_json(report.to_dict())
+        return
+    for number, answer in enumerate(report.answers, 1):
+        _print_preview_answer(number, answer, None if full else PREVIEW_CHARS)
+    _print_preview_summary(report)
+
+
+def _print_preview_answer(number: int, answer: Any, limit: int | None) -> None:
+    """One request of a preview: its variant, usage and cost, then each example (model output, so printed only
+    through `printable`) with its verdict."""
+    import json
+
+    from batchgen.output import printable
+
+    variant = answer.request.variant
+    cell = " ".join(f"{name}={value if isinstance(value, str) else json.dumps(value)}"
+                    for name, value in variant.cell.items())
+    click.echo(f"[{number}] variant {variant.index}  {cell}  temperature {variant.temperature}  "
+               f"{answer.tokens['prompt']:,} + {answer.tokens['completion']:,} tokens  {format_usd(answer.cost_usd)}")
+    if answer.reason is not None:
+        click.echo(f"    answer rejected: {printable(str(answer.reason), limit)}")
+    for example in answer.examples:
+        lines = [] if example.valid else [printable(example.reason or "", limit)]
+        turns = example.turns or [("json", json.dumps(example.content, ensure_ascii=False))]
+        lines += [f"{role}: {printable(text, limit)}" for role, text in turns]
+        for position, line in enumerate(lines):
+            label = ("valid" if example.valid else "invalid") if position == 0 else ""
+            click.echo(f"    {label:<9}{line}")
+
+
+def _print_preview_summary(report: Any) -> None:
+    """The yield, what the stage's requests would give at it, and what the preview spent."""
+    quality, plan = report.quality(), report.plan
+    share = f" ({quality.valid * 100 // quality.total} %)" if quality.total else ""
+    click.echo(f"\nValid: {quality.valid}/{quality.total}{share} from {len(report.answers)} request(s); at this "
+               f"yield the stage's {plan.planned} requests give about {report.projected()} valid examples "
+               f"(target {plan.stage.target})")
+    click.echo(f"Invalid reasons: {dict(quality.reasons.most_common())}")
+    tokens = sum(a.tokens["prompt"] for a in report.answers), sum(a.tokens["completion"] for a in report.answers)
+    billed = "" if plan.billed else "; the embedded emulator bills nothing"
+    click.echo(f"Spent: {format_usd(report.spent_usd)} at standard price ({tokens[0]:,} prompt + {tokens[1]:,} "
+               f"completion tokens), recorded as preview {report.number} of {plan.spec.name}{billed}")
+    budget = f", counted against its budget of {format_usd(plan.spec.budget_usd)}" if plan.spec.budget_usd else ""
+    click.echo(f"Previews of {plan.spec.name} have spent {format_usd(report.total_usd)}{budget}")
 
 
 @cli.command(name="submit")

@@ -4,6 +4,7 @@ decisions are made here."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -47,6 +48,19 @@ def table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], headers: Sequence[s
 def echo_table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], headers: Sequence[str] | str = "keys",
                fmt: str | None = None) -> None:
     click.echo(table(rows, headers, fmt))
+
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls (escape sequences, carriage returns, newlines)
+# and the marks that reorder text (bidirectional overrides, which can make a line read as something else).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """Untrusted text (a model's answer) as one line that a terminal shows and never acts on: each control
+    character written as its escape (\\n, \\x1b), the text cut at `limit` characters with an ellipsis."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "\u2026"
+    return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def warn(message: str) -> None:

@@ -97,7 +97,7 @@ def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) ->
                "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
                "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
                "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
-               "estimated_usd": ledger.estimated_usd(job)}
+               "estimated_usd": ledger.estimated_usd(job), "preview": ledger.preview_totals(job)}
     if workspace is not None:
         summary["job_dir"] = job_dir(ledger, job, workspace)
     return summary

@@ -1,7 +1,8 @@
 """Judge the lines of downloaded output and error files: parse each, and validate what a success generated.
 
 `judge_line` is pure (bytes in, a plain tuple out) and knows nothing of the ledger. A large file is judged in one
-worker process while the caller records what it has judged so far (see `judged_lines`).
+worker process while the caller records what it has judged so far (see `judged_lines`). `judge_answer` judges one
+answer that came another way (a synchronous preview) as a line of the output file is judged.
 
 A judged line is one of:
   ("ok", custom_id, status_code, request_id, finish_reason, prompt, cached, completion, reasoning,
@@ -64,6 +65,13 @@ def judge_line(line: bytes, number: int, fmt: str, rules: AnyRules) -> Judged:
                 inner.get("message"), response.get("request_id"))
     failure = row.get("error") or {}
     return ("error", custom_id, None, failure.get("code"), failure.get("message"), None)
+
+
+def judge_answer(custom_id: str, response: dict[str, Any], fmt: str, rules: AnyRules) -> Judged:
+    """One successful answer, judged exactly as a 2xx line of an output file is: `response` is the line's
+    `response` object (status_code, request_id, body). `batchgen preview` judges its synchronous answers here, so a
+    check that collect makes of an answer (the rules, and what is added to them) a preview makes too."""
+    return _success(custom_id, response, fmt, rules)
 
 
 def _load_row(line: bytes) -> Any:

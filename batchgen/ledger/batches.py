@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from batchgen.ledger.base import Store, dec_sum, utcnow
+from batchgen.ledger.previews import PREVIEW_SPEND
 from batchgen.ledger.states import IN_FLIGHT, UNFINISHED
 
 # The shard column that prices a batch in flight, by budget mode: the worst case (every answer at max_tokens) or
@@ -88,12 +89,13 @@ class BatchRecords(Store):
 
     def committed_usd(self, job: str, mode: str = "worst") -> Decimal:
         """Actual cost of what was collected plus the estimate of batches not collected yet (worst case or
-        expected)."""
+        expected), plus what the job's previews cost (at standard price): everything the budget counts."""
         column = COST_COLUMN[mode]
         flying = dec_sum(r[0] for r in self._execute(
             f"SELECT s.{column} FROM batches b JOIN shards s ON s.id = b.shard_id WHERE b.job = ? "
             "AND b.collected = 0", [job]))
-        return self.spent_usd(job) + flying
+        previewed = dec_sum(r[0] for r in self._execute(PREVIEW_SPEND, [job]))
+        return self.spent_usd(job) + flying + previewed
 
     def queued_tokens(self, model: str) -> int:
         """Input tokens of this model's batches that the provider still holds in its queue (every job)."""

@@ -9,6 +9,7 @@ message. The rules:
 - collection: every request of a collected batch has exactly one result from that batch;
 - money: a collected batch's `actual_cost_usd` is the exact (Decimal) sum of its results' `cost_usd`, and every
   result's cost equals its usage priced again (results priced by another price table are counted, not re-priced);
+  so does every preview request's, at standard price;
 - files: every shard's input file exists, and so do the downloaded result files of collected batches (paths the
   ledger records relative to the workspace are looked for in the workspace in use);
 - submissions: no intent is still pending when its batch is recorded, every done intent's batch is recorded, and
@@ -68,11 +69,12 @@ def check_ledger(ledger: Ledger, workspace: Workspace) -> CheckReport:
     """Run every check; the report lists each problem found."""
     report = CheckReport(str(ledger.path))
     report.checked = {name: int(ledger.scalar(f"SELECT count(*) FROM {name}"))
-                      for name in ("requests", "results", "batches", "shards", "intents")}
+                      for name in ("requests", "results", "batches", "shards", "intents", "previews")}
     for problem in (*_outcomes(ledger), *_collection(ledger), *_batch_costs(ledger), *_files(ledger, workspace),
                     *_intents(ledger)):
         report.problems.append(problem)
     report.problems.extend(_result_costs(ledger, report))
+    report.problems.extend(_preview_costs(ledger, report))
     return report
 
 
@@ -149,6 +151,29 @@ def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
         expected = price.cost(prompt, cached, completion)
         if expected != recorded:
             yield Problem("result_cost", f"request {custom_id} cost ${cost} but its usage prices at ${expected}")
+
+
+def _preview_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
+    """Each preview request's cost is its usage priced again at standard price (the synchronous endpoint's)."""
+    prices: dict[tuple[str, str], ModelPrice | None] = {}
+    for row in ledger.preview_costs():
+        key = (row["model"], row["job"])
+        if key not in prices:
+            prices[key] = _price(ledger, row["job"], row["model"])
+        price = prices[key]
+        try:
+            recorded = Decimal(row["cost_usd"])
+        except ArithmeticError:
+            yield Problem("preview_cost", f"preview request {row['id']} of {row['job']} has a cost that is not a "
+                                          f"number: {row['cost_usd']!r}")
+            continue
+        if price is None or price.source != row["priced_by"]:
+            report.not_repriced += 1
+            continue
+        expected = price.cost(row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"], batch=False)
+        if expected != recorded:
+            yield Problem("preview_cost", f"preview request {row['id']} of {row['job']} cost ${row['cost_usd']} "
+                                          f"but its usage prices at ${expected} (standard price)")
 
 
 def _price(ledger: Ledger, job: str, model: str) -> ModelPrice | None:

@@ -256,6 +256,39 @@ def m005_paths_relative_to_the_workspace(db: Database) -> None:
                        [_inside(dataset, root) or dataset, _inside(job_dir, posixpath.dirname(root)), name])
 
 
+@migrations()
+def m010_previews(db: Database) -> None:
+    """`batchgen preview`: requests sent synchronously at standard price before a run, each with its usage, its exact
+    cost and the verdict on its answer. Kept apart from batch results, so that batch spend stays what the batches
+    cost, while the budget counts both."""
+    _run(
+        db,
+        """
+        CREATE TABLE previews (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL REFERENCES jobs(name),
+            run INTEGER NOT NULL,            -- which preview of the job: 1, 2, ...
+            stage TEXT NOT NULL,
+            variant INTEGER NOT NULL,        -- the variant index the request was rendered from
+            cell_json TEXT NOT NULL,
+            backend TEXT NOT NULL,           -- where it was sent: embedded, or openai:<base url>, azure:<base url>
+            model TEXT NOT NULL,
+            finish_reason TEXT,
+            prompt_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            reasoning_tokens INTEGER NOT NULL,
+            cost_usd TEXT NOT NULL,          -- the usage at standard price (the embedded emulator bills nothing)
+            priced_by TEXT NOT NULL,
+            examples INTEGER NOT NULL,       -- examples the answer held (a rejected answer: 0)
+            valid INTEGER NOT NULL,          -- of those, the valid ones
+            at_utc TEXT NOT NULL
+        );
+        CREATE INDEX previews_job ON previews(job, run)
+        """
+    )
+
+
 def _workspace_of(path: str, job: str, stage: str) -> str | None:
     """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
     found = path.rfind(f"/shards/{job}/{stage}/")

@@ -14,3 +14,4 @@ ACTIVE = "active"  # moving forward: compiling, submitting, polling, collecting
 CANCELLED = "cancelled"  # `batchgen cancel JOB`: its batches are cancelled and what they did is collected
 DONE = "done"  # every stage ran and the dataset is exported
 BLOCKED = "blocked"  # a stage met a dead end (jobs.blocked_reason says which); nothing more is spent on it
+PREVIEWED = "previewed"  # only `batchgen preview` has seen it: nothing compiled or submitted; run or submit starts it

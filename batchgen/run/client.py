@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 from openai.types import Batch, FileObject
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from batchgen.emulator import AttachedEmulator, EmbeddedEmulator
 
 BACKENDS = ("embedded", "openai", "azure")
+SYNC_TIMEOUT = 300.0  # seconds for one synchronous answer: a long completion takes a minute or more
 ENV_BACKEND = "BATCHGEN_BACKEND"
 T = TypeVar("T")
 
@@ -189,6 +190,16 @@ class BatchClient:
 
     def delete_file(self, file_id: str) -> None:
         self._call(f"Deleting file {file_id}", lambda: self._sdk.files.delete(file_id))
+
+    def complete(self, endpoint: str, body: dict[str, Any], *, timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
+        """One synchronous request, billed at standard price: POST `endpoint` (/v1/chat/completions) with `body`
+        exactly as a batch line would carry it; the JSON answer as it came (for `batchgen preview`)."""
+        path = endpoint.removeprefix("/v1")
+        answer = self._call(f"POST {endpoint}", lambda: self._sdk.with_options(timeout=timeout).post(
+            path, body=body, cast_to=object))
+        if not isinstance(answer, dict):
+            raise BackendError(f"POST {endpoint} answered {type(answer).__name__}, not a JSON object")
+        return answer
 
     def download(self, file_id: str, target: Path) -> Path:
         """Stream a file's content to `target` through a temporary file, so it never exists half-written (a full

@@ -19,7 +19,7 @@ from batchgen.crashpoints import crash_point
 from batchgen.dataset.report import export_job
 from batchgen.errors import BatchgenError, JobDirMissing, SpecError
 from batchgen.ledger.jobs import JobFiles
-from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED, DONE
+from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED, DONE, PREVIEWED
 from batchgen.recipe.loader import load_spec, resolve_job_dir
 from batchgen.recipe.spec import JOB_FILE, JobSpec, ResolvedStage
 from batchgen.run import shards
@@ -86,7 +86,8 @@ class JobProgress:
 
 
 def register_job(session: Session, job_ref: str | Path) -> JobSpec:
-    """Load a job directory and make sure the ledger knows it (a changed job.toml is refused).
+    """Load a job directory and make sure the ledger knows it (a changed job.toml is refused, unless the job was
+    only previewed so far: then it starts now).
 
     A job the ledger knows whose directory is gone (`job_ref` names its old place, or its name) is restored from the
     ledger instead: its batches are still collected and its dataset exported, but nothing new is compiled.
@@ -97,7 +98,7 @@ def register_job(session: Session, job_ref: str | Path) -> JobSpec:
         bare_name = Path(job_ref).parent == Path(".")
         known = ledger.job_with_dir(str(job_dir.resolve())) or (ledger.find_job(job_dir.name) if bare_name else None)
         if known is not None:
-            _check_backend(session, known)
+            check_backend(session, known)
             return job_spec(session, known["name"])
     spec = load_spec(job_dir)
     budget = str(spec.budget_usd) if spec.budget_usd is not None else None
@@ -109,22 +110,36 @@ def register_job(session: Session, job_ref: str | Path) -> JobSpec:
                               job_dir=str(spec.job_dir.resolve()), status=ACTIVE, stage=spec.stage().name,
                               backend=backend, budget_usd=budget)
             ledger.event("job_registered", job=spec.name, backend=backend, spec_hash=spec.spec_hash)
+        elif row["status"] == PREVIEWED:
+            start_previewed(session, spec, budget)
         else:
-            _check_same_spec(spec, row)
-            _check_backend(session, row)
+            check_same_spec(spec, row)
+            check_backend(session, row)
             ledger.set_job(spec.name, budget_usd=budget)
         keep_job_dir(session, spec)
     return spec
 
 
-def _check_same_spec(spec: JobSpec, row: dict[str, Any]) -> None:
+def start_previewed(session: Session, spec: JobSpec, budget: str | None) -> None:
+    """Start a job that was only previewed: as its files are now (a preview is there to find a prompt to fix, so a
+    changed spec is no conflict), on the backend chosen now (a preview on a paid backend does not make the run
+    spend there unasked)."""
+    backend = choose_backend(session.backend_flag, spec.backend)
+    session.ledger.set_job(spec.name, spec_hash=spec.spec_hash, spec_json=spec.model_dump_json(by_alias=True),
+                           status=ACTIVE, stage=spec.stage().name, backend=backend, budget_usd=budget)
+    session.ledger.event("job_registered", job=spec.name, backend=backend, spec_hash=spec.spec_hash)
+
+
+def check_same_spec(spec: JobSpec, row: dict[str, Any]) -> None:
+    """SpecError unless the job's files are the ones the ledger's job was started from."""
     if row["spec_hash"] != spec.spec_hash:
         raise SpecError(f"Job {spec.name!r} was started from a different job.toml, templates or seeds "
                         f"(spec {row['spec_hash'][:12]}, now {spec.spec_hash[:12]}); restore them, or give the "
                         "changed job a new name")
 
 
-def _check_backend(session: Session, row: dict[str, Any]) -> None:
+def check_backend(session: Session, row: dict[str, Any]) -> None:
+    """BatchgenError if --backend names another backend than the one the job runs on."""
     if session.backend_flag and session.backend_flag != row["backend"]:
         raise BatchgenError(f"Job {row['name']!r} runs on backend {row['backend']!r}; it cannot switch to "
                             f"{session.backend_flag!r} halfway")
@@ -138,7 +153,8 @@ def job_spec(session: Session, name: str) -> JobSpec:
     if found is None:
         return restore_spec(session, row)
     spec = load_spec(found)
-    _check_same_spec(spec, row)
+    if row["status"] != PREVIEWED:  # a job only previewed may change until it starts
+        check_same_spec(spec, row)
     if not session.ledger.read_only:
         with session.ledger.transaction():
             keep_job_dir(session, spec)

@@ -28,6 +28,10 @@ SCHEMA = {
              "backend": str, "budget_usd": str, "created_utc": str, "updated_utc": str, "dataset_path": str,
              "dataset_examples": int, "dataset_sha256": str, "blocked_reason": str, "job_dir_relative": str,
              "job_files_json": str},
+    "previews": {"id": int, "job": str, "run": int, "stage": str, "variant": int, "cell_json": str, "backend": str,
+                 "model": str, "finish_reason": str, "prompt_tokens": int, "cached_tokens": int,
+                 "completion_tokens": int, "reasoning_tokens": int, "cost_usd": str, "priced_by": str,
+                 "examples": int, "valid": int, "at_utc": str},
     "queue_limits": {"model": str, "limit_tokens": int, "learned_utc": str},
     "requests": {"custom_id": str, "job": str, "stage": str, "variant": int, "cell_json": str, "shard_id": str,
                  "attempt": int, "input_tokens": int, "status": str, "batch_id": str},
@@ -43,6 +47,7 @@ SCHEMA = {
     "unblocks": {"id": int, "job": str, "stage": str, "attempt": int, "cause": str, "at_utc": str},
 }
 PRIMARY_KEYS = {"batches": ["id"], "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
+                "previews": ["id"],
                 "queue_limits": ["model"], "requests": ["custom_id"], "results": ["custom_id"], "shards": ["id"],
                 "stage_shortfalls": ["job", "stage"], "unblocks": ["id"]}
 
@@ -130,7 +135,7 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
-                   "m005_paths_relative_to_the_workspace"]
+                   "m005_paths_relative_to_the_workspace", "m010_previews"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

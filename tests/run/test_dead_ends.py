@@ -8,13 +8,13 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from loopback import loopback_server
 from workspaces import ROOT, TASK_API, batchgen, fresh_workspace
 
 REFUSAL = {"error": {"message": "response_format json_schema is not supported", "type": "server_error",
@@ -41,14 +41,8 @@ class Refusing(BaseHTTPRequestHandler):
 @pytest.fixture
 def refusing_upstream() -> Iterator[str]:
     Refusing.calls = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Refusing) as base_url:
+        yield base_url
 
 
 def serve(state: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:

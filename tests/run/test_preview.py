@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import loopback_server
 from workspaces import EVOL, TASK_API, batchgen, fresh_workspace
 
 from batchgen.dataset import result_lines
@@ -307,15 +307,8 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_openai() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_server(FakeOpenAI) as base_url:
+        yield base_url
 
 
 def test_a_refused_request_is_one_line_after_the_answered_ones_are_recorded(tmp_path, fake_openai):

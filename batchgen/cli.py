@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from batchgen._version import __version__
 from batchgen.errors import BatchgenError
 from batchgen.money import format_usd
-from batchgen.output import echo_json, echo_table, output_options
+from batchgen.output import echo_json, echo_table, output_options, warn
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 # Exit statuses of run, submit, collect and tick (README "Exit status"): 0 every job touched is done at its target
@@ -608,16 +608,21 @@ def show_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None
               default=None, help="Dataset format (default: the job's; an embeddings job has only embeddings)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File to write (default: <workspace>/datasets/<job>.<format>.jsonl)")
-@click.option("--provenance", type=click.Choice(["inline", "sidecar", "none"]), default="inline", show_default=True,
-              help="Where each line's provenance goes: a _provenance key, a .provenance.jsonl file, or nowhere")
+@click.option("--provenance", type=click.Choice(["inline", "sidecar", "none"]), default=None,
+              help="Where each line's provenance goes: a _provenance key, a .provenance.jsonl file, or nowhere "
+                   "(default: sidecar for chatml, which fine-tuning takes with documented keys only; else inline)")
+@click.option("--fine-tune-model", default=None, metavar="MODEL",
+              help="chatml: the model to fine-tune, whose training context each example must fit (default: the "
+                   "job's model)")
 @workspace_option
-@click.option("json_", "--json", is_flag=True, help="Print {path, written, sha256, skipped} as JSON")
-def export_(job: str, format_: str | None, output: str | None, provenance: str, workspace: str | None,
-            json_: bool) -> None:
-    """Write the valid examples of JOB as JSONL, one example per line, with provenance.
+@click.option("json_", "--json", is_flag=True, help="Print {path, written, sha256, skipped, card_path, ...} as JSON")
+def export_(job: str, format_: str | None, output: str | None, provenance: str | None, fine_tune_model: str | None,
+            workspace: str | None, json_: bool) -> None:
+    """Write the valid examples of JOB as JSONL, one example per line, with provenance and a dataset card.
 
     \b
-        batchgen export task_api --format chatml -o train.jsonl --provenance sidecar
+        batchgen export task_api --format chatml -o train.jsonl
+        batchgen export task_api --format chatml --fine-tune-model gpt-4.1-mini -o train.jsonl
     """
     from pathlib import Path
 
@@ -628,14 +633,18 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str, 
     spec = job_spec(session, job)
     fmt_ = format_ or spec.dataset_format
     path = Path(output) if output else session.workspace.datasets_dir / f"{spec.name}.{fmt_}.jsonl"
-    result = export_job(session.ledger, spec, path, fmt_, provenance)
+    result = export_job(session.ledger, spec, path, fmt_, provenance, fine_tune_model, shared_folder=not output)
+    for warning in result.warnings:
+        warn(f"Warning: {warning}")
     if json_:
-        echo_json({"path": str(result.path), "written": result.written, "sha256": result.sha256,
-                   "skipped": dict(result.skipped)})
+        report = result.to_dict()
+        echo_json({key: report[key] for key in ("path", "written", "sha256", "skipped", "card_path", "fine_tuning",
+                                                "warnings")})
         return
     skipped = f" ({result.skipped_total} skipped: {dict(result.skipped)})" if result.skipped_total else ""
+    card = f"; card {result.card_path}" if result.card_path else ""
     # Into a pipe or /dev/stdout the data is on stdout already: the summary goes to stderr.
-    click.echo(f"Wrote {result.written} examples to {result.path}{skipped}", err=not result.path.is_file())
+    click.echo(f"Wrote {result.written} examples to {result.path}{skipped}{card}", err=not result.path.is_file())
 
 
 @cli.command(name="cancel")

@@ -220,9 +220,31 @@ def test_export_on_a_full_disk(namespaces: None, finished: Path, tmp_path: Path)
                             f"cp {shlex.quote(str(target))} {shlex.quote(str(kept))}")
     full, again = steps[1], steps[3]
     assert_one_error_line(full, f"No space left on device while writing dataset {target}: {AGAIN}")
-    assert full.left == []  # neither the dataset, nor its sidecar, nor a temporary file
-    assert again.returncode == 0 and again.left == ["train.jsonl"], again.stderr
+    assert full.left == []  # neither the dataset, nor its sidecar, nor its card, nor a temporary file
+    assert again.returncode == 0 and again.left == ["README.md", "train.jsonl"], again.stderr  # with its card
     assert kept.read_bytes() == (finished / "datasets" / "task_api.sharegpt.jsonl").read_bytes()
+
+
+def test_a_dataset_that_fits_without_its_card_is_not_written(namespaces: None, finished: Path,
+                                                              tmp_path: Path) -> None:
+    """The dataset's temporary file fits, its card's does not: neither replaces the files of the export before."""
+    bare = tmp_path / "bare" / "train.jsonl"
+    batchgen(finished, "export", "task_api", "-o", str(bare), "--provenance", "none", check=True)
+    room_kb = -(-bare.stat().st_size // 4096) * 4 + 4  # the new dataset's pages and one more: the card needs two
+    assert (bare.parent / "README.md").stat().st_size > 4096
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    target = disk / "train.jsonl"
+    steps = on_a_small_disk(disk, finished, cli("export", "task_api", "-o", target),
+                            f"cp -a {shlex.quote(str(disk))} {shlex.quote(str(kept))}", fill(disk, leave_kb=room_kb),
+                            cli("export", "task_api", "-o", target, "--provenance", "none"),
+                            f"cmp {shlex.quote(str(kept / 'train.jsonl'))} {shlex.quote(str(target))} && "
+                            f"cmp {shlex.quote(str(kept / 'README.md'))} {shlex.quote(str(disk / 'README.md'))}")
+    before, full, same = steps[0], steps[3], steps[4]
+    assert before.returncode == 0 and before.left == ["README.md", "train.jsonl"], before.stderr
+    assert_one_error_line(full, f"No space left on device while writing dataset {target}: {AGAIN}")
+    assert full.left == ["README.md", "train.jsonl"]  # the export before, and no temporary file
+    assert same.returncode == 0, same.stdout  # byte for byte
 
 
 def test_a_job_whose_dataset_does_not_fit_is_not_done(namespaces: None, finished: Path, tmp_path: Path) -> None:
@@ -238,7 +260,7 @@ def test_a_job_whose_dataset_does_not_fit_is_not_done(namespaces: None, finished
     assert_one_error_line(full, f"No space left on device while writing dataset {target}: {AGAIN}")
     assert full.left == []
     assert shown["status"] == "active" and shown["dataset"] is None  # no dataset recorded that is not there
-    assert again.returncode == 0 and again.left == [target.name], again.stderr
+    assert again.returncode == 0 and again.left == ["task_api.sharegpt.README.md", target.name], again.stderr
     assert dataset(kept) == dataset(finished)
 
 

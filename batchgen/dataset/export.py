@@ -11,6 +11,14 @@ One JSON object per line, UTF-8 (not ASCII-escaped), every line newline-terminat
                holds one provenance object per line, aligned by line number and carrying "line" (1-based)
     "none"     bare examples only
 
+By default a ChatML file keeps its provenance in the sidecar, since OpenAI's fine-tuning (what ChatML is for) takes
+documented keys only (a pipe, which has no sidecar, gets none); the other formats keep it inline. A ChatML export
+given a `TrainingFileCheck` leaves out, with the reason, the examples fine-tuning would refuse or truncate.
+
+A `Card` (a dataset card, `dataset/card.py`) is written next to the file, with it: its text is rendered once the
+examples are written, from what the write counted (per stage and cell, the batches, the fine-tuning check), and it
+is put on disk with the dataset and the sidecar, so all of them are replaced together or none. A pipe has no card.
+
 Records are streamed: nothing holds the whole dataset. The file (and its sidecar) is written to a temporary
 file in the target's directory, fsynced and renamed over the target, so a reader never sees half a dataset and
 a failure part-way (a full disk: one `DiskError` line) leaves the previous file untouched and no temporary file.
@@ -29,12 +37,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import orjson
 from pydantic import ValidationError
 
 from batchgen.crashpoints import crash_point
+from batchgen.dataset.training_file import TrainingFileCheck
 from batchgen.disk import make_folder, write_error
 from batchgen.errors import BatchgenError
 from batchgen.recipe.formats import (
@@ -87,8 +96,9 @@ class ExportRecord:
 class ExportResult:
     """What a write produced; `str(result)` is the dataset's path.
 
-    `skipped` counts by category ("not_representable", "schema"); `samples` keeps the first few skipped
-    examples as (custom_id, reason) for display.
+    `skipped` counts by category ("not_representable", "schema", "not_fine_tunable", "over_context");
+    `samples` keeps the first few skipped examples as (custom_id, reason) for display. `exported` counts the
+    examples written by (stage, `cell_key(cell)`), `batches` by batch id.
     """
 
     path: Path
@@ -100,6 +110,17 @@ class ExportResult:
     sha256: str = ""
     sidecar_path: Path | None = None
     sidecar_sha256: str | None = None
+    card_path: Path | None = None
+    card_sha256: str | None = None
+    training: TrainingFileCheck | None = None
+    exported: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    batches: Counter[str] = field(default_factory=Counter)
+    first_example: dict[str, Any] | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a reader should know before using the file (the fine-tuning check's warnings)."""
+        return self.training.warnings() if self.training is not None else []
 
     @property
     def skipped_total(self) -> int:
@@ -118,7 +139,31 @@ class ExportResult:
                 "written": self.written, "skipped": dict(self.skipped), "skipped_total": self.skipped_total,
                 "samples": [list(sample) for sample in self.samples], "sha256": self.sha256,
                 "sidecar_path": str(self.sidecar_path) if self.sidecar_path else None,
-                "sidecar_sha256": self.sidecar_sha256}
+                "sidecar_sha256": self.sidecar_sha256,
+                "card_path": str(self.card_path) if self.card_path else None, "card_sha256": self.card_sha256,
+                "fine_tuning": self.training.to_dict() if self.training is not None else None,
+                "warnings": self.warnings}
+
+
+class Card(Protocol):
+    """What `export_dataset` needs of a dataset card: where it goes beside a dataset, and its text."""
+
+    def path_for(self, dataset: Path) -> Path: ...
+
+    def render(self, result: ExportResult) -> str: ...
+
+
+def cell_key(cell: Mapping[str, Any]) -> str:
+    """One text per variant cell whatever the order of its keys: how an export's counts meet the ledger's."""
+    return orjson.dumps(dict(cell), option=orjson.OPT_SORT_KEYS, default=str).decode()
+
+
+def default_provenance(fmt: str, stream: bool = False) -> str:
+    """Where provenance goes unless asked: beside a ChatML file (fine-tuning takes documented keys only; a pipe
+    gets none), inline in the others."""
+    if fmt == "chatml":
+        return "none" if stream else "sidecar"
+    return "inline"
 
 
 def convert_example(example: Mapping[str, Any], source_fmt: str, target_fmt: str) -> dict[str, Any]:
@@ -139,15 +184,17 @@ def convert_example(example: Mapping[str, Any], source_fmt: str, target_fmt: str
 
 
 def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str], fmt: str, *,
-                   provenance: str = "inline") -> ExportResult:
+                   provenance: str | None = None, training: TrainingFileCheck | None = None,
+                   card: Card | None = None) -> ExportResult:
     """Write `records` to `path` as `fmt` JSONL, atomically; BatchgenError when the file cannot be written.
 
-    An exception raised while iterating `records` propagates after the temporary files are removed; the target
-    is then exactly as it was before.
+    `provenance` None: `default_provenance(fmt)`. `training` checks each line of a ChatML file for fine-tuning;
+    `card` is written beside a regular file. An exception raised while iterating `records` propagates after the
+    temporary files are removed; the target is then exactly as it was before.
     """
     if fmt not in DATASET_FORMATS:
         raise BatchgenError(f"Unknown dataset format {fmt!r}; use one of {', '.join(DATASET_FORMATS)}")
-    if provenance not in PROVENANCE_MODES:
+    if provenance is not None and provenance not in PROVENANCE_MODES:
         raise BatchgenError(f"Unknown provenance mode {provenance!r}; "
                             f"use one of {', '.join(PROVENANCE_MODES)}")
     target = Path(path)
@@ -156,10 +203,12 @@ def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str]
     stream = target.exists() and not stat.S_ISREG(target.stat().st_mode)
     if not stream and target.is_symlink():
         target = target.resolve()
+    provenance = provenance or default_provenance(fmt, stream)
     if stream and provenance == "sidecar":
         raise BatchgenError(f"{path} is not a regular file, so it has no sidecar; use --provenance inline or none")
     sidecar = sidecar_path(target) if provenance == "sidecar" else None
-    result = ExportResult(target, fmt, provenance, sidecar_path=sidecar)
+    result = ExportResult(target, fmt, provenance, sidecar_path=sidecar,
+                          training=training if fmt == "chatml" else None)
     if not stream:
         make_folder(target.parent, f"dataset {target}", "choose another file with -o")
     try:
@@ -168,7 +217,8 @@ def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str]
                 _write_records(records, fmt, provenance, main, None, result)
             result.sha256 = main.sha256.hexdigest()
         else:
-            _write_files(records, fmt, provenance, target, sidecar, result)
+            result.card_path = card.path_for(target) if card is not None else None
+            _write_files(records, fmt, provenance, target, sidecar, result, card)
     except OSError as error:
         raise write_error(error, f"dataset {target}",
                           "choose another file with -o or check the folder's permissions") from error
@@ -176,9 +226,10 @@ def export_dataset(records: Iterable[ExportRecord], path: str | os.PathLike[str]
 
 
 def _write_files(records: Iterable[ExportRecord], fmt: str, provenance: str, target: Path, sidecar: Path | None,
-                 result: ExportResult) -> None:
-    """Write the dataset (and its sidecar) beside the old ones; both are complete and on disk before either
-    replaces its old file, so a full disk part-way leaves the previous pair as it was and no temporary file."""
+                 result: ExportResult, card: Card | None = None) -> None:
+    """Write the dataset (and its sidecar and card) beside the old ones; all are complete and on disk before any
+    replaces its old file, so a full disk part-way leaves the previous files as they were and no temporary file.
+    The dataset is renamed last: once it is new, so are the others."""
     pending: list[_Pending] = []
     try:
         pending.append(_Pending(target))
@@ -186,6 +237,12 @@ def _write_files(records: Iterable[ExportRecord], fmt: str, provenance: str, tar
             pending.append(_Pending(sidecar))
         main, side = pending[0].file, (pending[1].file if sidecar is not None else None)
         _write_records(records, fmt, provenance, main, side, result)
+        if card is not None and result.card_path is not None:
+            result.sha256 = main.sha256.hexdigest()
+            result.sidecar_sha256 = side.sha256.hexdigest() if side is not None else None
+            pending.append(_Pending(result.card_path))
+            pending[-1].file.write_bytes(card.render(result).encode("utf-8"))
+            result.card_sha256 = pending[-1].file.sha256.hexdigest()
         for file in pending:
             file.finish()
         for file in reversed(pending):
@@ -213,13 +270,28 @@ def _write_records(records: Iterable[ExportRecord], fmt: str, provenance: str, m
             loc = ".".join(str(part) for part in first["loc"])
             result.skip("schema", custom_id, f"not a valid {record.fmt} example: {loc}: {first['msg']}")
             continue
-        result.written += 1
+        problem = result.training.problem(example) if result.training is not None else None
+        if problem is not None:
+            category, reason = problem
+            result.skip(category, custom_id, reason)
+            continue
+        _count(result, record, example)
         if provenance == "inline":
             example[PROVENANCE_KEY] = record.provenance.to_dict()
         elif side is not None:
             side.write_line({"line": result.written, **record.provenance.to_dict()})
         main.write_line(example)
         crash_point("export")
+
+
+def _count(result: ExportResult, record: ExportRecord, example: dict[str, Any]) -> None:
+    """One more example written: its stage and cell, its batch, and the first one kept as the card's sample."""
+    result.written += 1
+    result.exported[(record.provenance.stage, cell_key(record.provenance.cell))] += 1
+    if record.provenance.batch_id is not None:
+        result.batches[record.provenance.batch_id] += 1
+    if result.first_example is None:
+        result.first_example = dict(example)
 
 
 class _HashingFile:
@@ -230,9 +302,11 @@ class _HashingFile:
         self.sha256 = hashlib.sha256()
 
     def write_line(self, obj: Mapping[str, Any]) -> None:
-        line = orjson.dumps(obj) + b"\n"
-        self.handle.write(line)
-        self.sha256.update(line)
+        self.write_bytes(orjson.dumps(obj) + b"\n")
+
+    def write_bytes(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.sha256.update(data)
 
 
 @contextmanager
@@ -307,6 +381,6 @@ def read_dataset(path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any],
                 yield data, data.pop(PROVENANCE_KEY, None)
 
 
-__all__ = ["PROVENANCE_KEY", "PROVENANCE_MODES", "SIDECAR_SUFFIX", "ExportRecord", "ExportResult",
-           "Provenance", "convert_example", "dataset_filename", "export_dataset", "read_dataset",
-           "sidecar_path"]
+__all__ = ["PROVENANCE_KEY", "PROVENANCE_MODES", "SIDECAR_SUFFIX", "Card", "ExportRecord", "ExportResult",
+           "Provenance", "cell_key", "convert_example", "dataset_filename", "default_provenance", "export_dataset",
+           "read_dataset", "sidecar_path"]

@@ -8,11 +8,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from batchgen.dataset.card import CardFacts, DatasetCard
 from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
+from batchgen.dataset.training_file import TrainingFileCheck
 from batchgen.dataset.validate import Reason, Summary
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger, Workspace
 from batchgen.ledger.states import ACTIVE
+from batchgen.recipe.fine_tuning import fine_tunable_models, training_context
 from batchgen.recipe.formats import EMBEDDINGS_FORMAT
 from batchgen.recipe.spec import JobSpec
 
@@ -27,11 +30,39 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
                 content_hash=found.content_hash))
 
 
-def export_job(ledger: Ledger, spec: JobSpec, path: Path, fmt: str | None = None,
-               provenance: str = "inline") -> ExportResult:
-    """Write the job's dataset (default: in the job's format) atomically."""
+def export_job(ledger: Ledger, spec: JobSpec, path: Path, fmt: str | None = None, provenance: str | None = None,
+               fine_tune_model: str | None = None, shared_folder: bool = False) -> ExportResult:
+    """Write the job's dataset (default: in the job's format) atomically, with its dataset card beside it.
+
+    Provenance None: in the sidecar for ChatML, inline for the others (`export.default_provenance`). A ChatML file
+    is checked for fine-tuning `fine_tune_model` (default: the job's model), whose training context each example
+    must fit; a model named that the fine-tuning table does not know is an error, the job's own a warning.
+    `shared_folder`: `path` is in a folder of many datasets (the workspace's datasets/), so the card is named
+    after the dataset rather than README.md (`dataset/card.card_path`).
+    """
     fmt = dataset_format(spec, fmt)
-    return export_dataset(valid_examples(ledger, spec), path, fmt, provenance=provenance)
+    training = training_check(spec, fine_tune_model) if fmt == "chatml" else None
+    if fine_tune_model is not None and training is None:
+        raise BatchgenError(f"--fine-tune-model checks a ChatML file; this export is {fmt}: add --format chatml")
+    card = DatasetCard(card_facts(ledger, spec), shared_folder)
+    return export_dataset(valid_examples(ledger, spec), path, fmt, provenance=provenance, training=training,
+                          card=card)
+
+
+def training_check(spec: JobSpec, model: str | None = None) -> TrainingFileCheck:
+    """The fine-tuning check of a ChatML export for `model` (default: the job's)."""
+    context = training_context(model or spec.model)
+    if model is not None and context is None:
+        raise BatchgenError(f"No fine-tuning context known for {model!r}; name one of "
+                            f"{', '.join(fine_tunable_models())}")
+    return TrainingFileCheck(model or spec.model, context)
+
+
+def card_facts(ledger: Ledger, spec: JobSpec) -> CardFacts:
+    """What the dataset card says beyond the examples: the job's counts per cell, quality, cost and backend."""
+    job = spec.name
+    return CardFacts(spec=spec, backend=ledger.job(job)["backend"], cells=ledger.cell_counts(job),
+                     quality=quality(ledger, job), spent_usd=ledger.spent_usd(job), tokens=ledger.token_totals(job))
 
 
 def dataset_format(spec: JobSpec, fmt: str | None = None) -> str:

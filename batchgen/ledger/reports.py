@@ -31,6 +31,17 @@ class ValidExample(NamedTuple):
     model: str
 
 
+class CellCount(NamedTuple):
+    """One variant cell of a stage: its requests (each variant once, whatever its attempts), the examples their
+    answers held, and how many of those were valid."""
+
+    stage: str
+    cell: dict[str, Any]
+    requests: int
+    generated: int
+    valid: int
+
+
 class ReportQueries(Store):
     # -- a job's dataset and quality -----------------------------------------------------------------------
     def valid_examples_for_export(self, job: str, stage: str, limit: int) -> Iterator[ValidExample]:
@@ -44,6 +55,19 @@ class ReportQueries(Store):
         for content, custom_id, position, cell, digest, batch_id, attempt, model in cursor:
             yield ValidExample(json.loads(content), custom_id, position, json.loads(cell), digest, batch_id,
                                attempt, model)
+
+    def cell_counts(self, job: str) -> list[CellCount]:
+        """Per stage and variant cell, in the order they were first compiled: requests, examples, valid ones.
+
+        The examples are summed per request first (through their job index; examples has no index on custom_id),
+        then joined to the requests: one pass over each table, not one over the examples per request."""
+        return [CellCount(stage, json.loads(cell), int(requests), int(generated), int(valid))
+                for stage, cell, requests, generated, valid in self._execute(
+                    "SELECT r.stage, r.cell_json, count(DISTINCT r.variant), coalesce(sum(e.n), 0), "
+                    "coalesce(sum(e.valid), 0) FROM requests r LEFT JOIN (SELECT custom_id, count(*) AS n, "
+                    "sum(valid) AS valid FROM examples WHERE job = ? GROUP BY custom_id) e "
+                    "ON e.custom_id = r.custom_id WHERE r.job = ? GROUP BY r.stage, r.cell_json "
+                    "ORDER BY min(r.rowid)", [job, job])]
 
     def example_counts_by_reason(self, job: str) -> list[tuple[bool, str | None, str | None, int]]:
         """How many examples the job generated, as (valid, category, reason, count): one row for the valid ones

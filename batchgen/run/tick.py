@@ -291,7 +291,8 @@ def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) 
             ledger.event("stage_opened", job=spec.name, stage=names[position + 1])
             crash_point("stage")
             return
-    exported = export_job(ledger, spec, session.workspace.datasets_dir / f"{spec.name}.{spec.dataset_format}.jsonl")
+    exported = export_job(ledger, spec, session.workspace.datasets_dir / f"{spec.name}.{spec.dataset_format}.jsonl",
+                          shared_folder=True)
     path = session.workspace.stored(exported.path)
     with ledger.transaction():
         if row["status"] == ACTIVE:

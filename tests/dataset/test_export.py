@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ from batchgen.dataset.export import (
     read_dataset,
     sidecar_path,
 )
+from batchgen.dataset.training_file import TrainingFileCheck
 from batchgen.dataset.validate import Rules, validate_example
 from batchgen.errors import BatchgenError
+from batchgen.recipe.fine_tuning import example_tokens, training_context
 from batchgen.recipe.formats import ChatMLExample, parse_example
 
 PATTERNS = ["Created task:", "Updated task:", "Completed task:", "Deleted task:", "Error:", "tasks found"]
@@ -266,3 +269,45 @@ def test_dev_stdout_is_written_through_not_replaced() -> None:
     assert [json.loads(line)["messages"][0]["content"] for line in done.stdout.splitlines()] == ["q0", "q1", "q2"]
     after = os.lstat("/dev/stdout")
     assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+def test_chatml_keeps_its_provenance_beside_it_by_default(tmp_path: Path) -> None:
+    """Fine-tuning takes documented keys only: a ChatML line holds `messages` and nothing else unless asked."""
+    result = export_dataset(records(), tmp_path / "ft.jsonl", "chatml")
+    assert result.provenance == "sidecar" and result.sidecar_path == sidecar_path(tmp_path / "ft.jsonl")
+    assert all(list(line) == ["messages"] for line in lines_of(tmp_path / "ft.jsonl"))
+    assert export_dataset(records(), tmp_path / "share.jsonl", "sharegpt").provenance == "inline"
+    assert export_dataset(records(), "/dev/null", "chatml").provenance == "none"  # a stream has no sidecar
+
+
+def test_chatml_leaves_out_what_fine_tuning_would_refuse_or_cut(tmp_path: Path) -> None:
+    model = "gpt-3.5-turbo-0613"  # a training context of 4,096 tokens
+    long = {"conversations": [{"from": "human", "value": "Add these: " + "milk " * 5000},
+                              {"from": "gpt", "value": "Created task: 'Milk'"}]}
+    no_answer = {"conversations": [{"from": "human", "value": "Anyone there?"}]}
+    check = TrainingFileCheck(model, training_context(model))
+    result = export_dataset([record(SINGLE, 0), record(long, 1), record(no_answer, 2), record(MULTI, 3)],
+                            tmp_path / "ft.jsonl", "chatml", training=check)
+    assert result.written == 2 and result.skipped == {"over_context": 1, "not_fine_tunable": 1}
+    assert result.samples[0][0] == "task_api-s1-a1-000001"
+    assert re.fullmatch(r"5,0\d\d tokens, over the 4,096 of gpt-3.5-turbo-0613's fine-tuning context "
+                        r"\(OpenAI would truncate it\)", result.samples[0][1])
+    assert result.samples[1] == ("task_api-s1-a1-000002",
+                                 "no assistant message: fine-tuning has nothing to learn from it")
+    counted = [example_tokens(line["messages"], model) for line in lines_of(tmp_path / "ft.jsonl")]  # type: ignore
+    figures = result.to_dict()["fine_tuning"]
+    assert figures["tokens"] == {"total": sum(counted), "min": min(counted), "median": max(counted),
+                                 "max": max(counted)}
+    assert figures["context_tokens"] == 4096 and figures["snapshot"] == model
+    assert result.warnings == ["2 example(s): OpenAI's fine-tuning takes a training file of at least 10"]
+
+
+def test_ten_examples_are_enough_and_an_unknown_model_is_said(tmp_path: Path) -> None:
+    check = TrainingFileCheck("gpt-4o-mini", training_context("gpt-4o-mini"))
+    result = export_dataset([record(SINGLE, n) for n in range(10)], tmp_path / "ft.jsonl", "chatml", training=check)
+    assert result.written == 10 and result.warnings == []
+    unknown = export_dataset([record(SINGLE, n) for n in range(10)], tmp_path / "g.jsonl", "chatml",
+                             training=TrainingFileCheck("gpt-5", None))
+    assert unknown.written == 10 and len(unknown.warnings) == 1
+    assert unknown.warnings[0].startswith("No fine-tuning context known for gpt-5, so no example was checked")
+    assert export_dataset(records(), tmp_path / "s.jsonl", "sharegpt", training=check).training is None

@@ -256,6 +256,29 @@ def m005_paths_relative_to_the_workspace(db: Database) -> None:
                        [_inside(dataset, root) or dataset, _inside(job_dir, posixpath.dirname(root)), name])
 
 
+@migrations()
+def m007_cell_shortfalls(db: Database) -> None:
+    """A stage's axis cells that ended below their share of its target, and why: a top-up goes to the cells below
+    their share, and what it could not fill the job reports (`batchgen show`, `run`'s summary)."""
+    _run(
+        db,
+        """
+        CREATE TABLE cell_shortfalls (
+            job TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            cell_json TEXT NOT NULL,         -- the cell, as requests.cell_json has it
+            share INTEGER NOT NULL,          -- its share of the stage's target
+            valid INTEGER NOT NULL,          -- its valid examples when the stage ended
+            requests INTEGER NOT NULL,       -- requests sent for it, every attempt
+            top_ups INTEGER NOT NULL,        -- top-up rounds the stage had
+            reason TEXT NOT NULL,            -- max_top_ups | budget | dead_end | no_variant
+            at_utc TEXT NOT NULL,
+            PRIMARY KEY (job, stage, cell_json)
+        )
+        """
+    )
+
+
 def _workspace_of(path: str, job: str, stage: str) -> str | None:
     """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
     found = path.rfind(f"/shards/{job}/{stage}/")

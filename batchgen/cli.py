@@ -356,11 +356,31 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     if summary["job_dir"]["missing"]:
         click.echo(f"Missing: job directory {summary['job_dir']['path']} ({MISSING_DIR_NOTE})")
     for short in summary["short"]:
-        why = {"max_top_ups": f"after {short['top_ups']} top-up round(s), the most max_top_ups allows",
-               "budget": "the budget has no room for a top-up"}.get(
-            short["reason"], "every input has its answer; the others were duplicates or refused")
         click.echo(f"Short: stage {short['stage']} has {short['target'] - short['missing']} of its "
-                   f"{short['target']} examples ({why})")
+                   f"{short['target']} examples ({_short_why(short)})")
+    _print_cells(summary)
+
+
+def _short_why(short: dict[str, Any]) -> str:
+    """Why a stage or a cell stayed short, in words."""
+    return {"max_top_ups": f"after {short['top_ups']} top-up round(s), the most max_top_ups allows",
+            "budget": "the budget has no room for a top-up",
+            "dead_end": "the job met a dead end, see Blocked",
+            "no_variant": "no variant of the cell among the next ones to top it up with"}.get(
+        short["reason"], "every input has its answer; the others were duplicates or refused")
+
+
+def _print_cells(summary: dict[str, Any]) -> None:
+    """How many cells of each stage are at their share of its target, and each cell that stayed below it."""
+    import json
+
+    for stage, counts in summary["cells"].items():
+        if counts["cells"] > 1:
+            click.echo(f"Cells: stage {stage}: {counts['at_share']} of {counts['cells']} at their share")
+    for short in summary["short_cells"]:
+        cell = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in short["cell"].items())
+        click.echo(f"Short: cell {cell} of stage {short['stage']} has {short['valid']} of its {short['share']} "
+                   f"examples ({_short_why(short)})")
 
 
 @cli.command(name="preview")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.dataset.card import CardFacts, DatasetCard
+from batchgen.dataset.coverage import coverage_summary, examples_by_share, recorded_coverage
 from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
 from batchgen.dataset.training_file import TrainingFileCheck
 from batchgen.dataset.validate import Reason, Summary
@@ -21,9 +22,10 @@ from batchgen.recipe.spec import JobSpec
 
 
 def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
-    """The job's valid examples, stage by stage, each stage capped at its target, in variant order."""
+    """The job's valid examples, stage by stage, each stage capped at its target (each cell's share first, see
+    `coverage.examples_by_share`), in variant order."""
     for stage in spec.resolved_stages():
-        for found in ledger.valid_examples_for_export(spec.name, stage.name, stage.target):
+        for found in examples_by_share(ledger, spec, stage):
             yield ExportRecord(found.content, spec.dataset_format, Provenance(
                 custom_id=found.custom_id, job=spec.name, stage=stage.name, position=found.position,
                 attempt=found.attempt, batch_id=found.batch_id, model=found.model, cell=found.cell,
@@ -129,6 +131,9 @@ def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) ->
                "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
                "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
                "estimated_usd": ledger.estimated_usd(job), "preview": ledger.preview_totals(job)}
+    cells = recorded_coverage(ledger, job)
+    summary.update(coverage=[row.to_dict() for row in cells], cells=coverage_summary(cells),
+                   short_cells=ledger.cell_shortfalls(job))
     if workspace is not None:
         summary["job_dir"] = job_dir(ledger, job, workspace)
     return summary

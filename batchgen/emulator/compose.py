@@ -1,5 +1,6 @@
-"""The content of a simulated chat answer: schema-valid JSON built from the prompt's seed examples, a generic
-JSON object, or plain text. Results of the costly prompt analysis are cached per distinct message text.
+"""The content of a simulated chat answer: schema-valid JSON built from the prompt's seed examples (following the
+axis values the prompt names, see `follow`), a generic JSON object, or plain text. Results of the costly prompt
+analysis are cached per distinct message text.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from batchgen.emulator.focus import Focus, merged, read_focus
+from batchgen.emulator.follow import follow_examples
 from batchgen.emulator.schema_fill import conforms, generate, resolve, sentence
 from batchgen.emulator.synth import (
     candidate_examples,
@@ -29,11 +32,12 @@ _WORD_RE = re.compile(r"[A-Za-z][a-z]{2,}")
 
 @dataclass(frozen=True)
 class Analysis:
-    """What a prompt offers: seed examples, a requested count, a vocabulary."""
+    """What a prompt offers: seed examples, a requested count, a vocabulary, what it asks of each example."""
 
     seeds: tuple[dict[str, Any], ...]
     count: int | None
     words: tuple[str, ...]
+    focus: Focus = Focus()
     matches: dict[bytes, tuple[list[dict[str, Any]], list[str | None]]] = field(
         default_factory=dict, compare=False, hash=False)
 
@@ -52,7 +56,7 @@ class Composer:
         if found is None:
             seeds = tuple(candidate_examples(find_json_values(text)))
             words = tuple(dict.fromkeys(_WORD_RE.findall(text[:20_000])))[:300]
-            found = Analysis(seeds, requested_count(text), words)
+            found = Analysis(seeds, requested_count(text), words, read_focus(text))
             with self._lock:
                 if len(self._cache) >= self._max:
                     self._cache.clear()
@@ -69,7 +73,7 @@ class Composer:
         seeds = tuple(s for p in parts for s in p.seeds)
         count = next((p.count for p in reversed(parts) if p.count is not None), None)
         words = tuple(w for p in parts[-1:] for w in p.words) or tuple(w for p in parts for w in p.words)
-        found = Analysis(seeds, count, words)
+        found = Analysis(seeds, count, words, merged(p.focus for p in parts))
         with self._lock:
             if len(self._prompts) >= self._max:
                 self._prompts.clear()
@@ -87,11 +91,20 @@ class Composer:
         seeds = _majority(list(analysis.seeds))
         if kind == "json_object":
             if seeds:
-                return dump({"examples": distinct_variants(seeds, count, rng)})
+                return dump({"examples": _examples(seeds, None, count, rng, analysis.focus)})
             return dump({"response": sentence(rng, list(analysis.words), 8, 24)})
         if seeds:
-            return dump(distinct_variants(seeds, count, rng))
+            return dump(_examples(seeds, None, count, rng, analysis.focus))
         return " ".join(sentence(rng, list(analysis.words), 6, 16) for _ in range(rng.randint(2, 4)))
+
+
+def _examples(seeds: list[dict[str, Any]], kinds: list[str | None] | None, count: int, rng: random.Random,
+              focus: Focus, fits: Any = None) -> list[dict[str, Any]]:
+    """`count` new examples from the seeds: following what the prompt asks, when it asks anything; else variants
+    rotating over the seeds."""
+    kinds = kinds if kinds is not None else [kind_of(s) for s in seeds]
+    followed = follow_examples(seeds, kinds, count, rng, focus, fits)
+    return followed if followed is not None else distinct_variants(seeds, count, rng, kinds=kinds)
 
 
 def _majority(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,7 +170,8 @@ class _Builder:
         self.used_count = True
         size = max(int(schema.get("minItems", 0)), min(size, int(schema.get("maxItems", size))))
         if pool:
-            return distinct_variants(pool, size, self.rng, kinds=kinds)
+            return _examples(pool, kinds, size, self.rng, self.analysis.focus,
+                             lambda example: conforms(example, items, self.root))
         return [self.build(items, depth + 1) for _ in range(size)]
 
 

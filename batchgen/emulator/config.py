@@ -59,6 +59,7 @@ class EmulatorConfig:
     max_examples: int = 50
     error_rate: float = 0.0
     malformed_rate: float = 0.0
+    malformed_when_prompt_contains: list[str] = field(default_factory=list)
     expire_after_fraction: float | None = None
     stuck_finalizing_seconds: float = 0.0
     http_error_rate: float = 0.0
@@ -266,6 +267,14 @@ def _names(value: Any) -> list[str]:
     return [_name(item) for item in value]
 
 
+def _texts(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError
+    if not all(isinstance(item, str) and item for item in value):
+        raise ValueError
+    return list(value)
+
+
 def _limits(value: Any) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise TypeError
@@ -324,6 +333,7 @@ _RULES: dict[str, _Rule] = {
     "max_upload_bytes": _count("bytes"), "default_examples": _count("examples"), "max_examples": _count("examples"),
     "error_rate": _rate(), "malformed_rate": _rate(), "http_error_rate": _rate(), "drop_rate": _rate(),
     "slow_rate": _rate(),
+    "malformed_when_prompt_contains": _Rule("an array of texts (none empty)", _texts),
     "expire_after_fraction": _Rule("a number from 0 to 1", lambda v: _number(v, 0.0, 1.0), nullable=True),
     "control": _Rule("true or false", _flag),
     "executor": _Rule(f"one of {', '.join(EXECUTORS)}", _executor),

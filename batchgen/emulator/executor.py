@@ -1,5 +1,6 @@
 """Executors decide what a request line returns: `simulate` (the default) or `upstream` (forwarding to an
-OpenAI-compatible server). Per-line faults (model errors, malformed output) wrap any executor.
+OpenAI-compatible server). Per-line faults (model errors, malformed output: a share of the lines, or every line
+whose prompt holds a given text, such as one axis cell's "Operation: update") wrap any executor.
 
 An executor whose `concurrency` is above 1 also has `execute_many`, which answers a list of lines in parallel and
 returns the results in the order of the requests; it raises `Interrupted` when `stop` is set before it is done.
@@ -19,7 +20,7 @@ import orjson
 
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.ids import digest
-from batchgen.emulator.tokencount import TokenCounter
+from batchgen.emulator.tokencount import TokenCounter, _content_text
 
 SYNC_BATCH = "sync"
 
@@ -108,7 +109,7 @@ class FaultyExecutor:
         rng, fault = self._fault(config, request)
         if fault is not None:
             return fault
-        return self._spoil(config, rng, self.inner.execute(request))
+        return self._spoil(config, rng, request, self.inner.execute(request))
 
     def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
         """The faulted lines are answered here; the others go to the inner executor together, in order."""
@@ -120,7 +121,8 @@ class FaultyExecutor:
             answers = iter(inner.execute_many(todo, stop))  # type: ignore[attr-defined]
         else:
             answers = iter([inner.execute(request) for request in todo])
-        return [fault if fault is not None else self._spoil(config, rng, next(answers)) for rng, fault in faults]
+        return [fault if fault is not None else self._spoil(config, rng, request, next(answers))
+                for request, (rng, fault) in zip(requests, faults, strict=True)]
 
     def close(self) -> None:
         close_executor(self.inner)
@@ -128,7 +130,7 @@ class FaultyExecutor:
     @staticmethod
     def _fault(config: EmulatorConfig, request: LineRequest) -> tuple[random.Random | None, LineResult | None]:
         """The line's random source (None without faults) and its injected error, if it gets one."""
-        if not config.error_rate and not config.malformed_rate:
+        if not config.error_rate and not config.malformed_rate and not config.malformed_when_prompt_contains:
             return None, None
         rng = line_rng(config.seed, "fault", request.content, request.index, request.custom_id)
         if config.error_rate and rng.random() < config.error_rate:
@@ -139,11 +141,30 @@ class FaultyExecutor:
                                                    "about that!", "server_error"))
         return rng, None
 
-    def _spoil(self, config: EmulatorConfig, rng: random.Random | None, result: LineResult) -> LineResult:
-        if rng is not None and config.malformed_rate and result.status_code == 200 \
-                and rng.random() < config.malformed_rate:
+    def _spoil(self, config: EmulatorConfig, rng: random.Random | None, request: LineRequest,
+               result: LineResult) -> LineResult:
+        """Spoil a successful answer: one of `malformed_rate`, and every one whose prompt holds one of the texts of
+        `malformed_when_prompt_contains`."""
+        if rng is None or result.status_code != 200:
+            return result
+        hit = bool(config.malformed_rate) and rng.random() < config.malformed_rate
+        if hit or _prompt_holds(request.body, config.malformed_when_prompt_contains):
             malform(result.body, rng, self._counter)
         return result
+
+
+def _prompt_holds(body: dict[str, Any], texts: Sequence[str]) -> bool:
+    """Whether the request's prompt (its messages' text, or the embeddings input) holds one of the texts."""
+    if not texts:
+        return False
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        prompt = "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+    else:
+        raw = body.get("input")
+        prompt = raw if isinstance(raw, str) else "\n".join(i for i in raw if isinstance(i, str)) \
+            if isinstance(raw, list) else ""
+    return any(text in prompt for text in texts)
 
 
 def malform(body: dict[str, Any], rng: random.Random, counter: TokenCounter) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 
 import orjson
 
-from batchgen.emulator.synth_words import CLOSERS, OPENERS, QUALIFIERS, fill_qualifier
+from batchgen.emulator.synth_words import (
+    CLOSERS,
+    OPENERS,
+    QUALIFIERS,
+    STYLE_CLOSERS,
+    STYLE_OPENERS,
+    STYLES,
+    fill_qualifier,
+)
 
 _DECODER = json.JSONDecoder()
 _SCAN_LIMIT = 200_000
@@ -109,7 +117,7 @@ def convert(example: dict[str, Any], target: str) -> dict[str, Any] | None:
     source = kind_of(example)
     if source is None or source == target:
         return example if source == target else None
-    turns = _turns(example, source)
+    turns = turns_of(example, source)
     if target == "sharegpt":
         names = {"system": "system", "user": "human", "assistant": "gpt"}
         return {"conversations": [{"from": names.get(r, "human"), "value": c} for r, c in turns]}
@@ -121,7 +129,8 @@ def convert(example: dict[str, Any], target: str) -> dict[str, Any] | None:
     return {"instruction": body[0][1], "input": "", "output": body[1][1]}
 
 
-def _turns(example: dict[str, Any], kind: str) -> list[tuple[str, str]]:
+def turns_of(example: dict[str, Any], kind: str) -> list[tuple[str, str]]:
+    """The (role, text) turns of an example of a known format, with the roles system, user and assistant."""
     if kind == "sharegpt":
         roles = {"human": "user", "gpt": "assistant", "system": "system"}
         return [(roles.get(str(t["from"]), "user"), str(t["value"])) for t in example["conversations"]]
@@ -134,18 +143,22 @@ def _turns(example: dict[str, Any], kind: str) -> list[tuple[str, str]]:
 
 
 class Variation:
-    """One consistent set of changes applied to a seed: a date shift, a priority, and wording for the request."""
+    """One consistent set of changes applied to a seed: a date shift, a priority, and wording for the request (in
+    the phrasing style a prompt asks for, when it names one the simulator knows)."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, style: str | None = None) -> None:
+        self.style = style if style in STYLES else None
+        openers = STYLE_OPENERS[self.style] if self.style else OPENERS
+        closers = STYLE_CLOSERS[self.style] if self.style else CLOSERS
         bits = rng.getrandbits(64)
         bits, self.days = divmod(bits, 45)
         self.days += 1
         bits, priority = divmod(bits, 3)
         self.priority = ("low", "medium", "high")[priority]
-        bits, opener = divmod(bits, len(OPENERS))
-        self.opener = OPENERS[opener]
-        bits, closer = divmod(bits, len(CLOSERS))
-        self.closer = CLOSERS[closer]
+        bits, opener = divmod(bits, len(openers))
+        self.opener = openers[opener]
+        bits, closer = divmod(bits, len(closers))
+        self.closer = closers[closer]
         bits, qualifier = divmod(bits, len(QUALIFIERS) * 10)
         self.qualifier = fill_qualifier(QUALIFIERS[qualifier // 10], bits) if qualifier % 10 < 7 else ""
         self.touch_priority = bool(bits & 1 << 40)
@@ -173,6 +186,8 @@ class Variation:
         end = ""
         while core and core[-1] in ".!?":
             end, core = core[-1] + end, core[:-1]
+        if self.style is not None:
+            return self._styled(core, end)
         if self.opener.text.endswith((", ", ": ", "- ")) or self.opener.question or self.opener.text == "Please ":
             lower = True
         else:
@@ -181,6 +196,42 @@ class Variation:
             core = core[:1].lower() + core[1:]
         end = "?" if self.opener.question else (end or "")
         return f"{self.opener.text}{core}{self.qualifier}{self.closer}{end}".strip()
+
+    def _styled(self, core: str, end: str) -> str:
+        """The request in the prompt's phrasing style. A request that is a question already stays one (a question
+        opener in front of it would not be English), and one that speaks of the user ("I need ...") is asked about
+        rather than prefixed."""
+        asked = "?" in end or core.split(" ", 1)[0].lower() in _QUESTION_WORDS
+        personal = core.startswith(("I ", "I'", "My ", "my "))
+        if self.style == "question":
+            if asked:
+                return f"{core}{self.qualifier}?"
+            if personal:
+                return f"{core}{self.qualifier}, can you help with that?"
+            return f"{self.opener.text}{_lowered(core)}{self.qualifier}{self.closer}?"
+        opener = "" if asked or personal else self.opener.text
+        closer = "" if asked and "." in self.closer else self.closer  # no "Thank you in advance?"
+        if opener or self.style == "casual":
+            core = _lowered(core)
+        if asked:
+            stop = "?"
+        elif self.style == "casual":
+            stop = ""
+        else:
+            stop = "." if self.style == "formal" else end
+        return f"{opener}{core}{self.qualifier}{closer}{stop}".strip()
+
+
+_QUESTION_WORDS = frozenset({"what", "what's", "which", "who", "when", "where", "how", "why", "can", "could", "would",
+                             "will", "is", "are", "do", "does", "did", "should", "may", "any", "anything"})
+
+
+def _lowered(core: str) -> str:
+    """The request with its first letter in lower case, to follow an opener ("Please add ..."); a name, "I" or an
+    acronym keeps its capital."""
+    if core[:1].isupper() and core[1:2].islower() and not core.startswith(("I ", "I'")):
+        return core[:1].lower() + core[1:]
+    return core
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -208,9 +259,11 @@ def _template(text: str) -> tuple[tuple[str, Any], ...]:
     return tuple(parts)
 
 
-def vary(example: dict[str, Any], rng: random.Random, kind: str | None = None) -> dict[str, Any]:
-    """A variant of a seed example in the same format (`kind` as found by `kind_of`, if known)."""
-    change = Variation(rng)
+def vary(example: dict[str, Any], rng: random.Random, kind: str | None = None,
+         style: str | None = None) -> dict[str, Any]:
+    """A variant of a seed example in the same format (`kind` as found by `kind_of`, if known), its request worded
+    in `style` when that is a phrasing style the simulator knows."""
+    change = Variation(rng, style)
     kind = kind or kind_of(example)
     if kind == "sharegpt":
         return {**example, "conversations": _vary_turns(example["conversations"], "from", "value", change)}

@@ -1,4 +1,5 @@
-"""Wording pools for request-side variation: openers, context qualifiers and closers."""
+"""Wording pools for request-side variation: openers, context qualifiers and closers, and the openers and closers
+of each phrasing style a prompt can ask for (formal, casual, imperative, question)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,25 @@ QUALIFIERS: tuple[str, ...] = (
     " related to {project}", " (the {team} team asked)", " so {person} can follow up", " ahead of the {event}",
     " as discussed with {person}", " for the {event}",
 )
+
+# Openers and closers per phrasing style. A question opener makes the request end with "?"; a request that is a
+# question already keeps its own words (see `synth.Variation.request`).
+STYLE_OPENERS: dict[str, tuple[Opener, ...]] = {
+    "formal": (Opener("Please "), Opener("Kindly "), Opener("I would like you to "), Opener("Please be so kind as to "),
+               Opener("I would appreciate it if you could "), Opener("Good morning. Please ")),
+    "casual": (Opener("Hey, "), Opener("Hi! "), Opener("So, "), Opener("Okay, "), Opener("Real quick, "),
+               Opener("Quick one: "), Opener("Yo, "), Opener("")),
+    "imperative": (Opener(""), Opener(""), Opener(""), Opener("Now "), Opener("Go ahead and ")),
+    "question": (Opener("Could you ", True), Opener("Can you ", True), Opener("Would you please ", True),
+                 Opener("Could you please ", True), Opener("Would you ", True), Opener("Can you please ", True)),
+}
+STYLE_CLOSERS: dict[str, tuple[str, ...]] = {
+    "formal": ("", ", thank you", ". Thank you in advance", " at your earliest convenience", ", if you would"),
+    "casual": ("", ", thanks", " asap", ", cheers", ", ok", " pls", " lol", ", ty"),
+    "imperative": ("", "", " now", " right away", " today"),
+    "question": ("", "", " for me", " today", " when you have a moment"),
+}
+STYLES = tuple(STYLE_OPENERS)
 
 _POOLS: dict[str, tuple[str, ...]] = {
     "team": ("marketing", "design", "finance", "QA", "sales", "ops", "legal", "platform", "support", "data",

@@ -136,6 +136,28 @@ class JobRecords(Store):
         return self.rows("SELECT stage, target, missing, top_ups, reason FROM stage_shortfalls WHERE job = ? "
                          "ORDER BY at_utc, stage", [job])
 
+    def record_cell_shortfalls(self, job: str, stage: str, cells: list[dict[str, Any]], *, top_ups: int,
+                               reason: str) -> None:
+        """The stage's cells that end below their share ({"cell_json", "share", "valid", "requests"} each), and
+        why; they replace what the stage recorded before (none: it has no cell short any more). Call inside a
+        transaction."""
+        self._execute("DELETE FROM cell_shortfalls WHERE job = ? AND stage = ?", [job, stage])
+        now = utcnow()
+        self.db.conn.executemany(
+            "INSERT INTO cell_shortfalls (job, stage, cell_json, share, valid, requests, top_ups, reason, at_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((job, stage, c["cell_json"], c["share"], c["valid"], c["requests"], top_ups, reason, now)
+             for c in cells))
+
+    def cell_shortfalls(self, job: str, stage: str | None = None) -> list[dict[str, Any]]:
+        """Cells that ended below their share: {"stage", "cell" (decoded), "share", "valid", "requests",
+        "top_ups", "reason"}, stage by stage in the order they ended."""
+        where, params = ("AND stage = ?", [job, stage]) if stage is not None else ("", [job])
+        rows = self.rows(f"SELECT stage, cell_json, share, valid, requests, top_ups, reason FROM cell_shortfalls "
+                         f"WHERE job = ? {where} ORDER BY at_utc, stage, rowid", params)
+        return [{"stage": r["stage"], "cell": json.loads(r["cell_json"]),
+                 **{k: r[k] for k in ("share", "valid", "requests", "top_ups", "reason")}} for r in rows]
+
     # -- the batches a job still has open -------------------------------------------------------
     def unfinished_batches(self, job: str) -> int:
         """Batches of the job that have not ended yet."""

@@ -257,6 +257,29 @@ def m005_paths_relative_to_the_workspace(db: Database) -> None:
 
 
 @migrations()
+def m007_cell_shortfalls(db: Database) -> None:
+    """A stage's axis cells that ended below their share of its target, and why: a top-up goes to the cells below
+    their share, and what it could not fill the job reports (`batchgen show`, `run`'s summary)."""
+    _run(
+        db,
+        """
+        CREATE TABLE cell_shortfalls (
+            job TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            cell_json TEXT NOT NULL,         -- the cell, as requests.cell_json has it
+            share INTEGER NOT NULL,          -- its share of the stage's target
+            valid INTEGER NOT NULL,          -- its valid examples when the stage ended
+            requests INTEGER NOT NULL,       -- requests sent for it, every attempt
+            top_ups INTEGER NOT NULL,        -- top-up rounds the stage had
+            reason TEXT NOT NULL,            -- max_top_ups | budget | dead_end | no_variant
+            at_utc TEXT NOT NULL,
+            PRIMARY KEY (job, stage, cell_json)
+        )
+        """
+    )
+
+
+@migrations()
 def m010_previews(db: Database) -> None:
     """`batchgen preview`: requests sent synchronously at standard price before a run, each with its usage, its exact
     cost and the verdict on its answer. Kept apart from batch results, so that batch spend stays what the batches

@@ -7,7 +7,7 @@ Every answer is a plain value (ints, dicts, tuples, exact Decimal money); the re
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -44,14 +44,15 @@ class CellCount(NamedTuple):
 
 class ReportQueries(Store):
     # -- a job's dataset and quality -----------------------------------------------------------------------
-    def valid_examples_for_export(self, job: str, stage: str, limit: int) -> Iterator[ValidExample]:
-        """The first `limit` valid examples of a stage, in variant order (then attempt, then position in the
-        response): the ones an export writes. Read lazily, so a large stage is never held in memory."""
+    def valid_examples_for_export(self, job: str, stage: str,
+                                  limit: int | None = None) -> Generator[ValidExample, None, None]:
+        """The first `limit` (None: all) valid examples of a stage, in variant order (then attempt, then position
+        in the response): what an export chooses from. Read lazily, so a large stage is never held in memory."""
         cursor = self._execute(
             "SELECT e.content_json, e.custom_id, e.position, r.cell_json, e.content_hash, r.batch_id, r.attempt, "
             "s.model FROM examples e JOIN requests r ON r.custom_id = e.custom_id JOIN shards s ON s.id = r.shard_id "
             "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position LIMIT ?",
-            [job, stage, limit])
+            [job, stage, -1 if limit is None else limit])
         for content, custom_id, position, cell, digest, batch_id, attempt, model in cursor:
             yield ValidExample(json.loads(content), custom_id, position, json.loads(cell), digest, batch_id,
                                attempt, model)

@@ -72,7 +72,8 @@ class RequestRecords(Store):
 
     # -- requests ------------------------------------------------------------------------------------------
     def add_requests(self, job: str, stage: str, shard_id: str, manifest: Iterable[dict[str, Any]]) -> None:
-        """One compiled request row per manifest line of the shard."""
+        """One compiled request row per manifest line of the shard; its cell as `recipe.variants.cell_key` writes
+        it (JSON, keys sorted), which coverage by cell matches against."""
         self.db.conn.executemany(
             "INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, input_tokens, "
             "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'compiled')",
@@ -107,6 +108,17 @@ class RequestRecords(Store):
         return int(self.scalar(
             "SELECT count(DISTINCT first) FROM (SELECT min(attempt) AS first FROM requests WHERE job = ? AND "
             "stage = ? AND variant >= ? GROUP BY variant)", [job, stage, first_top_up_variant]))
+
+    def cell_standings(self, job: str, stage: str) -> dict[str, dict[str, int]]:
+        """Each axis cell of the stage (by `requests.cell_json`) with the requests sent for it, every attempt, and
+        its valid examples: {"requests", "valid"}. The question coverage by cell, and a top-up, ask."""
+        standings = {cell: {"requests": int(n), "valid": 0} for cell, n in self._execute(
+            "SELECT cell_json, count(*) FROM requests WHERE job = ? AND stage = ? GROUP BY cell_json", [job, stage])}
+        for cell, n in self._execute(
+                "SELECT r.cell_json, count(*) FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
+                "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 GROUP BY r.cell_json", [job, stage]):
+            standings.setdefault(cell, {"requests": 0, "valid": 0})["valid"] = int(n)
+        return standings
 
     def source_examples(self, job: str, stage: str) -> list[dict[str, Any]]:
         """The stage's valid examples in canonical order (variant, attempt, position): what a `from` stage

@@ -42,7 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from batchgen.errors import JobDirMissing, SpecError
 from batchgen.recipe.embeddings import dimensions_problem
@@ -205,12 +205,12 @@ class JobSpec(_Strict):
         return {"examples_per_request": 1, "overgeneration": 1, **data, "prompt": prompt}
 
     @model_validator(mode="after")
-    def _check_embeddings(self) -> JobSpec:
+    def _check_embeddings(self, info: ValidationInfo) -> JobSpec:
         if self.endpoint != EMBEDDINGS:
             if self.embeddings is not None:
                 raise ValueError('[embeddings] applies to endpoint = "/v1/embeddings" only')
             return self
-        chat_only = self._chat_only_keys()
+        chat_only = [] if (info.context or {}).get("recorded") else self._chat_only_keys()
         if chat_only:
             raise ValueError(f"{chat_only[0]} applies to chat requests; an embeddings job sends the rendered "
                              "template as its input, so remove it")
@@ -250,6 +250,12 @@ class JobSpec(_Strict):
         if not self.stages and self.prompt.template is None:
             raise ValueError("prompt.template is required (or give each [[stages]] a template)")
         return self
+
+    @classmethod
+    def recorded(cls, text: str) -> JobSpec:
+        """The spec as a ledger recorded it (`jobs.spec_json`), checked when the job was registered. Every default
+        is written out in it, so what an embeddings job must leave out unset is not asked again."""
+        return cls.model_validate_json(text, context={"recorded": True})
 
     def loaded(self, job_dir: Path, seeds: tuple[dict[str, Any], ...], templates: dict[str, str],
                seeds_bytes: bytes, price_file: PriceFile | None = None) -> JobSpec:

@@ -18,12 +18,17 @@ that ends short of its target is topped up with the indices after the last one (
   at i*k, moved one seed further after each full pass over the file, so the groups change from pass to pass.
 - **temperature**: the stage's temperatures, rotated (i mod n).
 - **sources** (stages with `from`): request i takes source examples i*e .. i*e+e-1 (mod their number).
+
+A cell's **share** of a stage's target is the part of the planned requests (0..count-1) the strategy gives it:
+floor(target x its planned requests / count) (`cell_shares`); a top-up goes to the cells below their share, with
+indices after the last one requested whose cell is theirs (`CellPlan.indices_for`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
@@ -93,6 +98,46 @@ class CellPlan:
             digits = self._rotate_digits(index)
         else:
             digits = self._digits(self._weighted_position(index))
+        return self._cell_of(digits)
+
+    def planned_counts(self) -> dict[str, int]:
+        """How many of the planned requests (indices 0..requests-1) each cell gets, by `cell_key`, in the order of
+        the cells' first request. Cross and weighted are counted from the strategy's own arithmetic; rotate, whose
+        cells far outnumber a job's requests, by walking the indices."""
+        if not self.names:
+            return {cell_key({}): self.requests}
+        counts: dict[str, int] = {}
+        if self.strategy == "cross":
+            rounds, rest = divmod(self.requests, self.cell_count)
+            for position in range(min(self.cell_count, self.requests)):
+                counts[cell_key(self._cell_of(self._cross_digits(position)))] = rounds + (position < rest)
+        elif self.strategy == "weighted":  # a cell's first slot sits at 1 / 2n: the most requests first
+            weighted = self._weighted_counts
+            for position in sorted((p for p, n in enumerate(weighted) if n), key=lambda p: (-weighted[p], p)):
+                counts[cell_key(self._cell_of(self._digits(position)))] = weighted[position]
+        else:
+            for index in range(self.requests):
+                key = cell_key(self.cell(index))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def indices_for(self, wanted: Mapping[str, int], start: int, scan: int) -> dict[str, list[int]]:
+        """For each cell key, up to `wanted[key]` indices from `start` on whose cell it is, looking at `scan`
+        indices at most (a cell of a rotate strategy can recur rarely)."""
+        need = {key: n for key, n in wanted.items() if n > 0}
+        found: dict[str, list[int]] = {key: [] for key in need}
+        index = start
+        while need and index < start + scan:
+            key = cell_key(self.cell(index))
+            if key in need:
+                found[key].append(index)
+                need[key] -= 1
+                if not need[key]:
+                    del need[key]
+            index += 1
+        return found
+
+    def _cell_of(self, digits: list[int]) -> dict[str, Any]:
         return {name: values[d] for name, values, d in zip(self.names, self.values, digits, strict=True)}
 
     def _digits(self, position: int) -> list[int]:
@@ -227,6 +272,19 @@ def expand_variants(
     return VariantPlan(spec, resolved, source_count).variants(indices)
 
 
+def cell_key(cell: Mapping[str, Any]) -> str:
+    """A cell as the ledger records it (`requests.cell_json`): its JSON, keys sorted."""
+    return json.dumps(dict(cell), sort_keys=True)
+
+
+def cell_shares(spec: JobSpec, stage: ResolvedStage) -> dict[str, int]:
+    """Each cell's share of the stage's target, by `cell_key`: floor(target x its planned requests / the stage's
+    planned requests). The shares add up to the target at most; what they leave (the rounding) goes to any cell."""
+    count = request_count(spec, stage)
+    planned = CellPlan(spec.axes, count).planned_counts()
+    return {key: stage.target * n // count for key, n in planned.items()}
+
+
 def coverage(variants: Iterable[Variant]) -> dict[tuple[tuple[str, Any], ...], int]:
     """How many requests each cell gets."""
     counts: dict[tuple[tuple[str, Any], ...], int] = {}
@@ -236,4 +294,4 @@ def coverage(variants: Iterable[Variant]) -> dict[tuple[tuple[str, Any], ...], i
 
 
 __all__ = ["Variant", "VariantPlan", "CellPlan", "MAX_JOB_REQUESTS", "request_count", "job_request_count",
-           "expand_variants", "coverage"]
+           "expand_variants", "coverage", "cell_key", "cell_shares"]

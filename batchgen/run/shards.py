@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
+from batchgen.dataset.coverage import CellCoverage, below_share, stage_coverage
 from batchgen.errors import BatchgenError, is_retryable_status
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
@@ -31,7 +33,7 @@ from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
 from batchgen.recipe.plan import expected_output_tokens
 from batchgen.recipe.pricing import ModelPrice, get_price
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec, LimitsSpec, ResolvedStage
-from batchgen.recipe.variants import request_count
+from batchgen.recipe.variants import CellPlan, request_count
 from batchgen.run import dead_ends
 
 RETRY_FREE = ("expired", "cancelled")
@@ -160,68 +162,136 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
 
 # -- top-ups ---------------------------------------------------------------------------------------------------
 
+# How many variant indices a top-up looks through for the cells it asks for: a cell of a cross or weighted strategy
+# recurs within one cycle, a cell of a rotate strategy (axes far larger than the job) can take longer.
+TOP_UP_SCAN = 1_000_000
 
-def top_up_need(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> tuple[int, int, int]:
-    """(valid examples the stage still lacks, top-up rounds it had, the next free variant index)."""
+
+@dataclass(frozen=True)
+class TopUpNeed:
+    """What a stage lacks: valid examples under its target, the cells below their share (the lowest yield first),
+    the top-up rounds it had and the next free variant index."""
+
+    short: int
+    cells: tuple[CellCoverage, ...]
+    rounds: int
+    first: int
+
+    @property
+    def any(self) -> bool:
+        return bool(self.short or self.cells)
+
+
+def top_up_need(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> TopUpNeed:
+    """What the stage still lacks, and where its next top-up starts."""
     base = request_count(spec, stage)
     valid = ledger.valid_example_count(spec.name, stage.name)
     rounds = ledger.top_up_rounds(spec.name, stage.name, base)
     last = ledger.highest_variant(spec.name, stage.name)
-    return max(stage.target - valid, 0), rounds, max(base, (last if last is not None else -1) + 1)
+    cells = tuple(below_share(stage_coverage(ledger, spec, stage)))
+    return TopUpNeed(max(stage.target - valid, 0), cells, rounds, max(base, (last if last is not None else -1) + 1))
 
 
 def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
                     limits: LimitsSpec | None = None,
                     budget: Callable[[], Decimal | None] = lambda: None) -> int:
-    """A stage that ended below its target, retries spent, asks for what it lacks with the next variants.
+    """A stage that ended below its target, or with cells below their share, retries spent, asks for what it
+    lacks with new variants.
 
-    At most `max_top_ups` rounds; each asks for ceil(shortfall * overgeneration / examples_per_request)
-    requests, cut to what `budget()` (asked only when a top-up is due; None: no budget) covers in the worst case
-    (every answer at max_tokens); the caller leaves the later stages' planned cost out of it, so a top-up never
-    takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or affordable).
+    At most `max_top_ups` rounds. Each round asks ceil(missing * overgeneration / examples_per_request) requests
+    for every cell below its share, the lowest yield first (variants after the last one requested whose cell is
+    theirs), and as many for what the target still lacks beyond that (the next variants, whatever their cell); cut,
+    in that order, to what `budget()` (asked only when a top-up is due; None: no budget) covers in the worst case
+    (every answer at max_tokens). The caller leaves the later stages' planned cost out of it, so a top-up never
+    takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or
+    affordable; a stage or cell still short then records why).
 
     An embeddings stage is topped up by `_top_up_inputs` instead.
     """
     if spec.endpoint == EMBEDDINGS:
         return _top_up_inputs(ledger, workspace, spec, stage, limits)
-    short, rounds, first = top_up_need(ledger, spec, stage)
-    if not short:
+    need = top_up_need(ledger, spec, stage)
+    if not need.any:
+        if ledger.cell_shortfalls(spec.name, stage.name):  # cells short at a dead end, filled since an unblock
+            with ledger.transaction():
+                ledger.record_cell_shortfalls(spec.name, stage.name, [], top_ups=need.rounds, reason="")
         return 0
-    if rounds >= spec.max_top_ups:
-        _short(ledger, spec, stage, short, rounds, "max_top_ups")
+    if need.rounds >= spec.max_top_ups:
+        _ends_short(ledger, spec, stage, need, "max_top_ups")
         return 0
-    dead_ends.check(ledger, spec, stage)
-    spec.require_job_dir(f"topping up stage {stage.name!r} ({short} example(s) short of its target)")
-    count = _ceil(Decimal(short) * spec.overgeneration / stage.examples_per_request)
-    price = get_price(spec.model, price_file=spec.price_file)
-    budget_left = budget()
-    if budget_left is not None:
-        largest = ledger.largest_prompt(spec.name, stage.name)
-        per_request = price.cost(largest, 0, stage.max_tokens)
-        if per_request > 0:
-            count = min(count, int(max(budget_left, Decimal(0)) / per_request))
-    attempt = ledger.next_attempt(spec.name, stage.name)
-    sources = stage_sources(ledger, spec, stage)
-    result = None
-    while count > 0:
-        result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt,
-                               indices=range(first, first + count), sources=sources, limits=limits)
-        if budget_left is None:
-            break
-        fits = _prefix_within(result, price, budget_left)  # the estimate above used the largest prompt so far
-        if fits == count:
-            break
-        count, result = fits, None
+    try:
+        dead_ends.check(ledger, spec, stage)
+    except dead_ends.DeadEnd:
+        _ends_short(ledger, spec, stage, need, "dead_end", stage_too=False)
+        raise
+    spec.require_job_dir(f"topping up stage {stage.name!r} ({_lacks(need)})")
+    wanted, unplaced = _wanted_indices(spec, stage, need)
+    result, count = _compile_within(ledger, workspace, spec, stage, wanted, limits, budget)
     if result is None:
-        _short(ledger, spec, stage, short, rounds, "budget")
+        _ends_short(ledger, spec, stage, need, "budget" if wanted else "no_variant")
         return 0
     with ledger.transaction():
-        if top_up_need(ledger, spec, stage) != (short, rounds, first) or ledger.open_shards(spec.name, stage.name):
+        if top_up_need(ledger, spec, stage) != need or ledger.open_shards(spec.name, stage.name):
             return 0  # another process moved the stage on meanwhile
         record_compile(ledger, workspace, spec, stage, result)
-        ledger.event("top_up", job=spec.name, stage=stage.name, attempt=attempt, round=rounds + 1, missing=short,
-                     requests=count, first_variant=first)
+        ledger.event("top_up", job=spec.name, stage=stage.name, attempt=result.attempt, round=need.rounds + 1,
+                     missing=need.short, requests=count, first_variant=need.first,
+                     cells={c.key: c.missing for c in need.cells}, unplaced=unplaced)
     return count
+
+
+def _lacks(need: TopUpNeed) -> str:
+    parts = [f"{need.short} example(s) short of its target"] if need.short else []
+    if need.cells:
+        parts.append(f"{len(need.cells)} cell(s) below their share")
+    return ", ".join(parts)
+
+
+def _wanted_indices(spec: JobSpec, stage: ResolvedStage, need: TopUpNeed) -> tuple[list[int], list[str]]:
+    """The variant indices a round asks for, in the order the budget takes them: each short cell's (the lowest
+    yield first), then the next free indices for what the target lacks beyond the cells' shortfall; and the cells
+    no index was found for within TOP_UP_SCAN."""
+    per_cell = {c.key: _ceil(Decimal(c.missing) * spec.overgeneration / stage.examples_per_request)
+                for c in need.cells}
+    plan = CellPlan(spec.axes, request_count(spec, stage))
+    found = plan.indices_for(per_cell, need.first, TOP_UP_SCAN)
+    wanted = [index for c in need.cells for index in found[c.key]]
+    unplaced = [c.key for c in need.cells if not found[c.key]]
+    beyond = need.short - sum(c.missing for c in need.cells)
+    if beyond > 0:
+        extra = _ceil(Decimal(beyond) * spec.overgeneration / stage.examples_per_request)
+        taken, index = set(wanted), need.first
+        while extra:
+            if index not in taken:
+                wanted.append(index)
+                extra -= 1
+            index += 1
+    return wanted, unplaced
+
+
+def _compile_within(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage, wanted: list[int],
+                    limits: LimitsSpec | None, budget: Callable[[], Decimal | None]
+                    ) -> tuple[CompileResult | None, int]:
+    """Compile the wanted indices, cut (in their order) to what the budget covers at the worst case: first by the
+    stage's largest prompt so far, then by each compiled request's own tokens. (None, 0) when nothing fits."""
+    price = get_price(spec.model, price_file=spec.price_file)
+    budget_left = budget() if wanted else None
+    if budget_left is not None:
+        per_request = price.cost(ledger.largest_prompt(spec.name, stage.name), 0, stage.max_tokens)
+        if per_request > 0:
+            wanted = wanted[:int(max(budget_left, Decimal(0)) / per_request)]
+    attempt = ledger.next_attempt(spec.name, stage.name)
+    sources = stage_sources(ledger, spec, stage)
+    while wanted:
+        result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=wanted,
+                               sources=sources, limits=limits)
+        if budget_left is None:
+            return result, len(wanted)
+        fits = _prefix_within(result, price, budget_left, wanted)
+        if fits == len(wanted):
+            return result, fits
+        wanted = wanted[:fits]
+    return None, 0
 
 
 def _top_up_inputs(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
@@ -255,13 +325,29 @@ def _short(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, missing: int, ro
                      reason=reason)
 
 
-def _prefix_within(result: CompileResult, price: ModelPrice, budget: Decimal) -> int:
-    """How many of the compiled requests, in variant order, fit the budget at their worst case."""
-    costs = sorted((r["index"], price.cost(r["input_tokens"], 0, r["max_tokens"]))
-                   for shard in result.shards for r in read_manifest(shard.manifest_path))
+def _ends_short(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, need: TopUpNeed, reason: str,
+                stage_too: bool = True) -> None:
+    """Record what the stage ends without, and why: its target (when `stage_too`) and the cells below their
+    share (`batchgen show` names them)."""
+    if need.short and stage_too:
+        _short(ledger, spec, stage, need.short, need.rounds, reason)
+    if need.cells:
+        with ledger.transaction():
+            ledger.record_cell_shortfalls(spec.name, stage.name, [
+                {"cell_json": c.key, "share": c.share, "valid": c.valid, "requests": c.requests} for c in need.cells],
+                top_ups=need.rounds, reason=reason)
+            ledger.event("cells_short", job=spec.name, stage=stage.name, cells={c.key: c.missing for c in need.cells},
+                         top_ups=need.rounds, reason=reason)
+
+
+def _prefix_within(result: CompileResult, price: ModelPrice, budget: Decimal, order: list[int]) -> int:
+    """How many of the compiled requests, in the given order of their variant indices, fit the budget at their
+    worst case."""
+    costs = {r["index"]: price.cost(r["input_tokens"], 0, r["max_tokens"])
+             for shard in result.shards for r in read_manifest(shard.manifest_path)}
     total, fits = Decimal(0), 0
-    for _, cost in costs:
-        total += cost
+    for index in order:
+        total += costs[index]
         if total > budget:
             break
         fits += 1

@@ -64,6 +64,7 @@ class JobProgress:
     error: str | None = None
     pending_shards: int = 0  # compiled and waiting to be submitted (a stage's first shards, retries, top-ups)
     short: list[str] = field(default_factory=list)  # stages that ended below their target
+    short_cells: int = 0  # axis cells that ended below their share of their stage's target
     blocked: str | None = None  # the dead end the job met, when it ended blocked
     stages: list[StageProgress] = field(default_factory=list)  # every stage of the job, in order
     budget_usd: Decimal | None = None
@@ -75,8 +76,9 @@ class JobProgress:
 
     @property
     def ended_short(self) -> bool:
-        """The job has ended short of its target: a stage below it, or blocked at a dead end."""
-        return self.done and (bool(self.short) or self.blocked is not None)
+        """The job has ended short of its target: a stage below it, a cell below its share, or blocked at a dead
+        end."""
+        return self.done and (bool(self.short) or bool(self.short_cells) or self.blocked is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "done": self.done, "ended_short": self.ended_short}
@@ -313,7 +315,8 @@ def progress(session: Session, name: str, spec: JobSpec | None = None) -> JobPro
                        spent_usd=ledger.spent_usd(name),
                        dataset=str(session.workspace.locate(exported["path"])) if exported else None,
                        pending_shards=ledger.pending_shard_count(name) if job["status"] == ACTIVE else 0,
-                       short=[s["stage"] for s in ledger.shortfalls(name)], blocked=job["blocked_reason"],
+                       short=[s["stage"] for s in ledger.shortfalls(name)],
+                       short_cells=len(ledger.cell_shortfalls(name)), blocked=job["blocked_reason"],
                        stages=stage_progress(session, name, spec),
                        budget_usd=None if job["budget_usd"] is None else Decimal(job["budget_usd"]),
                        committed_usd=ledger.committed_usd(name, session.budget_mode))

@@ -19,6 +19,8 @@ SCHEMA = {
                 "created_at": int, "completed_at": int, "est_cost_usd": str, "actual_cost_usd": str, "usage_json": str,
                 "batch_json": str, "collected": int, "polls": int, "next_poll_utc": str, "submitted_utc": str,
                 "updated_utc": str},
+    "cell_shortfalls": {"job": str, "stage": str, "cell_json": str, "share": int, "valid": int, "requests": int,
+                        "top_ups": int, "reason": str, "at_utc": str},
     "events": {"id": int, "at_utc": str, "job": str, "batch_id": str, "kind": str, "detail_json": str},
     "examples": {"id": int, "job": str, "stage": str, "custom_id": str, "position": int, "content_json": str,
                  "content_hash": str, "valid": int, "category": str, "reason": str, "duplicate_of": str},
@@ -46,7 +48,8 @@ SCHEMA = {
                          "at_utc": str},
     "unblocks": {"id": int, "job": str, "stage": str, "attempt": int, "cause": str, "at_utc": str},
 }
-PRIMARY_KEYS = {"batches": ["id"], "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
+PRIMARY_KEYS = {"batches": ["id"], "cell_shortfalls": ["job", "stage", "cell_json"],
+                "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
                 "previews": ["id"],
                 "queue_limits": ["model"], "requests": ["custom_id"], "results": ["custom_id"], "shards": ["id"],
                 "stage_shortfalls": ["job", "stage"], "unblocks": ["id"]}
@@ -135,7 +138,7 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
-                   "m005_paths_relative_to_the_workspace", "m010_previews"]
+                   "m005_paths_relative_to_the_workspace", "m007_cell_shortfalls", "m010_previews"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -165,3 +165,47 @@ def test_job_without_axes_has_one_cell(tmp_path: Path) -> None:
     )
     variants = list(expand_variants(load_spec(job)))
     assert len(variants) == 55 and all(v.cell == {} for v in variants)
+
+
+@pytest.mark.parametrize(("strategy", "weights"), [("cross", {}), ("rotate", {}),
+                                                   ("weighted", {"operation": {"create": 3, "list": 0}})])
+@pytest.mark.parametrize("requests", [1, 7, 40, 55, 301])
+def test_planned_counts_are_what_the_indices_give_each_cell(strategy: str, weights: dict, requests: int) -> None:
+    from batchgen.recipe.spec import AxesSpec
+    from batchgen.recipe.variants import CellPlan, cell_key
+
+    axes = AxesSpec.model_validate({"strategy": strategy, "weights": weights, "values": {
+        "operation": ["create", "update", "complete", "delete", "list"], "style": ["formal", "casual"],
+        "include_errors": [False, True]}})
+    plan = CellPlan(axes, requests)
+    walked = Counter(cell_key(plan.cell(i)) for i in range(requests))
+    assert plan.planned_counts() == dict(walked)
+    first = [cell_key(plan.cell(i)) for i in range(requests)]
+    assert list(plan.planned_counts()) == list(dict.fromkeys(first))  # in the order of the cells' first request
+
+
+def test_a_cells_share_is_its_part_of_the_target_rounded_down() -> None:
+    from batchgen.recipe.variants import cell_shares
+
+    spec = load_spec(TASK_API)
+    shares = cell_shares(spec, spec.stage())
+    assert len(shares) == 40 and Counter(shares.values()) == {9: 25, 18: 15}  # 55 requests: 15 cells get two
+    assert sum(shares.values()) <= 500
+
+
+def test_indices_for_a_cell_are_the_next_ones_of_that_cell() -> None:
+    from batchgen.recipe.variants import CellPlan, cell_key
+
+    spec = load_spec(TASK_API)
+    plan = CellPlan(spec.axes, 55)
+    cell = cell_key({"operation": "update", "style": "casual", "include_errors": False})
+    other = cell_key({"operation": "list", "style": "question", "include_errors": True})
+    found = plan.indices_for({cell: 3, other: 1}, 55, 1000)
+    assert len(found[cell]) == 3 and len(found[other]) == 1
+    for key, indices in found.items():
+        assert all(cell_key(plan.cell(i)) == key for i in indices) and min(indices) >= 55
+        before = [i for i in range(55, max(indices)) if cell_key(plan.cell(i)) == key]
+        assert before == indices[:len(before)]  # none of the cell's indices was skipped
+    first = found[cell][0]
+    assert plan.indices_for({cell: 2}, 55, first - 55)[cell] == []  # not within the indices looked at
+    assert plan.indices_for({cell: 2}, 55, first - 54)[cell] == [first]

@@ -256,8 +256,9 @@ def shortfalls(workspace: Path) -> list[dict]:
 
 
 def test_a_stage_that_ends_short_of_its_target_is_topped_up(tmp_path):
-    """No retries of invalid answers and a third of them malformed: the stage asks for what it lacks with the next
-    variants, round after round, until the target is met; without top-ups it ends short and says so."""
+    """No retries of invalid answers and a third of them malformed: the stage asks for what it lacks with variants
+    after the plan (those of the cells below their share), round after round, until the target is met; without
+    top-ups it ends short and says so."""
     faults = {"malformed_rate": 0.3, "seed": 5, "line_seconds": 0, "validation_seconds": 0, "finalizing_seconds": 0}
     settings = {"max_attempts": "1", "retry_invalid": "false", "overgeneration": "1"}  # 50 requests planned
 
@@ -267,7 +268,7 @@ def test_a_stage_that_ends_short_of_its_target_is_topped_up(tmp_path):
     assert done.returncode == 0, done.stderr
     assert len(dataset(topped)) == 500
     extra = top_up_requests(topped)
-    assert extra and extra == list(range(50, 50 + len(extra)))  # the variants after the plan, each once
+    assert extra and extra == sorted(set(extra)) and extra[0] >= 50  # variants after the plan, each once
     assert shortfalls(topped) == []
     with Ledger.open(topped / "ledger.db") as ledger:
         rounds = [json.loads(d) for (d,) in ledger.db.execute("SELECT detail_json FROM events WHERE kind = 'top_up'")]

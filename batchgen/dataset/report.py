@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
+from batchgen.dataset.review import review_summary
 from batchgen.dataset.validate import Reason, Summary
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger, Workspace
@@ -18,7 +19,8 @@ from batchgen.recipe.spec import JobSpec
 
 
 def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
-    """The job's valid examples, stage by stage, each stage capped at its target, in variant order."""
+    """The job's valid examples but those a reviewer rejected, stage by stage, each stage capped at its target, in
+    variant order."""
     for stage in spec.resolved_stages():
         for found in ledger.valid_examples_for_export(spec.name, stage.name, stage.target):
             yield ExportRecord(found.content, spec.dataset_format, Provenance(
@@ -97,7 +99,7 @@ def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) ->
                "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
                "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
                "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
-               "estimated_usd": ledger.estimated_usd(job)}
+               "estimated_usd": ledger.estimated_usd(job), "review": review_summary(ledger, job)}
     if workspace is not None:
         summary["job_dir"] = job_dir(ledger, job, workspace)
     return summary

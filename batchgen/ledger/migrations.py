@@ -256,6 +256,30 @@ def m005_paths_relative_to_the_workspace(db: Database) -> None:
                        [_inside(dataset, root) or dataset, _inside(job_dir, posixpath.dirname(root)), name])
 
 
+@migrations()
+def m009_reviews(db: Database) -> None:
+    """A domain expert's verdict on an example (`batchgen review --import`): the lesson's warning that the filter
+    catches format errors, not semantic ones. One row per example, so importing a file again changes nothing; an
+    example rejected here leaves the export."""
+    _run(
+        db,
+        """
+        CREATE TABLE reviews (
+            custom_id TEXT NOT NULL,         -- the example's request
+            position INTEGER NOT NULL,       -- and its index in the response: the key examples.duplicate_of uses
+            job TEXT NOT NULL REFERENCES jobs(name),
+            stage TEXT NOT NULL,
+            verdict TEXT NOT NULL,           -- accept | reject
+            note TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL,            -- the file the verdict came from (relative to the workspace inside it)
+            reviewed_utc TEXT NOT NULL,      -- when this verdict was first imported
+            PRIMARY KEY (custom_id, position)
+        );
+        CREATE INDEX reviews_job ON reviews(job, stage, verdict)
+        """
+    )
+
+
 def _workspace_of(path: str, job: str, stage: str) -> str | None:
     """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
     found = path.rfind(f"/shards/{job}/{stage}/")

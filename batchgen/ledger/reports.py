@@ -35,11 +35,14 @@ class ReportQueries(Store):
     # -- a job's dataset and quality -----------------------------------------------------------------------
     def valid_examples_for_export(self, job: str, stage: str, limit: int) -> Iterator[ValidExample]:
         """The first `limit` valid examples of a stage, in variant order (then attempt, then position in the
-        response): the ones an export writes. Read lazily, so a large stage is never held in memory."""
+        response), leaving out those a reviewer rejected: the ones an export writes. Read lazily, so a large stage
+        is never held in memory."""
         cursor = self._execute(
             "SELECT e.content_json, e.custom_id, e.position, r.cell_json, e.content_hash, r.batch_id, r.attempt, "
             "s.model FROM examples e JOIN requests r ON r.custom_id = e.custom_id JOIN shards s ON s.id = r.shard_id "
-            "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position LIMIT ?",
+            "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 AND NOT EXISTS (SELECT 1 FROM reviews v WHERE "
+            "v.custom_id = e.custom_id AND v.position = e.position AND v.verdict = 'reject') "
+            "ORDER BY r.variant, r.attempt, e.position LIMIT ?",
             [job, stage, limit])
         for content, custom_id, position, cell, digest, batch_id, attempt, model in cursor:
             yield ValidExample(json.loads(content), custom_id, position, json.loads(cell), digest, batch_id,

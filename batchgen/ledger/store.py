@@ -7,10 +7,12 @@ from batchgen.ledger.jobs import JobRecords
 from batchgen.ledger.reports import ReportQueries
 from batchgen.ledger.requests import RequestRecords
 from batchgen.ledger.results import ResultRecords
+from batchgen.ledger.reviews import ReviewRecords
 from batchgen.ledger.submissions import SubmissionRecords
 
 
-class Ledger(JobRecords, BatchRecords, SubmissionRecords, RequestRecords, ResultRecords, ReportQueries):
+class Ledger(JobRecords, BatchRecords, SubmissionRecords, RequestRecords, ResultRecords, ReportQueries,
+             ReviewRecords):
     """All reads and writes of batchgen's state. Open with `Ledger.open(path)`; close with `close()`.
 
     Each base class answers for one part of the schema (see docs/architecture.md, "The ledger").

@@ -636,6 +636,30 @@ def _review_line(review: dict[str, Any]) -> str:
             f"{review['rejected']} rejected")
 
 
+@cli.command(name="compare")
+@click.argument("jobs", nargs=-1, required=True)
+@workspace_option
+@output_options
+def compare_(jobs: tuple[str, ...], workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """Put jobs side by side, the lesson's quality-vs-cost table from the ledger: model, examples and seeds per
+    request, temperatures, yield, duplicates, review pass rate, cost per valid example.
+
+    \b
+        batchgen compare task_api task_api_4o
+        batchgen compare task_api evol_task_api --json
+    """
+    from batchgen.dataset.compare import compare_jobs, table_rows
+    from batchgen.run.tick import job_spec
+
+    session = _session(workspace, ledger="read")
+    names = list(dict.fromkeys(jobs))
+    figures = compare_jobs(session.ledger, [job_spec(session, name) for name in names])
+    if json_:
+        echo_json([job.to_dict() for job in figures])
+        return
+    echo_table(table_rows(figures), headers=("", *(job.job for job in figures)), fmt=fmt)
+
+
 @cli.command(name="cancel")
 @click.argument("target")
 @workspace_option

@@ -350,9 +350,12 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
                    f"valid{counted}{free}")
     if summary["dataset"]:
         click.echo(f"Dataset: {summary['dataset']['examples']} examples in {summary['dataset']['path']}")
+    if summary["review"]["reviewed"]:
+        click.echo(_review_line(summary["review"]))
     if summary["blocked"]:
         click.echo(f"Blocked: {summary['blocked']}")
-        click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}{_workspace_flag()}', then run the job again")
+        click.echo(f"Once the cause is fixed: 'batchgen jobs unblock {name}{_workspace_flag()}', "
+                   "then run the job again")
     if summary["job_dir"]["missing"]:
         click.echo(f"Missing: job directory {summary['job_dir']['path']} ({MISSING_DIR_NOTE})")
     for short in summary["short"]:
@@ -665,6 +668,108 @@ def export_(job: str, format_: str | None, output: str | None, provenance: str |
     card = f"; card {result.card_path}" if result.card_path else ""
     # Into a pipe or /dev/stdout the data is on stdout already: the summary goes to stderr.
     click.echo(f"Wrote {result.written} examples to {result.path}{skipped}{card}", err=not result.path.is_file())
+
+
+@cli.command(name="review")
+@click.argument("job")
+@click.option("-n", "count", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Examples to sample: every stage and cell gives one before any gives two")
+@click.option("--seed", type=int, default=0, show_default=True, help="Another seed draws another sample")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="CSV file to write (default: <workspace>/reviews/<job>.review.csv)")
+@click.option("--force", is_flag=True, help="Replace a review file that is already there")
+@click.option("--import", "import_", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Read the verdicts of a filled-in review file into the ledger instead")
+@workspace_option
+@click.option("json_", "--json", is_flag=True, help="Print what was written or imported as JSON")
+def review_(job: str, count: int, seed: int, output: str | None, force: bool, import_: str | None,
+            workspace: str | None, json_: bool) -> None:
+    """Write a sample of JOB's valid examples for a domain expert, stratified by stage and cell, or read the
+    verdicts back with --import. Examples rejected there leave the dataset.
+
+    The CSV opens in a spreadsheet or a text editor: fill in verdict (accept or reject) and note on each row.
+
+    \b
+        batchgen review task_api -n 25 -o review.csv
+        batchgen review task_api --import review.csv
+    """
+    import shlex
+    from pathlib import Path
+
+    if import_ is not None:
+        ctx = click.get_current_context()
+        if output is not None or force or any(ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+                                              for name in ("count", "seed")):
+            raise click.ClickException("--import reads a review file; -n, --seed, -o and --force are for writing one")
+        _review_import(workspace, job, Path(import_), json_)
+        return
+    from batchgen.dataset.review import write_review
+    from batchgen.run.tick import job_spec
+
+    session = _session(workspace, ledger="read")
+    spec = job_spec(session, job)
+    path = Path(output) if output else session.workspace.reviews_dir / f"{spec.name}.review.csv"
+    written = write_review(session.ledger, spec, path, count, seed, force)
+    if json_:
+        echo_json(written.to_dict())
+        return
+    stages = "; ".join(f"{name} {s['examples']} in {s['cells']} of {s['cells_total']} cells"
+                       for name, s in written.stages.items())
+    click.echo(f"Wrote {written.examples} examples of job {spec.name} for review to {path} ({stages})")
+    click.echo(f"Fill in verdict (accept or reject) and note, then: batchgen review {spec.name} --import "
+               f"{shlex.quote(str(path))}{_workspace_flag()}")
+
+
+def _review_import(workspace: str | None, job: str, path: Any, json_: bool) -> None:
+    """`review JOB --import FILE`: under the workspace lock, as it may write the dataset again."""
+    from batchgen.dataset.review import review_summary
+    from batchgen.run.verbs import import_review
+
+    _lock(workspace, on_wait=_wait_note(), need_ledger=True)
+    session = _session(workspace, ledger="existing")
+    imported, dataset = import_review(session, job, path)
+    summary = review_summary(session.ledger, job)
+    if json_:
+        echo_json({**imported.to_dict(), "review": summary, "dataset": dataset})
+        return
+    click.echo(f"Imported {imported.verdicts} verdict(s) of job {job} from {path}: {imported.accept} accept, "
+               f"{imported.reject} reject ({imported.new} new, {imported.changed} changed, {imported.unchanged} "
+               f"unchanged; {imported.blank} row(s) left empty)")
+    click.echo(_review_line(summary))
+    if dataset is not None:
+        click.echo(f"Dataset: {dataset['examples']} examples in {dataset['path']}")
+
+
+def _review_line(review: dict[str, Any]) -> str:
+    """The review pass rate as `show` says it."""
+    if not review["reviewed"]:
+        return "Review: no verdicts yet"
+    return (f"Review: {review['accepted']}/{review['reviewed']} accepted ({review['pass_rate'] * 100:.1f}%), "
+            f"{review['rejected']} rejected")
+
+
+@cli.command(name="compare")
+@click.argument("jobs", nargs=-1, required=True)
+@workspace_option
+@output_options
+def compare_(jobs: tuple[str, ...], workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """Put jobs side by side, the lesson's quality-vs-cost table from the ledger: model, examples and seeds per
+    request, temperatures, yield, duplicates, review pass rate, cost per valid example.
+
+    \b
+        batchgen compare task_api task_api_4o
+        batchgen compare task_api evol_task_api --json
+    """
+    from batchgen.dataset.compare import compare_jobs, table_rows
+    from batchgen.run.tick import job_spec
+
+    session = _session(workspace, ledger="read")
+    names = list(dict.fromkeys(jobs))
+    figures = compare_jobs(session.ledger, [job_spec(session, name) for name in names])
+    if json_:
+        echo_json([job.to_dict() for job in figures])
+        return
+    echo_table(table_rows(figures), headers=("", *(job.job for job in figures)), fmt=fmt)
 
 
 @cli.command(name="cancel")

@@ -98,7 +98,7 @@ def examples_by_share(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> It
 
     The counts per cell come first from the ledger, so the examples are read once, lazily."""
     shares = cell_shares(spec, stage)
-    held = ledger.cell_standings(spec.name, stage.name)
+    held = ledger.cell_standings(spec.name, stage.name, exported=True)
     within = sum(min(shares.get(key, 0), counts["valid"]) for key, counts in held.items())
     spare = stage.target - within
     taken: dict[str, int] = {}

@@ -11,6 +11,7 @@ from typing import Any
 from batchgen.dataset.card import CardFacts, DatasetCard
 from batchgen.dataset.coverage import coverage_summary, examples_by_share, recorded_coverage
 from batchgen.dataset.export import ExportRecord, ExportResult, Provenance, export_dataset
+from batchgen.dataset.review import review_summary
 from batchgen.dataset.training_file import TrainingFileCheck
 from batchgen.dataset.validate import Reason, Summary
 from batchgen.errors import BatchgenError
@@ -22,8 +23,8 @@ from batchgen.recipe.spec import JobSpec
 
 
 def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
-    """The job's valid examples, stage by stage, each stage capped at its target (each cell's share first, see
-    `coverage.examples_by_share`), in variant order."""
+    """The job's valid examples but those a reviewer rejected, stage by stage, each stage capped at its target (each
+    cell's share first, see `coverage.examples_by_share`), in variant order."""
     for stage in spec.resolved_stages():
         for found in examples_by_share(ledger, spec, stage):
             yield ExportRecord(found.content, spec.dataset_format, Provenance(
@@ -130,7 +131,8 @@ def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) ->
                "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
                "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
                "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
-               "estimated_usd": ledger.estimated_usd(job), "preview": ledger.preview_totals(job)}
+               "estimated_usd": ledger.estimated_usd(job), "preview": ledger.preview_totals(job),
+               "review": review_summary(ledger, job)}
     cells = recorded_coverage(ledger, job)
     summary.update(coverage=[row.to_dict() for row in cells], cells=coverage_summary(cells),
                    short_cells=ledger.cell_shortfalls(job))

@@ -30,6 +30,12 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+NOT_REJECTED_BY_REVIEW = ("NOT EXISTS (SELECT 1 FROM reviews v WHERE v.custom_id = e.custom_id "
+                          "AND v.position = e.position AND v.verdict = 'reject')")
+"""An SQL condition on an example `e`: no domain expert rejected it (`batchgen review --import`). An export leaves
+rejected examples out, and counts its cells without them."""
+
+
 def dec_sum(values: Iterable[str | None]) -> Decimal:
     """Exact sum of decimal-text money values."""
     total = Decimal(0)
@@ -182,7 +188,7 @@ class Store:
 
     def table_counts(self) -> dict[str, int]:
         names = ["jobs", "shards", "intents", "batches", "requests", "results", "examples", "events", "queue_limits",
-                 "stage_shortfalls", "previews"]
+                 "stage_shortfalls", "previews", "reviews"]
         return {name: int(self.scalar(f"SELECT count(*) FROM {name}")) for name in names}
 
     def backup(self, target: str | Path) -> Path:

@@ -280,6 +280,30 @@ def m007_cell_shortfalls(db: Database) -> None:
 
 
 @migrations()
+def m009_reviews(db: Database) -> None:
+    """A domain expert's verdict on an example (`batchgen review --import`): the lesson's warning that the filter
+    catches format errors, not semantic ones. One row per example, so importing a file again changes nothing; an
+    example rejected here leaves the export."""
+    _run(
+        db,
+        """
+        CREATE TABLE reviews (
+            custom_id TEXT NOT NULL,         -- the example's request
+            position INTEGER NOT NULL,       -- and its index in the response: the key examples.duplicate_of uses
+            job TEXT NOT NULL REFERENCES jobs(name),
+            stage TEXT NOT NULL,
+            verdict TEXT NOT NULL,           -- accept | reject
+            note TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL,            -- the file the verdict came from (relative to the workspace inside it)
+            reviewed_utc TEXT NOT NULL,      -- when this verdict was first imported
+            PRIMARY KEY (custom_id, position)
+        );
+        CREATE INDEX reviews_job ON reviews(job, stage, verdict)
+        """
+    )
+
+
+@migrations()
 def m010_previews(db: Database) -> None:
     """`batchgen preview`: requests sent synchronously at standard price before a run, each with its usage, its exact
     cost and the verdict on its answer. Kept apart from batch results, so that batch spend stays what the batches

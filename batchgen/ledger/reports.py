@@ -11,7 +11,7 @@ from collections.abc import Generator
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from batchgen.ledger.base import Store, dec_sum
+from batchgen.ledger.base import NOT_REJECTED_BY_REVIEW, Store, dec_sum
 
 # The events that count as faults in a job's status: transient errors while polling or ticking, and batches the
 # API refused.
@@ -47,11 +47,13 @@ class ReportQueries(Store):
     def valid_examples_for_export(self, job: str, stage: str,
                                   limit: int | None = None) -> Generator[ValidExample, None, None]:
         """The first `limit` (None: all) valid examples of a stage, in variant order (then attempt, then position
-        in the response): what an export chooses from. Read lazily, so a large stage is never held in memory."""
+        in the response), leaving out those a reviewer rejected: what an export chooses from. Read lazily, so a
+        large stage is never held in memory."""
         cursor = self._execute(
             "SELECT e.content_json, e.custom_id, e.position, r.cell_json, e.content_hash, r.batch_id, r.attempt, "
             "s.model FROM examples e JOIN requests r ON r.custom_id = e.custom_id JOIN shards s ON s.id = r.shard_id "
-            "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position LIMIT ?",
+            f"WHERE e.job = ? AND e.stage = ? AND e.valid = 1 AND {NOT_REJECTED_BY_REVIEW} "
+            "ORDER BY r.variant, r.attempt, e.position LIMIT ?",
             [job, stage, -1 if limit is None else limit])
         for content, custom_id, position, cell, digest, batch_id, attempt, model in cursor:
             yield ValidExample(json.loads(content), custom_id, position, json.loads(cell), digest, batch_id,

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from batchgen.errors import NotFoundError
-from batchgen.ledger.base import Store, utcnow
+from batchgen.ledger.base import NOT_REJECTED_BY_REVIEW, Store, utcnow
 
 if TYPE_CHECKING:  # a type only: opening the ledger need not load the compiler
     from batchgen.recipe.compile import ShardInfo
@@ -109,14 +109,16 @@ class RequestRecords(Store):
             "SELECT count(DISTINCT first) FROM (SELECT min(attempt) AS first FROM requests WHERE job = ? AND "
             "stage = ? AND variant >= ? GROUP BY variant)", [job, stage, first_top_up_variant]))
 
-    def cell_standings(self, job: str, stage: str) -> dict[str, dict[str, int]]:
+    def cell_standings(self, job: str, stage: str, *, exported: bool = False) -> dict[str, dict[str, int]]:
         """Each axis cell of the stage (by `requests.cell_json`) with the requests sent for it, every attempt, and
-        its valid examples: {"requests", "valid"}. The question coverage by cell, and a top-up, ask."""
+        its valid examples: {"requests", "valid"}. The question coverage by cell, and a top-up, ask. `exported`:
+        count only the valid examples an export may write (not those a reviewer rejected)."""
         standings = {cell: {"requests": int(n), "valid": 0} for cell, n in self._execute(
             "SELECT cell_json, count(*) FROM requests WHERE job = ? AND stage = ? GROUP BY cell_json", [job, stage])}
+        reviewed = f" AND {NOT_REJECTED_BY_REVIEW}" if exported else ""
         for cell, n in self._execute(
                 "SELECT r.cell_json, count(*) FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
-                "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 GROUP BY r.cell_json", [job, stage]):
+                f"WHERE e.job = ? AND e.stage = ? AND e.valid = 1{reviewed} GROUP BY r.cell_json", [job, stage]):
             standings.setdefault(cell, {"requests": 0, "valid": 0})["valid"] = int(n)
         return standings
 

@@ -5,6 +5,7 @@
       shards/       compiled Batch API input files
       results/      downloaded output and error files
       datasets/     exported datasets
+      reviews/      review samples written for a domain expert (`batchgen review` without -o)
       emulator/     state of the embedded emulator
 
 Resolution order: an explicit path (the --workspace option) > BATCHGEN_WORKSPACE > ./.batchgen.
@@ -53,6 +54,10 @@ class Workspace:
     @property
     def datasets_dir(self) -> Path:
         return self.root / "datasets"
+
+    @property
+    def reviews_dir(self) -> Path:
+        return self.root / "reviews"
 
     @property
     def emulator_dir(self) -> Path:

@@ -1,12 +1,16 @@
 """The verbs of the command line, composed from the steps of a tick: run, submit, collect, status, cancel,
-unblock."""
+unblock; and the import of a review, which rewrites the dataset."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
+from batchgen.dataset.report import export_job
+from batchgen.dataset.review import ReviewImport, record_verdicts
 from batchgen.errors import BackendError, BatchgenError, JobDirMissing, NotFoundError
 from batchgen.ledger.states import ACTIVE, BLOCKED, CANCELLED
 from batchgen.recipe.spec import JobSpec
@@ -135,3 +139,20 @@ def unblock(session: Session, name: str) -> str:
         ledger.set_job(name, status=ACTIVE, blocked_reason=None)
         ledger.event("unblocked", job=name, stage=job["stage"], cause=cause)
     return cause
+
+
+def import_review(session: Session, name: str, path: Path) -> tuple[ReviewImport, dict[str, Any] | None]:
+    """Read a filled-in review file into the ledger and, when the job has written its dataset, write it again
+    without the examples now rejected, all in one transaction: a file that is refused, or a dataset that cannot be
+    written, leaves the ledger as it was. Returns what was imported and the dataset ({"path", "examples"}) or
+    None."""
+    ledger = session.ledger
+    spec = job_spec(session, name)
+    with ledger.transaction():
+        imported = record_verdicts(ledger, spec, path, session.workspace.stored(path))
+        kept = ledger.dataset(spec.name)
+        if kept is None:
+            return imported, None
+        exported = export_job(ledger, spec, session.workspace.locate(kept["path"]))
+        ledger.record_dataset(spec.name, kept["path"], exported.written, exported.sha256)
+    return imported, {"path": str(exported.path), "examples": exported.written}

@@ -47,12 +47,14 @@ SCHEMA = {
     "stage_shortfalls": {"job": str, "stage": str, "target": int, "missing": int, "top_ups": int, "reason": str,
                          "at_utc": str},
     "unblocks": {"id": int, "job": str, "stage": str, "attempt": int, "cause": str, "at_utc": str},
+    "reviews": {"custom_id": str, "position": int, "job": str, "stage": str, "verdict": str, "note": str,
+                "source": str, "reviewed_utc": str},
 }
 PRIMARY_KEYS = {"batches": ["id"], "cell_shortfalls": ["job", "stage", "cell_json"],
                 "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
                 "previews": ["id"],
                 "queue_limits": ["model"], "requests": ["custom_id"], "results": ["custom_id"], "shards": ["id"],
-                "stage_shortfalls": ["job", "stage"], "unblocks": ["id"]}
+                "stage_shortfalls": ["job", "stage"], "unblocks": ["id"], "reviews": ["custom_id", "position"]}
 
 
 def blank(path):
@@ -138,7 +140,8 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
-                   "m005_paths_relative_to_the_workspace", "m007_cell_shortfalls", "m010_previews"]
+                   "m005_paths_relative_to_the_workspace", "m007_cell_shortfalls",
+                   "m009_reviews", "m010_previews"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -330,6 +330,9 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     click.echo(f"Job {name}: {summary['status']} (stage {summary['stage']}, backend {summary['backend']})")
     click.echo(f"Valid: {quality['valid']}/{quality['total']}")
     click.echo(f"Invalid reasons: {reasons}")
+    if summary["lineage"]:
+        click.echo("Lineage: " + ", ".join(f"{stage} {c['with_root']}/{c['valid']} to a seed"
+                                           for stage, c in summary["lineage"].items()))
     click.echo("Requests: " + ", ".join(f"{k} {v}" for k, v in summary["requests"].items()))
     if summary["failures"]:
         click.echo("Failed lines: " + ", ".join(f"{k} {v}" for k, v in summary["failures"].items()))

@@ -6,7 +6,7 @@ ShareGPT examples, which makes the file about 100 MB). Timed, in a fresh process
 file, joins every row by custom_id, prices it, validates and deduplicates its examples, and records results and
 examples in the ledger.
 
-    python scripts/bench_collect.py [--runs 3] [--lines 50000]
+    python scripts/bench_collect.py [--runs 3] [--lines 50000] [--near-dedupe off]
 
 Prints the median wall time and the peak RSS of the timed process plus that of its judging worker (the two run at
 the same time, so their sum bounds what collect needs). Target: <= 5 s and <= 200 MB.
@@ -43,6 +43,7 @@ max_tokens = 4000
 operation = ["create", "update", "complete", "delete", "list"]
 [validate]
 response_patterns = ["Created task:", "Updated task:", "Completed task:", "Deleted task:", "Error:", "tasks found"]
+near_dedupe = {near}
 """
 
 SETUP = textwrap.dedent("""
@@ -141,11 +142,11 @@ def write_output(path: Path, custom_ids: list[str], per_line: int) -> None:
             out.write(json.dumps(row) + "\n")
 
 
-def run_once(lines: int, per_line: int) -> tuple[float, float, int]:
+def run_once(lines: int, per_line: int, near: str = "0.8") -> tuple[float, float, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job"
         job.mkdir()
-        (job / "job.toml").write_text(JOB_TOML.format(target=lines * 10), encoding="utf-8")
+        (job / "job.toml").write_text(JOB_TOML.format(target=lines * 10, near=near), encoding="utf-8")
         (job / "prompt.j2").write_text("Operation: {{ operation }}\n{{ seed_examples }}\nGenerate {{ count }}.",
                                        encoding="utf-8")
         rng = random.Random(1)
@@ -170,11 +171,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--examples-per-line", type=int, default=6)
+    parser.add_argument("--near-dedupe", choices=["on", "off"], default="on",
+                        help="near-duplicate detection at its default threshold (on) or turned off")
     args = parser.parse_args()
-    results = [run_once(args.lines, args.examples_per_line) for _ in range(args.runs)]
+    near = "0.8" if args.near_dedupe == "on" else "false"
+    results = [run_once(args.lines, args.examples_per_line, near) for _ in range(args.runs)]
     wall = statistics.median(r[0] for r in results)
     rss, worker = max(r[1] for r in results), max(r[3] for r in results)
-    print(f"collect {args.lines} lines, {args.examples_per_line} examples each ({results[0][2] / 1e6:.0f} MB): "
+    print(f"collect {args.lines} lines, {args.examples_per_line} examples each, near-dedupe {args.near_dedupe} ({results[0][2] / 1e6:.0f} MB): "
           f"median {wall:.2f} s over {args.runs} runs (each: {', '.join(f'{r[0]:.2f}' for r in results)}), "
           f"peak RSS {rss + worker:.0f} MB = {rss:.0f} MB collecting + {worker:.0f} MB judging worker "
           f"(machine: {os.cpu_count()} cores, Python {sys.version.split()[0]})")

@@ -62,7 +62,7 @@ class CellCoverage:
 def stage_coverage(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[CellCoverage]:
     """Every cell of the stage: those the plan gives a share, in the order of their first request, then any other
     the ledger has requests of."""
-    shares = cell_shares(spec, stage)
+    shares = cell_shares(spec, stage, source_cells(ledger, spec, stage))
     standings = ledger.cell_standings(spec.name, stage.name)
     short = {cell_key(row["cell"]): row["reason"] for row in ledger.cell_shortfalls(spec.name, stage.name)}
     keys = list(shares) + [key for key in standings if key not in shares]
@@ -72,6 +72,12 @@ def stage_coverage(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[
         rows.append(CellCoverage(stage.name, key, shares.get(key, 0), held["requests"],
                                  held["requests"] * stage.examples_per_request, held["valid"], short.get(key)))
     return rows
+
+
+def source_cells(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | None:
+    """The cells an evolved stage's requests take from their sources (None: a first stage, whose cells are the
+    axes')."""
+    return None if stage.source is None else ledger.source_cells(spec.name, stage.source)
 
 
 def job_coverage(ledger: Ledger, spec: JobSpec) -> list[CellCoverage]:
@@ -97,7 +103,7 @@ def examples_by_share(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> It
     first examples up to its share, and as many more (the earliest first, of any cell) as the target leaves.
 
     The counts per cell come first from the ledger, so the examples are read once, lazily."""
-    shares = cell_shares(spec, stage)
+    shares = cell_shares(spec, stage, source_cells(ledger, spec, stage))
     held = ledger.cell_standings(spec.name, stage.name, exported=True)
     within = sum(min(shares.get(key, 0), counts["valid"]) for key, counts in held.items())
     spare = stage.target - within

@@ -2,7 +2,7 @@
 an embeddings job `embeddings` JSONL, one `{"input": text, "embedding": [numbers]}` per line (its only format).
 
 One JSON object per line, UTF-8 (not ASCII-escaped), every line newline-terminated. Each line's provenance
-(job, stage, custom_id, position, attempt, batch id, model, variant cell, content hash) goes where
+(job, stage, custom_id, position, attempt, batch id, model, variant cell, content hash, parent, root) goes where
 `provenance=` says:
 
     "inline"   (default) a top-level "_provenance" object after the example's own keys:
@@ -76,11 +76,13 @@ class Provenance:
     model: str | None = None
     cell: Mapping[str, Any] = field(default_factory=dict)
     content_hash: str | None = None
+    parent: str | None = None
+    root: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"job": self.job, "stage": self.stage, "custom_id": self.custom_id, "position": self.position,
                 "attempt": self.attempt, "batch_id": self.batch_id, "model": self.model,
-                "cell": dict(self.cell), "content_hash": self.content_hash}
+                "cell": dict(self.cell), "content_hash": self.content_hash, "parent": self.parent, "root": self.root}
 
 
 @dataclass(frozen=True)

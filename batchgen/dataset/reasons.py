@@ -39,11 +39,13 @@ REGEX = "regex"
 FORBIDDEN = "forbidden"
 DUPLICATE = "duplicate"
 SEED_COPY = "seed_copy"
+NEAR_DUPLICATE = "near_duplicate"  # nearly repeats an earlier example or a seed (dataset/near.py)
+UNCHANGED_EVOLUTION = "unchanged_evolution"  # an evolved example nearly equal to its own parent
 
 RESPONSE_CATEGORIES = (TRUNCATED, CONTENT_FILTER, FINISH_REASON, REFUSAL, EMPTY_RESPONSE, NOT_JSON,
                        NO_EXAMPLES, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE)
 EXAMPLE_CATEGORIES = (SCHEMA, TURN_COUNT, ROLE_ORDER, EMPTY_TURN, TURN_TOO_LONG, FORMAT_PATTERN, REGEX,
-                      FORBIDDEN, DUPLICATE, SEED_COPY)
+                      FORBIDDEN, DUPLICATE, SEED_COPY, NEAR_DUPLICATE, UNCHANGED_EVOLUTION)
 CATEGORIES = RESPONSE_CATEGORIES + EXAMPLE_CATEGORIES
 
 DedupeMode = Literal["exact", "normalized", "none"]

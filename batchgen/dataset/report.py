@@ -30,7 +30,7 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
             yield ExportRecord(found.content, spec.dataset_format, Provenance(
                 custom_id=found.custom_id, job=spec.name, stage=stage.name, position=found.position,
                 attempt=found.attempt, batch_id=found.batch_id, model=found.model, cell=found.cell,
-                content_hash=found.content_hash))
+                content_hash=found.content_hash, parent=found.parent, root=found.root))
 
 
 def export_job(ledger: Ledger, spec: JobSpec, path: Path, fmt: str | None = None, provenance: str | None = None,
@@ -97,6 +97,11 @@ def quality(ledger: Ledger, job: str) -> Summary:
     return summary
 
 
+def lineage(ledger: Ledger, job: str) -> dict[str, dict[str, int]]:
+    """Per stage: valid examples, how many name their parent, how many trace back to a seed (`show`, `report`)."""
+    return ledger.lineage_by_stage(job)
+
+
 def dataset(ledger: Ledger, job: str, workspace: Workspace | None = None) -> dict[str, Any] | None:
     """The dataset written when the job finished: {"path", "examples"}, or None. The path is as the ledger records it
     (relative to the workspace), or located in `workspace` when one is given."""
@@ -130,6 +135,7 @@ def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) ->
                "budget_usd": Decimal(row["budget_usd"]) if row["budget_usd"] else None,
                "requests": ledger.request_outcomes(job), "failures": ledger.failure_codes(job),
                "faults": ledger.fault_counts(job), "quality": quality(ledger, job).to_dict(),
+               "lineage": lineage(ledger, job),
                "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
                "estimated_usd": ledger.estimated_usd(job), "preview": ledger.preview_totals(job),
                "review": review_summary(ledger, job)}

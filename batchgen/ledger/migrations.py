@@ -257,6 +257,24 @@ def m005_paths_relative_to_the_workspace(db: Database) -> None:
 
 
 @migrations()
+def m006_lineage(db: Database) -> None:
+    """Each example knows its parent (a source example of the stage it was evolved from, or for a first stage the
+    seed it most resembles) and the seed at the top of its chain; each request records the parents it was shown, so
+    that collect can tell its examples theirs."""
+    _run(
+        db,
+        """
+        -- the example's parent: "custom_id#position" of a source example, or "seed:<i>"; null when unknown
+        ALTER TABLE examples ADD COLUMN parent TEXT;
+        -- the top of its chain: "seed:<i>", or the first-stage example whose request showed no seed
+        ALTER TABLE examples ADD COLUMN root TEXT;
+        -- the request's candidate parents, in the order shown: [[key, root], ...] (seeds or source examples)
+        ALTER TABLE requests ADD COLUMN parents_json TEXT
+        """
+    )
+
+
+@migrations()
 def m007_cell_shortfalls(db: Database) -> None:
     """A stage's axis cells that ended below their share of its target, and why: a top-up goes to the cells below
     their share, and what it could not fill the job reports (`batchgen show`, `run`'s summary)."""

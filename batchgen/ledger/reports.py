@@ -29,6 +29,8 @@ class ValidExample(NamedTuple):
     batch_id: str | None
     attempt: int
     model: str
+    parent: str | None = None  # "custom_id#position" or "seed:<i>" (see batchgen.dataset.lineage)
+    root: str | None = None
 
 
 class CellCount(NamedTuple):
@@ -51,13 +53,22 @@ class ReportQueries(Store):
         large stage is never held in memory."""
         cursor = self._execute(
             "SELECT e.content_json, e.custom_id, e.position, r.cell_json, e.content_hash, r.batch_id, r.attempt, "
-            "s.model FROM examples e JOIN requests r ON r.custom_id = e.custom_id JOIN shards s ON s.id = r.shard_id "
+            "s.model, e.parent, e.root FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
+            "JOIN shards s ON s.id = r.shard_id "
             f"WHERE e.job = ? AND e.stage = ? AND e.valid = 1 AND {NOT_REJECTED_BY_REVIEW} "
             "ORDER BY r.variant, r.attempt, e.position LIMIT ?",
             [job, stage, -1 if limit is None else limit])
-        for content, custom_id, position, cell, digest, batch_id, attempt, model in cursor:
+        for content, custom_id, position, cell, digest, batch_id, attempt, model, parent, root in cursor:
             yield ValidExample(json.loads(content), custom_id, position, json.loads(cell), digest, batch_id,
-                               attempt, model)
+                               attempt, model, parent, root)
+
+    def lineage_by_stage(self, job: str) -> dict[str, dict[str, int]]:
+        """Per stage, its valid examples: how many (`valid`), how many know their parent (`with_parent`) and how
+        many their root seed (`with_root`, a root that is a seed)."""
+        return {stage: {"valid": int(valid), "with_parent": int(parents), "with_root": int(roots)}
+                for stage, valid, parents, roots in self._execute(
+                    "SELECT stage, count(*), count(parent), sum(root LIKE 'seed:%') FROM examples "
+                    "WHERE job = ? AND valid = 1 GROUP BY stage ORDER BY min(id)", [job])}
 
     def cell_counts(self, job: str) -> list[CellCount]:
         """Per stage and variant cell, in the order they were first compiled: requests, examples, valid ones.

@@ -73,12 +73,14 @@ class RequestRecords(Store):
     # -- requests ------------------------------------------------------------------------------------------
     def add_requests(self, job: str, stage: str, shard_id: str, manifest: Iterable[dict[str, Any]]) -> None:
         """One compiled request row per manifest line of the shard; its cell as `recipe.variants.cell_key` writes
-        it (JSON, keys sorted), which coverage by cell matches against."""
+        it (JSON, keys sorted), which coverage by cell matches against; its candidate parents (`parents`:
+        [[key, root], ...]) when the line has them."""
         self.db.conn.executemany(
             "INSERT INTO requests (custom_id, job, stage, variant, cell_json, shard_id, attempt, input_tokens, "
-            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'compiled')",
+            "status, parents_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'compiled', ?)",
             ((r["custom_id"], job, stage, r["index"], json.dumps(r["cell"], sort_keys=True), shard_id,
-              r["attempt"], r["input_tokens"]) for r in manifest))
+              r["attempt"], r["input_tokens"], json.dumps(r["parents"]) if r.get("parents") else None)
+             for r in manifest))
 
     def move_requests(self, shard_id: str, custom_ids: Iterable[str]) -> None:
         """Hand the requests over to another shard (a part of the shard they were split from)."""
@@ -127,6 +129,25 @@ class RequestRecords(Store):
         compiles from."""
         rows = self._execute(
             "SELECT e.content_json FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
+            "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position",
+            [job, stage])
+        return [json.loads(r[0]) for r in rows]
+
+    def source_lineage(self, job: str, stage: str) -> list[tuple[dict[str, Any], str, str | None, dict[str, Any]]]:
+        """The stage's valid examples in the order of `source_examples`, each as (content, key "custom_id#position",
+        root, cell of its request): what a `from` stage needs to give its children their parents and cells."""
+        rows = self._execute(
+            "SELECT e.content_json, e.custom_id, e.position, e.root, r.cell_json FROM examples e JOIN requests r "
+            "ON r.custom_id = e.custom_id WHERE e.job = ? AND e.stage = ? AND e.valid = 1 "
+            "ORDER BY r.variant, r.attempt, e.position", [job, stage])
+        return [(json.loads(content), f"{custom_id}#{position}", root, json.loads(cell))
+                for content, custom_id, position, root, cell in rows]
+
+    def source_cells(self, job: str, stage: str) -> list[dict[str, Any]]:
+        """The cell of each of the stage's valid examples, in the order of `source_examples`: the cells an evolved
+        stage's requests keep, which coverage by cell counts against."""
+        rows = self._execute(
+            "SELECT r.cell_json FROM examples e JOIN requests r ON r.custom_id = e.custom_id "
             "WHERE e.job = ? AND e.stage = ? AND e.valid = 1 ORDER BY r.variant, r.attempt, e.position",
             [job, stage])
         return [json.loads(r[0]) for r in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from decimal import Decimal
 from operator import itemgetter
@@ -34,6 +35,12 @@ class ResultRecords(Store):
         return {row[0]: (row[1], row[2]) for row in self._execute(
             "SELECT custom_id, stage, rowid FROM requests WHERE batch_id = ?", [batch_id])}
 
+    def batch_parents(self, batch_id: str) -> dict[str, list[list[str | None]]]:
+        """custom_id -> the candidate parents ([key, root], ...) of each request of the batch that has them."""
+        return {row[0]: json.loads(row[1]) for row in self._execute(
+            "SELECT custom_id, parents_json FROM requests WHERE batch_id = ? AND parents_json IS NOT NULL",
+            [batch_id])}
+
     def has_result(self, custom_id: str) -> bool:
         """Whether a result is recorded for the custom_id (a line that repeats one already answered)."""
         return bool(self.scalar("SELECT 1 FROM results WHERE custom_id = ?", [custom_id]))
@@ -58,15 +65,16 @@ class ResultRecords(Store):
             others)
 
     def insert_examples(self, accepted: Iterable[tuple[Any, ...]], others: Iterable[tuple[Any, ...]]) -> None:
-        """Example rows: `accepted` are valid (job, stage, custom_id, position, content_json, content_hash);
-        `others` carry every column (the same, then valid, category, reason, duplicate_of)."""
+        """Example rows: `accepted` are valid (job, stage, custom_id, position, content_json, content_hash, parent,
+        root); `others` carry every column (job, stage, custom_id, position, content_json, content_hash, valid,
+        category, reason, duplicate_of, parent, root)."""
         conn = self.db.conn
         conn.executemany(
-            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid) "
-            "VALUES (?, ?, ?, ?, ?, ?, 1)", accepted)
+            "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, parent, root, valid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)", accepted)
         conn.executemany(
             "INSERT INTO examples (job, stage, custom_id, position, content_json, content_hash, valid, category, "
-            "reason, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", others)
+            "reason, duplicate_of, parent, root) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", others)
 
     def set_request_statuses(self, statuses: list[tuple[str, int]]) -> None:
         """Each (status, requests.rowid), written in table order: lines arrive in any order, and updating the
@@ -137,3 +145,26 @@ class ResultRecords(Store):
             ) AS d
             WHERE examples.id = d.id AND d.rank > 1
             """, [job, stage])
+
+    # -- near-duplicates -------------------------------------------------------------------------------------
+    def near_dedupe_candidates(self, job: str, stage: str) -> list[tuple[int, str, str, str | None, int, str | None]]:
+        """The stage's examples that passed every check but near-dedupe, in canonical order (variant, attempt,
+        position): (id, key "custom_id#position", content_json, parent, valid, category)."""
+        return [tuple(row) for row in self._execute(
+            "SELECT e.id, e.custom_id || '#' || e.position, e.content_json, e.parent, e.valid, e.category "
+            "FROM examples e JOIN requests r ON r.custom_id = e.custom_id WHERE e.job = ? AND e.stage = ? AND "
+            "e.content_json IS NOT NULL AND (e.valid = 1 OR e.category IN ('near_duplicate', 'unchanged_evolution')) "
+            "ORDER BY r.variant, r.attempt, e.position", [job, stage])]
+
+    def kept_examples(self, job: str, stage: str) -> list[tuple[str, str]]:
+        """The valid examples of one stage in canonical order, as (key, content_json)."""
+        return [(row[0], row[1]) for row in self._execute(
+            "SELECT e.custom_id || '#' || e.position, e.content_json FROM examples e JOIN requests r "
+            "ON r.custom_id = e.custom_id WHERE e.job = ? AND e.stage = ? AND e.valid = 1 "
+            "ORDER BY r.variant, r.attempt, e.position", [job, stage])]
+
+    def set_near_verdicts(self, changes: Iterable[tuple[int, str | None, str | None, str | None, int]]) -> None:
+        """Each (valid, category, reason, duplicate_of, id): an example's near-duplicate verdict, or its return to
+        valid when the example it nearly repeated is no longer before it."""
+        self.db.conn.executemany(
+            "UPDATE examples SET valid = ?, category = ?, reason = ?, duplicate_of = ? WHERE id = ?", changes)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -231,9 +231,10 @@ def iter_requests(
     indices: Iterable[int] | None = None,
     sources: Sequence[dict[str, Any]] | None = None,
     sparse: bool = False,
+    source_cells: Sequence[Mapping[str, Any]] | None = None,
 ) -> Iterator[RenderedRequest]:
     """The request lines of a stage, in index order, one at a time (nothing is written). `sparse`: the indices
-    are scattered (a sample), see `VariantPlan`."""
+    are scattered (a sample), see `VariantPlan`; `source_cells`: the cell of each source, which its children keep."""
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     if attempt < 1:
         raise SpecError(f"attempt must be >= 1, not {attempt}")
@@ -244,7 +245,7 @@ def iter_requests(
             "(library: pass them as sources=)"
         )
     renderer = Renderer(spec, resolved, sources)
-    plan = VariantPlan(spec, resolved, len(sources) if sources else None, sparse=sparse)
+    plan = VariantPlan(spec, resolved, len(sources) if sources else None, sparse=sparse, source_cells=source_cells)
     for variant in plan.variants(indices):
         yield renderer.request(variant, attempt)
 
@@ -268,6 +269,7 @@ def compile_stage(
     attempt: int = 1,
     indices: Iterable[int] | None = None,
     sources: Sequence[dict[str, Any]] | None = None,
+    source_cells: Sequence[Mapping[str, Any]] | None = None,
     limits: LimitsSpec | None = None,
     write: bool = True,
     label: str = "",
@@ -276,7 +278,8 @@ def compile_stage(
     """Compile one stage (or the given variant indices of it) for one attempt; stream the shards to disk.
 
     The shards go under `shards_dir` (the workspace's `shards/`). `sources` are the valid examples of the `from`
-    stage (dicts in the job's format). `limits` overrides the job's [limits]. With write=False nothing is written;
+    stage (dicts in the job's format), and `source_cells` their cells, which the evolved examples keep (see
+    `recipe.variants`). `limits` overrides the job's [limits]. With write=False nothing is written;
     the result describes the shards it would write. Memory does not grow with the number of requests: each line
     goes to its file as it is rendered. `progress(done, total)` is called every PROGRESS_EVERY requests and at
     the end of a stage that long, for a display.
@@ -292,7 +295,8 @@ def compile_stage(
     packer = _Packer(limits or spec.limits, spec.model, resolved, attempt, directory)
     total = len(chosen) if chosen is not None else request_count(spec, resolved)
     try:
-        requests = iter_requests(spec, resolved, attempt=attempt, indices=chosen, sources=sources)
+        requests = iter_requests(spec, resolved, attempt=attempt, indices=chosen, sources=sources,
+                                 source_cells=source_cells)
         for done, request in enumerate(requests, 1):
             packer.add(request)
             if progress is not None and (done % PROGRESS_EVERY == 0 or done == total >= PROGRESS_EVERY):

@@ -22,7 +22,8 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
     [axes]        strategy = "cross" | "rotate" | "weighted"
     [axes.values] name = [...]
     [axes.weights] name = {value = weight}
-    [validate]    response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies
+    [validate]    response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies, near_dedupe,
+                  near_dedupe_ngrams
     [limits]      max_lines, max_bytes, max_queued_tokens (per shard)
     [embeddings]  dimensions, encoding_format (endpoint = "/v1/embeddings" only)
     [[stages]]    name, template, from, target, examples_per_request, temperature, max_tokens, system
@@ -120,12 +121,25 @@ class ValidateSpec(_Strict):
     max_turns: int = Field(50, ge=1)
     dedupe: Literal["exact", "normalized", "none"] = "exact"
     reject_seed_copies: bool = True
+    near_dedupe: float | bool = Field(
+        0.8, description="Jaccard similarity of word shingles at which an example nearly repeats another; "
+                         "false (or 0) turns near-duplicate detection off")
+    near_dedupe_ngrams: int = Field(2, ge=1, le=5, description="shingles: words and runs of up to this many words")
 
     @model_validator(mode="after")
     def _check(self) -> ValidateSpec:
         if self.max_turns < self.min_turns:
             raise ValueError(f"max_turns ({self.max_turns}) is below min_turns ({self.min_turns})")
+        if self.near_dedupe is True:
+            self.near_dedupe = 0.8
+        if not 0 <= float(self.near_dedupe) <= 1:
+            raise ValueError(f"near_dedupe must be between 0 and 1 (or false), not {self.near_dedupe}")
         return self
+
+    @property
+    def near_threshold(self) -> float | None:
+        """The near-duplicate threshold, or None when near-duplicate detection is off."""
+        return float(self.near_dedupe) or None
 
 
 class LimitsSpec(_Strict):
@@ -228,7 +242,8 @@ class JobSpec(_Strict):
         keys = [f"prompt.{key}" for key in ("system", "temperature", "max_tokens", "structured_output")
                 if key in self.prompt.model_fields_set]
         keys += [f"validate.{key}" for key in ("response_patterns", "role_order", "min_turns", "max_turns",
-                                               "reject_seed_copies") if key in self.validate_.model_fields_set]
+                                               "reject_seed_copies", "near_dedupe", "near_dedupe_ngrams")
+                 if key in self.validate_.model_fields_set]
         for stage in self.stages:
             keys += [f"stages.{stage.name}.{key}" for key in ("system", "temperature", "max_tokens")
                      if key in stage.model_fields_set]

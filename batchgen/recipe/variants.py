@@ -17,18 +17,23 @@ that ends short of its target is topped up with the indices after the last one (
 - **seeds**: the lesson's rotation: request i uses k consecutive seeds (mod the number of seeds) starting
   at i*k, moved one seed further after each full pass over the file, so the groups change from pass to pass.
 - **temperature**: the stage's temperatures, rotated (i mod n).
-- **sources** (stages with `from`): request i takes source examples i*e .. i*e+e-1 (mod their number).
+- **sources** (stages with `from`): request i takes source examples i*e .. i*e+e-1 (mod their number). When the
+  sources' cells are known (`source_cells`, the cells of the requests that made them), an evolved example keeps its
+  parent's cell: the sources are grouped by cell (in order of first appearance), each request takes e consecutive
+  sources of one cell (wrapping within it), the cells take turns request by request, and the request's cell is
+  its sources' cell.
 
-A cell's **share** of a stage's target is the part of the planned requests (0..count-1) the strategy gives it:
-floor(target x its planned requests / count) (`cell_shares`); a top-up goes to the cells below their share, with
-indices after the last one requested whose cell is theirs (`CellPlan.indices_for`).
+A cell's **share** of a stage's target is the part of the planned requests (0..count-1) the strategy (or, for an
+evolved stage, its sources' cells) gives it: floor(target x its planned requests / count) (`cell_shares`); a top-up
+goes to the cells below their share, with indices after the last one requested whose cell is theirs
+(`indices_for` of `cell_assigner`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
@@ -71,7 +76,42 @@ def job_request_count(spec: JobSpec) -> int:
     return sum(request_count(spec, stage) for stage in spec.resolved_stages())
 
 
-class CellPlan:
+class _CellIndexing:
+    """What coverage by cell asks of a stage's cell assignment, whichever assigns them: the planned requests of each
+    cell, and the indices a top-up may use for a cell."""
+
+    requests: int
+
+    def cell(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def planned_counts(self) -> dict[str, int]:
+        """How many of the planned requests (indices 0..requests-1) each cell gets, by `cell_key`, in the order of
+        the cells' first request."""
+        counts: dict[str, int] = {}
+        for index in range(self.requests):
+            key = cell_key(self.cell(index))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def indices_for(self, wanted: Mapping[str, int], start: int, scan: int) -> dict[str, list[int]]:
+        """For each cell key, up to `wanted[key]` indices from `start` on whose cell it is, looking at `scan`
+        indices at most (a cell of a rotate strategy can recur rarely)."""
+        need = {key: n for key, n in wanted.items() if n > 0}
+        found: dict[str, list[int]] = {key: [] for key in need}
+        index = start
+        while need and index < start + scan:
+            key = cell_key(self.cell(index))
+            if key in need:
+                found[key].append(index)
+                need[key] -= 1
+                if not need[key]:
+                    del need[key]
+            index += 1
+        return found
+
+
+class CellPlan(_CellIndexing):
     """The axis cells of a stage and which cell each request index gets."""
 
     def __init__(self, axes: AxesSpec, requests: int, block_size: int = 4096):
@@ -116,26 +156,8 @@ class CellPlan:
             for position in sorted((p for p, n in enumerate(weighted) if n), key=lambda p: (-weighted[p], p)):
                 counts[cell_key(self._cell_of(self._digits(position)))] = weighted[position]
         else:
-            for index in range(self.requests):
-                key = cell_key(self.cell(index))
-                counts[key] = counts.get(key, 0) + 1
+            return super().planned_counts()
         return counts
-
-    def indices_for(self, wanted: Mapping[str, int], start: int, scan: int) -> dict[str, list[int]]:
-        """For each cell key, up to `wanted[key]` indices from `start` on whose cell it is, looking at `scan`
-        indices at most (a cell of a rotate strategy can recur rarely)."""
-        need = {key: n for key, n in wanted.items() if n > 0}
-        found: dict[str, list[int]] = {key: [] for key in need}
-        index = start
-        while need and index < start + scan:
-            key = cell_key(self.cell(index))
-            if key in need:
-                found[key].append(index)
-                need[key] -= 1
-                if not need[key]:
-                    del need[key]
-            index += 1
-        return found
 
     def _cell_of(self, digits: list[int]) -> dict[str, Any]:
         return {name: values[d] for name, values, d in zip(self.names, self.values, digits, strict=True)}
@@ -230,12 +252,14 @@ class VariantPlan:
     """
 
     def __init__(self, spec: JobSpec, stage: ResolvedStage, source_count: int | None = None, *,
-                 sparse: bool = False):
+                 sparse: bool = False, source_cells: Sequence[Mapping[str, Any]] | None = None):
         self.stage = stage
         self.count = request_count(spec, stage)
         self.cells = CellPlan(spec.axes, self.count, 1 if sparse else 4096)
         self.seed_count = len(spec.seeds)
         self.source_count = source_count
+        self.by_cell = (SourcesByCell(source_cells, stage.examples_per_request, self.count)
+                        if stage.source is not None and source_cells else None)
 
     def variant(self, index: int) -> Variant:
         """Variant `index`: 0..count-1 are the stage's plan; later indices continue every rotation (top-ups)."""
@@ -248,16 +272,60 @@ class VariantPlan:
             start = index * k + (index * k) // self.seed_count  # one seed further after each full pass
             seeds = tuple((start + j) % self.seed_count for j in range(k))
         sources: tuple[int, ...] = ()
-        if stage.source is not None:
-            n, e = self.source_count or 0, stage.examples_per_request
-            sources = tuple((index * e + j) % n for j in range(e)) if n else ()
+        if self.by_cell is not None:
+            cell, sources = self.by_cell.variant(index)
+        else:
+            cell = self.cells.cell(index)
+            if stage.source is not None:
+                n, e = self.source_count or 0, stage.examples_per_request
+                sources = tuple((index * e + j) % n for j in range(e)) if n else ()
         temperature = stage.temperatures[index % len(stage.temperatures)]
-        return Variant(index, self.cells.cell(index), seeds, temperature, sources)
+        return Variant(index, cell, seeds, temperature, sources)
 
     def variants(self, indices: Iterable[int] | None = None) -> Iterator[Variant]:
         """The variants in index order (or the given indices, sorted and deduplicated)."""
         chosen: Iterable[int] = range(self.count) if indices is None else sorted(set(indices))
         return (self.variant(i) for i in chosen)
+
+
+class SourcesByCell(_CellIndexing):
+    """The requests of an evolved stage whose sources' cells are known: each request evolves sources of one cell
+    and carries that cell, so that a child keeps its parent's cell (see the module docstring)."""
+
+    def __init__(self, cells: Sequence[Mapping[str, Any]], per_request: int, requests: int = 0):
+        self.requests = requests
+        groups: dict[str, list[int]] = {}
+        self.cell_of: dict[str, dict[str, Any]] = {}
+        for index, cell in enumerate(cells):
+            key = json.dumps(cell, sort_keys=True)
+            groups.setdefault(key, []).append(index)
+            self.cell_of.setdefault(key, dict(cell))
+        self.groups = list(groups.items())
+        self.per_request = per_request
+        chunks = [math.ceil(len(members) / per_request) for _, members in self.groups]
+        self.chunks = chunks
+        # One pass over the sources: the cells take turns, chunk k of every cell before chunk k + 1 of any.
+        self.order = [(g, k) for k in range(max(chunks)) for g in range(len(chunks)) if k < chunks[g]]
+
+    def variant(self, index: int) -> tuple[dict[str, Any], tuple[int, ...]]:
+        """(cell, source indices) of request `index`; later passes go on round each cell's sources."""
+        passes, slot = divmod(index, len(self.order))
+        group, chunk = self.order[slot]
+        key, members = self.groups[group]
+        turn = passes * self.chunks[group] + chunk
+        e, n = self.per_request, len(members)
+        return dict(self.cell_of[key]), tuple(members[(turn * e + j) % n] for j in range(e))
+
+    def cell(self, index: int) -> dict[str, Any]:
+        return self.variant(index)[0]
+
+    def planned_counts(self) -> dict[str, int]:
+        """Requests per cell over indices 0..requests-1: each full pass over the sources gives a cell its chunks."""
+        passes, rest = divmod(self.requests, len(self.order))
+        counts = {key: passes * chunks for (key, _), chunks in zip(self.groups, self.chunks, strict=True)}
+        for group, _ in self.order[:rest]:
+            counts[self.groups[group][0]] += 1
+        return {key: counts[key] for key, _ in self.groups if counts[key]}  # the first pass goes in group order
 
 
 def expand_variants(
@@ -277,11 +345,23 @@ def cell_key(cell: Mapping[str, Any]) -> str:
     return json.dumps(dict(cell), sort_keys=True)
 
 
-def cell_shares(spec: JobSpec, stage: ResolvedStage) -> dict[str, int]:
-    """Each cell's share of the stage's target, by `cell_key`: floor(target x its planned requests / the stage's
-    planned requests). The shares add up to the target at most; what they leave (the rounding) goes to any cell."""
+def cell_assigner(spec: JobSpec, stage: ResolvedStage,
+                  source_cells: Sequence[Mapping[str, Any]] | None = None) -> CellPlan | SourcesByCell:
+    """What gives the stage's request indices their cells: the axes, or for an evolved stage whose sources' cells
+    are known (`source_cells`), those cells."""
     count = request_count(spec, stage)
-    planned = CellPlan(spec.axes, count).planned_counts()
+    if stage.source is not None and source_cells:
+        return SourcesByCell(source_cells, stage.examples_per_request, count)
+    return CellPlan(spec.axes, count)
+
+
+def cell_shares(spec: JobSpec, stage: ResolvedStage,
+                source_cells: Sequence[Mapping[str, Any]] | None = None) -> dict[str, int]:
+    """Each cell's share of the stage's target, by `cell_key`: floor(target x its planned requests / the stage's
+    planned requests). The shares add up to the target at most; what they leave (the rounding) goes to any cell.
+    An evolved stage's cells are its sources' (`source_cells`), when known."""
+    count = request_count(spec, stage)
+    planned = cell_assigner(spec, stage, source_cells).planned_counts()
     return {key: stage.target * n // count for key, n in planned.items()}
 
 
@@ -293,5 +373,5 @@ def coverage(variants: Iterable[Variant]) -> dict[tuple[tuple[str, Any], ...], i
     return dict(sorted(counts.items(), key=lambda kv: repr(kv[0])))
 
 
-__all__ = ["Variant", "VariantPlan", "CellPlan", "MAX_JOB_REQUESTS", "request_count", "job_request_count",
-           "expand_variants", "coverage", "cell_key", "cell_shares"]
+__all__ = ["Variant", "VariantPlan", "CellPlan", "SourcesByCell", "MAX_JOB_REQUESTS", "request_count",
+           "job_request_count", "expand_variants", "coverage", "cell_key", "cell_shares", "cell_assigner"]

@@ -29,6 +29,7 @@ import orjson
 
 from batchgen.crashpoints import crash_point
 from batchgen.dataset.embeddings import EmbeddingRules
+from batchgen.dataset.lineage import ParentChooser
 from batchgen.dataset.result_lines import AnyRules, Judged, judged_lines
 from batchgen.dataset.validate import Deduper, Rules, example_key
 from batchgen.errors import BackendError, BatchgenError
@@ -38,6 +39,7 @@ from batchgen.recipe import pricing
 from batchgen.recipe.embeddings import vector_size
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec
 from batchgen.run.client import BatchClient
+from batchgen.run.near_dedupe import settle_near_duplicates
 
 CHUNK = 2000
 ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
@@ -90,6 +92,15 @@ def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: AnyRules) 
     return Deduper.for_rules(rules, spec.format, spec.seeds, known=known)
 
 
+def parent_examples(ledger: Ledger, spec: JobSpec, stage: str) -> dict[str, Any]:
+    """The examples a stage's requests show as candidate parents, by key: the source stage's valid examples for a
+    `from` stage, the seeds for a first stage (read from the ledger only for a `from` stage)."""
+    resolved = spec.stage(stage)
+    if resolved.source is not None:
+        return {key: content for content, key, _, _ in ledger.source_lineage(spec.name, resolved.source)}
+    return {f"seed:{i}": seed for i, seed in enumerate(spec.seeds)}
+
+
 def download_results(client: BatchClient, workspace: Workspace, job: str, batch: dict[str, Any]) -> list[Path]:
     """Download the batch's output and error files (each once; a present file is complete)."""
     paths = []
@@ -116,6 +127,8 @@ class _Collector:
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, price_file=spec.price_file)
         self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)
+        self.parents = ledger.batch_parents(batch["id"])  # custom_id -> [[key, root], ...] shown to it
+        self.chooser = ParentChooser(parent_examples(ledger, spec, self.stage), spec.dataset_format)
         self.report = CollectReport(batch["id"])
         self.track_hashes = self.rules.dedupe != "none"
         self.prior = ledger.stage_hashes(spec.name, self.stage) if self.track_hashes else set()
@@ -167,16 +180,20 @@ class _Collector:
         rejected here; repeats inside the stage are settled afterwards (see Ledger.dedupe_stage)."""
         job, valid_count, rows, accepted = self.spec.name, 0, self.examples, self.accepted
         if reason is not None:
-            rows.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None))
+            rows.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None, None, None))
             self.report.examples_total += 1
             return 0
+        shown, choose = self.parents.get(custom_id, []), self.chooser.choose
         known, is_seed, track = self.deduper.known, self.deduper.is_seed, self.track_hashes
         prior, seen, candidates = self.prior, self.seen, self.candidates
         for position, (content, digest, valid, category, text) in enumerate(examples):
             duplicate_of = None
+            own = example_key(custom_id, position)
+            parent, root = (choose(orjson.loads(content) if len(shown) > 1 else None, position, shown, own)
+                            if content is not None else (None, None))
             if valid and digest is not None:
                 if digest in known or is_seed(digest):
-                    found = self.deduper.check(digest, example_key(custom_id, position))
+                    found = self.deduper.check(digest, own)
                     if found is not None:
                         valid, category, text, duplicate_of = False, found.category, str(found), found.detail
                 if valid and track:
@@ -189,10 +206,11 @@ class _Collector:
                     else:
                         seen.add(key)
             if valid:
-                accepted.append((job, stage, custom_id, position, content, digest))
+                accepted.append((job, stage, custom_id, position, content, digest, parent, root))
                 valid_count += 1
             else:
-                rows.append((job, stage, custom_id, position, content, digest, 0, category, text, duplicate_of))
+                rows.append((job, stage, custom_id, position, content, digest, 0, category, text, duplicate_of,
+                             parent, root))
         self.report.examples_total += len(examples)
         self.report.examples_valid += valid_count
         return valid_count
@@ -319,6 +337,7 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
                 collector.finish()
             if collector.rules.dedupe != "none":
                 ledger.dedupe_stage(spec.name, collector.stage, collector.dedupe_candidates())
+            settle_near_duplicates(ledger, spec, collector.stage)
             report = collector.report
             ledger.mark_batch_collected(batch["id"], report.cost_usd)
             ledger.set_shard_status(batch["shard_id"], "done")

@@ -19,13 +19,14 @@ Every compile renders the job's templates, so it needs the job directory: when i
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchgen.dataset.coverage import CellCoverage, below_share, stage_coverage
+from batchgen.dataset.lineage import seed_candidates
 from batchgen.errors import BatchgenError, is_retryable_status
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
@@ -33,7 +34,7 @@ from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
 from batchgen.recipe.plan import expected_output_tokens
 from batchgen.recipe.pricing import ModelPrice, get_price
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec, LimitsSpec, ResolvedStage
-from batchgen.recipe.variants import CellPlan, request_count
+from batchgen.recipe.variants import cell_assigner, request_count
 from batchgen.run import dead_ends
 
 RETRY_FREE = ("expired", "cancelled")
@@ -47,17 +48,17 @@ def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         return
     spec.require_job_dir(f"compiling stage {stage.name!r}")
     sources = stage_sources(ledger, spec, stage)
-    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, sources=sources, limits=limits)
+    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, limits=limits, **sources.compile_args())
     with ledger.transaction():
         if not ledger.stage_has_shards(spec.name, stage.name):
-            record_compile(ledger, workspace, spec, stage, result)
+            record_compile(ledger, workspace, spec, stage, result, sources)
 
 
 def record_compile(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                   result: CompileResult) -> None:
-    """Shard rows and one request row per manifest line (call inside a transaction)."""
+                   result: CompileResult, sources: Sources | None = None) -> None:
+    """Shard rows and one request row per manifest line, with the parents it shows (call inside a transaction)."""
     for shard_id, manifest in _insert_shards(ledger, workspace, spec, stage, result):
-        ledger.add_requests(spec.name, stage.name, shard_id, manifest)
+        ledger.add_requests(spec.name, stage.name, shard_id, (sources or Sources()).with_parents(manifest))
     ledger.event("compiled", job=spec.name, stage=stage.name, attempt=result.attempt, shards=len(result.shards),
                  requests=result.requests, input_tokens=result.input_tokens)
 
@@ -79,15 +80,35 @@ def _insert_shards(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
         yield shard_id, read_manifest(shard.manifest_path)
 
 
-def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | None:
-    """The valid examples of the stage a `from` stage is compiled from, in a stable order."""
+class Sources(NamedTuple):
+    """What a stage's requests are made from: for a `from` stage, the valid examples of its source stage in a stable
+    order, with the cell each keeps in its children and its lineage ([key, root]); for a first stage, nothing."""
+
+    examples: list[dict[str, Any]] | None = None
+    cells: list[dict[str, Any]] | None = None
+    lineage: list[list[str | None]] | None = None
+
+    def compile_args(self) -> dict[str, Any]:
+        return {"sources": self.examples, "source_cells": self.cells}
+
+    def with_parents(self, manifest: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Each manifest line with `parents`, the candidates its request shows: its sources, else its seeds."""
+        for line in manifest:
+            if self.lineage is not None:
+                yield {**line, "parents": [self.lineage[i] for i in line["sources"]]}
+            else:
+                yield {**line, "parents": seed_candidates(line["seeds"])}
+
+
+def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> Sources:
+    """What the stage is compiled from (see `Sources`)."""
     if stage.source is None:
-        return None
-    sources = ledger.source_examples(spec.name, stage.source)
-    if not sources:
+        return Sources()
+    found = ledger.source_lineage(spec.name, stage.source)
+    if not found:
         raise BatchgenError(f"Stage {stage.name!r} of job {spec.name!r} has no valid examples of stage "
                             f"{stage.source!r} to start from")
-    return sources
+    return Sources([f[0] for f in found], [f[3] for f in found], [[f[1], f[2]] for f in found])
 
 
 # -- retries -------------------------------------------------------------------------------------------------
@@ -148,13 +169,14 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
     dead_ends.check(ledger, spec, stage)
     spec.require_job_dir(f"retrying {len(variants)} request(s) of stage {stage.name!r}")
     attempt = ledger.next_attempt(spec.name, stage.name)
+    sources = stage_sources(ledger, spec, stage)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
-                           sources=stage_sources(ledger, spec, stage), limits=limits)
+                           limits=limits, **sources.compile_args())
     with ledger.transaction():
         still = retry_candidates(ledger, spec, stage.name, attempts)[1]
         if sorted(still) != sorted(replaced):
             return 0  # another process scheduled these meanwhile
-        record_compile(ledger, workspace, spec, stage, result)
+        record_compile(ledger, workspace, spec, stage, result, sources)
         ledger.mark_retried(replaced)
         ledger.event("retry", job=spec.name, stage=stage.name, attempt=attempt, requests=len(variants))
     return len(variants)
@@ -225,15 +247,16 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         _ends_short(ledger, spec, stage, need, "dead_end", stage_too=False)
         raise
     spec.require_job_dir(f"topping up stage {stage.name!r} ({_lacks(need)})")
-    wanted, unplaced = _wanted_indices(spec, stage, need)
-    result, count = _compile_within(ledger, workspace, spec, stage, wanted, limits, budget)
+    sources = stage_sources(ledger, spec, stage)
+    wanted, unplaced = _wanted_indices(spec, stage, need, sources)
+    result, count = _compile_within(ledger, workspace, spec, stage, sources, wanted, limits, budget)
     if result is None:
         _ends_short(ledger, spec, stage, need, "budget" if wanted else "no_variant")
         return 0
     with ledger.transaction():
         if top_up_need(ledger, spec, stage) != need or ledger.open_shards(spec.name, stage.name):
             return 0  # another process moved the stage on meanwhile
-        record_compile(ledger, workspace, spec, stage, result)
+        record_compile(ledger, workspace, spec, stage, result, sources)
         ledger.event("top_up", job=spec.name, stage=stage.name, attempt=result.attempt, round=need.rounds + 1,
                      missing=need.short, requests=count, first_variant=need.first,
                      cells={c.key: c.missing for c in need.cells}, unplaced=unplaced)
@@ -247,14 +270,14 @@ def _lacks(need: TopUpNeed) -> str:
     return ", ".join(parts)
 
 
-def _wanted_indices(spec: JobSpec, stage: ResolvedStage, need: TopUpNeed) -> tuple[list[int], list[str]]:
+def _wanted_indices(spec: JobSpec, stage: ResolvedStage, need: TopUpNeed,
+                    sources: Sources) -> tuple[list[int], list[str]]:
     """The variant indices a round asks for, in the order the budget takes them: each short cell's (the lowest
     yield first), then the next free indices for what the target lacks beyond the cells' shortfall; and the cells
     no index was found for within TOP_UP_SCAN."""
     per_cell = {c.key: _ceil(Decimal(c.missing) * spec.overgeneration / stage.examples_per_request)
                 for c in need.cells}
-    plan = CellPlan(spec.axes, request_count(spec, stage))
-    found = plan.indices_for(per_cell, need.first, TOP_UP_SCAN)
+    found = cell_assigner(spec, stage, sources.cells).indices_for(per_cell, need.first, TOP_UP_SCAN)
     wanted = [index for c in need.cells for index in found[c.key]]
     unplaced = [c.key for c in need.cells if not found[c.key]]
     beyond = need.short - sum(c.missing for c in need.cells)
@@ -269,8 +292,8 @@ def _wanted_indices(spec: JobSpec, stage: ResolvedStage, need: TopUpNeed) -> tup
     return wanted, unplaced
 
 
-def _compile_within(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage, wanted: list[int],
-                    limits: LimitsSpec | None, budget: Callable[[], Decimal | None]
+def _compile_within(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage, sources: Sources,
+                    wanted: list[int], limits: LimitsSpec | None, budget: Callable[[], Decimal | None]
                     ) -> tuple[CompileResult | None, int]:
     """Compile the wanted indices, cut (in their order) to what the budget covers at the worst case: first by the
     stage's largest prompt so far, then by each compiled request's own tokens. (None, 0) when nothing fits."""
@@ -281,10 +304,9 @@ def _compile_within(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         if per_request > 0:
             wanted = wanted[:int(max(budget_left, Decimal(0)) / per_request)]
     attempt = ledger.next_attempt(spec.name, stage.name)
-    sources = stage_sources(ledger, spec, stage)
     while wanted:
         result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=wanted,
-                               sources=sources, limits=limits)
+                               limits=limits, **sources.compile_args())
         if budget_left is None:
             return result, len(wanted)
         fits = _prefix_within(result, price, budget_left, wanted)
@@ -366,7 +388,7 @@ def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict
     spec.require_job_dir(f"splitting shard {shard['id']} for the queued-token cap")
     # A folder of its own: the same attempt and variants as a retry or top-up shard would be that shard's folder.
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=shard["attempt"], indices=variants,
-                           sources=stage_sources(ledger, spec, stage), limits=limits, label="split")
+                           limits=limits, label="split", **stage_sources(ledger, spec, stage).compile_args())
     with ledger.transaction():
         if (ledger.find_shard(shard["id"]) or {}).get("status") != "pending":
             return

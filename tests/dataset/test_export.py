@@ -75,7 +75,7 @@ def test_sharegpt_round_trip_inline_provenance(tmp_path: Path) -> None:
         parse_example(line, "sharegpt")
         assert validate_example(line, "sharegpt", RULES).valid
         assert set(provenance) == {"job", "stage", "custom_id", "position", "attempt", "batch_id", "model", "cell",
-                                   "content_hash"}
+                                   "content_hash", "parent", "root"}
         assert provenance["batch_id"] == "batch_abc" and provenance["cell"] == {"operation": "create",
                                                                                 "style": "casual"}
     assert list(lines_of(target)[0])[-1] == PROVENANCE_KEY  # after the example's own keys

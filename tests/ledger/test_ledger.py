@@ -23,7 +23,8 @@ SCHEMA = {
                         "top_ups": int, "reason": str, "at_utc": str},
     "events": {"id": int, "at_utc": str, "job": str, "batch_id": str, "kind": str, "detail_json": str},
     "examples": {"id": int, "job": str, "stage": str, "custom_id": str, "position": int, "content_json": str,
-                 "content_hash": str, "valid": int, "category": str, "reason": str, "duplicate_of": str},
+                 "content_hash": str, "valid": int, "category": str, "reason": str, "duplicate_of": str,
+                 "parent": str, "root": str},
     "intents": {"id": int, "idempotency_key": str, "job": str, "shard_id": str, "kind": str, "status": str,
                 "file_id": str, "batch_id": str, "created_utc": str, "updated_utc": str},
     "jobs": {"name": str, "spec_hash": str, "spec_json": str, "job_dir": str, "status": str, "stage": str,
@@ -36,7 +37,7 @@ SCHEMA = {
                  "examples": int, "valid": int, "at_utc": str},
     "queue_limits": {"model": str, "limit_tokens": int, "learned_utc": str},
     "requests": {"custom_id": str, "job": str, "stage": str, "variant": int, "cell_json": str, "shard_id": str,
-                 "attempt": int, "input_tokens": int, "status": str, "batch_id": str},
+                 "attempt": int, "input_tokens": int, "status": str, "batch_id": str, "parents_json": str},
     "results": {"custom_id": str, "batch_id": str, "job": str, "source": str, "status_code": int, "error_code": str,
                 "error_message": str, "finish_reason": str, "prompt_tokens": int, "cached_tokens": int,
                 "completion_tokens": int, "reasoning_tokens": int, "cost_usd": str, "priced_by": str,
@@ -140,7 +141,7 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     Ledger.open(tmp_path / "l.db").close()
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
-                   "m005_paths_relative_to_the_workspace", "m007_cell_shortfalls",
+                   "m005_paths_relative_to_the_workspace", "m006_lineage", "m007_cell_shortfalls",
                    "m009_reviews", "m010_previews"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

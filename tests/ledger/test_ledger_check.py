@@ -44,9 +44,9 @@ def tamper(workspace, sql: str, params=()):
 def test_a_finished_job_is_clean(workspace):
     result = check()
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith(f"Ledger {workspace / 'ledger.db'} is clean: 55 requests, 55 results, 1 batches")
+    assert result.stdout.startswith(f"Ledger {workspace / 'ledger.db'} is clean: 58 requests, 58 results, 2 batches")
     data = json.loads(check("--json").stdout)
-    assert data["clean"] is True and data["problems"] == [] and data["checked"]["results"] == 55
+    assert data["clean"] is True and data["problems"] == [] and data["checked"]["results"] == 58
 
 
 def first_result(workspace) -> dict:

@@ -5,7 +5,7 @@
 Categories, response level (the whole response yields no example): truncated, content_filter, finish_reason,
 refusal, empty_response, not_json, no_examples; and for an embeddings answer no_embedding, embedding_size,
 embedding_value. Example level: schema, turn_count, role_order, empty_turn, turn_too_long, format_pattern, regex,
-forbidden, duplicate, seed_copy.
+forbidden, duplicate, seed_copy, near_duplicate, unchanged_evolution, check.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ DUPLICATE = "duplicate"
 SEED_COPY = "seed_copy"
 NEAR_DUPLICATE = "near_duplicate"  # nearly repeats an earlier example or a seed (dataset/near.py)
 UNCHANGED_EVOLUTION = "unchanged_evolution"  # an evolved example nearly equal to its own parent
+CHECK = "check"  # a rule hook of the job had something against it (dataset/checks.py)
 
 RESPONSE_CATEGORIES = (TRUNCATED, CONTENT_FILTER, FINISH_REASON, REFUSAL, EMPTY_RESPONSE, NOT_JSON,
                        NO_EXAMPLES, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE)
 EXAMPLE_CATEGORIES = (SCHEMA, TURN_COUNT, ROLE_ORDER, EMPTY_TURN, TURN_TOO_LONG, FORMAT_PATTERN, REGEX,
-                      FORBIDDEN, DUPLICATE, SEED_COPY, NEAR_DUPLICATE, UNCHANGED_EVOLUTION)
+                      FORBIDDEN, DUPLICATE, SEED_COPY, NEAR_DUPLICATE, UNCHANGED_EVOLUTION, CHECK)
 CATEGORIES = RESPONSE_CATEGORIES + EXAMPLE_CATEGORIES
 
 DedupeMode = Literal["exact", "normalized", "none"]

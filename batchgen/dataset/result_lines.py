@@ -99,7 +99,7 @@ def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: AnyRules
     finish = choice.get("finish_reason")
     parsed = parse_response(message.get("content"), finish, fmt, refusal=message.get("refusal"))
     reason = (parsed.reason.category, str(parsed.reason)) if parsed.reason is not None else None
-    examples = judge_examples(parsed.examples, fmt, rules)
+    examples = judge_examples(parsed.examples, fmt, rules, custom_id)
     return ("ok", custom_id, response.get("status_code"), response.get("request_id"), finish,
             int(usage.get("prompt_tokens") or 0),
             int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),

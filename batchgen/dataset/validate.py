@@ -15,6 +15,7 @@ contains ": ", so `Reason.parse` and `Summary` can group stored reasons by messa
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import unicodedata
@@ -25,8 +26,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from batchgen.dataset.checks import CheckRef, Example, run_checks
 from batchgen.dataset.reasons import (
     CATEGORIES,
+    CHECK,
     CONTENT_FILTER,
     DEDUPE_MODES,
     DUPLICATE,
@@ -75,6 +78,9 @@ class Rules:
     dedupe         "exact" (hash of roles and contents), "normalized" (casefold, NFKC, punctuation and symbols
                    removed, whitespace collapsed) or "none"
     reject_seed_copies   an example equal to a seed (in the same hash mode) is rejected
+    checks         the job's rule hooks (`batchgen.dataset.checks`), run on every example the checks above pass
+    reference_date what the checks get as the job's reference date
+    cells          custom_id -> the cell its request asked for, what the checks get as the example's cell
     """
 
     patterns: tuple[str, ...] = ()
@@ -87,6 +93,9 @@ class Rules:
     max_chars: int | None = None
     dedupe: DedupeMode = "exact"
     reject_seed_copies: bool = True
+    checks: tuple[CheckRef, ...] = ()
+    reference_date: dt.date | None = None
+    cells: Mapping[str, dict[str, Any]] | None = field(default=None, compare=False)
     _any_pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
     _accept: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
@@ -104,7 +113,9 @@ class Rules:
     def from_values(cls, *, patterns: Iterable[str] = (), regexes: Iterable[str] = (),
                     forbidden: Iterable[str] = (), role_order: bool = True, min_turns: int = 2,
                     max_turns: int | None = None, non_empty: bool = True, max_chars: int | None = None,
-                    dedupe: str = "exact", reject_seed_copies: bool = True) -> Rules:
+                    dedupe: str = "exact", reject_seed_copies: bool = True, checks: Iterable[CheckRef] = (),
+                    reference_date: dt.date | None = None,
+                    cells: Mapping[str, dict[str, Any]] | None = None) -> Rules:
         """Rules from plain values (strings for regexes); raises ValueError naming the bad value."""
         if dedupe not in DEDUPE_MODES:
             raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, not {dedupe!r}")
@@ -116,7 +127,8 @@ class Rules:
                    forbidden=_compile(forbidden, "forbidden"), role_order=role_order, min_turns=min_turns,
                    max_turns=max_turns, non_empty=non_empty, max_chars=max_chars,
                    dedupe=dedupe,  # type: ignore[arg-type]  # checked against DEDUPE_MODES above
-                   reject_seed_copies=reject_seed_copies)
+                   reject_seed_copies=reject_seed_copies, checks=tuple(checks), reference_date=reference_date,
+                   cells=cells)
 
 
 def _compile(sources: Iterable[str], name: str) -> tuple[re.Pattern[str], ...]:
@@ -267,14 +279,39 @@ def _fast_pairs(raw: Any, fmt: str) -> list[Pair] | None:
     return pairs
 
 
-def judge_examples(raws: list[Any], fmt: str, rules: Rules) -> list[tuple[str, str | None, bool, str | None,
-                                                                          str | None]]:
-    """Each raw example as (compact JSON, content hash, valid, category, reason text), as `validate_example` decides.
+def judge_examples(raws: list[Any], fmt: str, rules: Rules,
+                   custom_id: str = "") -> list[tuple[str, str | None, bool, str | None, str | None]]:
+    """Each raw example as (compact JSON, content hash, valid, category, reason text), as `validate_example` decides,
+    then the job's rule hooks (`rules.checks`) on each valid one (`custom_id`: the request the examples answer).
 
     An example that plainly passes every check is accepted in one pass over its turns; any other goes through
     `validate_example`, which finds the reason. The accepting pass admits exactly what the checks admit, so the
     verdicts are the same, only cheaper for the hundreds of thousands of good examples of an output file.
     """
+    judged = _judge_structure(raws, fmt, rules)
+    if rules.checks:
+        judged = _run_hooks(judged, raws, fmt, rules, custom_id)
+    return judged
+
+
+def _run_hooks(judged: list[tuple[str, str | None, bool, str | None, str | None]], raws: list[Any], fmt: str,
+               rules: Rules, custom_id: str) -> list[tuple[str, str | None, bool, str | None, str | None]]:
+    cell = dict((rules.cells or {}).get(custom_id) or {})
+    out = []
+    for position, (row, raw) in enumerate(zip(judged, raws, strict=True)):
+        if row[2]:
+            pairs = _fast_pairs(raw, fmt) or validate_example(raw, fmt, rules).pairs
+            example = Example(tuple(pairs), raw, example_key(custom_id, position), cell, rules.reference_date)
+            found = run_checks(rules.checks, example)
+            if found is not None:
+                reason = Reason(CHECK, f"Check {found[0]}", found[1])
+                row = (row[0], row[1], False, CHECK, str(reason))
+        out.append(row)
+    return out
+
+
+def _judge_structure(raws: list[Any], fmt: str,
+                     rules: Rules) -> list[tuple[str, str | None, bool, str | None, str | None]]:
     accept = rules._accept.get(fmt)
     if accept is None:
         accept = rules._accept[fmt] = _accepter(fmt, rules)
@@ -520,7 +557,7 @@ def validate_response(content: str | None, finish_reason: str | None, fmt: str, 
     return ResponseVerdict(parsed.reason, verdicts, parsed)
 
 
-__all__ = ["CATEGORIES", "CONTENT_FILTER", "DEDUPE_MODES", "DUPLICATE", "EMPTY_RESPONSE", "EMPTY_TURN",
+__all__ = ["CATEGORIES", "CHECK", "CONTENT_FILTER", "DEDUPE_MODES", "DUPLICATE", "EMPTY_RESPONSE", "EMPTY_TURN",
            "EXAMPLE_CATEGORIES", "FINISH_REASON", "FORBIDDEN", "FORMAT_PATTERN", "NO_EXAMPLES", "NOT_JSON",
            "REFUSAL", "REGEX", "RESPONSE_CATEGORIES", "ROLE_ORDER", "SCHEMA", "SEED_COPY", "TRUNCATED",
            "TURN_COUNT", "TURN_TOO_LONG", "DedupeMode", "Deduper", "ExampleVerdict", "Pair", "ParsedResponse",

@@ -41,6 +41,11 @@ class ResultRecords(Store):
             "SELECT custom_id, parents_json FROM requests WHERE batch_id = ? AND parents_json IS NOT NULL",
             [batch_id])}
 
+    def batch_cells(self, batch_id: str) -> dict[str, dict[str, Any]]:
+        """custom_id -> the cell (axis values) each request of the batch asked for."""
+        return {row[0]: json.loads(row[1]) for row in self._execute(
+            "SELECT custom_id, cell_json FROM requests WHERE batch_id = ?", [batch_id])}
+
     def has_result(self, custom_id: str) -> bool:
         """Whether a result is recorded for the custom_id (a line that repeats one already answered)."""
         return bool(self.scalar("SELECT 1 FROM results WHERE custom_id = ?", [custom_id]))

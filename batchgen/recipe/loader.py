@@ -20,7 +20,7 @@ from batchgen.recipe import formats
 from batchgen.recipe.model_limits import output_limit
 from batchgen.recipe.pricing import PriceFile, get_price, read_price_file
 from batchgen.recipe.render import check_templates, max_tokens_param
-from batchgen.recipe.spec import CHAT, JOB_FILE, JobSpec, StageSpec
+from batchgen.recipe.spec import CHAT, CHECK_REF, JOB_FILE, JobSpec, StageSpec
 from batchgen.recipe.tokens import UnknownEncoding, encoding_name_for_model
 from batchgen.recipe.variants import MAX_JOB_REQUESTS, job_request_count
 
@@ -69,9 +69,24 @@ def load_job(job_dir: Path) -> JobSpec:
     for stage, raw in zip(spec.resolved_stages(), raws, strict=True):
         key = f"stages.{stage.name}.template" if raw is not None and raw.template else "prompt.template"
         templates[stage.template] = _text(_job_file(job_dir, stage.template, key))
+    _check_checks(spec, job_dir)
     spec = spec.loaded(job_dir, tuple(seeds), templates, seeds_bytes, price_file)
     check_templates(spec)
     return spec
+
+
+def _check_checks(spec: JobSpec, job_dir: Path) -> None:
+    """Each rule hook's file is a Python file inside the job directory (its function is looked up when it runs)."""
+    if spec.validate_.checks and spec.endpoint != CHAT:
+        raise SpecError("validate.checks: an embeddings job's answers are vectors, which checks do not judge")
+    root = job_dir.resolve()
+    for check in spec.validate_.checks:
+        found = CHECK_REF.match(check)
+        assert found is not None  # the spec's validator matched it
+        path = (job_dir / found["file"]).resolve()
+        if not path.is_relative_to(root):
+            raise SpecError(f"validate.checks: {check!r} names a file outside the job directory {job_dir}")
+        _job_file(job_dir, found["file"], "validate.checks")
 
 
 def _text(path: Path) -> str:

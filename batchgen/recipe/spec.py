@@ -23,7 +23,7 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
     [axes.values] name = [...]
     [axes.weights] name = {value = weight}
     [validate]    response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies, near_dedupe,
-                  near_dedupe_ngrams
+                  near_dedupe_ngrams, checks, reference_date
     [limits]      max_lines, max_bytes, max_queued_tokens (per shard)
     [embeddings]  dimensions, encoding_format (endpoint = "/v1/embeddings" only)
     [[stages]]    name, template, from, target, examples_per_request, temperature, max_tokens, system
@@ -35,6 +35,7 @@ the chat settings (system, temperature, max_tokens, structured_output, the chat 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -56,6 +57,8 @@ JOB_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}"
 AxisValue = str | int | bool
 Temperature = Annotated[float, Field(ge=0, le=2)]
 CHAT: Final = "/v1/chat/completions"
+# A rule hook of `[validate] checks`: a Python file of the job directory and a function in it.
+CHECK_REF: Final = re.compile(r"^(?P<file>[^:]+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 EMBEDDINGS: Final = "/v1/embeddings"
 
 
@@ -125,6 +128,8 @@ class ValidateSpec(_Strict):
         0.8, description="Jaccard similarity of word shingles at which an example nearly repeats another; "
                          "false (or 0) turns near-duplicate detection off")
     near_dedupe_ngrams: int = Field(2, ge=1, le=5, description="shingles: words and runs of up to this many words")
+    checks: list[str] = Field(default_factory=list, description='rule hooks, "FILE.py:FUNCTION" in the job directory')
+    reference_date: dt.date | None = Field(None, description="the date the prompt calls today, given to checks")
 
     @model_validator(mode="after")
     def _check(self) -> ValidateSpec:
@@ -134,6 +139,11 @@ class ValidateSpec(_Strict):
             self.near_dedupe = 0.8
         if not 0 <= float(self.near_dedupe) <= 1:
             raise ValueError(f"near_dedupe must be between 0 and 1 (or false), not {self.near_dedupe}")
+        for check in self.checks:
+            if not CHECK_REF.match(check):
+                raise ValueError(f"check {check!r} is not FILE.py:FUNCTION (for example \"checks.py:due_dates\")")
+        if len(set(self.checks)) != len(self.checks):
+            raise ValueError("checks names a check twice")
         return self
 
     @property

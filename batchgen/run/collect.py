@@ -18,7 +18,7 @@ import gc
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from batchgen.crashpoints import crash_point
+from batchgen.dataset.checks import CheckRef
 from batchgen.dataset.embeddings import EmbeddingRules
 from batchgen.dataset.lineage import ParentChooser
 from batchgen.dataset.result_lines import AnyRules, Judged, judged_lines
@@ -56,11 +57,21 @@ class CollectReport:
     repeated_ids: int = 0
 
 
-def rules_for(spec: JobSpec) -> Rules:
+def rules_for(spec: JobSpec, cells: Mapping[str, dict[str, Any]] | None = None) -> Rules:
+    """The checks of the job's chat answers, its rule hooks (`cells`: custom_id -> cell, for them) among them."""
     v = spec.validate_
     return Rules.from_values(patterns=v.response_patterns, role_order=v.role_order == "alternate",
                              min_turns=v.min_turns, max_turns=v.max_turns, dedupe=v.dedupe,
-                             reject_seed_copies=v.reject_seed_copies)
+                             reject_seed_copies=v.reject_seed_copies, checks=check_refs(spec),
+                             reference_date=v.reference_date, cells=cells)
+
+
+def check_refs(spec: JobSpec) -> tuple[CheckRef, ...]:
+    """The job's rule hooks, each function looked up now, so that a missing one is one error line at once."""
+    refs = tuple(CheckRef.parse(text, spec.job_dir) for text in spec.validate_.checks)
+    for ref in refs:
+        ref.function()
+    return refs
 
 
 def embedding_rules(spec: JobSpec, shard_path: str) -> EmbeddingRules:
@@ -121,8 +132,9 @@ class _Collector:
     def __init__(self, ledger: Ledger, workspace: Workspace, spec: JobSpec, batch: dict[str, Any]):
         self.ledger, self.spec, self.batch = ledger, spec, batch
         shard = ledger.shard(batch["shard_id"])
+        cells = ledger.batch_cells(batch["id"]) if spec.validate_.checks else None
         self.rules: AnyRules = (embedding_rules(spec, str(workspace.locate(shard["path"])))
-                                if spec.endpoint == EMBEDDINGS else rules_for(spec))
+                                if spec.endpoint == EMBEDDINGS else rules_for(spec, cells))
         self.stage: str = shard["stage"]
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, price_file=spec.price_file)

@@ -319,7 +319,7 @@ def judge_answers(ledger: Ledger, plan: PreviewPlan,
     does: checks of one answer inside `judge_answer` (through the rules, which the judging worker receives too),
     checks that need the job, such as a judge stage's scores of the valid examples, here."""
     spec = plan.spec
-    rules = rules_for(spec)
+    rules = rules_for(spec, {request.label: request.variant.cell for request, _ in answered})
     deduper = earlier_deduper(ledger, spec, plan.stage.name, rules)
     price = get_price(spec.model, price_file=spec.price_file)
     answers = []

@@ -44,9 +44,9 @@ def tamper(workspace, sql: str, params=()):
 def test_a_finished_job_is_clean(workspace):
     result = check()
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith(f"Ledger {workspace / 'ledger.db'} is clean: 58 requests, 58 results, 2 batches")
+    assert result.stdout.startswith(f"Ledger {workspace / 'ledger.db'} is clean: 67 requests, 67 results, 2 batches")
     data = json.loads(check("--json").stdout)
-    assert data["clean"] is True and data["problems"] == [] and data["checked"]["results"] == 58
+    assert data["clean"] is True and data["problems"] == [] and data["checked"]["results"] == 67
 
 
 def first_result(workspace) -> dict:

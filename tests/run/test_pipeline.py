@@ -112,7 +112,7 @@ def test_compile_estimates_the_prompt_tokens_the_emulator_bills(finished_run):
     with Ledger.open(workspace / "ledger.db") as ledger:
         pairs = ledger.db.execute("SELECT r.input_tokens, s.prompt_tokens FROM requests r JOIN results s "
                                "USING (custom_id) WHERE s.source = 'output'").fetchall()
-    assert len(pairs) == 58 and all(estimated == billed for estimated, billed in pairs)
+    assert len(pairs) == 67 and all(estimated == billed for estimated, billed in pairs)
 
 
 def test_submit_status_collect_in_new_processes_equals_run(finished_run, tmp_path):
@@ -143,7 +143,7 @@ def test_judging_in_a_worker_process_records_the_same(finished_run, tmp_path, mo
     workspace = tmp_path / ".batchgen"
     monkeypatch.setenv("BATCHGEN_WORKSPACE", str(workspace))
     monkeypatch.setattr(judge, "PARALLEL_BYTES", 0)
-    assert "Valid: 558/580" in invoke("run", str(TASK_API), "--quiet").stdout
+    assert "Valid: 601/670" in invoke("run", str(TASK_API), "--quiet").stdout
     assert ledger_snapshot(workspace) == ledger_snapshot(run_workspace)
 
 

@@ -14,7 +14,8 @@ adds is measured in one streaming pass over the job's valid examples (`ledger.va
   mean, exact, from a count of each length (quantiles interpolated between the two nearest lengths).
 
 An embeddings job has no turns: its distinct-n and lengths are None. Rates are shares to 4 places, None where there
-is nothing to divide by; money is exact Decimal (cost per valid example to the nano-dollar, half to even).
+is nothing to divide by; money is exact (cost per valid example to the nano-dollar, half to even), written in the
+report's dict as fixed-point decimal text.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from batchgen.dataset.compare import StageFigures, job_figures, share
@@ -185,7 +187,7 @@ class CellReport:
 class StageReport:
     figures: StageFigures
     reasons: dict[str, int]
-    lineage: dict[str, int]
+    lineage: dict[str, int] | None  # None: an embeddings job, whose examples have no parents
     cells: list[CellReport]
     texts: StageTexts | None  # None: an embeddings job, whose examples have no turns
 
@@ -195,10 +197,11 @@ class StageReport:
         return {"name": f["name"], "requests": f["requests"], "requested": f["requested"], "found": f["found"],
                 "valid": f["valid"], "yield": f["yield"], "reasons": self.reasons,
                 "near_duplicate_rate": f["near_duplicate_rate"], **texts,
-                "lineage": {**self.lineage, "parent_rate": share(self.lineage["with_parent"], f["valid"]),
-                            "root_rate": share(self.lineage["with_root"], f["valid"])},
-                "review": _review(self.figures.review), "cost_usd": f["cost_usd"],
-                "cost_per_valid_usd": f["cost_per_valid_usd"], "cells": [cell.to_dict() for cell in self.cells]}
+                "lineage": None if self.lineage is None else {
+                    **self.lineage, "parent_rate": share(self.lineage["with_parent"], f["valid"]),
+                    "root_rate": share(self.lineage["with_root"], f["valid"])},
+                "review": _review(self.figures.review), "cost_usd": money(f["cost_usd"]),
+                "cost_per_valid_usd": money(f["cost_per_valid_usd"]), "cells": [cell.to_dict() for cell in self.cells]}
 
 
 @dataclass
@@ -228,15 +231,21 @@ def job_report(ledger: Ledger, spec: JobSpec) -> JobReport:
         reasons = rejected.get(row.stage, {}).get(row.key, {})
         cells.setdefault(row.stage, []).append(CellReport(row, reasons))
     stages = [StageReport(stage, _sum(rejected.get(stage.name, {}).values()),
-                          known.get(stage.name, {"valid": 0, "with_parent": 0, "with_root": 0}),
+                          None if embeddings else known.get(stage.name, {"valid": 0, "with_parent": 0,
+                                                                         "with_root": 0}),
                           cells.get(stage.name, []), None if embeddings else texts.get(stage.name, StageTexts()))
               for stage in figures.stages]
     job = figures.to_dict()
-    totals = {key: job[key] for key in ("requests", "requested", "found", "valid", "yield", "near_duplicate_rate",
-                                        "cost_usd", "cost_per_valid_usd")}
-    totals.update(reasons=_sum(stage.reasons for stage in stages), review=_review(figures.review))
+    totals = {key: job[key] for key in ("requests", "requested", "found", "valid", "yield", "near_duplicate_rate")}
+    totals.update(reasons=_sum(stage.reasons for stage in stages), review=_review(figures.review),
+                  cost_usd=money(job["cost_usd"]), cost_per_valid_usd=money(job["cost_per_valid_usd"]))
     return JobReport(spec.name, figures.status, spec.model, spec.dataset_format, list(spec.axes.values), stages,
                      totals)
+
+
+def money(amount: Decimal | None) -> str | None:
+    """Money for JSON: the exact decimal as fixed-point text (`0.000000094`, never `9.4E-8`)."""
+    return None if amount is None else format(amount, "f")
 
 
 def _sum(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -266,8 +275,8 @@ def stage_line(stage: Mapping[str, Any]) -> str:
 def cost_line(stage: Mapping[str, Any]) -> str:
     """`Cost: $0.01424445 at batch price, $0.000025528 per valid example` (a stage, or the totals)."""
     per_valid = stage["cost_per_valid_usd"]
-    return (f"Cost: {format_usd(stage['cost_usd'])} at batch price, "
-            f"{'-' if per_valid is None else format_usd(per_valid)} per valid example")
+    return (f"Cost: {format_usd(Decimal(stage['cost_usd']))} at batch price, "
+            f"{'-' if per_valid is None else format_usd(Decimal(per_valid))} per valid example")
 
 
 def cell_rows(cells: list[Mapping[str, Any]], axes: Iterable[str] = ()) -> tuple[list[str], list[list[str]]]:
@@ -312,7 +321,8 @@ def figure_lines(stage: Mapping[str, Any]) -> list[str]:
              f"Near-duplicates: {percent(stage['near_duplicate_rate'])} of {stage['found']:,} examples judged"]
     if "lineage" in stage:
         valid, known = stage["valid"], stage["lineage"]
-        lines.append(f"Lineage: {known['with_parent']:,}/{valid:,} with a parent, {known['with_root']:,}/{valid:,} "
+        lines.append("Lineage: does not apply to an embeddings job" if known is None else
+                     f"Lineage: {known['with_parent']:,}/{valid:,} with a parent, {known['with_root']:,}/{valid:,} "
                      "to a seed")
     review = stage["review"]
     lines.append("Review: no verdicts yet" if not review["reviewed"] else
@@ -338,5 +348,5 @@ def _number(value: float | int) -> str:
 
 
 __all__ = ["CellReport", "DistinctN", "JobReport", "Lengths", "StageReport", "StageTexts", "cell_rows", "cost_line",
-           "figure_lines", "job_report", "percent", "reasons_text", "role_texts", "stage_line", "stage_texts",
+           "figure_lines", "job_report", "money", "percent", "reasons_text", "role_texts", "stage_line", "stage_texts",
            "text_rows", "tokens"]

@@ -775,6 +775,55 @@ def compare_(jobs: tuple[str, ...], workspace: str | None, json_: bool, fmt: str
     echo_table(table_rows(figures), headers=("", *(job.job for job in figures)), fmt=fmt)
 
 
+@cli.command(name="report")
+@click.argument("job")
+@workspace_option
+@output_options
+def report_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None:
+    """The quality of JOB stage by stage and cell by cell: requested, valid, yield, rejections, near-duplicates,
+    distinct-1/2 of the human and assistant turns, words per example and per turn, lineage, review pass rate and
+    cost per valid example.
+
+    \b
+        batchgen report task_api
+        batchgen report evol_task_api --json
+    """
+    from batchgen.dataset.quality_report import job_report
+    from batchgen.run.tick import job_spec
+
+    session = _session(workspace, ledger="read")
+    report = job_report(session.ledger, job_spec(session, job)).to_dict()
+    if json_:
+        echo_json(report)
+        return
+    _print_report(report, fmt)
+
+
+def _print_report(report: dict[str, Any], fmt: str | None) -> None:
+    """One block a stage (its line, its cells, its words, its other figures), then the job's totals."""
+    from batchgen.dataset.quality_report import cell_rows, figure_lines, stage_line, text_rows
+
+    stages = len(report["stages"])
+    click.echo(f"Job {report['job']}: {report['status']} ({report['model']}, {report['format']}, {stages} "
+               f"stage{'s' if stages != 1 else ''})")
+    for stage in report["stages"]:
+        click.echo(f"\n{stage_line(stage)}")
+        if stage["cells"]:
+            headers, rows = cell_rows(stage["cells"], report["axes"])
+            echo_table(rows, headers, fmt)
+            click.echo()
+        headers, rows = text_rows(stage)
+        if rows:
+            echo_table(rows, headers, fmt)
+        else:
+            click.echo("Distinct-n and lengths: do not apply to an embeddings job")
+        for line in figure_lines(stage):
+            click.echo(line)
+    click.echo(f"\n{stage_line(report['totals'])}")
+    for line in figure_lines(report["totals"]):
+        click.echo(line)
+
+
 @cli.command(name="cancel")
 @click.argument("target")
 @workspace_option

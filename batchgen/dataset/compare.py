@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from batchgen.dataset.reasons import DUPLICATE
+from batchgen.dataset.reasons import DUPLICATE, NEAR_DUPLICATE, UNCHANGED_EVOLUTION
 from batchgen.dataset.review import review_summary
 from batchgen.ledger import Ledger
 from batchgen.money import NANO, format_usd
 from batchgen.recipe.spec import JobSpec
 
-# The rejection categories that count as near-duplicates. Exact duplicates are `duplicate`; a check that finds
-# near-duplicates names its categories here, and until one does, the near-duplicate rate is not measured (None).
-NEAR_DUPLICATE_CATEGORIES: tuple[str, ...] = ()
+# The rejection categories that count as near-duplicates (`dataset/near`, `run/near_dedupe`): an example nearly
+# repeating an earlier one or a seed, and an evolution nearly equal to its own parent. Exact duplicates are
+# `duplicate`.
+NEAR_DUPLICATE_CATEGORIES: tuple[str, ...] = (NEAR_DUPLICATE, UNCHANGED_EVOLUTION)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Figures:
         return {"requests": self.requests, "requested": self.requested, "found": self.found, "valid": self.valid,
                 "yield": share(self.valid, self.requested), "duplicates": self.duplicates,
                 "duplicate_rate": share(self.duplicates, self.found),
-                "near_duplicate_rate": share(self.near_duplicates, self.found) if NEAR_DUPLICATE_CATEGORIES else None,
+                "near_duplicate_rate": share(self.near_duplicates, self.found),
                 "review_pass_rate": self.review.get("pass_rate"), "reviewed": self.review.get("reviewed", 0),
                 "accepted": self.review.get("accepted", 0), "cost_usd": self.cost_usd,
                 "cost_per_valid_usd": per_example(self.cost_usd, self.valid)}

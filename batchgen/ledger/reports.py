@@ -1,4 +1,4 @@
-"""Reports: the questions `show`, `status` and `ledger reconcile` ask of a job's records.
+"""Reports: the questions `show`, `status`, `report` and `ledger reconcile` ask of a job's records.
 
 Every answer is a plain value (ints, dicts, tuples, exact Decimal money); the report objects are built by
 `batchgen.dataset.report` and `batchgen.run.reconcile`.
@@ -82,6 +82,25 @@ class ReportQueries(Store):
                     "sum(valid) AS valid FROM examples WHERE job = ? GROUP BY custom_id) e "
                     "ON e.custom_id = r.custom_id WHERE r.job = ? GROUP BY r.stage, r.cell_json "
                     "ORDER BY min(r.rowid)", [job, job])]
+
+    def valid_example_contents(self, job: str) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        """Every valid example of the job as (stage, content decoded from its JSON), in no particular order: what
+        `report` measures the texts of. Read lazily, so a large job is never held in memory."""
+        for stage, content in self._execute(
+                "SELECT stage, content_json FROM examples WHERE job = ? AND valid = 1", [job]):
+            yield stage, json.loads(content)
+
+    def rejections_by_cell(self, job: str) -> dict[str, dict[str, dict[str, int]]]:
+        """The job's rejections by stage, variant cell (`requests.cell_json`) and category: {stage: {cell: {category:
+        n}}}, the most frequent category first. A response that held no example counts once, under its
+        response-level category (as `example_counts_by_reason` counts it)."""
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for stage, cell, category, count in self._execute(
+                "SELECT e.stage, r.cell_json, e.category, count(*) FROM examples e JOIN requests r "
+                "ON r.custom_id = e.custom_id WHERE e.job = ? AND e.valid = 0 GROUP BY 1, 2, 3 "
+                "ORDER BY 4 DESC, 3", [job]):
+            found.setdefault(stage, {}).setdefault(cell, {})[category] = int(count)
+        return found
 
     def example_counts_by_reason(self, job: str) -> list[tuple[bool, str | None, str | None, int]]:
         """How many examples the job generated, as (valid, category, reason, count): one row for the valid ones

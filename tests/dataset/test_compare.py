@@ -53,13 +53,15 @@ def expected(workspace: Path, job: str) -> dict:
         found = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND position >= 0", [job])
         valid = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND valid = 1", [job])
         duplicates = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND category = 'duplicate'", [job])
+        near = ledger.scalar("SELECT count(*) FROM examples WHERE job = ? AND category IN ('near_duplicate', "
+                             "'unchanged_evolution')", [job])
         cost = sum((Decimal(c) for (c,) in ledger.db.execute("SELECT cost_usd FROM results WHERE job = ?", [job])),
                    Decimal(0))
         accepted = ledger.scalar("SELECT count(*) FROM reviews WHERE job = ? AND verdict = 'accept'", [job])
         reviewed = ledger.scalar("SELECT count(*) FROM reviews WHERE job = ?", [job])
     return {"requests": requests, "requested": requests * 10, "found": found, "valid": valid,
             "yield": round(valid / (requests * 10), 4), "duplicates": duplicates,
-            "duplicate_rate": round(duplicates / found, 4), "near_duplicate_rate": None,
+            "duplicate_rate": round(duplicates / found, 4), "near_duplicate_rate": round(near / found, 4),
             "review_pass_rate": round(accepted / reviewed, 4) if reviewed else None, "reviewed": reviewed,
             "accepted": accepted, "cost_usd": str(cost),
             "cost_per_valid_usd": str((cost / valid).quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN))}
@@ -100,7 +102,9 @@ def test_compare_as_a_table_puts_the_jobs_side_by_side(two_jobs: Path) -> None:
     assert table["valid examples"] == [f"{mini['valid']:,}", f"{big['valid']:,}"]
     assert table["yield (valid / requested)"] == [f"{mini['yield'] * 100:.1f}%", f"{big['yield'] * 100:.1f}%"]
     assert table["review pass rate"] == ["-", "70.0% (7/10)"]
-    assert table["near-duplicates"] == ["-", "-"]
+    assert table["near-duplicates"] == [f"{mini['near_duplicate_rate'] * 100:.1f}%",
+                                        f"{big['near_duplicate_rate'] * 100:.1f}%"]
+    assert mini["near_duplicate_rate"] > 0  # the shipped job loses examples to near-dedupe
     assert table["cost at batch price"] == [f"${Decimal(mini['cost_usd']).normalize():f}",
                                             f"${Decimal(big['cost_usd']).normalize():f}"]
 

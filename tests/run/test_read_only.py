@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from workspaces import TASK_API, batchgen, fresh_workspace
 
-READERS = [("show", "task_api"), ("export", "task_api", "-o", "{out}"), ("jobs", "list"), ("ledger", "status"),
-           ("ledger", "check")]
+READERS = [("show", "task_api"), ("report", "task_api"), ("export", "task_api", "-o", "{out}"), ("jobs", "list"),
+           ("ledger", "status"), ("ledger", "check")]
 NEED_A_LEDGER = [("collect",), ("tick",), ("status",), ("cancel", "task_api"), ("ledger", "reconcile"),
                  *READERS]
 

@@ -56,7 +56,8 @@ def test_the_task_api_date_check(text: str, wrong: bool) -> None:
 def test_a_relative_date_needs_the_reference_date_but_an_impossible_one_never_passes() -> None:
     check = task_api_check()
     assert check(answer("Created task: 'X' | Priority: low | Due: 2025-01-20 (tomorrow)", today=None)) is None
-    assert check(answer("Created task: 'X' | Priority: low | Due: 2025-13-26", today=None)) == "2025-13-26 is not a date"
+    impossible = answer("Created task: 'X' | Priority: low | Due: 2025-13-26", today=None)
+    assert check(impossible) == "2025-13-26 is not a date"
 
 
 def write_check(directory: Path, body: str) -> CheckRef:
@@ -133,7 +134,8 @@ def test_the_task_api_job_rejects_its_wrong_relative_dates(task_api: Path) -> No
     assert rejected and all(r["reason"].startswith("Check due_dates: ") for r in rejected)
     assert any("tomorrow is 2025-01-16" in r["reason"] for r in rejected)
     check = task_api_check()
-    exported = [json.loads(line) for line in (task_api / "datasets" / "task_api.sharegpt.jsonl").read_text().splitlines()]
+    lines = (task_api / "datasets" / "task_api.sharegpt.jsonl").read_text(encoding="utf-8").splitlines()
+    exported = [json.loads(line) for line in lines]
     assert len(exported) == 500
     for line in exported:
         turns = tuple(("user" if t["from"] == "human" else "assistant", t["value"]) for t in line["conversations"])

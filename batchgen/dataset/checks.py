@@ -74,21 +74,23 @@ class CheckRef:
     label: str
     path: str
     name: str
+    source: str | None = None  # the file's text as the ledger kept it, for a job whose directory is gone
 
     @classmethod
-    def parse(cls, text: str, job_dir: Path) -> CheckRef:
-        """A `[validate] checks` entry, its file resolved inside the job directory (ValueError naming the fix)."""
+    def parse(cls, text: str, job_dir: Path, source: str | None = None) -> CheckRef:
+        """A `[validate] checks` entry, its file resolved inside the job directory (ValueError naming the fix);
+        with `source`, the file's text is that, not what the directory holds."""
         found = CHECK_REF.match(text)
         if found is None:
             raise ValueError(f"check {text!r} is not FILE.py:FUNCTION (for example \"checks.py:due_dates\")")
         path = (job_dir / found["file"]).resolve()
-        return cls(text, str(path), found["name"])
+        return cls(text, str(path), found["name"], source)
 
     def function(self) -> Callable[[Example], Any]:
         """The check function, its module imported once per process (CheckError when it cannot be)."""
         path = Path(self.path)
         try:
-            stamp = path.stat().st_mtime_ns
+            stamp = path.stat().st_mtime_ns if self.source is None else hash(self.source)
         except OSError as error:
             raise CheckError(f"Check {self.label}: cannot read {path}: {error.strerror or error}") from None
         module = _MODULES.get((self.path, stamp))
@@ -108,7 +110,10 @@ def _import(ref: CheckRef, path: Path) -> ModuleType:
         raise CheckError(f"Check {ref.label}: {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        if ref.source is None:
+            spec.loader.exec_module(module)
+        else:  # the text the ledger kept: the job directory is gone
+            exec(compile(ref.source, str(path), "exec"), module.__dict__)  # noqa: S102 - the job's own code
     except Exception as error:  # noqa: BLE001 - the job's own code: any failure is one line naming it
         raise CheckError(f"Check {ref.label}: importing {path.name} failed: {type(error).__name__}: "
                          f"{_first_line(error)}") from None

@@ -4,7 +4,7 @@ does next."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from batchgen.errors import NotFoundError
@@ -23,16 +23,21 @@ class JobFiles:
 
     seeds: tuple[dict[str, Any], ...]
     price_file: PriceFile | None
+    checks: dict[str, str] = field(default_factory=dict)  # the rule hooks' files (as the job names them) -> text
 
     def to_json(self) -> str:
         price = None if self.price_file is None else {"origin": self.price_file.origin, "text": self.price_file.text}
-        return json.dumps({"seeds": list(self.seeds), "price_file": price}, sort_keys=True, ensure_ascii=False)
+        data: dict[str, Any] = {"seeds": list(self.seeds), "price_file": price}
+        if self.checks:
+            data["checks"] = self.checks
+        return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> JobFiles:
         data = json.loads(text)
         price = data["price_file"]
-        return cls(tuple(data["seeds"]), None if price is None else PriceFile(price["origin"], price["text"]))
+        return cls(tuple(data["seeds"]), None if price is None else PriceFile(price["origin"], price["text"]),
+                   dict(data.get("checks") or {}))
 
 
 class JobRecords(Store):

@@ -215,6 +215,7 @@ class JobSpec(_Strict):
     _hash: str = PrivateAttr(default="")
     _price_file: PriceFile | None = PrivateAttr(default=None)
     _detached: bool = PrivateAttr(default=False)
+    _check_sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -293,13 +294,14 @@ class JobSpec(_Strict):
         return self
 
     def restored(self, job_dir: Path, spec_hash: str, seeds: tuple[dict[str, Any], ...],
-                 price_file: PriceFile | None) -> JobSpec:
+                 price_file: PriceFile | None, check_sources: dict[str, str] | None = None) -> JobSpec:
         """This spec as a ledger kept it, for a job whose directory is gone: its hash, seeds and price file, enough
         to judge, price and export what comes back, but no templates, so nothing new can be rendered."""
         self._dir = job_dir
         self._seeds = seeds
         self._hash = spec_hash
         self._price_file = price_file
+        self._check_sources = dict(check_sources or {})
         self._detached = True
         return self
 
@@ -335,6 +337,11 @@ class JobSpec(_Strict):
         them keeps the custom_ids of a job stable.
         """
         return self._hash
+
+    @property
+    def check_sources(self) -> dict[str, str]:
+        """Of a spec restored from the ledger: the text of each file its rule hooks name, as the ledger kept it."""
+        return self._check_sources
 
     @property
     def price_file(self) -> PriceFile | None:

@@ -68,7 +68,8 @@ def rules_for(spec: JobSpec, cells: Mapping[str, dict[str, Any]] | None = None) 
 
 def check_refs(spec: JobSpec) -> tuple[CheckRef, ...]:
     """The job's rule hooks, each function looked up now, so that a missing one is one error line at once."""
-    refs = tuple(CheckRef.parse(text, spec.job_dir) for text in spec.validate_.checks)
+    kept = spec.check_sources if spec.detached else {}
+    refs = tuple(CheckRef.parse(text, spec.job_dir, kept.get(text.rsplit(":", 1)[0])) for text in spec.validate_.checks)
     for ref in refs:
         ref.function()
     return refs

@@ -166,15 +166,30 @@ def job_spec(session: Session, name: str) -> JobSpec:
 def restore_spec(session: Session, row: dict[str, Any]) -> JobSpec:
     """The job's spec from the ledger alone, for a job whose directory is gone."""
     kept = session.ledger.job_files(row["name"])
-    spec = JobSpec.model_validate_json(row["spec_json"])
+    spec = JobSpec.recorded(row["spec_json"])
     return spec.restored(Path(row["job_dir"]), row["spec_hash"], kept.seeds if kept else (),
-                         kept.price_file if kept else None)
+                         kept.price_file if kept else None, kept.checks if kept else None)
+
+
+def check_files(spec: JobSpec) -> dict[str, str]:
+    """The text of each file the job's rule hooks name, by the name the job gives it (read from the job directory;
+    one error line when a file cannot be read)."""
+    if spec.detached:
+        return dict(spec.check_sources)
+    files = {}
+    for check in spec.validate_.checks:
+        name = check.rsplit(":", 1)[0]
+        try:
+            files[name] = (spec.job_dir / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise BatchgenError(f"Cannot read {spec.job_dir / name}, named by validate.checks: {error}") from None
+    return files
 
 
 def keep_job_dir(session: Session, spec: JobSpec) -> None:
     """Record where the job directory is now (also from the project folder) and what collecting the job's batches
     needs of it, so that they can be collected, priced and exported after the directory moved or is gone."""
-    files = JobFiles(spec.seeds, spec.price_file)
+    files = JobFiles(spec.seeds, spec.price_file, check_files(spec))
     session.ledger.keep_job_dir(spec.name, job_dir=str(spec.job_dir.resolve()),
                                 relative=session.workspace.project_relative(spec.job_dir), files=files)
 

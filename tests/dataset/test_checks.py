@@ -175,3 +175,20 @@ def test_a_check_that_raises_stops_collect_and_records_nothing(tmp_path: Path, m
     with Ledger.open(workspace / "ledger.db") as ledger:
         assert ledger.scalar("SELECT count(*) FROM results") == 55
         assert ledger.scalar("SELECT count(*) FROM examples WHERE category = 'check'") > 0
+
+
+def test_a_job_whose_directory_is_gone_is_still_checked_by_the_hooks_the_ledger_kept(tmp_path: Path) -> None:
+    job = tmp_path / "jobs" / "task_api"
+    shutil.copytree(TASK_API, job)
+    workspace = fresh_workspace(tmp_path)
+    batchgen(workspace, "submit", str(job), check=True)
+    shutil.rmtree(job)
+    for _ in range(100):  # collected without the directory; only the top-up that follows needs it, and says so
+        collected = batchgen(workspace, "collect", "task_api")
+        if collected.returncode != 0 or "collected 1 batch(es)" in collected.stdout:
+            break
+    assert "Traceback" not in collected.stderr
+    assert collected.returncode == 0 or "topping up stage 'main'" in collected.stderr, collected.stderr
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.scalar("SELECT count(*) FROM results") == 55
+        assert ledger.scalar("SELECT count(*) FROM examples WHERE category = 'check'") > 0

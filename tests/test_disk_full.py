@@ -116,7 +116,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def submitted(tmp_path: Path) -> tuple[Path, str]:
-    """A workspace whose one batch has ended and is not collected yet; and the batch's id."""
+    """A workspace whose one batch, the plan's, has ended and is not collected yet; and the batch's id."""
     workspace = fresh_workspace(tmp_path)
     batchgen(workspace, "submit", str(TASK_API), check=True)
     batchgen(workspace, "status", "task_api", "--watch", "--interval", "0.1", check=True)  # polls, never collects
@@ -135,6 +135,11 @@ def shard_files(workspace: Path) -> list[str]:
     return sorted(str(p.relative_to(shards)) for p in shards.rglob("*") if p.is_file())
 
 
+def plan_shard_files(workspace: Path) -> list[str]:
+    """The files of the plan's compile (attempt 1, `a1/`), without those of a top-up compiled after a collect."""
+    return [name for name in shard_files(workspace) if "/a1/" in name]
+
+
 def test_compile_on_a_full_disk(namespaces: None, finished: Path, tmp_path: Path) -> None:
     workspace = fresh_workspace(tmp_path)
     disk, kept = workspace / "shards", tmp_path / "kept"
@@ -143,7 +148,8 @@ def test_compile_on_a_full_disk(namespaces: None, finished: Path, tmp_path: Path
                             free(disk), cli("compile", TASK_API, "--workspace", workspace),
                             f"cp -a {shlex.quote(str(disk))} {shlex.quote(str(kept))}")
     full, again = steps[1], steps[3]
-    expected = shard_files(finished)
+    expected = plan_shard_files(finished)
+    assert expected and expected != shard_files(finished)  # the finished run compiled a top-up too
     shard = next(name for name in expected if name.endswith("shard-00000.jsonl"))
     assert_one_error_line(full, f"No space left on device while writing shard {disk / shard}: {AGAIN}")
     assert full.left == []  # no temporary file, no shard without its manifest
@@ -161,7 +167,7 @@ def test_a_run_whose_shards_do_not_fit_records_none(namespaces: None, finished: 
                             cli("ledger", "status", "--json"), free(disk), cli("run", TASK_API, "--quiet"),
                             cli("ledger", "check"))
     full, rows, again, check = steps[1], ledger_rows(steps[2]), steps[4], steps[5]
-    shard = next(name for name in shard_files(finished) if name.endswith("shard-00000.jsonl"))
+    shard = next(name for name in plan_shard_files(finished) if name.endswith("shard-00000.jsonl"))
     assert_one_error_line(full, f"No space left on device while writing shard {disk / shard}: {AGAIN}")
     assert full.left == []
     assert rows["jobs"] == 1 and rows["shards"] == rows["requests"] == rows["batches"] == 0
@@ -173,18 +179,27 @@ def test_a_run_whose_shards_do_not_fit_records_none(namespaces: None, finished: 
 # -- collect ----------------------------------------------------------------------------------------------------
 
 
+TOP_UP = "1 shard(s) to submit: batchgen submit task_api"  # what the collect of the plan's batch ends with
+# What the user does then: submit the top-up (of the cells near-duplicates and the date check left below their
+# share), wait for its batch and collect it.
+THE_TOP_UP = (cli("submit", "task_api"), cli("status", "task_api", "--watch", "--interval", "0.1"),
+              cli("collect", "task_api"))
+
+
 def test_collect_when_the_result_files_do_not_fit(namespaces: None, finished: Path, tmp_path: Path) -> None:
     workspace, batch = submitted(tmp_path)
     disk = workspace / "results"
     steps = on_a_small_disk(disk, workspace, fill(disk), cli("collect", "task_api"), cli("ledger", "status", "--json"),
-                            free(disk), cli("collect", "task_api"), cli("ledger", "check"))
-    full, rows, again, check = steps[1], ledger_rows(steps[2]), steps[4], steps[5]
+                            free(disk), cli("collect", "task_api"), *THE_TOP_UP, cli("ledger", "check"))
+    full, rows, again, topped_up, check = steps[1], ledger_rows(steps[2]), steps[4], steps[7], steps[8]
     target = disk / "task_api" / f"{batch}.output.jsonl"
     assert_one_error_line(full, f"No space left on device while writing result file {target}: {AGAIN}")
     assert full.left == []  # no .part file
     assert rows["results"] == rows["examples"] == 0
-    assert again.returncode == 0 and "done; dataset" in again.stdout, again.stderr
+    assert again.returncode == 0 and TOP_UP in again.stdout, again.stderr
     assert again.left == [f"task_api/{batch}.output.jsonl"]
+    assert all(step.returncode == 0 for step in steps[5:8]), [step.stderr for step in steps[5:8]]
+    assert "done; dataset" in topped_up.stdout and len(topped_up.left) == 2 and again.left[0] in topped_up.left
     assert check.returncode == 0, check.stdout
     assert dataset(workspace) == dataset(finished)
 
@@ -197,13 +212,15 @@ def test_collect_when_the_ledger_does_not_fit(namespaces: None, finished: Path, 
     ledger = disk / "ledger.db"
     steps = on_a_small_disk(disk, workspace, f"cp {shlex.quote(str(workspace / 'ledger.db'))} {shlex.quote(str(disk))}",
                             fill(disk, leave_kb=128), cli("collect", "task_api"), free(disk),
-                            cli("ledger", "status", "--json"), cli("collect", "task_api"), cli("ledger", "check"),
-                            BATCHGEN_LEDGER=str(ledger))
-    full, rows, again, check = steps[2], ledger_rows(steps[4]), steps[5], steps[6]
+                            cli("ledger", "status", "--json"), cli("collect", "task_api"), *THE_TOP_UP,
+                            cli("ledger", "check"), BATCHGEN_LEDGER=str(ledger))
+    full, rows, again, topped_up, check = steps[2], ledger_rows(steps[4]), steps[5], steps[8], steps[9]
     assert_one_error_line(full, f"No space left on device while writing the ledger {ledger}: {AGAIN}")
     assert (workspace / "results" / "task_api" / f"{batch}.output.jsonl").is_file()  # downloaded, then refused
     assert rows["results"] == rows["examples"] == 0 and rows["batches"] == 1
-    assert again.returncode == 0 and "done; dataset" in again.stdout, again.stderr
+    assert again.returncode == 0 and TOP_UP in again.stdout, again.stderr
+    assert all(step.returncode == 0 for step in steps[6:9]), [step.stderr for step in steps[6:9]]
+    assert "done; dataset" in topped_up.stdout
     assert check.returncode == 0, check.stdout
     assert dataset(workspace) == dataset(finished)
 
@@ -272,10 +289,20 @@ def temporary(names: list[str]) -> list[str]:
     return [name for name in names if name.endswith(".tmp") or Path(name).name.startswith(".upload-")]
 
 
+def batch_ids(workspace: Path, attempt: int | None = None) -> list[str]:
+    """The ids of a workspace's batches, by their shard (of one attempt: 1 is the plan's)."""
+    with Ledger.open(workspace / "ledger.db", read_only=True) as ledger:
+        return [row["id"] for row in ledger.rows("SELECT b.id FROM batches b JOIN shards s ON s.id = b.shard_id "
+                                                 "WHERE ? IS NULL OR s.attempt = ? ORDER BY s.id", [attempt, attempt])]
+
+
 def room_in_the_emulator(finished: Path, room: str) -> int:
-    """KB to leave on the emulator's disk so that it gets as far as `room` says, from the sizes of a finished run."""
-    shard = next((finished / "shards").rglob("shard-00000.jsonl")).stat().st_size // 1024
-    answers = next((finished / "results").rglob("*.output.jsonl")).stat().st_size // 1024
+    """KB to leave on the emulator's disk so that it gets as far as `room` says, from the sizes of a finished run:
+    those of the plan's shard and its batch's answers, the first upload and the first answers of a run."""
+    (batch,) = batch_ids(finished, attempt=1)
+    shard = (finished / "shards" / next(name for name in plan_shard_files(finished)
+                                        if name.endswith("shard-00000.jsonl"))).stat().st_size // 1024
+    answers = (finished / "results" / "task_api" / f"{batch}.output.jsonl").stat().st_size // 1024
     assert shard > 64 and answers > 128  # the upload needs more than the start, the answers more than the margin
     return {"nothing": 0, "its start": 32, "the upload": shard + 64}[room]
 
@@ -297,7 +324,10 @@ def test_a_run_whose_emulator_state_does_not_fit(namespaces: None, finished: Pat
     assert temporary(full.left) == [] and parts.stdout == ""  # no temporary file, no answer beyond what is recorded
     assert again.returncode == 0 and "done" in again.stdout, again.stderr
     assert check.returncode == 0, check.stdout
-    assert rows["batches"] == 1  # the batch of the first try, if it got one, and no second
+    # the plan's batch (the first try's, if it got one) and the top-up's, as in the finished run: none submitted twice
+    assert rows["batches"] == rows["shards"] == len(batch_ids(workspace)) == len(batch_ids(finished)) == 2
+    with Ledger.open(workspace / "ledger.db", read_only=True) as ledger:
+        assert ledger.rows("SELECT shard_id FROM batches GROUP BY shard_id HAVING count(*) != 1") == []
     assert dataset(workspace) == dataset(finished)
 
 

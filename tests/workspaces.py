@@ -42,6 +42,25 @@ def multi_shard_job(parent: Path) -> Path:
     return job
 
 
+def one_batch_job(parent: Path, **settings: str) -> Path:
+    """A copy of jobs/task_api as `parent/task_api` without near-duplicate detection and without its date check
+    (`[validate] near_dedupe = false`, no `checks`): every cell reaches its share in the plan's 55 requests, so the
+    job ends in one batch and a cell left short is short for the test's reason alone. `settings`: top-level
+    job.toml settings replaced or added (TOML literals)."""
+    job = parent / "task_api"
+    shutil.copytree(TASK_API, job)
+    toml = job / "job.toml"
+    head, _, rest = toml.read_text(encoding="utf-8").partition("\n[")
+    for key, value in settings.items():
+        head, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", head)
+        head += "" if count else f"\n{key} = {value}"
+    rest, checks = re.subn(r"(?m)^checks = .*\n", "", rest)
+    rest, validate = re.subn(r"(?m)^\[validate\]$", "[validate]\nnear_dedupe = false", rest)
+    assert checks == validate == 1, "jobs/task_api/job.toml no longer has one [validate] section with its checks"
+    toml.write_text(head + "\n[" + rest, encoding="utf-8")
+    return job
+
+
 def env_for(workspace: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "BATCHGEN_CRASH_AT"}
     return {**env, "BATCHGEN_WORKSPACE": str(workspace), **extra}

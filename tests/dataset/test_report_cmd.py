@@ -194,7 +194,8 @@ def test_the_table_says_the_same(task_api: Path) -> None:
     assert "Review: no verdicts yet" in text
     assert (f"Cost: {format_usd(Decimal(totals['cost_usd']))} at batch price, "
             f"{format_usd(Decimal(totals['cost_per_valid_usd']))} per valid example") == lines[-1]
-    assert max(len(line) for line in lines) <= 120  # fits a wide terminal: the longest cell of rejections sets the width
+    # Fits a wide terminal: the longest cell of rejections sets the width.
+    assert max(len(line) for line in lines) <= 120
 
 
 def test_the_review_pass_rate_appears_once_verdicts_are_imported(task_api: Path, tmp_path: Path) -> None:

@@ -13,9 +13,16 @@ def test_the_verbs_speak_json_and_exit_0_when_all_is_well(tmp_path: Path) -> Non
     workspace = fresh_workspace(tmp_path)
     submitted = batchgen(workspace, "submit", str(TASK_API), "--json", check=True)
     assert json.loads(submitted.stdout) == {"job": "task_api", "submitted": 1, "waiting": None}
-    ticked = batchgen(workspace, "tick", "--json", check=True)
-    (job,) = json.loads(ticked.stdout)["jobs"]
-    assert job["job"] == "task_api" and job["done"] is True and job["ended_short"] is False
+    ticks = []  # cron's ticks until the job is done: the plan's batch, then the top-up's
+    while not (ticks and ticks[-1]["done"]):
+        assert len(ticks) < 20, ticks
+        (job,) = json.loads(batchgen(workspace, "tick", "--json", check=True).stdout)["jobs"]
+        assert job["job"] == "task_api" and job["error"] is None and job["ended_short"] is False
+        ticks.append(job)
+    assert ticks[0]["collected_now"] == 1 and ticks[0]["pending_shards"] == 1  # the top-up, compiled
+    assert sum(tick["submitted_now"] for tick in ticks) == 1 and sum(tick["collected_now"] for tick in ticks) == 2
+    job = ticks[-1]
+    assert job["batches"] == {"completed": 2} and job["requests"] == job["finished"] == 67
     assert job["dataset"].endswith("task_api.sharegpt.jsonl") and job["valid_examples"] >= 500
     out = tmp_path / "train.jsonl"
     exported = batchgen(workspace, "export", "task_api", "--format", "chatml", "-o", str(out), "--json", check=True)

@@ -13,7 +13,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from workspaces import batchgen
+from workspaces import batchgen, one_batch_job
 
 from batchgen.emulator import EmulatorControl
 from batchgen.ledger import Ledger
@@ -61,13 +61,15 @@ def dataset(workspace: Path) -> list[dict]:
 
 
 def test_a_batch_that_expires_half_done_keeps_its_partial_output(tmp_path):
+    """The plan's batch expires half done: what it answered is kept and only the rest is asked again. The job copy
+    without near-duplicate detection and date check needs no top-up, so its batches are the plan's and the retry's."""
     workspace = tmp_path / ".batchgen"
     emulator_config(workspace, expire_after_fraction=0.5)
     space = Workspace(workspace).ensure()
     with Ledger.open(space.ledger_path) as ledger:
         session = Session(ledger, space)
         try:
-            spec = register_job(session, ROOT / "jobs" / "task_api")
+            spec = register_job(session, one_batch_job(tmp_path))
             deadline = time.monotonic() + 60
             while not ledger.scalar("SELECT count(*) FROM batches WHERE collected = 1"):
                 assert time.monotonic() < deadline
@@ -207,7 +209,11 @@ def test_an_outage_in_the_middle_of_a_run_is_waited_out(tmp_path):
     assert run.returncode == 0, err
     assert "Job task_api: done" in out
     with Ledger.open(workspace / "ledger.db") as ledger:
-        assert ledger.scalar("SELECT count(*) FROM batches") == 1
+        # the plan's shard and its top-up's (the cells near-duplicates and the date check left short), each once
+        shards = ledger.rows("SELECT s.id, count(b.id) AS batches FROM shards s LEFT JOIN batches b "
+                             "ON b.shard_id = s.id GROUP BY s.id")
+        assert len(shards) == 2 and all(shard["batches"] == 1 for shard in shards), shards
+        assert ledger.scalar("SELECT count(*) FROM batches") == 2
         assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'poll_error'") > 0
         one_outcome_per_request_and_costs_once(ledger)
     assert len(dataset(workspace)) == 500

@@ -62,10 +62,12 @@ def test_a_token_count_changed_in_the_ledger_is_found(tmp_path, monkeypatch):
     assert invoke("run", str(TASK_API), "--quiet").exit_code == 0
     with Ledger.open(workspace / "ledger.db") as ledger, ledger.transaction():
         ledger.db.execute("UPDATE results SET completion_tokens = completion_tokens + 7 WHERE rowid = 1")
+        changed = ledger.scalar("SELECT batch_id FROM results WHERE rowid = 1")
     code, report = reconcile()
     assert code == 1 and not report["clean"]
-    (batch,) = report["batches"]
-    assert batch["verdict"] == "differs"
+    assert len(report["batches"]) == 2  # the plan's batch and the top-up's: only the changed one differs
+    (batch,) = [batch for batch in report["batches"] if batch["verdict"] != "agrees"]
+    assert batch["batch"] == changed and batch["verdict"] == "differs"
     assert batch["problems"] == [f"output tokens: ledger {batch['provider_tokens']['output'] + 7:,}, "
                                  f"provider {batch['provider_tokens']['output']:,}"]
 

@@ -17,6 +17,7 @@ from workspaces import (
     batchgen,
     dataset,
     fresh_workspace,
+    remote_state,
     spawn,
 )
 
@@ -146,7 +147,9 @@ def test_two_concurrent_runs_submit_each_shard_once(tmp_path):
 
     alone = fresh_workspace(tmp_path / "alone", slow)
     assert batchgen(alone, "run", str(TASK_API), "--quiet").returncode == 0
-    assert len(assert_no_duplicate_batches(workspace)) == 1
+    batches = assert_no_duplicate_batches(workspace)  # each shard once: the plan's and the top-up's
+    keys = sorted(batch.metadata["batchgen_key"] for batch in batches)
+    assert len(keys) == 2 and keys == sorted(batch.metadata["batchgen_key"] for batch in remote_state(alone)[0])
     assert_one_final_outcome_each(workspace)
     assert batchgen(workspace, "ledger", "check").returncode == 0
     assert dataset(workspace) == dataset(alone)

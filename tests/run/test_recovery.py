@@ -82,4 +82,12 @@ def test_a_batch_created_but_never_recorded_is_adopted(setup):
     while session.ledger.job(spec.name)["status"] != "done":
         emulator.control.settle()
         tick(session)
-    assert session.ledger.scalar("SELECT count(*) FROM results") == shard["lines"]
+    # the adopted batch answered its shard, and the top-up (of the cells near-duplicates and the date check left
+    # short) is the one other batch: nothing was created twice
+    ledger = session.ledger
+    assert ledger.scalar("SELECT count(*) FROM results WHERE batch_id = ?", [created.id]) == shard["lines"] == 55
+    batches = list(sdk.batches.list())
+    assert created.id in [b.id for b in batches]
+    assert ledger.scalar("SELECT count(*) FROM events WHERE kind = 'adopted'") == 1
+    assert len(batches) == len({(b.metadata or {}).get("batchgen_key") for b in batches}) == 2
+    assert ledger.scalar("SELECT count(*) FROM results") == ledger.scalar("SELECT sum(lines) FROM shards") == 67

@@ -45,7 +45,9 @@ def test_a_run_with_line_errors_malformed_answers_and_an_expired_batch_agrees(tm
                 break
     config = {**FAST, "error_rate": 0.1, "malformed_rate": 0.1, "seed": 4}  # the retries may finish
     (workspace / "emulator" / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    assert invoke("run", str(TASK_API), "--quiet").exit_code == 0
+    # Done, or ended short (3) when the faults leave a cell below its share after the top-ups: how far the first
+    # batch got before it expired depends on timing. Either way the ledger must agree with the provider.
+    assert invoke("run", str(TASK_API), "--quiet").exit_code in (0, 3)
     code, report = reconcile()
     assert code == 0 and report["clean"], report
     statuses = {b["ledger_status"] for b in report["batches"]}

@@ -232,9 +232,11 @@ def iter_requests(
     sources: Sequence[dict[str, Any]] | None = None,
     sparse: bool = False,
     source_cells: Sequence[Mapping[str, Any]] | None = None,
+    shown: Mapping[int, tuple[int, ...]] | None = None,
 ) -> Iterator[RenderedRequest]:
     """The request lines of a stage, in index order, one at a time (nothing is written). `sparse`: the indices
-    are scattered (a sample), see `VariantPlan`; `source_cells`: the cell of each source, which its children keep."""
+    are scattered (a sample), see `VariantPlan`; `source_cells`: the cell of each source, which its children keep;
+    `shown`: of a judge stage, the sources each of the indices shows."""
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     if attempt < 1:
         raise SpecError(f"attempt must be >= 1, not {attempt}")
@@ -245,7 +247,8 @@ def iter_requests(
             "(library: pass them as sources=)"
         )
     renderer = Renderer(spec, resolved, sources)
-    plan = VariantPlan(spec, resolved, len(sources) if sources else None, sparse=sparse, source_cells=source_cells)
+    plan = VariantPlan(spec, resolved, len(sources) if sources else None, sparse=sparse, source_cells=source_cells,
+                       shown=shown)
     for variant in plan.variants(indices):
         yield renderer.request(variant, attempt)
 
@@ -270,6 +273,7 @@ def compile_stage(
     indices: Iterable[int] | None = None,
     sources: Sequence[dict[str, Any]] | None = None,
     source_cells: Sequence[Mapping[str, Any]] | None = None,
+    shown: Mapping[int, tuple[int, ...]] | None = None,
     limits: LimitsSpec | None = None,
     write: bool = True,
     label: str = "",
@@ -279,10 +283,10 @@ def compile_stage(
 
     The shards go under `shards_dir` (the workspace's `shards/`). `sources` are the valid examples of the `from`
     stage (dicts in the job's format), and `source_cells` their cells, which the evolved examples keep (see
-    `recipe.variants`). `limits` overrides the job's [limits]. With write=False nothing is written;
-    the result describes the shards it would write. Memory does not grow with the number of requests: each line
-    goes to its file as it is rendered. `progress(done, total)` is called every PROGRESS_EVERY requests and at
-    the end of a stage that long, for a display.
+    `recipe.variants`); a judge stage's `shown` names the sources each index shows. `limits` overrides the job's
+    [limits]. With write=False nothing is written; the result describes the shards it would write. Memory does not
+    grow with the number of requests: each line goes to its file as it is rendered. `progress(done, total)` is
+    called every PROGRESS_EVERY requests and at the end of a stage that long, for a display.
     """
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     chosen = sorted(set(indices)) if indices is not None else None
@@ -296,7 +300,7 @@ def compile_stage(
     total = len(chosen) if chosen is not None else request_count(spec, resolved)
     try:
         requests = iter_requests(spec, resolved, attempt=attempt, indices=chosen, sources=sources,
-                                 source_cells=source_cells)
+                                 source_cells=source_cells, shown=shown)
         for done, request in enumerate(requests, 1):
             packer.add(request)
             if progress is not None and (done % PROGRESS_EVERY == 0 or done == total >= PROGRESS_EVERY):

@@ -130,6 +130,28 @@ def response_format(fmt: str, mode: str = "json_schema") -> dict[str, Any]:
     }
 
 
+JUDGMENTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"scores": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"index": {"type": "integer"}, "score": {"type": "integer"}, "reason": {"type": "string"}},
+        "required": ["index", "score", "reason"],
+        "additionalProperties": False,
+    }}},
+    "required": ["scores"],
+    "additionalProperties": False,
+}
+"""What a judge stage's answer holds: {"scores": [{"index", "score", "reason"}, ...]}, one score per example shown
+(`index` is its place in the list, from 0). Strict, as OpenAI's structured output demands."""
+
+
+def judgments_format(mode: str = "json_schema") -> dict[str, Any]:
+    """The `response_format` of a judge stage's requests (json_schema or json_object)."""
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "judgments", "strict": True, "schema": JUDGMENTS_SCHEMA}}
+
+
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, dict):
         if "$ref" in node:

@@ -7,11 +7,13 @@
   are estimated from the totals, and the plan states the sample and the 95 % margin of its input tokens.
   `plan_job(spec, exact=True)` renders every request whatever the size.
   A stage with `from` has no sources before its earlier stage ran, so it is estimated with the seeds
-  standing in for them (`exact` is False for it, as for a sampled stage). A json_schema response format adds an
+  standing in for them (`exact` is False for it, as for a sampled stage); a judge stage is planned to score as
+  many examples as its source asks for (ceil(target x overgeneration)). A json_schema response format adds an
   estimate per request (`format_tokens`, see `tokens.response_format_tokens`): OpenAI bills it by a rule it does
   not publish.
 - Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as
   the model returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens.
+  A judge stage's: one `{"index", "score", "reason"}` item a shown example (`JUDGMENT_WORDS` words of reason).
   Worst case = max_tokens.
 - Costs assume no cached input (prompt caching only ever lowers them) and apply the long-context tier per
   request.
@@ -80,6 +82,7 @@ class StagePlan:
     max_tokens: int = 0  # per request (0 on the embeddings endpoint)
     rendered: int = 0  # requests rendered and counted: all of them, or the sample
     input_margin: int = 0  # 95 % margin of input_tokens when sampled, in tokens
+    kind: str = "generate"  # or "judge": its target is its source's, which it scores, not examples of its own
 
     @property
     def sampled(self) -> bool:
@@ -143,7 +146,7 @@ class Plan:
 
     @property
     def target(self) -> int:
-        return sum(s.target for s in self.stages)
+        return sum(s.target for s in self.stages if s.kind != "judge")
 
     @property
     def input_tokens(self) -> int:
@@ -248,6 +251,7 @@ def _rates(rates: Rates) -> dict[str, Decimal]:
 def _stage_dict(stage: StagePlan) -> dict[str, Any]:
     return {
         "name": stage.name,
+        "kind": stage.kind,
         "from": stage.source,
         "target": stage.target,
         "requests": stage.requests,
@@ -269,10 +273,18 @@ def _stage_dict(stage: StagePlan) -> dict[str, Any]:
     }
 
 
+# The words of reason a judge is expected to give per score, for its output estimate.
+JUDGMENT_WORDS = 20
+
+
 def expected_output_tokens(spec: JobSpec, stage: ResolvedStage) -> int:
     """Expected completion tokens of one request of a stage (see the module docstring)."""
     if spec.endpoint != CHAT:
         return 0
+    if stage.judges:
+        item = json.dumps({"index": 0, "score": 7, "reason": " ".join(["word"] * JUDGMENT_WORDS)})
+        wrapper = count_text('{"scores":[]}', spec.model) + stage.examples_per_request - 1
+        return min(stage.max_tokens, count_text(item, spec.model) * stage.examples_per_request + wrapper)
     examples = list(spec.seeds) or stand_in_sources(spec)
     per_example = Fraction(sum(count_text(_compact(e), spec.model) for e in examples), len(examples))
     wrapper = count_text('{"examples":[]}', spec.model) + stage.examples_per_request - 1
@@ -302,7 +314,7 @@ def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice, *,
                exact_limit: int | None = EXACT_LIMIT) -> StagePlan:
     """Render the requests of a stage, count their tokens and price them: every request when there are at most
     `exact_limit` (None: always), else a sample of SAMPLE_SIZE (see the module docstring)."""
-    sources = stand_in_sources(spec) if stage.source is not None else None
+    sources = plan_sources(spec, stage)
     count = request_count(spec, stage)
     if exact_limit is None or count <= exact_limit or count <= SAMPLE_SIZE:
         tally = count_every(spec, stage, sources)
@@ -320,7 +332,19 @@ def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice, *,
     shards = tally.shards or estimated_shards(spec, stage, requests, tally.bytes, input_tokens)
     exact = stage.source is None and tally.rendered == requests
     return StagePlan(stage.name, stage.source, stage.target, requests, exact, input_tokens, output * requests,
-                     worst * requests, cost, shards, worst, tally.rendered, tally.margin)
+                     worst * requests, cost, shards, worst, tally.rendered, tally.margin, stage.kind)
+
+
+def plan_sources(spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | None:
+    """What a `from` stage is planned with before its source ran: the stand-ins, and for a judge stage as many of
+    them (repeated) as the examples it is expected to score."""
+    if stage.source is None:
+        return None
+    stand_ins = stand_in_sources(spec)
+    if not stage.judges:
+        return stand_ins
+    judged = request_count(spec, stage) * stage.examples_per_request
+    return [stand_ins[i % len(stand_ins)] for i in range(judged)]
 
 
 def plan_job(spec: JobSpec, *, exact: bool = False) -> Plan:
@@ -329,7 +353,7 @@ def plan_job(spec: JobSpec, *, exact: bool = False) -> Plan:
     stages = spec.resolved_stages()
     everything = exact or sum(request_count(spec, s) for s in stages) <= EXACT_LIMIT
     plans = [plan_stage(spec, s, price, exact_limit=None if everything else SAMPLE_SIZE) for s in stages]
-    format_tokens = response_format_tokens(request_response_format(spec), spec.model)
+    format_tokens = response_format_tokens(request_response_format(spec, stages[0]), spec.model)
     limit = output_limit(spec.model) if spec.endpoint == CHAT else None
     return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, plans, format_tokens,
                 limit)

@@ -8,7 +8,8 @@ Template variables (Jinja2, StrictUndefined, so a misspelt name is an error, not
     <axis name>    the value of each axis for this request, e.g. operation, style, include_errors
     cell           all axis values as a dict
     job, description, stage, temperature
-    examples, example, examples_json, example_json   (stages with `from`: the source examples to evolve)
+    examples, example, examples_json, example_json   (stages with `from`: the source examples to evolve;
+                   of a judge stage: the examples to score, `count` of them, and no axis values)
     index, attempt the variant index and attempt (they make every prompt unique)
 
 An embeddings request's body is `{"model", "input": <the rendered template>}`, plus the job's `dimensions` and
@@ -182,7 +183,7 @@ class Renderer:
         self._prefix = b'","method":"POST","url":' + orjson.dumps(spec.endpoint) + b',"body":'
         self._temperature = not is_reasoning_model(spec.model)
         self._max_param = max_tokens_param(spec.model)
-        self._response_format = request_response_format(spec)
+        self._response_format = request_response_format(spec, stage)
         self._format_tokens: int | None = None  # counted on first use: loading a spec must not load the tokenizer
 
     def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
@@ -202,6 +203,8 @@ class Renderer:
         }
         if self.stage.source is not None:
             examples = [self.sources[i] for i in variant.sources] if self.sources else []
+            if self.stage.judges:
+                ctx["count"] = len(examples)  # the last request of a judge stage may show fewer
             ctx.update(
                 examples=examples,
                 example=examples[0] if examples else {},
@@ -265,10 +268,13 @@ class Renderer:
         return RenderedRequest(cid, variant, self.stage.name, attempt, tokens, line)
 
 
-def request_response_format(spec: JobSpec) -> dict[str, Any] | None:
-    """The `response_format` every chat request of the job carries (None: structured_output = "none")."""
+def request_response_format(spec: JobSpec, stage: ResolvedStage | None = None) -> dict[str, Any] | None:
+    """The `response_format` every chat request of the job (or of `stage`) carries: examples, or a judge stage's
+    scores (None: structured_output = "none")."""
     if spec.endpoint != CHAT or spec.prompt.structured_output == "none":
         return None
+    if stage is not None and stage.judges:
+        return formats.judgments_format(spec.prompt.structured_output)
     return formats.response_format(spec.format, spec.prompt.structured_output)
 
 
@@ -291,7 +297,7 @@ def stand_in_sources(spec: JobSpec) -> list[dict[str, Any]]:
 def check_templates(spec: JobSpec) -> None:
     """Render the first request of every stage; a SpecError names the template line of an unknown variable."""
     for stage in spec.resolved_stages():
-        allowed = BASE_VARIABLES | set(spec.axes.values)
+        allowed = BASE_VARIABLES | (set() if stage.judges else set(spec.axes.values))
         if stage.source is not None:
             allowed |= SOURCE_VARIABLES
         clash = set(spec.axes.values) & (BASE_VARIABLES | SOURCE_VARIABLES)

@@ -26,7 +26,12 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
                   near_dedupe_ngrams, checks, reference_date
     [limits]      max_lines, max_bytes, max_queued_tokens (per shard)
     [embeddings]  dimensions, encoding_format (endpoint = "/v1/embeddings" only)
-    [[stages]]    name, template, from, target, examples_per_request, temperature, max_tokens, system
+    [[stages]]    name, kind, template, from, target, examples_per_request, temperature, max_tokens, system,
+                  threshold
+
+A stage of `kind = "judge"` generates nothing: it scores every valid example of its `from` stage with a rubric
+template (`examples_per_request` of them a request, each once) and rejects those scored below its `threshold`
+(scores run from 1 to 10). See `batchgen.dataset.judge`.
 
 An embeddings job renders its template into one input text per request, and each answer is one vector: one
 example a request (examples_per_request is 1), no overgeneration unless asked, no seeds unless named, and none of
@@ -60,6 +65,9 @@ CHAT: Final = "/v1/chat/completions"
 # A rule hook of `[validate] checks`: a Python file of the job directory and a function in it.
 CHECK_REF: Final = re.compile(r"^(?P<file>[^:]+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 EMBEDDINGS: Final = "/v1/embeddings"
+# The scores a judge stage gives (lowest, highest), and the threshold it keeps by default.
+JUDGE_SCALE: Final = (1, 10)
+DEFAULT_THRESHOLD: Final = 7
 
 
 class _Strict(BaseModel):
@@ -174,9 +182,11 @@ class EmbeddingsSpec(_Strict):
 
 
 class StageSpec(_Strict):
-    """One stage. A stage with `from` is compiled from the valid examples of that earlier stage."""
+    """One stage. A stage with `from` is compiled from the valid examples of that earlier stage; a judge stage
+    scores them instead of evolving them."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,19}$")
+    kind: Literal["generate", "judge"] = "generate"
     template: str | None = None
     from_: str | None = Field(None, alias="from")
     target: int | None = Field(None, gt=0)
@@ -184,6 +194,21 @@ class StageSpec(_Strict):
     temperature: Temperature | list[Temperature] | None = None
     max_tokens: int | None = Field(None, gt=0, le=1_000_000)
     system: str | None = None
+    threshold: int | None = Field(None, ge=JUDGE_SCALE[0], le=JUDGE_SCALE[1],
+                                  description="a judge stage rejects the examples it scores below this")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> StageSpec:
+        if self.kind == "judge":
+            if self.from_ is None:
+                raise ValueError(f'stage {self.name!r}: a judge stage scores the examples of an earlier stage; '
+                                 'name it with from = "STAGE"')
+            if self.target is not None:
+                raise ValueError(f"stage {self.name!r}: a judge stage scores every valid example of its source "
+                                 "once and has no target of its own; remove target")
+        elif self.threshold is not None:
+            raise ValueError(f'stage {self.name!r}: threshold applies to a judge stage (kind = "judge") only')
+        return self
 
 
 class JobSpec(_Strict):
@@ -265,12 +290,18 @@ class JobSpec(_Strict):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError("two stages have the same name")
+        judges = {s.name for s in self.stages if s.kind == "judge"}
         for position, stage in enumerate(self.stages):
             if stage.from_ is not None and stage.from_ not in names[:position]:
                 raise ValueError(
                     f"stage {stage.name!r}: from = {stage.from_!r} is not an earlier stage "
                     f"(earlier: {', '.join(names[:position]) or 'none'})"
                 )
+            if stage.from_ in judges:
+                raise ValueError(f"stage {stage.name!r}: from = {stage.from_!r} names a judge stage, which makes "
+                                 "no examples; name the stage it judges")
+            if stage.kind == "judge" and self.endpoint == EMBEDDINGS:
+                raise ValueError(f"stage {stage.name!r}: an embeddings job has no chat answers to judge")
             if stage.template is None and self.prompt.template is None:
                 raise ValueError(f"stage {stage.name!r} has no template and prompt.template is not set")
         if not self.stages and self.prompt.template is None:
@@ -381,16 +412,21 @@ class JobSpec(_Strict):
     def _resolve(self, stage: StageSpec) -> ResolvedStage:
         temps = stage.temperature if stage.temperature is not None else self.prompt.temperature
         temperatures = tuple(float(t) for t in (temps if isinstance(temps, list) else [temps]))
+        judge = stage.kind == "judge"
+        # A judge stage's target is its source's: it scores what that stage asked for, once.
+        source = next((s for s in self.stages if s.name == stage.from_), None) if judge else None
         return ResolvedStage(
             name=stage.name,
             template=stage.template or self.prompt.template or "",
             source=stage.from_,
-            target=stage.target or self.target,
+            target=(source.target if source is not None else None) or stage.target or self.target,
             examples_per_request=stage.examples_per_request or self.examples_per_request,
             seeds_per_request=self.prompt.seeds_per_request if stage.from_ is None else 0,
             temperatures=temperatures,
             max_tokens=0 if self.endpoint == EMBEDDINGS else stage.max_tokens or self.prompt.max_tokens,
             system=self.prompt.system if stage.system is None else stage.system,
+            kind=stage.kind,
+            threshold=(DEFAULT_THRESHOLD if stage.threshold is None else stage.threshold) if judge else None,
         )
 
 
@@ -407,6 +443,13 @@ class ResolvedStage:
     temperatures: tuple[float, ...]
     max_tokens: int
     system: str
+    kind: str = "generate"  # or "judge": scores the valid examples of `source` (see the module docstring)
+    threshold: int | None = None  # a judge stage's: examples scored below it are rejected
+
+    @property
+    def judges(self) -> bool:
+        """Whether this is a judge stage (it scores its source's examples and makes none)."""
+        return self.kind == "judge"
 
 
 def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) -> str:
@@ -419,6 +462,9 @@ def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) ->
     )
     if identity.get("embeddings") is None:
         del identity["embeddings"]  # jobs without embeddings options keep the hash they had before there were any
+    for stage in identity["stages"]:  # and stages that judge nothing, the hash they had before there were judges
+        if stage["kind"] == "generate" and stage["threshold"] is None:
+            del stage["kind"], stage["threshold"]
     payload = json.dumps(
         {"spec": identity, "templates": templates, "seeds": hashlib.sha256(seeds_bytes).hexdigest()},
         sort_keys=True,
@@ -442,4 +488,5 @@ __all__ = [
     "JOB_NAME",
     "CHAT",
     "EMBEDDINGS",
+    "JUDGE_SCALE",
 ]

@@ -22,6 +22,9 @@ that ends short of its target is topped up with the indices after the last one (
   parent's cell: the sources are grouped by cell (in order of first appearance), each request takes e consecutive
   sources of one cell (wrapping within it), the cells take turns request by request, and the request's cell is
   its sources' cell.
+  A **judge stage** scores each source once: request i shows sources i*e .. i*e+e-1 (the last request fewer), so it
+  has ceil(sources / e) requests, and no cell (its requests score examples of any cell). A later round of a judge
+  (a retry, or the examples a top-up of its source added) names what each of its requests shows (`shown`).
 
 A cell's **share** of a stage's target is the part of the planned requests (0..count-1) the strategy (or, for an
 evolved stage, its sources' cells) gives it: floor(target x its planned requests / count) (`cell_shares`); a top-up
@@ -252,14 +255,18 @@ class VariantPlan:
     """
 
     def __init__(self, spec: JobSpec, stage: ResolvedStage, source_count: int | None = None, *,
-                 sparse: bool = False, source_cells: Sequence[Mapping[str, Any]] | None = None):
+                 sparse: bool = False, source_cells: Sequence[Mapping[str, Any]] | None = None,
+                 shown: Mapping[int, tuple[int, ...]] | None = None):
         self.stage = stage
+        self.shown = shown
         self.count = request_count(spec, stage)
+        if stage.judges and source_count:
+            self.count = -(-source_count // stage.examples_per_request)
         self.cells = CellPlan(spec.axes, self.count, 1 if sparse else 4096)
         self.seed_count = len(spec.seeds)
         self.source_count = source_count
         self.by_cell = (SourcesByCell(source_cells, stage.examples_per_request, self.count)
-                        if stage.source is not None and source_cells else None)
+                        if stage.source is not None and source_cells and not stage.judges else None)
 
     def variant(self, index: int) -> Variant:
         """Variant `index`: 0..count-1 are the stage's plan; later indices continue every rotation (top-ups)."""
@@ -272,6 +279,10 @@ class VariantPlan:
             start = index * k + (index * k) // self.seed_count  # one seed further after each full pass
             seeds = tuple((start + j) % self.seed_count for j in range(k))
         sources: tuple[int, ...] = ()
+        if stage.judges:
+            n, e = self.source_count or 0, stage.examples_per_request
+            shows = self.shown[index] if self.shown is not None else tuple(range(index * e, min(index * e + e, n)))
+            return Variant(index, {}, seeds, stage.temperatures[index % len(stage.temperatures)], shows)
         if self.by_cell is not None:
             cell, sources = self.by_cell.variant(index)
         else:

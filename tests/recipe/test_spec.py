@@ -84,6 +84,23 @@ def test_spec_hash_ignores_budget_but_not_prompt(tmp_path: Path) -> None:
     assert load_spec(prompt).spec_hash != base
 
 
+def test_a_stage_that_judges_nothing_keeps_the_hash_it_had_before_judge_stages(tmp_path: Path) -> None:
+    """The hash names a job's requests and the ledger's jobs: a job started before judge stages existed must still
+    be the same job. Written out, kind = "generate" is the default and changes nothing either; a judge does."""
+    evol = ROOT / "jobs" / "evol_task_api"
+    assert load_spec(evol).spec_hash[:12] == "f5cc13c076ad"  # as the Evol job was hashed before there were judges
+    job = tmp_path / "evol"
+    shutil.copytree(evol, job)
+    toml = job / "job.toml"
+    text = toml.read_text(encoding="utf-8")
+    toml.write_text(text.replace('name = "simple"', 'name = "simple"\nkind = "generate"'), encoding="utf-8")
+    assert load_spec(job).spec_hash[:12] == "f5cc13c076ad"
+    (job / "judge.j2").write_text("Score these: {{ examples_json }}", encoding="utf-8")
+    toml.write_text(text + '\n[[stages]]\nname = "judge"\nkind = "judge"\nfrom = "edge_case"\n'
+                    'template = "judge.j2"\n', encoding="utf-8")
+    assert load_spec(job).spec_hash[:12] != "f5cc13c076ad"
+
+
 def test_job_by_bare_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     assert load_spec("task_api").name == "task_api"

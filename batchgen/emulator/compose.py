@@ -16,6 +16,7 @@ import orjson
 
 from batchgen.emulator.focus import Focus, merged, read_focus
 from batchgen.emulator.follow import follow_examples
+from batchgen.emulator.judging import judgment_array, judgments
 from batchgen.emulator.schema_fill import conforms, generate, resolve, sentence
 from batchgen.emulator.synth import (
     candidate_examples,
@@ -80,13 +81,18 @@ class Composer:
             self._prompts[key] = found
         return found
 
-    def content(self, analysis: Analysis, response_format: Any, count: int, rng: random.Random) -> str:
-        """The answer text for a response_format (None, json_object or json_schema)."""
+    def content(self, analysis: Analysis, response_format: Any, count: int, rng: random.Random,
+                judge: tuple[float, int] = (0.0, 0)) -> str:
+        """The answer text for a response_format (None, json_object or json_schema); a judge's scores for a schema
+        that asks for them (`judge`: the share of low scores and the seed, see `judging`)."""
         kind = response_format.get("type") if isinstance(response_format, Mapping) else None
         if kind == "json_schema":
             spec = response_format.get("json_schema") or {}
             schema = spec.get("schema") if isinstance(spec, Mapping) else None
             if isinstance(schema, dict):
+                scores = judgment_array(schema)
+                if scores is not None:
+                    return dump(judgments(_majority(list(analysis.seeds)), *scores, *judge))
                 return dump(_Builder(analysis, count, rng, schema).build(schema, 0))
         seeds = _majority(list(analysis.seeds))
         if kind == "json_object":

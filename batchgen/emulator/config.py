@@ -60,6 +60,7 @@ class EmulatorConfig:
     error_rate: float = 0.0
     malformed_rate: float = 0.0
     malformed_when_prompt_contains: list[str] = field(default_factory=list)
+    judge_low_rate: float = 0.1  # the share of examples a simulated judge scores low (see emulator/judging.py)
     expire_after_fraction: float | None = None
     stuck_finalizing_seconds: float = 0.0
     http_error_rate: float = 0.0
@@ -332,7 +333,7 @@ _RULES: dict[str, _Rule] = {
     "max_lines": _count("lines"), "max_batch_bytes": _count("bytes"), "max_batch_upload_bytes": _count("bytes"),
     "max_upload_bytes": _count("bytes"), "default_examples": _count("examples"), "max_examples": _count("examples"),
     "error_rate": _rate(), "malformed_rate": _rate(), "http_error_rate": _rate(), "drop_rate": _rate(),
-    "slow_rate": _rate(),
+    "slow_rate": _rate(), "judge_low_rate": _rate(),
     "malformed_when_prompt_contains": _Rule("an array of texts (none empty)", _texts),
     "expire_after_fraction": _Rule("a number from 0 to 1", lambda v: _number(v, 0.0, 1.0), nullable=True),
     "control": _Rule("true or false", _flag),

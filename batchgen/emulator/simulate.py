@@ -70,7 +70,8 @@ class SimulateExecutor:
         rng = line_rng(config.seed, "chat", request.custom_id)
         choices, completion = [], 0
         for index in range(min(n, _MAX_CHOICES)):
-            text = self._composer.content(analysis, body.get("response_format"), count, rng)
+            text = self._composer.content(analysis, body.get("response_format"), count, rng,
+                                          (config.judge_low_rate, config.seed))
             text, tokens, reason = self._truncate(text, model, limit)
             completion += tokens
             choices.append({"index": index, "message": {"role": "assistant", "content": text, "refusal": None,

@@ -61,6 +61,29 @@ def one_batch_job(parent: Path, **settings: str) -> Path:
     return job
 
 
+JUDGE_STAGES = """
+[[stages]]
+name = "main"
+
+[[stages]]
+name = "judge"
+kind = "judge"
+from = "main"
+template = "judge.j2"
+examples_per_request = 10
+threshold = {threshold}
+"""
+
+
+def judged_job(parent: Path, threshold: int = 7, **settings: str) -> Path:
+    """`one_batch_job` with the Task API judge (jobs/task_api/judge.j2) scoring its examples, 10 a request: stages
+    "main" and "judge"."""
+    job = one_batch_job(parent, **settings)
+    toml = job / "job.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + JUDGE_STAGES.format(threshold=threshold), encoding="utf-8")
+    return job
+
+
 def env_for(workspace: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "BATCHGEN_CRASH_AT"}
     return {**env, "BATCHGEN_WORKSPACE": str(workspace), **extra}

@@ -3,9 +3,10 @@
 `batchgen.dataset.validate` computes them and re-exports everything here; import from there.
 
 Categories, response level (the whole response yields no example): truncated, content_filter, finish_reason,
-refusal, empty_response, not_json, no_examples; and for an embeddings answer no_embedding, embedding_size,
-embedding_value. Example level: schema, turn_count, role_order, empty_turn, turn_too_long, format_pattern, regex,
-forbidden, duplicate, seed_copy, near_duplicate, unchanged_evolution, check.
+refusal, empty_response, not_json, no_examples; for an embeddings answer no_embedding, embedding_size,
+embedding_value; for a judge stage's answer judge_answer (not one score for each example shown). Example level:
+schema, turn_count, role_order, empty_turn, turn_too_long, format_pattern, regex, forbidden, duplicate, seed_copy,
+near_duplicate, unchanged_evolution, check, judge (scored below a judge stage's threshold).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ NO_EXAMPLES = "no_examples"
 NO_EMBEDDING = "no_embedding"
 EMBEDDING_SIZE = "embedding_size"
 EMBEDDING_VALUE = "embedding_value"
+JUDGE_ANSWER = "judge_answer"  # a judge stage's answer that does not score each example it was shown once
 # Example-level categories.
 SCHEMA = "schema"
 TURN_COUNT = "turn_count"
@@ -42,11 +44,12 @@ SEED_COPY = "seed_copy"
 NEAR_DUPLICATE = "near_duplicate"  # nearly repeats an earlier example or a seed (dataset/near.py)
 UNCHANGED_EVOLUTION = "unchanged_evolution"  # an evolved example nearly equal to its own parent
 CHECK = "check"  # a rule hook of the job had something against it (dataset/checks.py)
+JUDGE = "judge"  # a judge stage scored it below its threshold (dataset/judge.py)
 
 RESPONSE_CATEGORIES = (TRUNCATED, CONTENT_FILTER, FINISH_REASON, REFUSAL, EMPTY_RESPONSE, NOT_JSON,
-                       NO_EXAMPLES, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE)
+                       NO_EXAMPLES, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE, JUDGE_ANSWER)
 EXAMPLE_CATEGORIES = (SCHEMA, TURN_COUNT, ROLE_ORDER, EMPTY_TURN, TURN_TOO_LONG, FORMAT_PATTERN, REGEX,
-                      FORBIDDEN, DUPLICATE, SEED_COPY, NEAR_DUPLICATE, UNCHANGED_EVOLUTION, CHECK)
+                      FORBIDDEN, DUPLICATE, SEED_COPY, NEAR_DUPLICATE, UNCHANGED_EVOLUTION, CHECK, JUDGE)
 CATEGORIES = RESPONSE_CATEGORIES + EXAMPLE_CATEGORIES
 
 DedupeMode = Literal["exact", "normalized", "none"]

@@ -8,7 +8,8 @@ A judged line is one of:
   ("ok", custom_id, status_code, request_id, finish_reason, prompt, cached, completion, reasoning,
          response_reason | None, [example, ...])        example = (raw_json | None, hash | None, valid, category,
                                                                    reason | None)
-         (an embeddings answer, judged by `EmbeddingRules`, has no finish_reason and at most one example)
+         (an embeddings answer, judged by `EmbeddingRules`, has no finish_reason and at most one example; a judge
+         stage's answer, read by `JudgeRules`, holds judgments (index, score, reason) in place of examples)
   ("error", custom_id, status_code | None, code, message, request_id | None)
   ("corrupt", line_number, message)
 """
@@ -31,6 +32,7 @@ from typing import IO, Any
 import orjson
 
 from batchgen.dataset.embeddings import EmbeddingRules, judge_embedding
+from batchgen.dataset.judge import JudgeRules, parse_judgments
 from batchgen.dataset.validate import Rules, judge_examples, parse_response
 from batchgen.errors import BatchgenError
 
@@ -45,7 +47,7 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import batchgen; sys
               "from batchgen.dataset.result_lines import _worker; _worker()")
 
 Judged = tuple[Any, ...]
-AnyRules = Rules | EmbeddingRules
+AnyRules = Rules | EmbeddingRules | JudgeRules
 
 
 def judge_line(line: bytes, number: int, fmt: str, rules: AnyRules) -> Judged:
@@ -97,9 +99,13 @@ def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: AnyRules
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     finish = choice.get("finish_reason")
-    parsed = parse_response(message.get("content"), finish, fmt, refusal=message.get("refusal"))
-    reason = (parsed.reason.category, str(parsed.reason)) if parsed.reason is not None else None
-    examples = judge_examples(parsed.examples, fmt, rules, custom_id)
+    examples: list[Any]
+    if isinstance(rules, JudgeRules):
+        problem, examples = parse_judgments(message.get("content"), finish, message.get("refusal"))
+    else:
+        parsed = parse_response(message.get("content"), finish, fmt, refusal=message.get("refusal"))
+        problem, examples = parsed.reason, judge_examples(parsed.examples, fmt, rules, custom_id)
+    reason = (problem.category, str(problem)) if problem is not None else None
     return ("ok", custom_id, response.get("status_code"), response.get("request_id"), finish,
             int(usage.get("prompt_tokens") or 0),
             int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),

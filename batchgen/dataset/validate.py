@@ -154,18 +154,11 @@ def parse_response(content: str | None, finish_reason: str | None, fmt: str, *,
     Accepts {"examples": [...]}, a bare array, a single example, another key holding the list, and JSON in a
     fenced block or embedded in prose. A truncated or filtered response is rejected whatever it contains.
     """
-    if finish_reason == "length":
-        return ParsedResponse([], Reason(TRUNCATED, "Truncated at max_tokens", "finish_reason=length"))
-    if finish_reason == "content_filter":
-        return ParsedResponse([], Reason(CONTENT_FILTER, "Blocked by content filter",
-                                         "finish_reason=content_filter"))
-    if refusal:
-        return ParsedResponse([], Reason(REFUSAL, "Model refused", _excerpt(refusal)))
-    if finish_reason not in (None, "stop"):
-        return ParsedResponse([], Reason(FINISH_REASON, "Unexpected finish_reason", str(finish_reason)))
-    if content is None or not content.strip():
-        return ParsedResponse([], Reason(EMPTY_RESPONSE, "Empty response content"))
-    loaded = _load(content)
+    problem = response_problem(content, finish_reason, refusal)
+    if problem is not None:
+        return ParsedResponse([], problem)
+    assert content is not None
+    loaded = load_json(content)
     if isinstance(loaded, Reason):
         return ParsedResponse([], loaded)
     data, source = loaded
@@ -175,7 +168,24 @@ def parse_response(content: str | None, finish_reason: str | None, fmt: str, *,
     return ParsedResponse(found[0], None, source, found[1])
 
 
-def _load(content: str) -> tuple[Any, str] | Reason:
+def response_problem(content: str | None, finish_reason: str | None, refusal: str | None = None) -> Reason | None:
+    """Why an answer holds nothing to read, whatever its content: truncated, filtered, refused or empty."""
+    if finish_reason == "length":
+        return Reason(TRUNCATED, "Truncated at max_tokens", "finish_reason=length")
+    if finish_reason == "content_filter":
+        return Reason(CONTENT_FILTER, "Blocked by content filter", "finish_reason=content_filter")
+    if refusal:
+        return Reason(REFUSAL, "Model refused", excerpt(refusal))
+    if finish_reason not in (None, "stop"):
+        return Reason(FINISH_REASON, "Unexpected finish_reason", str(finish_reason))
+    if content is None or not content.strip():
+        return Reason(EMPTY_RESPONSE, "Empty response content")
+    return None
+
+
+def load_json(content: str) -> tuple[Any, str] | Reason:
+    """The JSON value of an answer and where it was found ("json", a "fenced" block, "embedded" in prose), or why
+    there is none."""
     text = content.strip().lstrip("\ufeff")
     try:
         return orjson.loads(text), "json"
@@ -227,7 +237,7 @@ def _is_list_of_examples(value: Any, top: str) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and top in value[0]
 
 
-def _excerpt(text: str) -> str:
+def excerpt(text: str) -> str:
     return text[:EXCERPT_CHARS] + "..." if len(text) > EXCERPT_CHARS else text
 
 
@@ -444,9 +454,9 @@ def _check_content(pairs: list[Pair], rules: Rules) -> Reason | None:
     for index, (role, content) in enumerate(pairs):
         if role == "assistant":
             if rules._any_pattern is not None and rules._any_pattern.search(content) is None:
-                return Reason(FORMAT_PATTERN, "Response doesn't follow format", _excerpt(content))
+                return Reason(FORMAT_PATTERN, "Response doesn't follow format", excerpt(content))
             if rules.regexes and not any(regex.search(content) for regex in rules.regexes):
-                return Reason(REGEX, "Response doesn't match a required pattern", _excerpt(content))
+                return Reason(REGEX, "Response doesn't match a required pattern", excerpt(content))
         for regex in rules.forbidden:
             if regex.search(content):
                 return Reason(FORBIDDEN, "Matches a forbidden pattern", f"turn {index}: {regex.pattern}")

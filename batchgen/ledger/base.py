@@ -188,7 +188,7 @@ class Store:
 
     def table_counts(self) -> dict[str, int]:
         names = ["jobs", "shards", "intents", "batches", "requests", "results", "examples", "events", "queue_limits",
-                 "stage_shortfalls", "previews", "reviews"]
+                 "stage_shortfalls", "previews", "reviews", "judgments"]
         return {name: int(self.scalar(f"SELECT count(*) FROM {name}")) for name in names}
 
     def backup(self, target: str | Path) -> Path:

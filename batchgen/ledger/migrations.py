@@ -354,6 +354,30 @@ def m010_previews(db: Database) -> None:
     )
 
 
+@migrations()
+def m011_judgments(db: Database) -> None:
+    """The scores of a judge stage (`[[stages]] kind = "judge"`): one row per example it scored, the first score
+    kept, so collecting a batch again changes nothing. An example scored below the stage's threshold is also
+    rejected in `examples` (category judge), so that what reads the examples follows without reading this."""
+    _run(
+        db,
+        """
+        CREATE TABLE judgments (
+            job TEXT NOT NULL REFERENCES jobs(name),
+            stage TEXT NOT NULL,             -- the judge stage
+            example TEXT NOT NULL,           -- the example scored: "custom_id#position" of its stage's examples
+            custom_id TEXT NOT NULL,         -- the judge's request that scored it
+            shown INTEGER NOT NULL,          -- the example's index among those the request showed
+            score REAL NOT NULL,             -- 1 to 10
+            passed INTEGER NOT NULL,         -- score >= the stage's threshold
+            reason TEXT NOT NULL,            -- the judge's own words
+            at_utc TEXT NOT NULL,
+            PRIMARY KEY (job, stage, example)
+        )
+        """
+    )
+
+
 def _workspace_of(path: str, job: str, stage: str) -> str | None:
     """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
     found = path.rfind(f"/shards/{job}/{stage}/")

@@ -87,6 +87,16 @@ class RequestRecords(Store):
         self.db.conn.executemany("UPDATE requests SET shard_id = ? WHERE custom_id = ?",
                                  ((shard_id, cid) for cid in custom_ids))
 
+    def shard_custom_ids(self, shard_id: str) -> list[str]:
+        """The custom_id of each request of the shard."""
+        return [r[0] for r in self._execute("SELECT custom_id FROM requests WHERE shard_id = ?", [shard_id])]
+
+    def request_variants(self, custom_ids: Iterable[str]) -> dict[str, int]:
+        """custom_id -> its variant index, of these requests."""
+        return {custom_id: int(variant) for custom_id, variant in self._execute(
+            "SELECT custom_id, variant FROM requests WHERE custom_id IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(custom_ids))])}
+
     def shard_variants(self, shard_id: str) -> list[int]:
         """The variant index of each request of the shard."""
         return [r[0] for r in self._execute("SELECT variant FROM requests WHERE shard_id = ?", [shard_id])]
@@ -183,10 +193,11 @@ class RequestRecords(Store):
     # -- how the rounds of a stage went ------------------------------------------------------------------------
     def rounds(self, job: str, stage: str, last: int = 2, after: int = 0) -> list[dict[str, Any]]:
         """The stage's latest rounds after attempt `after` (an attempt number each: the first compile, a retry, a
-        top-up), newest first: {"attempt", "requests", "answered" (lines in the output file), "valid" (valid
-        examples)}."""
+        top-up), newest first: {"attempt", "requests", "answered" (lines in the output file), "succeeded" (requests
+        whose answer was used), "valid" (valid examples)}."""
         return self.rows(
             "SELECT r.attempt, count(*) AS requests, coalesce(sum(s.source = 'output'), 0) AS answered, "
+            "coalesce(sum(r.status = 'succeeded'), 0) AS succeeded, "
             "(SELECT count(*) FROM examples e JOIN requests q ON q.custom_id = e.custom_id WHERE q.job = r.job "
             "AND q.stage = r.stage AND q.attempt = r.attempt AND e.valid = 1) AS valid "
             "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id WHERE r.job = ? AND r.stage = ? "

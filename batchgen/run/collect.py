@@ -30,6 +30,7 @@ import orjson
 from batchgen.crashpoints import crash_point
 from batchgen.dataset.checks import CheckRef
 from batchgen.dataset.embeddings import EmbeddingRules
+from batchgen.dataset.judge import JudgeRules, incomplete, rejection
 from batchgen.dataset.lineage import ParentChooser
 from batchgen.dataset.result_lines import AnyRules, Judged, judged_lines
 from batchgen.dataset.validate import Deduper, Rules, example_key
@@ -99,7 +100,7 @@ def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: AnyRules) 
     depend on the order in which output lines or batches arrive.
     """
     known = ledger.earlier_stage_hashes(spec.name, stage)
-    if isinstance(rules, EmbeddingRules):
+    if isinstance(rules, EmbeddingRules | JudgeRules):
         return Deduper(known, dedupe=rules.dedupe != "none")
     return Deduper.for_rules(rules, spec.format, spec.seeds, known=known)
 
@@ -108,6 +109,8 @@ def parent_examples(ledger: Ledger, spec: JobSpec, stage: str) -> dict[str, Any]
     """The examples a stage's requests show as candidate parents, by key: the source stage's valid examples for a
     `from` stage, the seeds for a first stage (read from the ledger only for a `from` stage)."""
     resolved = spec.stage(stage)
+    if resolved.judges:
+        return {}  # a judge's answers hold scores, not examples with parents
     if resolved.source is not None:
         return {key: content for content, key, _, _ in ledger.source_lineage(spec.name, resolved.source)}
     return {f"seed:{i}": seed for i, seed in enumerate(spec.seeds)}
@@ -133,10 +136,12 @@ class _Collector:
     def __init__(self, ledger: Ledger, workspace: Workspace, spec: JobSpec, batch: dict[str, Any]):
         self.ledger, self.spec, self.batch = ledger, spec, batch
         shard = ledger.shard(batch["shard_id"])
-        cells = ledger.batch_cells(batch["id"]) if spec.validate_.checks else None
-        self.rules: AnyRules = (embedding_rules(spec, str(workspace.locate(shard["path"])))
-                                if spec.endpoint == EMBEDDINGS else rules_for(spec, cells))
         self.stage: str = shard["stage"]
+        self.judge = spec.stage(self.stage) if spec.stage(self.stage).judges else None
+        cells = ledger.batch_cells(batch["id"]) if spec.validate_.checks and self.judge is None else None
+        self.rules: AnyRules = (embedding_rules(spec, str(workspace.locate(shard["path"])))
+                                if spec.endpoint == EMBEDDINGS else JudgeRules() if self.judge is not None
+                                else rules_for(spec, cells))
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
         self.price = pricing.get_price(spec.model, price_file=spec.price_file)
         self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)
@@ -154,6 +159,8 @@ class _Collector:
         self.results: list[tuple[Any, ...]] = []
         self.accepted: list[tuple[Any, ...]] = []
         self.examples: list[tuple[Any, ...]] = []
+        self.judgments: list[tuple[Any, ...]] = []  # a judge stage's scores
+        self.rejections: list[tuple[str, str]] = []  # (example key, reason): what a judge stage scored too low
         self.statuses: list[tuple[str, int]] = []  # (status, requests.rowid), written last in rowid order
         self.flushed = 0  # len(statuses) at the last flush
 
@@ -179,7 +186,10 @@ class _Collector:
     def _success(self, judged: Judged, stage: str, rowid: int) -> None:
         _, custom_id, status_code, request_id, finish, prompt, cached, completion, reasoning, reason, examples = judged
         cost = self.price.cost(prompt, cached, completion)
-        valid = self._examples(custom_id, stage, reason, examples)
+        if self.judge is not None:
+            valid = self._judgments(custom_id, stage, reason, examples)
+        else:
+            valid = self._examples(custom_id, stage, reason, examples)
         status = "succeeded" if valid else "invalid"
         self.succeeded.append((custom_id, self.batch["id"], self.spec.name, status_code, finish, prompt, cached,
                                completion, reasoning, str(cost), self.price.source, request_id, self.now))
@@ -228,6 +238,28 @@ class _Collector:
         self.report.examples_valid += valid_count
         return valid_count
 
+    def _judgments(self, custom_id: str, stage: str, reason: tuple[str, str] | None,
+                   judgments: list[tuple[int, float, str]]) -> int:
+        """Record a judge's scores of the examples its request showed (1), or why its answer cannot be used (0;
+        then none of its scores counts, and it is retried like any invalid answer)."""
+        assert self.judge is not None and self.judge.threshold is not None
+        shown = self.parents.get(custom_id, [])
+        problem = incomplete(judgments, len(shown)) if reason is None else None
+        if reason is None and problem is not None:
+            reason = (problem.category, str(problem))
+        if reason is not None:
+            self.examples.append((self.spec.name, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None,
+                                  None, None))
+            return 0
+        threshold = self.judge.threshold
+        for index, score, why in judgments:
+            key = str(shown[index][0])
+            self.judgments.append((self.spec.name, stage, key, custom_id, index, score, int(score >= threshold),
+                                   why, self.now))
+            if score < threshold:
+                self.rejections.append((key, str(rejection(stage, score, threshold, why))))
+        return 1
+
     def _failure(self, judged: Judged, rowid: int) -> None:
         _, custom_id, status_code, code, message, request_id = judged
         status = "failed" if status_code is not None else ERROR_STATUS.get(str(code), "failed")
@@ -255,7 +287,8 @@ class _Collector:
         self.ledger.insert_results(self.succeeded, self.results)
         crash_point("ingest")
         self.ledger.insert_examples(self.accepted, self.examples)
-        self.succeeded, self.results, self.accepted, self.examples = [], [], [], []
+        self.ledger.record_judgments(self.judgments)
+        self.succeeded, self.results, self.accepted, self.examples, self.judgments = [], [], [], [], []
         self.flushed = len(self.statuses)
 
     def finish(self) -> None:
@@ -264,6 +297,9 @@ class _Collector:
         self.flush()
         self.ledger.set_request_statuses(self.statuses)
         self.statuses = []
+        if self.rejections:
+            self.ledger.reject_judged(self.spec.name, self.rejections)
+            self.rejections = []
 
 
 def settle_failed_batch(ledger: Ledger, client: BatchClient, spec: JobSpec, batch: dict[str, Any]) -> CollectReport:
@@ -350,7 +386,8 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
                 collector.finish()
             if collector.rules.dedupe != "none":
                 ledger.dedupe_stage(spec.name, collector.stage, collector.dedupe_candidates())
-            settle_near_duplicates(ledger, spec, collector.stage)
+            if collector.judge is None:
+                settle_near_duplicates(ledger, spec, collector.stage)
             report = collector.report
             ledger.mark_batch_collected(batch["id"], report.cost_usd)
             ledger.set_shard_status(batch["shard_id"], "done")

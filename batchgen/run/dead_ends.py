@@ -44,10 +44,13 @@ def dead_end(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> str | None:
             message = (cause["error_message"] or cause["error_code"] or "").strip().splitlines()
             return (f"stage {stage.name}: all {latest['requests']} request(s) of round {latest['attempt']} failed the "
                     f"same way ({status}: {message[0] if message else 'no message'}); retrying cannot change that")
-    if latest["attempt"] > 1 and latest["valid"] == 0:
-        twice = len(rounds) > 1 and rounds[1]["valid"] == 0
+    # A judge stage's answers are scores: what it yields is the requests whose scores were used.
+    yielded = "succeeded" if stage.judges else "valid"
+    if latest["attempt"] > 1 and latest[yielded] == 0:
+        twice = len(rounds) > 1 and rounds[1][yielded] == 0
         if latest["requests"] >= MIN_ROUND or twice:
             return (f"stage {stage.name}: round {latest['attempt']} ({latest['requests']} request(s)) yielded no "
-                    "valid example" + (", nor did the round before" if twice else "")
+                    + ("usable answer" if stage.judges else "valid example")
+                    + (", nor did the round before" if twice else "")
                     + "; see 'batchgen show' for the reasons")
     return None

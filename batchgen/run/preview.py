@@ -217,6 +217,10 @@ def plan_preview(session: Session, job_ref: str | Path, count: int = DEFAULT_COU
         raise BatchgenError(f"Job {spec.name!r} is an embeddings job: preview sends chat requests; "
                             f"'batchgen plan {job_ref}' prices it, and its answers are only vectors")
     stage = spec.stage(stage_name)
+    if stage.judges:
+        raise BatchgenError(f"Stage {stage.name!r} of job {spec.name!r} is a judge stage: it scores the examples of "
+                            f"stage {stage.source!r}, so preview that one (--stage {stage.source}); 'batchgen plan "
+                            f"{job_ref}' prices the judge")
     row = session.ledger.find_job(spec.name)
     backend = _backend(session, spec, row)
     base_url = session.client(backend).base_url

@@ -82,14 +82,16 @@ def _insert_shards(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
 
 class Sources(NamedTuple):
     """What a stage's requests are made from: for a `from` stage, the valid examples of its source stage in a stable
-    order, with the cell each keeps in its children and its lineage ([key, root]); for a first stage, nothing."""
+    order, with the cell each keeps in its children and its lineage ([key, root]); for a first stage, nothing. A
+    judge stage's name what each of its requests shows (`shown`, variant -> indices into the examples)."""
 
     examples: list[dict[str, Any]] | None = None
     cells: list[dict[str, Any]] | None = None
     lineage: list[list[str | None]] | None = None
+    shown: dict[int, tuple[int, ...]] | None = None
 
     def compile_args(self) -> dict[str, Any]:
-        return {"sources": self.examples, "source_cells": self.cells}
+        return {"sources": self.examples, "source_cells": self.cells, "shown": self.shown}
 
     def with_parents(self, manifest: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Each manifest line with `parents`, the candidates its request shows: its sources, else its seeds."""
@@ -104,11 +106,49 @@ def stage_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> Source
     """What the stage is compiled from (see `Sources`)."""
     if stage.source is None:
         return Sources()
+    if stage.judges:
+        return unjudged_sources(ledger, spec, stage, first=0)
     found = ledger.source_lineage(spec.name, stage.source)
     if not found:
         raise BatchgenError(f"Stage {stage.name!r} of job {spec.name!r} has no valid examples of stage "
                             f"{stage.source!r} to start from")
     return Sources([f[0] for f in found], [f[3] for f in found], [[f[1], f[2]] for f in found])
+
+
+def unjudged_sources(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, first: int) -> Sources:
+    """A judge round: the valid examples of the judge's source that none of its requests has shown yet, in the
+    canonical order, examples_per_request a request from variant `first` on (BatchgenError when the first round
+    finds none)."""
+    assert stage.source is not None
+    shown = ledger.judge_shown(spec.name, stage.name)
+    found = [f for f in ledger.source_lineage(spec.name, stage.source) if f[1] not in shown]
+    if not found and not shown:
+        raise BatchgenError(f"Judge stage {stage.name!r} of job {spec.name!r} has no valid examples of stage "
+                            f"{stage.source!r} to score")
+    e = stage.examples_per_request
+    layout = {first + k: tuple(range(k * e, min(k * e + e, len(found)))) for k in range(-(-len(found) // e))}
+    return Sources([f[0] for f in found], None, [[f[1], f[2]] for f in found], layout)
+
+
+def shown_again(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, custom_ids: Iterable[str]) -> Sources:
+    """What a judge's retry (or a split shard) of these requests shows: for each, the examples it showed, under its
+    variant."""
+    rows = ledger.shown_examples(custom_ids)
+    variants = ledger.request_variants(list(rows))
+    examples: list[dict[str, Any]] = []
+    lineage: list[list[str | None]] = []
+    layout: dict[int, tuple[int, ...]] = {}
+    for custom_id, shown in rows.items():
+        layout[variants[custom_id]] = tuple(range(len(examples), len(examples) + len(shown)))
+        examples.extend(content for _, _, content in shown)
+        lineage.extend([key, root] for key, root, _ in shown)
+    return Sources(examples, None, lineage, layout)
+
+
+def sources_for(ledger: Ledger, spec: JobSpec, stage: ResolvedStage, custom_ids: Iterable[str]) -> Sources:
+    """What requests that replace these show: a judge's, the same examples as they did; another stage's, its
+    sources (`stage_sources`), which variant indices pick from."""
+    return shown_again(ledger, spec, stage, custom_ids) if stage.judges else stage_sources(ledger, spec, stage)
 
 
 # -- retries -------------------------------------------------------------------------------------------------
@@ -169,7 +209,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
     dead_ends.check(ledger, spec, stage)
     spec.require_job_dir(f"retrying {len(variants)} request(s) of stage {stage.name!r}")
     attempt = ledger.next_attempt(spec.name, stage.name)
-    sources = stage_sources(ledger, spec, stage)
+    sources = sources_for(ledger, spec, stage, replaced)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=variants,
                            limits=limits, **sources.compile_args())
     with ledger.transaction():
@@ -228,8 +268,11 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or
     affordable; a stage or cell still short then records why).
 
-    An embeddings stage is topped up by `_top_up_inputs` instead.
+    An embeddings stage is topped up by `_top_up_inputs` instead. A judge stage has nothing to top up: it scores
+    what its source has, once (its answers that cannot be used are retried).
     """
+    if stage.judges:
+        return _top_up_judged(ledger, workspace, spec, stage, limits, budget)
     if spec.endpoint == EMBEDDINGS:
         return _top_up_inputs(ledger, workspace, spec, stage, limits)
     need = top_up_need(ledger, spec, stage)
@@ -261,6 +304,47 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
                      missing=need.short, requests=count, first_variant=need.first,
                      cells={c.key: c.missing for c in need.cells}, unplaced=unplaced)
     return count
+
+
+def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
+                   limits: LimitsSpec | None, budget: Callable[[], Decimal | None]) -> int:
+    """A judge stage's next round: the examples its source has that no judge request has shown yet (a top-up of the
+    source added them) are scored. When none are left to score and the judge's rejections left the source below its
+    target, or cells of it below their share, the source is topped up by its own rules (`schedule_top_up`: at most
+    max_top_ups rounds, the cells lowest yield first), within the budget less what scoring its new examples may
+    cost. How many requests were added."""
+    assert stage.source is not None
+    last = ledger.highest_variant(spec.name, stage.name)
+    sources = unjudged_sources(ledger, spec, stage, first=0 if last is None else last + 1)
+    if not sources.shown:
+        source = spec.stage(stage.source)
+        return schedule_top_up(ledger, workspace, spec, source, limits,
+                               lambda: _less_judging(ledger, spec, stage, source, budget()))
+    spec.require_job_dir(f"scoring the new examples of stage {stage.source!r} in stage {stage.name!r}")
+    attempt = ledger.next_attempt(spec.name, stage.name)
+    result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=list(sources.shown),
+                           limits=limits, **sources.compile_args())
+    keys = {str(key) for key, _ in sources.lineage or []}
+    with ledger.transaction():
+        if ledger.open_shards(spec.name, stage.name) or keys & ledger.judge_shown(spec.name, stage.name):
+            return 0  # another process scheduled this round meanwhile
+        record_compile(ledger, workspace, spec, stage, result, sources)
+        ledger.event("judge_round", job=spec.name, stage=stage.name, attempt=attempt, requests=len(sources.shown),
+                     examples=len(keys))
+    return len(sources.shown)
+
+
+def _less_judging(ledger: Ledger, spec: JobSpec, judge: ResolvedStage, source: ResolvedStage,
+                  left: Decimal | None) -> Decimal | None:
+    """The part of `left` a top-up of a judged source may spend: each of its requests at its worst case leaves room
+    for scoring the examples it may add, at the judge's worst case."""
+    if left is None:
+        return None
+    price = get_price(spec.model, price_file=spec.price_file)
+    asking = price.cost(ledger.largest_prompt(spec.name, source.name), 0, source.max_tokens)
+    scoring = (price.cost(ledger.largest_prompt(spec.name, judge.name), 0, judge.max_tokens)
+               * source.examples_per_request / judge.examples_per_request)
+    return left if asking + scoring <= 0 else left * asking / (asking + scoring)
 
 
 def _lacks(need: TopUpNeed) -> str:
@@ -387,8 +471,9 @@ def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict
     stage = spec.stage(shard["stage"])
     spec.require_job_dir(f"splitting shard {shard['id']} for the queued-token cap")
     # A folder of its own: the same attempt and variants as a retry or top-up shard would be that shard's folder.
+    sources = sources_for(ledger, spec, stage, ledger.shard_custom_ids(shard["id"]))
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=shard["attempt"], indices=variants,
-                           limits=limits, label="split", **stage_sources(ledger, spec, stage).compile_args())
+                           limits=limits, label="split", **sources.compile_args())
     with ledger.transaction():
         if (ledger.find_shard(shard["id"]) or {}).get("status") != "pending":
             return

@@ -43,6 +43,7 @@ class StageProgress:
     answered: int = 0  # of those: collected, or counted completed or failed by the provider in a running batch
     batches: dict[str, int] = field(default_factory=dict)  # the stage's batches by status
     valid_examples: int = 0
+    judged: int | None = None  # of a judge stage: the examples it has scored (it makes none of its own)
 
 
 @dataclass
@@ -243,7 +244,7 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
             missing = error
     poll_due(session, client, spec.name)
     collected = collect_ended(session, client, spec)
-    if missing is None and row["status"] == ACTIVE and not ledger.open_shards(spec.name, stage.name):
+    if missing is None and row["status"] == ACTIVE and not busy(session, spec, stage):
         missing = schedule_more(session, spec, stage)
     if missing is not None:
         raise missing
@@ -295,9 +296,15 @@ def collect_ended(session: Session, client: BatchClient, spec: JobSpec) -> int:
 # -- stages and the end --------------------------------------------------------------------------------------
 
 
+def busy(session: Session, spec: JobSpec, stage: ResolvedStage) -> bool:
+    """Whether the stage has shards not yet collected; a judge stage's source counts with it (its top-ups)."""
+    stages = [stage.name] + ([stage.source] if stage.judges and stage.source is not None else [])
+    return any(session.ledger.open_shards(spec.name, name) for name in stages)
+
+
 def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) -> None:
     ledger = session.ledger
-    if ledger.open_shards(spec.name, stage.name) or ledger.uncollected_batches(spec.name):
+    if busy(session, spec, stage) or ledger.uncollected_batches(spec.name):
         return
     row = ledger.job(spec.name)
     names = [s.name for s in spec.resolved_stages()]
@@ -343,5 +350,10 @@ def stage_progress(session: Session, name: str, spec: JobSpec | None) -> list[St
     standings = session.ledger.stage_standings(name)
     stages = spec.resolved_stages() if spec is not None else []
     targets: dict[str, int | None] = {stage.name: stage.target for stage in stages}
+    judges = {stage.name for stage in stages if stage.judges}
     names = list(targets) + [stage for stage in standings if stage not in targets]
-    return [StageProgress(stage, targets.get(stage), **standings.get(stage, {})) for stage in names]
+    found = [StageProgress(stage, targets.get(stage), **standings.get(stage, {})) for stage in names]
+    for stage in found:
+        if stage.name in judges:
+            stage.judged = session.ledger.judged_count(name, stage.name)
+    return found

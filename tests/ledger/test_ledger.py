@@ -50,12 +50,15 @@ SCHEMA = {
     "unblocks": {"id": int, "job": str, "stage": str, "attempt": int, "cause": str, "at_utc": str},
     "reviews": {"custom_id": str, "position": int, "job": str, "stage": str, "verdict": str, "note": str,
                 "source": str, "reviewed_utc": str},
+    "judgments": {"job": str, "stage": str, "example": str, "custom_id": str, "shown": int, "score": float,
+                  "passed": int, "reason": str, "at_utc": str},
 }
 PRIMARY_KEYS = {"batches": ["id"], "cell_shortfalls": ["job", "stage", "cell_json"],
                 "events": ["id"], "examples": ["id"], "intents": ["id"], "jobs": ["name"],
                 "previews": ["id"],
                 "queue_limits": ["model"], "requests": ["custom_id"], "results": ["custom_id"], "shards": ["id"],
-                "stage_shortfalls": ["job", "stage"], "unblocks": ["id"], "reviews": ["custom_id", "position"]}
+                "stage_shortfalls": ["job", "stage"], "unblocks": ["id"], "reviews": ["custom_id", "position"],
+                "judgments": ["job", "stage", "example"]}
 
 
 def blank(path):
@@ -142,7 +145,7 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
                    "m005_paths_relative_to_the_workspace", "m006_lineage", "m007_cell_shortfalls",
-                   "m009_reviews", "m010_previews"]
+                   "m009_reviews", "m010_previews", "m011_judgments"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

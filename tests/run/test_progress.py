@@ -247,7 +247,7 @@ def test_the_requests_of_a_running_batch_count_as_the_provider_counts_them(tmp_p
     (job,) = json.loads(collected.stdout)
     assert job["finished"] == 0  # nothing collected yet
     assert job["stages"] == [{"name": "main", "target": 500, "requests": 55, "answered": counted,
-                              "batches": {"in_progress": 1}, "valid_examples": 0}]
+                              "batches": {"in_progress": 1}, "valid_examples": 0, "judged": None}]
     assert Decimal(job["budget_usd"]) == Decimal("0.15") and Decimal(job["committed_usd"]) > 0
 
 

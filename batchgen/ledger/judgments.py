@@ -1,0 +1,67 @@
+"""Judgments: the scores a judge stage gave the examples of its source stage (see `batchgen.dataset.judge`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from batchgen.ledger.base import Store
+
+
+class JudgmentRecords(Store):
+    def record_judgments(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Each (job, stage, example, custom_id, shown, score, passed, reason, at_utc); an example the stage has
+        scored already keeps its first score."""
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO judgments (job, stage, example, custom_id, shown, score, passed, reason, at_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def reject_judged(self, job: str, rejections: Iterable[tuple[str, str]]) -> int:
+        """Reject each (example key, reason) that is valid now (category judge); how many were."""
+        cursor = self.db.conn.executemany(
+            "UPDATE examples SET valid = 0, category = 'judge', reason = ? WHERE job = ? AND custom_id = ? "
+            "AND position = ? AND valid = 1",
+            ((reason, job, *_split(key)) for key, reason in rejections))
+        return int(cursor.rowcount)
+
+    def judged_count(self, job: str, stage: str) -> int:
+        """How many examples the judge stage has scored."""
+        return int(self.scalar("SELECT count(*) FROM judgments WHERE job = ? AND stage = ?", [job, stage]))
+
+    def judge_shown(self, job: str, stage: str) -> set[str]:
+        """The keys of the examples the judge stage's requests have shown (every attempt): each is scored, or
+        will be by a retry of its request, and is never shown again by another."""
+        shown: set[str] = set()
+        for (parents,) in self._execute("SELECT parents_json FROM requests WHERE job = ? AND stage = ? AND "
+                                        "parents_json IS NOT NULL", [job, stage]):
+            shown.update(key for key, _ in json.loads(parents))
+        return shown
+
+    def shown_examples(self, custom_ids: Iterable[str]) -> dict[str, list[tuple[str, str | None, dict[str, Any]]]]:
+        """custom_id -> what each of these requests showed: (key, root, content) of each example, in order."""
+        wanted = json.dumps(list(custom_ids))
+        shown = {custom_id: json.loads(parents) for custom_id, parents in self._execute(
+            "SELECT custom_id, parents_json FROM requests WHERE custom_id IN (SELECT value FROM json_each(?))",
+            [wanted])}
+        keys = json.dumps(sorted({key for parents in shown.values() for key, _ in parents}))
+        contents = {key: json.loads(content) for key, content in self._execute(
+            "SELECT custom_id || '#' || position, content_json FROM examples WHERE custom_id || '#' || position "
+            "IN (SELECT value FROM json_each(?))", [keys])}
+        return {custom_id: [(key, root, contents[key]) for key, root in parents]
+                for custom_id, parents in shown.items()}
+
+    def judgment_counts(self, job: str) -> dict[str, dict[str, Any]]:
+        """Per judge stage: {"judged", "passed", "rejected", "mean_score"} (mean as text, two decimals)."""
+        out: dict[str, dict[str, Any]] = {}
+        for stage, judged, passed, mean in self._execute(
+                "SELECT stage, count(*), sum(passed), avg(score) FROM judgments WHERE job = ? GROUP BY stage "
+                "ORDER BY stage", [job]):
+            out[stage] = {"judged": int(judged), "passed": int(passed), "rejected": int(judged) - int(passed),
+                          "mean_score": f"{mean:.2f}"}
+        return out
+
+
+def _split(key: str) -> tuple[str, int]:
+    custom_id, _, position = key.rpartition("#")
+    return custom_id, int(position)

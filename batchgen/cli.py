@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -333,6 +334,9 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     if summary["lineage"]:
         click.echo("Lineage: " + ", ".join(f"{stage} {c['with_root']}/{c['valid']} to a seed"
                                            for stage, c in summary["lineage"].items()))
+    for stage, judged in summary["judged"].items():
+        click.echo(f"Judged: stage {stage} scored {judged['judged']} example(s), {judged['passed']} passed, "
+                   f"{judged['rejected']} rejected, mean score {judged['mean_score']}")
     click.echo("Requests: " + ", ".join(f"{k} {v}" for k, v in summary["requests"].items()))
     if summary["failures"]:
         click.echo("Failed lines: " + ", ".join(f"{k} {v}" for k, v in summary["failures"].items()))
@@ -801,12 +805,23 @@ def report_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> No
 
 def _print_report(report: dict[str, Any], fmt: str | None) -> None:
     """One block a stage (its line, its cells, its words, its other figures), then the job's totals."""
-    from batchgen.dataset.quality_report import cell_rows, figure_lines, stage_line, text_rows
+    from batchgen.dataset.quality_report import (
+        cell_rows,
+        figure_lines,
+        judge_line,
+        reasons_text,
+        stage_line,
+        text_rows,
+    )
 
     stages = len(report["stages"])
     click.echo(f"Job {report['job']}: {report['status']} ({report['model']}, {report['format']}, {stages} "
                f"stage{'s' if stages != 1 else ''})")
     for stage in report["stages"]:
+        if "judge" in stage:
+            click.echo(f"\n{judge_line(stage)}\nAnswers rejected: {reasons_text(stage['reasons'])}")
+            click.echo(f"Cost: {format_usd(Decimal(stage['cost_usd']))} at batch price")
+            continue
         click.echo(f"\n{stage_line(stage)}")
         if stage["cells"]:
             headers, rows = cell_rows(stage["cells"], report["axes"])

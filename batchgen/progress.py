@@ -133,6 +133,8 @@ def _requests(stage: StageProgress) -> str:
 
 
 def _valid(stage: StageProgress) -> str:
+    if stage.judged is not None:
+        return f"{stage.judged} scored"
     target = f"/{stage.target}" if stage.target is not None else ""
     return f"{stage.valid_examples}{target} valid"
 

@@ -185,7 +185,8 @@ def _recipe(facts: CardFacts) -> str:
         axes = "; ".join(f"{_md(name)}: {', '.join(_md(_text(v)) for v in values)}"
                          for name, values in spec.axes.values.items())
         rows.append(["axes", f"{_md(spec.axes.strategy)}: {axes}"])
-    stages = [[_md(s.name), _md(s.source or ""), _md(s.template), f"{s.target:,}", str(s.examples_per_request),
+    stages = [[_md(s.name), _md(s.source or "") + (f" (judge, threshold {s.threshold})" if s.judges else ""),
+               _md(s.template), f"{s.target:,}", str(s.examples_per_request),
                ", ".join(_md(_text(t)) for t in s.temperatures), f"{s.max_tokens:,}"]
               for s in spec.resolved_stages()]
     return "\n".join(["## Recipe", "", *_table(["setting", "value"], rows), "",

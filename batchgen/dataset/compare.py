@@ -111,10 +111,11 @@ def job_figures(ledger: Ledger, spec: JobSpec) -> JobFigures:
                          seconds=ended - started if started is not None and ended is not None else None,
                          review=review)
     for stage in spec.resolved_stages():
-        counts = verdicts.get(stage.name, {})
+        counts = {} if stage.judges else verdicts.get(stage.name, {})  # a judge asks for scores, not examples
         asked = requests.get(stage.name, 0)
         found = StageFigures(
-            requests=asked, requested=asked * stage.examples_per_request, found=sum(counts.values()),
+            requests=asked, requested=0 if stage.judges else asked * stage.examples_per_request,
+            found=sum(counts.values()),
             valid=counts.get(None, 0), duplicates=counts.get(DUPLICATE, 0),
             near_duplicates=sum(counts.get(category, 0) for category in NEAR_DUPLICATE_CATEGORIES),
             cost_usd=costs.get(stage.name, Decimal(0)), review=review["stages"].get(stage.name, {}),

@@ -81,8 +81,9 @@ def source_cells(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> list[di
 
 
 def job_coverage(ledger: Ledger, spec: JobSpec) -> list[CellCoverage]:
-    """The coverage of every stage that has requests, stage by stage."""
-    return [row for stage in spec.resolved_stages() if ledger.stage_has_shards(spec.name, stage.name)
+    """The coverage of every stage that has requests, stage by stage (a judge stage makes no examples: none)."""
+    return [row for stage in spec.resolved_stages()
+            if not stage.judges and ledger.stage_has_shards(spec.name, stage.name)
             for row in stage_coverage(ledger, spec, stage)]
 
 

@@ -34,7 +34,7 @@ from batchgen.dataset.report import lineage
 from batchgen.ledger import Ledger
 from batchgen.money import format_usd
 from batchgen.recipe.formats import EMBEDDINGS_FORMAT
-from batchgen.recipe.spec import JobSpec
+from batchgen.recipe.spec import JobSpec, ResolvedStage
 
 _WORD = re.compile(r"\w+(?:['\u2019]\w+)*")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -190,9 +190,13 @@ class StageReport:
     lineage: dict[str, int] | None  # None: an embeddings job, whose examples have no parents
     cells: list[CellReport]
     texts: StageTexts | None  # None: an embeddings job, whose examples have no turns
+    judge: dict[str, Any] | None = None  # of a judge stage: what it scored (`judge_figures`)
 
     def to_dict(self) -> dict[str, Any]:
         f = self.figures.to_dict()
+        if self.judge is not None:
+            return {"name": f["name"], "requests": f["requests"], "judge": self.judge, "reasons": self.reasons,
+                    "cost_usd": money(f["cost_usd"]), "cells": []}
         texts = self.texts.to_dict() if self.texts is not None else {"distinct": None, "lengths": None}
         return {"name": f["name"], "requests": f["requests"], "requested": f["requested"], "found": f["found"],
                 "valid": f["valid"], "yield": f["yield"], "reasons": self.reasons,
@@ -230,10 +234,13 @@ def job_report(ledger: Ledger, spec: JobSpec) -> JobReport:
     for row in job_coverage(ledger, spec):
         reasons = rejected.get(row.stage, {}).get(row.key, {})
         cells.setdefault(row.stage, []).append(CellReport(row, reasons))
+    judged = ledger.judgment_counts(spec.name)
+    judges = {stage.name: stage for stage in spec.resolved_stages() if stage.judges}
     stages = [StageReport(stage, _sum(rejected.get(stage.name, {}).values()),
                           None if embeddings else known.get(stage.name, {"valid": 0, "with_parent": 0,
                                                                          "with_root": 0}),
-                          cells.get(stage.name, []), None if embeddings else texts.get(stage.name, StageTexts()))
+                          cells.get(stage.name, []), None if embeddings else texts.get(stage.name, StageTexts()),
+                          judge_figures(judges[stage.name], judged.get(stage.name)) if stage.name in judges else None)
               for stage in figures.stages]
     job = figures.to_dict()
     totals = {key: job[key] for key in ("requests", "requested", "found", "valid", "yield", "near_duplicate_rate")}
@@ -241,6 +248,24 @@ def job_report(ledger: Ledger, spec: JobSpec) -> JobReport:
                   cost_usd=money(job["cost_usd"]), cost_per_valid_usd=money(job["cost_per_valid_usd"]))
     return JobReport(spec.name, figures.status, spec.model, spec.dataset_format, list(spec.axes.values), stages,
                      totals)
+
+
+def judge_figures(stage: ResolvedStage, counts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a judge stage scored: its source and threshold, the examples scored, passed and rejected, the mean
+    score (None before any)."""
+    found = counts or {"judged": 0, "passed": 0, "rejected": 0, "mean_score": None}
+    return {"source": stage.source, "threshold": stage.threshold, **found,
+            "pass_rate": share(found["passed"], found["judged"])}
+
+
+def judge_line(stage: Mapping[str, Any]) -> str:
+    """`Stage judge (scores main, threshold 7): 55 requests, 540 examples scored, 480 passed (88.9%), 60
+    rejected, mean score 8.10`."""
+    judge = stage["judge"]
+    mean = f", mean score {judge['mean_score']}" if judge["mean_score"] is not None else ""
+    return (f"Stage {stage['name']} (scores {judge['source']}, threshold {judge['threshold']}): "
+            f"{stage['requests']:,} requests, {judge['judged']:,} examples scored, {judge['passed']:,} passed "
+            f"({percent(judge['pass_rate'])}), {judge['rejected']:,} rejected{mean}")
 
 
 def money(amount: Decimal | None) -> str | None:
@@ -348,5 +373,5 @@ def _number(value: float | int) -> str:
 
 
 __all__ = ["CellReport", "DistinctN", "JobReport", "Lengths", "StageReport", "StageTexts", "cell_rows", "cost_line",
-           "figure_lines", "job_report", "money", "percent", "reasons_text", "role_texts", "stage_line", "stage_texts",
-           "text_rows", "tokens"]
+           "figure_lines", "job_report", "judge_figures", "judge_line", "money", "percent", "reasons_text",
+           "role_texts", "stage_line", "stage_texts", "text_rows", "tokens"]

@@ -26,6 +26,8 @@ def valid_examples(ledger: Ledger, spec: JobSpec) -> Iterator[ExportRecord]:
     """The job's valid examples but those a reviewer rejected, stage by stage, each stage capped at its target (each
     cell's share first, see `coverage.examples_by_share`), in variant order."""
     for stage in spec.resolved_stages():
+        if stage.judges:
+            continue  # it scores the examples of another stage, and makes none
         for found in examples_by_share(ledger, spec, stage):
             yield ExportRecord(found.content, spec.dataset_format, Provenance(
                 custom_id=found.custom_id, job=spec.name, stage=stage.name, position=found.position,
@@ -64,7 +66,9 @@ def training_check(spec: JobSpec, model: str | None = None) -> TrainingFileCheck
 def card_facts(ledger: Ledger, spec: JobSpec) -> CardFacts:
     """What the dataset card says beyond the examples: the job's counts per cell, quality, cost and backend."""
     job = spec.name
-    return CardFacts(spec=spec, backend=ledger.job(job)["backend"], cells=ledger.cell_counts(job),
+    judges = {stage.name for stage in spec.resolved_stages() if stage.judges}
+    cells = [row for row in ledger.cell_counts(job) if row.stage not in judges]
+    return CardFacts(spec=spec, backend=ledger.job(job)["backend"], cells=cells,
                      quality=quality(ledger, job), spent_usd=ledger.spent_usd(job), tokens=ledger.token_totals(job))
 
 
@@ -138,7 +142,7 @@ def job_summary(ledger: Ledger, job: str, workspace: Workspace | None = None) ->
                "lineage": lineage(ledger, job),
                "tokens": ledger.token_totals(job), "spent_usd": ledger.spent_usd(job),
                "estimated_usd": ledger.estimated_usd(job), "preview": ledger.preview_totals(job),
-               "review": review_summary(ledger, job)}
+               "review": review_summary(ledger, job), "judged": ledger.judgment_counts(job)}
     cells = recorded_coverage(ledger, job)
     summary.update(coverage=[row.to_dict() for row in cells], cells=coverage_summary(cells),
                    short_cells=ledger.cell_shortfalls(job))

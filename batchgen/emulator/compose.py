@@ -16,7 +16,7 @@ import orjson
 
 from batchgen.emulator.focus import Focus, merged, read_focus
 from batchgen.emulator.follow import follow_examples
-from batchgen.emulator.judging import judgment_array, judgments
+from batchgen.emulator.judging import JUDGMENT_ITEMS, judgment_array, judgments
 from batchgen.emulator.schema_fill import conforms, generate, resolve, sentence
 from batchgen.emulator.synth import (
     candidate_examples,
@@ -39,6 +39,7 @@ class Analysis:
     count: int | None
     words: tuple[str, ...]
     focus: Focus = Focus()
+    asks_scores: bool = False  # the prompt asks for {"scores": [...]}: a judge's, answered with scores
     matches: dict[bytes, tuple[list[dict[str, Any]], list[str | None]]] = field(
         default_factory=dict, compare=False, hash=False)
 
@@ -57,7 +58,7 @@ class Composer:
         if found is None:
             seeds = tuple(candidate_examples(find_json_values(text)))
             words = tuple(dict.fromkeys(_WORD_RE.findall(text[:20_000])))[:300]
-            found = Analysis(seeds, requested_count(text), words, read_focus(text))
+            found = Analysis(seeds, requested_count(text), words, read_focus(text), '"scores"' in text)
             with self._lock:
                 if len(self._cache) >= self._max:
                     self._cache.clear()
@@ -74,7 +75,7 @@ class Composer:
         seeds = tuple(s for p in parts for s in p.seeds)
         count = next((p.count for p in reversed(parts) if p.count is not None), None)
         words = tuple(w for p in parts[-1:] for w in p.words) or tuple(w for p in parts for w in p.words)
-        found = Analysis(seeds, count, words, merged(p.focus for p in parts))
+        found = Analysis(seeds, count, words, merged(p.focus for p in parts), any(p.asks_scores for p in parts[-1:]))
         with self._lock:
             if len(self._prompts) >= self._max:
                 self._prompts.clear()
@@ -95,6 +96,8 @@ class Composer:
                     return dump(judgments(_majority(list(analysis.seeds)), *scores, *judge))
                 return dump(_Builder(analysis, count, rng, schema).build(schema, 0))
         seeds = _majority(list(analysis.seeds))
+        if analysis.asks_scores and seeds:  # a judge asked without a schema: the scores it asks for
+            return dump(judgments(seeds, "scores", JUDGMENT_ITEMS, *judge))
         if kind == "json_object":
             if seeds:
                 return dump({"examples": _examples(seeds, None, count, rng, analysis.focus)})

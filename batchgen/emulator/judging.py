@@ -2,7 +2,8 @@
 ones, so that a test can force rejections.
 
 A request is a judge's when its json_schema asks for a list of objects with a numeric `score` (as a judge stage's
-`{"scores": [{"index", "score", "reason"}]}` does). It is answered with one item a shown example (the examples
+`{"scores": [{"index", "score", "reason"}]}` does), or, without a schema, when its last message asks for `"scores"`
+(then each item has an index, a score and a reason). It is answered with one item a shown example (the examples
 found in the prompt, of their most common format): `index` its place, a `score` and a `reason`. An example's score
 depends on the emulator's seed and the example itself, never on the request, so a retry scores it the same: it
 is low (in the bottom three points of the scale) for about `judge_low_rate` of the examples, high (the top three)
@@ -26,6 +27,10 @@ _LOW = ("The assistant's reply does not do what the request asks",
 _HIGH = ("The reply does what the request asks, in the expected format",
          "Clear request, and a correct reply in the expected format",
          "The reply follows from the request and keeps the response format")
+
+
+JUDGMENT_ITEMS: dict[str, Any] = {"type": "object", "properties": {
+    "index": {"type": "integer"}, "score": {"type": "integer"}, "reason": {"type": "string"}}}
 
 
 def judgment_array(schema: Any) -> tuple[str | None, dict[str, Any]] | None:

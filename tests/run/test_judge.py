@@ -231,3 +231,24 @@ def test_a_judged_run_killed_while_judging_then_run_again(point: str, uninterrup
     check = batchgen(workspace, "ledger", "check")
     assert check.returncode == 0, check.stdout
     assert dataset(workspace) == uninterrupted_judge
+
+
+def test_a_judge_without_a_schema_is_read_from_the_json_it_writes(tmp_path: Path):
+    """structured_output = "json_object": the judge's requests carry no schema, and its answers are still read."""
+    workspace = fresh_workspace(tmp_path, config(judge_low_rate=0.2))
+    job = judged_job(tmp_path, max_top_ups="0")
+    toml = job / "job.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace('structured_output = "json_schema"',
+                                                             'structured_output = "json_object"'), encoding="utf-8")
+    done = batchgen(workspace, "run", str(job), "--quiet")
+    assert done.returncode in (0, 3), done.stderr
+    shown = judge_requests(workspace)
+    assert shown and all(json.loads(line)["body"]["response_format"] == {"type": "json_object"}
+                         for path in (workspace / "shards" / "task_api" / "judge").rglob("shard-0*[0-9].jsonl")
+                         for line in path.read_text(encoding="utf-8").splitlines())
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        judged = ledger.scalar("SELECT count(*) FROM judgments")
+        before = ledger.scalar("SELECT count(*) FROM examples WHERE stage = 'main' "
+                               "AND (valid = 1 OR category = 'judge')")
+        rejected = ledger.scalar("SELECT count(*) FROM examples WHERE category = 'judge'")
+    assert judged == before == sum(len(examples) for examples in shown.values()) and 0 < rejected < judged

@@ -11,7 +11,8 @@ hashes, seeded), cut into bands of rows chosen for the threshold so that a pair 
 a probability of at least 0.99 (at 0.8: 21 bands of 6 rows). NUM_PERM stays at 128 although 64 would halve the
 hashing: with fewer bands (12 at 64), in templated data whose buckets fill up (see BUCKET_CAP below), a third of the
 near-duplicates found at 128 were missed. A candidate whose signature agrees with the example's in fewer than
-`agreement_floor` positions is dropped (a pair at the threshold is dropped so with a probability below 0.001); every
+`agreement_floor` positions (compared on the low 16 bits of each minimum hash: a chance agreement only lets one more
+candidate through) is dropped (a pair at the threshold is dropped so with a probability below 0.001); every
 other one is then **verified exactly** on the shingle sets, so a verdict never rests on an estimate: the estimates
 can only miss a pair (rarely), never invent one.
 
@@ -244,7 +245,9 @@ class NearIndex:
         self._buckets: dict[int, int | list[int]] = {}
         self._keys: list[str] = []
         self._sets: list[np.ndarray] = []  # each kept example's shingles (uint32, a view of its Shingled)
-        self._sigs = np.zeros((0, NUM_PERM), dtype=np.uint32)  # row r: the signature of rank r (spare rows after)
+        # row r: the low 16 bits of each minimum hash of rank r (spare rows after), for the agreement count (where a
+        # chance agreement of 1 in 65,536 can only let one more candidate through to the exact verification)
+        self._sigs = np.zeros((0, NUM_PERM), dtype=np.uint16)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -281,18 +284,19 @@ class NearIndex:
               skip: Sequence[bool] | None = None) -> list[Match | None]:
         results: list[Match | None] = [None] * len(shingled)
         if keep and len(self._keys) + len(shingled) > len(self._sigs):
-            spare = np.zeros((max(len(shingled), len(self._keys)), NUM_PERM), dtype=np.uint32)
+            spare = np.zeros((max(len(shingled), len(self._keys)), NUM_PERM), dtype=np.uint16)
             self._sigs = np.concatenate([self._sigs[:len(self._keys)], spare])
         buckets, values, offsets = self._buckets, shingled.values, shingled.offsets.tolist()
         for start in range(0, len(shingled), CHUNK):
             sigs = signatures(shingled.part(start, min(start + CHUNK, len(shingled))))
-            for i, (sig, bands) in enumerate(zip(sigs, self._band_keys(sigs), strict=True), start):
+            low = sigs.astype(np.uint16)
+            for i, (sig, bands) in enumerate(zip(low, self._band_keys(sigs), strict=True), start):
                 if skip is not None and skip[i]:
                     continue
-                mine = values[offsets[i]:offsets[i + 1]]
+                mine, hits = values[offsets[i]:offsets[i + 1]], list(map(buckets.get, bands))
                 if find:
                     found: set[int] = set()
-                    for members in map(buckets.get, bands):
+                    for members in hits:
                         if members is not None:
                             if isinstance(members, int):
                                 found.add(members)
@@ -306,8 +310,7 @@ class NearIndex:
                     self._keys.append(keys[i])
                     self._sets.append(mine)
                     self._sigs[rank] = sig
-                    for band in bands:
-                        members = buckets.get(band)
+                    for band, members in zip(bands, hits, strict=True):
                         if members is None:
                             buckets[band] = rank
                         elif isinstance(members, int):

@@ -2,8 +2,8 @@
 
 The examples are Task API conversations made from templates with varied requests (operation, task, day, priority,
 an opener and a closer), about 30 words each, and every tenth one a planted near-duplicate of an earlier one (case,
-punctuation, two words swapped, or one word changed). Timed, in a fresh process: the shingles, signature and index
-lookup of every example in order, as `batchgen.run.near_dedupe` walks a stage.
+punctuation, two words swapped, or one word changed). Timed, in a fresh process: the shingles and signatures of all
+the examples and the index lookup of each in order, as `batchgen.run.near_dedupe` walks a stage.
 
     python scripts/bench_dedup.py [--runs 3] [--examples 100000]
 
@@ -28,14 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMED = textwrap.dedent("""
     import json, resource, sys, time
     sys.path.insert(0, sys.argv[1])
-    from batchgen.dataset.near import NearIndex, shingles
+    from batchgen.dataset.near import NearIndex, Shingled
     examples = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
     start = time.perf_counter()
-    index, found = NearIndex(), {}
-    for number, (texts, _) in enumerate(examples):
-        match = index.admit(str(number), shingles(texts))
-        if match is not None:
-            found[number] = int(match.key)
+    index = NearIndex()
+    matches = index.admit_all([str(n) for n in range(len(examples))], Shingled.of_texts(t for t, _ in examples))
+    found = {n: int(match.key) for n, match in enumerate(matches) if match is not None}
     seconds = time.perf_counter() - start
     planted = [n for n, (_, of) in enumerate(examples) if of is not None]
     hits = sum(1 for n in planted if n in found)

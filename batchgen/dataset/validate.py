@@ -465,13 +465,13 @@ def _check_content(pairs: list[Pair], rules: Rules) -> Reason | None:
 
 # -- hashing and duplicates ---------------------------------------------------------------------------------
 
-_NOT_WORD = re.compile(r"[^\w\s]+")
+NOT_WORD = re.compile(r"[^\w\s]+")  # what normalize_text removes (also used by dataset.near on many texts at once)
 
 
 def normalize_text(text: str) -> str:
     """Casefold, NFKC, punctuation and symbols removed, whitespace collapsed: the `normalized` dedupe form."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_NOT_WORD.sub("", folded).split())
+    return " ".join(NOT_WORD.sub("", folded).split())
 
 
 def content_hash(turns: Iterable[Turn], mode: str = "exact") -> str:

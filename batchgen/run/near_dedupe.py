@@ -14,12 +14,13 @@ which left no trace) gives the same ones. Only the verdicts that changed are wri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from batchgen.dataset.lineage import example_texts
-from batchgen.dataset.near import NearIndex, jaccard, rounded, shingles
+from batchgen.dataset.near import NearIndex, Shingled, jaccard, rounded
 from batchgen.dataset.reasons import NEAR_DUPLICATE, UNCHANGED_EVOLUTION
 from batchgen.ledger import Ledger
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec
@@ -33,38 +34,35 @@ def settle_near_duplicates(ledger: Ledger, spec: JobSpec, stage: str) -> int:
     ngrams, fmt = spec.validate_.near_dedupe_ngrams, spec.dataset_format
     index = NearIndex(threshold, ngrams)
 
-    def shingled(content: Any) -> frozenset[int]:
-        return shingles(example_texts(content, fmt), ngrams)
+    def shingled(contents: Iterable[Any]) -> Shingled:
+        return Shingled.of_texts((example_texts(content, fmt) for content in contents), ngrams)
 
-    for i, seed in enumerate(spec.seeds):
-        index.add(f"seed:{i}", shingled(seed))
+    index.add_all([f"seed:{i}" for i in range(len(spec.seeds))], shingled(spec.seeds))
     names = [s.name for s in spec.resolved_stages()]
     source = spec.stage(stage).source
-    parents: dict[str, frozenset[int]] = {}
+    parents: dict[str, int] = {}  # key of an example of the source stage -> its place in parent_sets
+    parent_sets = Shingled.of_sets([])
     for earlier in names[:names.index(stage)]:
-        for key, content in ledger.kept_examples(spec.name, earlier):
-            found = shingled(orjson.loads(content))
-            index.add(key, found)
-            if earlier == source:
-                parents[key] = found
+        kept = ledger.kept_examples(spec.name, earlier)
+        found = shingled(orjson.loads(content) for _, content in kept)
+        index.add_all([key for key, _ in kept], found)
+        if earlier == source:
+            parents, parent_sets = {key: i for i, (key, _) in enumerate(kept)}, found
+    rows = ledger.near_dedupe_candidates(spec.name, stage)
+    found = shingled(orjson.loads(content) for _, _, content, _, _, _ in rows)
+    verdicts: list[tuple[str, str, str] | None] = []
+    for i, (_, _, _, parent, _, _) in enumerate(rows):
+        similarity = (jaccard(found.set(i), parent_sets.set(parents[parent]))
+                      if parent is not None and parent in parents else 0.0)
+        verdicts.append((UNCHANGED_EVOLUTION, f"Unchanged evolution: {parent} ({rounded(similarity)})", str(parent))
+                        if similarity >= threshold else None)
+    matches = index.admit_all([key for _, key, _, _, _, _ in rows], found, skip=[v is not None for v in verdicts])
     changes = []
-    for row_id, key, content, parent, valid, category in ledger.near_dedupe_candidates(spec.name, stage):
-        verdict = _verdict(index, shingled(orjson.loads(content)), key, parent, parents, threshold)
+    for (row_id, _, _, _, valid, category), verdict, match in zip(rows, verdicts, matches, strict=True):
+        if match is not None:
+            verdict = (NEAR_DUPLICATE, f"Near duplicate: {match.key} ({rounded(match.similarity)})", match.key)
         now = (1, None, None, None) if verdict is None else (0, *verdict)
         if (valid, category) != now[:2] or (verdict is not None and category is None):
             changes.append((*now, row_id))
     ledger.set_near_verdicts(changes)
     return len(changes)
-
-
-def _verdict(index: NearIndex, found: frozenset[int], key: str, parent: str | None,
-             parents: dict[str, frozenset[int]], threshold: float) -> tuple[str, str, str] | None:
-    """(category, reason, duplicate_of) of one example in the walk, or None (kept, and added to the index)."""
-    if parent is not None and parent in parents:
-        similarity = jaccard(found, parents[parent])
-        if similarity >= threshold:
-            return (UNCHANGED_EVOLUTION, f"Unchanged evolution: {parent} ({rounded(similarity)})", parent)
-    match = index.admit(key, found)
-    if match is not None:
-        return (NEAR_DUPLICATE, f"Near duplicate: {match.key} ({rounded(match.similarity)})", match.key)
-    return None

@@ -5,6 +5,7 @@ with other values, the same task under another operation, the most alike answers
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -15,7 +16,10 @@ import pytest
 from batchgen.dataset.lineage import example_texts
 from batchgen.dataset.near import (
     DEFAULT_THRESHOLD,
+    NUM_PERM,
     NearIndex,
+    Shingled,
+    agreement_floor,
     bands_for,
     candidate_probability,
     jaccard,
@@ -88,3 +92,34 @@ def test_shingles_ignore_case_and_punctuation_but_see_word_pairs() -> None:
     assert shingles(["Call MOM, now!"]) == shingles(["call mom now"])
     assert shingles(["a b c"], ngrams=1) == shingles(["c b a"], ngrams=1)
     assert shingles(["a b c"]) != shingles(["c b a"])
+
+
+def test_shingling_many_examples_at_once_gives_each_its_own_shingles() -> None:
+    examples = [example_texts(p[k], "sharegpt") for p in PAIRS for k in "ab"]
+    examples += [[], [""], ["!!!"], ["Straße ＦＵＬＬ｜width, ﬁne"], ["one\x1etwo", "three"], ["a | b"], ["x"]]
+    for ngrams in (1, 2, 3):
+        together = Shingled.of_texts(examples, ngrams)
+        assert len(together) == len(examples)
+        assert [together.set(i) for i in range(len(examples))] == [shingles(e, ngrams) for e in examples]
+    assert shingles(["one\x1etwo three"]) == shingles(["one two", "three"])
+
+
+def test_admitting_many_at_once_gives_the_verdicts_of_one_at_a_time() -> None:
+    texts = [example_texts(p[k], "sharegpt") for p in PAIRS for k in "ab"]
+    keys = [str(i) for i in range(len(texts))]
+    one, many = NearIndex(), NearIndex()
+    one.add("seed", shingles(texts[0]))
+    many.add_all(["seed"], Shingled.of_texts(texts[:1]))
+    each = [one.admit(key, shingles(t)) for key, t in zip(keys, texts, strict=True)]
+    skip = [i % 7 == 3 for i in range(len(texts))]
+    assert many.admit_all(keys, Shingled.of_texts(texts)) == each and sum(m is not None for m in each) >= 100
+    again = NearIndex()
+    skipped = again.admit_all(keys, Shingled.of_texts(texts), skip=skip)
+    assert all(m is None for m, s in zip(skipped, skip, strict=True) if s) and len(again) < len(texts) - sum(skip)
+
+
+def test_the_agreement_floor_drops_a_pair_at_the_threshold_rarely() -> None:
+    for threshold in (0.6, 0.8, 0.9):
+        floor = agreement_floor(threshold)
+        below = sum(math.comb(NUM_PERM, k) * threshold ** k * (1 - threshold) ** (NUM_PERM - k) for k in range(floor))
+        assert below < 0.001 and floor > NUM_PERM * (threshold - 0.2)

@@ -40,6 +40,7 @@ class Analysis:
     words: tuple[str, ...]
     focus: Focus = Focus()
     asks_scores: bool = False  # the prompt asks for {"scores": [...]}: a judge's, answered with scores
+    shown: tuple[dict[str, Any], ...] = ()  # the examples of the last message: what a judge is asked to score
     matches: dict[bytes, tuple[list[dict[str, Any]], list[str | None]]] = field(
         default_factory=dict, compare=False, hash=False)
 
@@ -75,7 +76,8 @@ class Composer:
         seeds = tuple(s for p in parts for s in p.seeds)
         count = next((p.count for p in reversed(parts) if p.count is not None), None)
         words = tuple(w for p in parts[-1:] for w in p.words) or tuple(w for p in parts for w in p.words)
-        found = Analysis(seeds, count, words, merged(p.focus for p in parts), any(p.asks_scores for p in parts[-1:]))
+        found = Analysis(seeds, count, words, merged(p.focus for p in parts), any(p.asks_scores for p in parts[-1:]),
+                         tuple(s for p in parts[-1:] for s in p.seeds))
         with self._lock:
             if len(self._prompts) >= self._max:
                 self._prompts.clear()
@@ -93,11 +95,11 @@ class Composer:
             if isinstance(schema, dict):
                 scores = judgment_array(schema)
                 if scores is not None:
-                    return dump(judgments(_majority(list(analysis.seeds)), *scores, *judge))
+                    return dump(judgments(_majority(list(analysis.shown)), *scores, *judge))
                 return dump(_Builder(analysis, count, rng, schema).build(schema, 0))
         seeds = _majority(list(analysis.seeds))
-        if analysis.asks_scores and seeds:  # a judge asked without a schema: the scores it asks for
-            return dump(judgments(seeds, "scores", JUDGMENT_ITEMS, *judge))
+        if analysis.asks_scores and analysis.shown:  # a judge asked without a schema: the scores it asks for
+            return dump(judgments(_majority(list(analysis.shown)), "scores", JUDGMENT_ITEMS, *judge))
         if kind == "json_object":
             if seeds:
                 return dump({"examples": _examples(seeds, None, count, rng, analysis.focus)})

@@ -17,13 +17,32 @@ class JudgmentRecords(Store):
             "INSERT OR IGNORE INTO judgments (job, stage, example, custom_id, shown, score, passed, reason, at_utc) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def reject_judged(self, job: str, rejections: Iterable[tuple[str, str]]) -> int:
-        """Reject each (example key, reason) that is valid now (category judge); how many were."""
-        cursor = self.db.conn.executemany(
-            "UPDATE examples SET valid = 0, category = 'judge', reason = ? WHERE job = ? AND custom_id = ? "
-            "AND position = ? AND valid = 1",
-            ((reason, job, *_split(key)) for key, reason in rejections))
+    def reject_judged(self, job: str, stage: str, rejections: Iterable[tuple[str, str]]) -> int:
+        """Reject each (example key, reason) of the stage that is valid now (category judge); how many were. One
+        pass over the stage's valid examples, whatever the number of rejections."""
+        self._execute("CREATE TEMP TABLE IF NOT EXISTS judged_out (custom_id TEXT NOT NULL, position INTEGER NOT NULL, "
+                      "reason TEXT NOT NULL, PRIMARY KEY (custom_id, position))")
+        self._execute("DELETE FROM judged_out")
+        self.db.conn.executemany("INSERT OR IGNORE INTO judged_out VALUES (?, ?, ?)",
+                                 ((*_split(key), reason) for key, reason in rejections))
+        cursor = self._execute(
+            "UPDATE examples SET valid = 0, category = 'judge', reason = (SELECT j.reason FROM judged_out j WHERE "
+            "j.custom_id = examples.custom_id AND j.position = examples.position) WHERE job = ? AND stage = ? AND "
+            "valid = 1 AND (custom_id, position) IN (SELECT custom_id, position FROM judged_out)", [job, stage])
+        self._execute("DELETE FROM judged_out")
         return int(cursor.rowcount)
+
+    def unscored(self, job: str, judge: str) -> list[tuple[str, str, str]]:
+        """The examples a judge's requests showed that ended without a usable answer and were not retried, and
+        have no score: (example key, the request, its status)."""
+        found: list[tuple[str, str, str]] = []
+        for custom_id, status, parents in self._execute(
+                "SELECT custom_id, status, parents_json FROM requests WHERE job = ? AND stage = ? AND status NOT IN "
+                "('succeeded', 'retried', 'compiled', 'submitted') AND parents_json IS NOT NULL", [job, judge]):
+            found.extend((key, custom_id, status) for key, _ in json.loads(parents))
+        scored = {row[0] for row in self._execute("SELECT example FROM judgments WHERE job = ? AND stage = ?",
+                                                  [job, judge])}
+        return [row for row in found if row[0] not in scored]
 
     def judged_count(self, job: str, stage: str) -> int:
         """How many examples the judge stage has scored."""
@@ -46,8 +65,9 @@ class JudgmentRecords(Store):
             [wanted])}
         keys = json.dumps(sorted({key for parents in shown.values() for key, _ in parents}))
         contents = {key: json.loads(content) for key, content in self._execute(
-            "SELECT custom_id || '#' || position, content_json FROM examples WHERE custom_id || '#' || position "
-            "IN (SELECT value FROM json_each(?))", [keys])}
+            "SELECT e.custom_id || '#' || e.position, e.content_json FROM examples e JOIN (SELECT DISTINCT "
+            "substr(value, 1, instr(value, '#') - 1) AS custom_id FROM json_each(?)) k ON k.custom_id = e.custom_id",
+            [keys])}
         return {custom_id: [(key, root, contents[key]) for key, root in parents]
                 for custom_id, parents in shown.items()}
 

@@ -197,6 +197,14 @@ class StageSpec(_Strict):
     threshold: int | None = Field(None, ge=JUDGE_SCALE[0], le=JUDGE_SCALE[1],
                                   description="a judge stage rejects the examples it scores below this")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_threshold(cls, data: Any) -> Any:
+        """A judge's threshold, written out when left out: the same job either way (and the same spec hash)."""
+        if isinstance(data, dict) and data.get("kind") == "judge" and data.get("threshold") is None:
+            return {**data, "threshold": DEFAULT_THRESHOLD}
+        return data
+
     @model_validator(mode="after")
     def _check_kind(self) -> StageSpec:
         if self.kind == "judge":
@@ -302,6 +310,14 @@ class JobSpec(_Strict):
                                  "no examples; name the stage it judges")
             if stage.kind == "judge" and self.endpoint == EMBEDDINGS:
                 raise ValueError(f"stage {stage.name!r}: an embeddings job has no chat answers to judge")
+        for position, stage in enumerate(self.stages):
+            if stage.kind != "judge":
+                continue
+            others = [s.name for s in self.stages[:position] if s.from_ == stage.from_]
+            if others:
+                # what they took of the source before the judge, and its top-ups after it, would not agree
+                raise ValueError(f"stage {others[0]!r} takes the examples of {stage.from_!r} before its judge "
+                                 f"{stage.name!r} has scored them; put it after the judge")
             if stage.template is None and self.prompt.template is None:
                 raise ValueError(f"stage {stage.name!r} has no template and prompt.template is not set")
         if not self.stages and self.prompt.template is None:
@@ -426,7 +442,7 @@ class JobSpec(_Strict):
             max_tokens=0 if self.endpoint == EMBEDDINGS else stage.max_tokens or self.prompt.max_tokens,
             system=self.prompt.system if stage.system is None else stage.system,
             kind=stage.kind,
-            threshold=(DEFAULT_THRESHOLD if stage.threshold is None else stage.threshold) if judge else None,
+            threshold=stage.threshold if judge else None,
         )
 
 

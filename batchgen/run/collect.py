@@ -298,7 +298,8 @@ class _Collector:
         self.ledger.set_request_statuses(self.statuses)
         self.statuses = []
         if self.rejections:
-            self.ledger.reject_judged(self.spec.name, self.rejections)
+            assert self.judge is not None and self.judge.source is not None
+            self.ledger.reject_judged(self.spec.name, self.judge.source, self.rejections)
             self.rejections = []
 
 

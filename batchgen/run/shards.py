@@ -314,10 +314,14 @@ def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
     max_top_ups rounds, the cells lowest yield first), within the budget less what scoring its new examples may
     cost. How many requests were added."""
     assert stage.source is not None
+    source = spec.stage(stage.source)
+    _reject_unscored(ledger, spec, stage)
     last = ledger.highest_variant(spec.name, stage.name)
     sources = unjudged_sources(ledger, spec, stage, first=0 if last is None else last + 1)
     if not sources.shown:
-        source = spec.stage(stage.source)
+        retried = schedule_retries(ledger, workspace, spec, source, limits)  # what failed in its top-ups
+        if retried:
+            return retried
         return schedule_top_up(ledger, workspace, spec, source, limits,
                                lambda: _less_judging(ledger, spec, stage, source, budget()))
     spec.require_job_dir(f"scoring the new examples of stage {stage.source!r} in stage {stage.name!r}")
@@ -332,6 +336,19 @@ def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
         ledger.event("judge_round", job=spec.name, stage=stage.name, attempt=attempt, requests=len(sources.shown),
                      examples=len(keys))
     return len(sources.shown)
+
+
+def _reject_unscored(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> None:
+    """The examples shown by a judge's requests that ended for good without scores (attempts spent, or refused)
+    are rejected: an example leaves the dataset unscored never, and a top-up of the source makes it up."""
+    assert stage.source is not None
+    found = ledger.unscored(spec.name, stage.name)
+    if found:
+        with ledger.transaction():
+            rejected = ledger.reject_judged(spec.name, stage.source, [
+                (key, f"Not scored: judge request {custom_id} ended {status}") for key, custom_id, status in found])
+            if rejected:
+                ledger.event("unscored", job=spec.name, stage=stage.name, examples=rejected)
 
 
 def _less_judging(ledger: Ledger, spec: JobSpec, judge: ResolvedStage, source: ResolvedStage,

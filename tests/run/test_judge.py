@@ -175,6 +175,29 @@ def test_judge_answers_that_cannot_be_used_are_retried_and_every_example_is_scor
     assert reasons and {r["category"] for r in reasons} <= {"not_json", "judge_answer"}
 
 
+def test_no_example_is_exported_unscored_and_the_sources_failures_are_retried_while_judging(tmp_path: Path):
+    """A judge request that ends for good without scores (its attempts spent) leaves the examples it showed
+    rejected as not scored, which a top-up of the source makes up; and what fails in those top-ups is retried."""
+    workspace = fresh_workspace(tmp_path, config(judge_low_rate=0.1, malformed_rate=0.3, seed=5))
+    job = judged_job(tmp_path, max_attempts="2", max_top_ups="6", overgeneration="1.2")
+    done = batchgen(workspace, "run", str(job), "--quiet")
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    keys = {f"{line['_provenance']['custom_id']}#{line['_provenance']['position']}" for line in exported(workspace)}
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        passed = {row["example"] for row in ledger.rows("SELECT example FROM judgments WHERE passed = 1")}
+        unscored = ledger.scalar("SELECT count(*) FROM examples WHERE reason LIKE 'Not scored: judge request %'")
+        spent = ledger.rows(
+            "SELECT variant, count(*) AS n FROM requests WHERE stage = 'main' GROUP BY variant HAVING "
+            "max(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END) = 1 AND sum(status != 'retried') = 1")
+        first_top_up = ledger.scalar("SELECT min(attempt) FROM requests WHERE stage = 'main' AND variant >= 66")
+        retried_top_ups = ledger.scalar("SELECT count(*) FROM requests WHERE stage = 'main' AND status = 'retried' "
+                                        "AND attempt >= ?", [first_top_up])
+    assert keys and keys <= passed  # every exported example was scored, and passed
+    assert unscored > 0
+    assert all(row["n"] == 2 for row in spent)  # a source request left invalid used both its attempts
+    assert retried_top_ups > 0
+
+
 @pytest.mark.parametrize(("stage", "message"), [
     ('name = "judge"\nkind = "judge"\ntemplate = "judge.j2"',
      "a judge stage scores the examples of an earlier stage"),
@@ -183,6 +206,8 @@ def test_judge_answers_that_cannot_be_used_are_retried_and_every_example_is_scor
     ('name = "judge"\nkind = "judge"\nfrom = "main"\ntemplate = "judge.j2"\nthreshold = 11', "threshold"),
     ('name = "judge"\nkind = "judge"\nfrom = "main"\ntemplate = "judge.j2"\n\n[[stages]]\nname = "later"\n'
      'from = "judge"', "names a judge stage, which makes no examples"),
+    ('name = "more"\nfrom = "main"\ntemplate = "prompt.j2"\n\n[[stages]]\nname = "judge"\nkind = "judge"\n'
+     'from = "main"\ntemplate = "judge.j2"', "stage 'more' takes the examples of 'main' before its judge 'judge'"),
     ('name = "judge"\nkind = "judge"\nfrom = "main"\ntemplate = "prompt.j2"',
      "template variable 'include_errors' is not defined"),  # a judge's template has no axis values
 ])

@@ -76,7 +76,7 @@ class Composer:
         seeds = tuple(s for p in parts for s in p.seeds)
         count = next((p.count for p in reversed(parts) if p.count is not None), None)
         words = tuple(w for p in parts[-1:] for w in p.words) or tuple(w for p in parts for w in p.words)
-        found = Analysis(seeds, count, words, merged(p.focus for p in parts), any(p.asks_scores for p in parts[-1:]),
+        found = Analysis(seeds, count, words, merged(p.focus for p in parts), bool(parts) and parts[-1].asks_scores,
                          tuple(s for p in parts[-1:] for s in p.seeds))
         with self._lock:
             if len(self._prompts) >= self._max:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from batchgen.ledger.base import Store
@@ -35,11 +35,9 @@ class JudgmentRecords(Store):
     def unscored(self, job: str, judge: str) -> list[tuple[str, str, str]]:
         """The examples a judge's requests showed that ended without a usable answer and were not retried, and
         have no score: (example key, the request, its status)."""
-        found: list[tuple[str, str, str]] = []
-        for custom_id, status, parents in self._execute(
-                "SELECT custom_id, status, parents_json FROM requests WHERE job = ? AND stage = ? AND status NOT IN "
-                "('succeeded', 'retried', 'compiled', 'submitted') AND parents_json IS NOT NULL", [job, judge]):
-            found.extend((key, custom_id, status) for key, _ in json.loads(parents))
+        ended = ("succeeded", "retried", "compiled", "submitted")
+        found = [(key, custom_id, status) for custom_id, status, keys in self._shown_by(job, judge)
+                 if status not in ended for key in keys]
         scored = {row[0] for row in self._execute("SELECT example FROM judgments WHERE job = ? AND stage = ?",
                                                   [job, judge])}
         return [row for row in found if row[0] not in scored]
@@ -51,11 +49,14 @@ class JudgmentRecords(Store):
     def judge_shown(self, job: str, stage: str) -> set[str]:
         """The keys of the examples the judge stage's requests have shown (every attempt): each is scored, or
         will be by a retry of its request, and is never shown again by another."""
-        shown: set[str] = set()
-        for (parents,) in self._execute("SELECT parents_json FROM requests WHERE job = ? AND stage = ? AND "
-                                        "parents_json IS NOT NULL", [job, stage]):
-            shown.update(key for key, _ in json.loads(parents))
-        return shown
+        return {key for _, _, keys in self._shown_by(job, stage) for key in keys}
+
+    def _shown_by(self, job: str, stage: str) -> Iterator[tuple[str, str, list[str]]]:
+        """(custom_id, status, keys of the examples it showed) of each request of the stage that showed any."""
+        for custom_id, status, parents in self._execute(
+                "SELECT custom_id, status, parents_json FROM requests WHERE job = ? AND stage = ? AND "
+                "parents_json IS NOT NULL", [job, stage]):
+            yield custom_id, status, [key for key, _ in json.loads(parents)]
 
     def shown_examples(self, custom_ids: Iterable[str]) -> dict[str, list[tuple[str, str | None, dict[str, Any]]]]:
         """custom_id -> what each of these requests showed: (key, root, content) of each example, in order."""

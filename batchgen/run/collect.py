@@ -99,8 +99,10 @@ def earlier_deduper(ledger: Ledger, spec: JobSpec, stage: str, rules: AnyRules) 
     Duplicates inside the stage being collected are settled afterwards by `Ledger.dedupe_stage`, which does not
     depend on the order in which output lines or batches arrive.
     """
+    if isinstance(rules, JudgeRules):
+        return Deduper({}, dedupe=False)  # a judge's answers hold no examples: nothing to read for them
     known = ledger.earlier_stage_hashes(spec.name, stage)
-    if isinstance(rules, EmbeddingRules | JudgeRules):
+    if isinstance(rules, EmbeddingRules):
         return Deduper(known, dedupe=rules.dedupe != "none")
     return Deduper.for_rules(rules, spec.format, spec.seeds, known=known)
 
@@ -137,7 +139,8 @@ class _Collector:
         self.ledger, self.spec, self.batch = ledger, spec, batch
         shard = ledger.shard(batch["shard_id"])
         self.stage: str = shard["stage"]
-        self.judge = spec.stage(self.stage) if spec.stage(self.stage).judges else None
+        resolved = spec.stage(self.stage)
+        self.judge = resolved if resolved.judges else None
         cells = ledger.batch_cells(batch["id"]) if spec.validate_.checks and self.judge is None else None
         self.rules: AnyRules = (embedding_rules(spec, str(workspace.locate(shard["path"])))
                                 if spec.endpoint == EMBEDDINGS else JudgeRules() if self.judge is not None
@@ -244,8 +247,7 @@ class _Collector:
         then none of its scores counts, and it is retried like any invalid answer)."""
         assert self.judge is not None and self.judge.threshold is not None
         shown = self.parents.get(custom_id, [])
-        problem = incomplete(judgments, len(shown)) if reason is None else None
-        if reason is None and problem is not None:
+        if reason is None and (problem := incomplete(judgments, len(shown))) is not None:
             reason = (problem.category, str(problem))
         if reason is not None:
             self.examples.append((self.spec.name, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None,

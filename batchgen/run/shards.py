@@ -268,8 +268,8 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or
     affordable; a stage or cell still short then records why).
 
-    An embeddings stage is topped up by `_top_up_inputs` instead. A judge stage has nothing to top up: it scores
-    what its source has, once (its answers that cannot be used are retried).
+    An embeddings stage is topped up by `_top_up_inputs` instead; a judge stage by `_top_up_judged` (it scores
+    what its source gained, or tops up the source for what it rejected).
     """
     if stage.judges:
         return _top_up_judged(ledger, workspace, spec, stage, limits, budget)

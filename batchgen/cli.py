@@ -779,6 +779,42 @@ def compare_(jobs: tuple[str, ...], workspace: str | None, json_: bool, fmt: str
     echo_table(table_rows(figures), headers=("", *(job.job for job in figures)), fmt=fmt)
 
 
+@cli.command(name="costs")
+@click.option("--job", default=None, help="Only this job's spend")
+@click.option("--by", "by", default="job", show_default=True, metavar="GROUPING",
+              help="job, model, day, batch, stage or cell; several joined by commas (day,model)")
+@click.option("--since", default=None, metavar="DAY", help="First day counted (YYYY-MM-DD, UTC, inclusive)")
+@click.option("--until", default=None, metavar="DAY", help="Last day counted (YYYY-MM-DD, UTC, inclusive)")
+@click.option("csv_", "--csv", is_flag=True, help="Print CSV (one row per line, no total)")
+@workspace_option
+@output_options
+def costs_(job: str | None, by: str, since: str | None, until: str | None, csv_: bool, workspace: str | None,
+           json_: bool, fmt: str | None) -> None:
+    """Where the money went: requests, tokens (input, cached, output, reasoning), cost at batch price, the same
+    tokens at standard price and the saving, estimate against actual, and the price sources; from the ledger.
+
+    \b
+        batchgen costs
+        batchgen costs --by day,model --since 2026-12-01
+        batchgen costs --job task_api --by cell --csv
+    """
+    from batchgen.ledger.costs import TABLE_HEADERS, csv_text, footer, parse_day, parse_groupings, table_rows
+    from batchgen.output import printable
+
+    groupings, first, last = parse_groupings(by), parse_day(since, "--since"), parse_day(until, "--until")
+    session = _session(workspace, ledger="read")
+    report = session.ledger.cost_report(groupings, job=job, since=first, until=last)
+    if json_:
+        echo_json(report.to_dict())
+    elif csv_:
+        click.echo(csv_text(report), nl=False)
+    else:
+        rows = [tuple(printable(str(value)) for value in row) for row in table_rows(report)]
+        echo_table(rows, headers=(*groupings, *TABLE_HEADERS), fmt=fmt)
+        for line in footer(report):
+            click.echo(printable(line))
+
+
 @cli.command(name="report")
 @click.argument("job")
 @workspace_option

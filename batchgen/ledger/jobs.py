@@ -109,11 +109,13 @@ class JobRecords(Store):
 
     def job_price(self, name: str, model: str) -> ModelPrice:
         """The price the job's results of `model` are charged at: with the job's price file as the ledger kept it,
-        else as its directory holds it (PricingError when none is known)."""
+        else as its directory holds it; nothing on a backend the job marks free (PricingError when none is known)."""
+        row = self.job(name)
+        free = bool(json.loads(row["spec_json"]).get("free"))
         kept = self.job_files(name)
         if kept is not None:
-            return get_price(model, price_file=kept.price_file)
-        return get_price(model, job_dir=self.job(name)["job_dir"])
+            return get_price(model, price_file=kept.price_file, free=free)
+        return get_price(model, job_dir=row["job_dir"], free=free)
 
     # -- what a job ended with --------------------------------------------------------------------------------
     def record_dataset(self, job: str, path: str, examples: int, sha256: str) -> None:

@@ -378,6 +378,14 @@ def m011_judgments(db: Database) -> None:
     )
 
 
+@migrations()
+def m012_standard_price(db: Database) -> None:
+    """What each result would have cost at the standard (synchronous) price, priced when it was collected by the same
+    price as its `cost_usd`, so `batchgen costs` can say what the Batch API saved without pricing old tokens at
+    today's rates. NULL in rows collected before this column existed (`costs` prices those when it reads them)."""
+    _run(db, "ALTER TABLE results ADD COLUMN standard_cost_usd TEXT")
+
+
 def _workspace_of(path: str, job: str, stage: str) -> str | None:
     """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
     found = path.rfind(f"/shards/{job}/{stage}/")

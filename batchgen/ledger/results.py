@@ -55,18 +55,20 @@ class ResultRecords(Store):
     # common rows (a success, a valid example) leave their NULL columns out of the statement.
     def insert_results(self, succeeded: Iterable[tuple[Any, ...]], others: Iterable[tuple[Any, ...]]) -> None:
         """Result rows: `succeeded` are output lines (custom_id, batch_id, job, status_code, finish_reason,
-        prompt, cached, completion, reasoning tokens, cost_usd, priced_by, request_id, collected_utc); `others`
-        carry every column (custom_id, batch_id, job, source, status_code, error_code, error_message,
-        finish_reason, the four token counts, cost_usd, priced_by, request_id, collected_utc)."""
+        prompt, cached, completion, reasoning tokens, cost_usd, standard_cost_usd, priced_by, request_id,
+        collected_utc); `others` carry every column (custom_id, batch_id, job, source, status_code, error_code,
+        error_message, finish_reason, the four token counts, cost_usd, standard_cost_usd, priced_by, request_id,
+        collected_utc)."""
         conn = self.db.conn
         conn.executemany(
             "INSERT INTO results (custom_id, batch_id, job, source, status_code, finish_reason, prompt_tokens, "
-            "cached_tokens, completion_tokens, reasoning_tokens, cost_usd, priced_by, request_id, collected_utc) "
-            "VALUES (?, ?, ?, 'output', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", succeeded)
+            "cached_tokens, completion_tokens, reasoning_tokens, cost_usd, standard_cost_usd, priced_by, request_id, "
+            "collected_utc) VALUES (?, ?, ?, 'output', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", succeeded)
         conn.executemany(
             "INSERT INTO results (custom_id, batch_id, job, source, status_code, error_code, error_message, "
             "finish_reason, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, "
-            "priced_by, request_id, collected_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "standard_cost_usd, priced_by, request_id, collected_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             others)
 
     def insert_examples(self, accepted: Iterable[tuple[Any, ...]], others: Iterable[tuple[Any, ...]]) -> None:
@@ -93,7 +95,7 @@ class ResultRecords(Store):
         rows = self._execute("SELECT custom_id FROM requests WHERE batch_id = ?", [batch_id]).fetchall()
         self.db.conn.executemany(
             "INSERT INTO results (custom_id, batch_id, job, source, error_code, error_message, cost_usd, "
-            "collected_utc) VALUES (?, ?, ?, 'batch_failed', ?, ?, '0', ?)",
+            "standard_cost_usd, collected_utc) VALUES (?, ?, ?, 'batch_failed', ?, ?, '0', '0', ?)",
             ((r[0], batch_id, job, code, detail, utcnow()) for r in rows))
         self._execute("UPDATE requests SET status = 'rejected' WHERE batch_id = ?", [batch_id])
         return len(rows)

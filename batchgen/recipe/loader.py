@@ -108,7 +108,7 @@ def _check_model(spec: JobSpec, price_file: PriceFile | None) -> None:
             "use an OpenAI model name (gpt-4o-mini, gpt-4.1-nano, gpt-5-nano ...)"
         ) from None
     try:
-        get_price(spec.model, price_file=price_file)
+        get_price(spec.model, price_file=price_file, free=spec.free)
     except PricingError as error:
         raise SpecError(str(error)) from None
     if spec.endpoint != CHAT and spec.stages and any(s.from_ for s in spec.stages):

@@ -35,7 +35,7 @@ from typing import Any
 from batchgen.money import format_usd
 from batchgen.recipe.compile import ShardInfo
 from batchgen.recipe.model_limits import OutputLimit, output_limit
-from batchgen.recipe.pricing import ModelPrice, Rates, get_price
+from batchgen.recipe.pricing import ModelPrice, Rates
 from batchgen.recipe.render import max_tokens_param, request_response_format, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.recipe.tally import count_every, count_sample, estimated_shards
@@ -349,7 +349,7 @@ def plan_sources(spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | 
 
 def plan_job(spec: JobSpec, *, exact: bool = False) -> Plan:
     """The plan of every stage of a job: exact up to EXACT_LIMIT requests (or with exact=True), else sampled."""
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     stages = spec.resolved_stages()
     everything = exact or sum(request_count(spec, s) for s in stages) <= EXACT_LIMIT
     plans = [plan_stage(spec, s, price, exact_limit=None if everything else SAMPLE_SIZE) for s in stages]

@@ -8,7 +8,8 @@ Where a price comes from, first match wins:
    batch price, which genai-prices prices at the standard rate);
 3. genai-prices, asked with the current date (it models batch prices only from 2026-10-14).
 
-An unknown model is a PricingError that says how to add a price; it is never priced at $0. Every price carries
+An unknown model is a PricingError that says how to add a price; it is never priced at $0, except on a backend the
+job marks free (`free = true`: a local model), where a model no user price file names costs nothing. Every price carries
 its source. Money is `Decimal`, never float: a cost is tokens * price / 1,000,000, exact.
 
 Price file format (TOML; prices are strings or numbers, USD per 1M tokens)::
@@ -33,6 +34,7 @@ takes them for the record but does not add them a second time.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from batchgen._version import __version__
 from batchgen.errors import PricingError
 
 ENV_VAR = "BATCHGEN_PRICES"
+FREE_SOURCE = "free: the job's backend serves this model at no cost (free = true)"
 USER_FILE = "prices.toml"
 MILLION = Decimal(1_000_000)
 
@@ -136,6 +139,12 @@ class PriceFile:
     origin: str
     text: str
 
+    @property
+    def version(self) -> str:
+        """Where the file was read and which text it held: the source every price from it carries, so that two
+        versions of a price file are told apart in the ledger."""
+        return f"{self.origin} (sha256 {hashlib.sha256(self.text.encode()).hexdigest()[:12]})"
+
 
 def read_price_file(job_dir: Path | str | None) -> PriceFile | None:
     """The job directory's `prices.toml`, read now; None when there is none."""
@@ -146,12 +155,13 @@ def read_price_file(job_dir: Path | str | None) -> PriceFile | None:
 
 
 def get_price(model: str, *, job_dir: Path | str | None = None, price_file: PriceFile | None = None,
-              at: datetime | None = None) -> ModelPrice:
+              at: datetime | None = None, free: bool = False) -> ModelPrice:
     """The price of a model (see the module docstring for the order of sources). `price_file` is a job's price file
-    as it was read, in place of the one in `job_dir`."""
+    as it was read, in place of the one in `job_dir`. `free`: the backend serves the model at no cost (a job's
+    `free = true`, for a local model), so a model no user price file names costs $0."""
     user = _env_file() or price_file or read_price_file(job_dir)
     day = (at or datetime.now(timezone.utc)).date().isoformat()
-    return _get_price(model, user, day)
+    return _get_price(model, user, day, free)
 
 
 def _env_file() -> PriceFile | None:
@@ -162,11 +172,14 @@ def _env_file() -> PriceFile | None:
 
 
 @lru_cache(maxsize=256)
-def _get_price(model: str, user: PriceFile | None, day: str) -> ModelPrice:
+def _get_price(model: str, user: PriceFile | None, day: str, free: bool = False) -> ModelPrice:
     if user is not None:
         entry = _match(_parse_table(user), model)
         if entry is not None:
-            return _from_entry(model, entry, user.origin)
+            return _from_entry(model, entry, user.version)
+    if free:
+        nothing = Rates(Decimal(0), Decimal(0), Decimal(0))
+        return ModelPrice(model, nothing, nothing, FREE_SOURCE)
     entry = _match(_project_table(), model)
     if entry is not None:
         return _from_entry(model, entry, f"batchgen {__version__} price table")

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from batchgen.errors import JobDirMissing, SpecError
 from batchgen.recipe.embeddings import dimensions_problem
 from batchgen.recipe.formats import EMBEDDINGS_FORMAT
-from batchgen.recipe.pricing import PriceFile
+from batchgen.recipe.pricing import ModelPrice, PriceFile, get_price
 
 JOB_FILE = "job.toml"
 # A job name: it names a directory, a dataset file and the ledger rows, so it stays short and plain.
@@ -232,6 +232,7 @@ class JobSpec(_Strict):
     overgeneration: Decimal = Field(Decimal("1.1"), ge=1, le=10)
     budget_usd: Decimal | None = Field(None, ge=0)
     backend: Literal["embedded", "openai", "azure"] | None = None
+    free: bool = False
     max_attempts: int = Field(3, ge=1, le=20)
     retry_invalid: bool = True
     max_top_ups: int = Field(2, ge=0, le=10)
@@ -380,7 +381,8 @@ class JobSpec(_Strict):
     def spec_hash(self) -> str:
         """sha256 (hex) of everything that shapes the requests: settings, templates and seeds.
 
-        Description, budget, backend, validation rules, attempts and shard limits are left out, so changing
+        Description, budget, backend (and whether it is free), validation rules, attempts and shard limits are left
+        out, so changing
         them keeps the custom_ids of a job stable.
         """
         return self._hash
@@ -394,6 +396,11 @@ class JobSpec(_Strict):
     def price_file(self) -> PriceFile | None:
         """The job's own price file (`prices.toml` in its directory) as it was read, or None."""
         return self._price_file
+
+    def model_price(self) -> ModelPrice:
+        """The price the job's requests are charged at: its price file, then batchgen's table and genai-prices, or
+        nothing on a backend the job marks free (see `recipe.pricing.get_price`)."""
+        return get_price(self.model, price_file=self._price_file, free=self.free)
 
     @property
     def detached(self) -> bool:
@@ -473,7 +480,7 @@ def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) ->
     identity = spec.model_dump(
         mode="json",
         by_alias=True,
-        exclude={"description", "budget_usd", "backend", "validate_", "max_attempts", "retry_invalid",
+        exclude={"description", "budget_usd", "backend", "free", "validate_", "max_attempts", "retry_invalid",
                  "max_top_ups", "limits"},
     )
     if identity.get("embeddings") is None:

@@ -15,7 +15,6 @@ from typing import Any
 from batchgen.ledger.batches import COST_COLUMN
 from batchgen.money import format_usd
 from batchgen.recipe.plan import plan_stage
-from batchgen.recipe.pricing import get_price
 from batchgen.recipe.spec import JobSpec, LimitsSpec, ResolvedStage
 from batchgen.run.session import Session
 
@@ -99,6 +98,6 @@ def top_up_budget(session: Session, spec: JobSpec, stage: ResolvedStage) -> Deci
         return None
     stages = spec.resolved_stages()
     later = stages[[s.name for s in stages].index(stage.name) + 1:]
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     reserved = sum((plan_stage(spec, other, price).cost.batch_worst for other in later), Decimal(0))
     return Decimal(row["budget_usd"]) - session.ledger.committed_usd(spec.name, "worst") - reserved

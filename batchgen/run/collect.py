@@ -37,7 +37,6 @@ from batchgen.dataset.validate import Deduper, Rules, example_key
 from batchgen.errors import BackendError, BatchgenError
 from batchgen.ledger import Ledger, utcnow
 from batchgen.ledger.workspace import Workspace
-from batchgen.recipe import pricing
 from batchgen.recipe.embeddings import vector_size
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec
 from batchgen.run.client import BatchClient
@@ -146,7 +145,7 @@ class _Collector:
                                 if spec.endpoint == EMBEDDINGS else JudgeRules() if self.judge is not None
                                 else rules_for(spec, cells))
         self.deduper = earlier_deduper(ledger, spec, self.stage, self.rules)
-        self.price = pricing.get_price(spec.model, price_file=spec.price_file)
+        self.price = spec.model_price()
         self.pending = ledger.batch_requests(batch["id"])  # custom_id -> (stage, rowid)
         self.parents = ledger.batch_parents(batch["id"])  # custom_id -> [[key, root], ...] shown to it
         self.chooser = ParentChooser(parent_examples(ledger, spec, self.stage), spec.dataset_format)
@@ -189,13 +188,15 @@ class _Collector:
     def _success(self, judged: Judged, stage: str, rowid: int) -> None:
         _, custom_id, status_code, request_id, finish, prompt, cached, completion, reasoning, reason, examples = judged
         cost = self.price.cost(prompt, cached, completion)
+        standard = self.price.cost(prompt, cached, completion, batch=False)
         if self.judge is not None:
             valid = self._judgments(custom_id, stage, reason, examples)
         else:
             valid = self._examples(custom_id, stage, reason, examples)
         status = "succeeded" if valid else "invalid"
         self.succeeded.append((custom_id, self.batch["id"], self.spec.name, status_code, finish, prompt, cached,
-                               completion, reasoning, str(cost), self.price.source, request_id, self.now))
+                               completion, reasoning, str(cost), str(standard), self.price.source, request_id,
+                               self.now))
         self.statuses.append((status, rowid))
         self.report.outcomes[status] += 1
         self.report.cost_usd += cost
@@ -266,7 +267,7 @@ class _Collector:
         _, custom_id, status_code, code, message, request_id = judged
         status = "failed" if status_code is not None else ERROR_STATUS.get(str(code), "failed")
         self.results.append((custom_id, self.batch["id"], self.spec.name, "error", status_code, code, message, None,
-                             0, 0, 0, 0, "0", None, request_id, self.now))
+                             0, 0, 0, 0, "0", "0", None, request_id, self.now))
         self.statuses.append((status, rowid))
         self.report.outcomes[status] += 1
 
@@ -276,7 +277,7 @@ class _Collector:
         status = ERROR_STATUS.get(code, "missing")
         for custom_id, (_, rowid) in self.pending.items():
             self.results.append((custom_id, self.batch["id"], self.spec.name, "missing", None, code,
-                                 "in neither the output nor the error file", None, 0, 0, 0, 0, "0", None,
+                                 "in neither the output nor the error file", None, 0, 0, 0, 0, "0", "0", None,
                                  None, self.now))
             self.statuses.append((status, rowid))
             self.report.outcomes[status] += 1

@@ -45,7 +45,6 @@ from batchgen.money import format_usd
 from batchgen.recipe.formats import parse_example, to_turns
 from batchgen.recipe.loader import load_spec
 from batchgen.recipe.plan import estimate_requests, expected_output_tokens
-from batchgen.recipe.pricing import get_price
 from batchgen.recipe.render import Renderer, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.recipe.variants import Variant, VariantPlan
@@ -232,7 +231,7 @@ def plan_preview(session: Session, job_ref: str | Path, count: int = DEFAULT_COU
         variant = variants.variant(index)
         body, tokens = renderer.body(variant)
         requests.append(PreviewRequest(variant, orjson.loads(body), tokens, f"preview:{stage.name}:{index}"))
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     output = expected_output_tokens(spec, stage)
     costs = [estimate_requests(price, r.input_tokens, output, stage.max_tokens) for r in requests]
     plan = PreviewPlan(spec, stage, backend, base_url, tuple(requests), variants.count, origin,
@@ -325,7 +324,7 @@ def judge_answers(ledger: Ledger, plan: PreviewPlan,
     spec = plan.spec
     rules = rules_for(spec, {request.label: request.variant.cell for request, _ in answered})
     deduper = earlier_deduper(ledger, spec, plan.stage.name, rules)
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     answers = []
     for request, body in answered:
         judged = judge_answer(request.label, {"status_code": 200, "body": body}, spec.format, rules)
@@ -377,7 +376,7 @@ def register_previewed(session: Session, plan: PreviewPlan) -> None:
 
 def _rows(client: BatchClient, report: PreviewReport) -> list[dict[str, Any]]:
     """The `previews` rows of a report's answers."""
-    price = get_price(report.plan.spec.model, price_file=report.plan.spec.price_file)
+    price = report.plan.spec.model_price()
     return [{"stage": report.plan.stage.name, "variant": answer.request.variant.index,
              "cell_json": json.dumps(answer.request.variant.cell, sort_keys=True), "backend": client.identity,
              "model": report.plan.spec.model, "finish_reason": answer.finish_reason,

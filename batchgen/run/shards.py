@@ -32,7 +32,7 @@ from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
 from batchgen.recipe.plan import expected_output_tokens
-from batchgen.recipe.pricing import ModelPrice, get_price
+from batchgen.recipe.pricing import ModelPrice
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec, LimitsSpec, ResolvedStage
 from batchgen.recipe.variants import cell_assigner, request_count
 from batchgen.run import dead_ends
@@ -67,7 +67,7 @@ def _insert_shards(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
                    result: CompileResult) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
     """Insert a pending shard row per compiled shard (priced expected and worst case, its file recorded relative to
     the workspace); yield (id, manifest)."""
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     expected = expected_output_tokens(spec, stage)
     folder = Path(result.directory).name
     for shard in result.shards:
@@ -357,7 +357,7 @@ def _less_judging(ledger: Ledger, spec: JobSpec, judge: ResolvedStage, source: R
     for scoring the examples it may add, at the judge's worst case."""
     if left is None:
         return None
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     asking = price.cost(ledger.largest_prompt(spec.name, source.name), 0, source.max_tokens)
     scoring = (price.cost(ledger.largest_prompt(spec.name, judge.name), 0, judge.max_tokens)
                * source.examples_per_request / judge.examples_per_request)
@@ -398,7 +398,7 @@ def _compile_within(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
                     ) -> tuple[CompileResult | None, int]:
     """Compile the wanted indices, cut (in their order) to what the budget covers at the worst case: first by the
     stage's largest prompt so far, then by each compiled request's own tokens. (None, 0) when nothing fits."""
-    price = get_price(spec.model, price_file=spec.price_file)
+    price = spec.model_price()
     budget_left = budget() if wanted else None
     if budget_left is not None:
         per_request = price.cost(ledger.largest_prompt(spec.name, stage.name), 0, stage.max_tokens)

@@ -41,7 +41,7 @@ SCHEMA = {
     "results": {"custom_id": str, "batch_id": str, "job": str, "source": str, "status_code": int, "error_code": str,
                 "error_message": str, "finish_reason": str, "prompt_tokens": int, "cached_tokens": int,
                 "completion_tokens": int, "reasoning_tokens": int, "cost_usd": str, "priced_by": str,
-                "request_id": str, "collected_utc": str},
+                "request_id": str, "collected_utc": str, "standard_cost_usd": str},
     "shards": {"id": str, "job": str, "stage": str, "attempt": int, "model": str, "path": str, "sha256": str,
                "lines": int, "bytes": int, "input_tokens": int, "est_cost_usd": str, "max_cost_usd": str,
                "status": str, "created_utc": str},
@@ -145,7 +145,7 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
                    "m005_paths_relative_to_the_workspace", "m006_lineage", "m007_cell_shortfalls",
-                   "m009_reviews", "m010_previews", "m011_judgments"]
+                   "m009_reviews", "m010_previews", "m011_judgments", "m012_standard_price"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from decimal import Decimal
 from importlib.metadata import version
@@ -97,7 +98,30 @@ def test_user_price_file_in_job_dir(tmp_path: Path) -> None:
     price = get_price("ft:gpt-4o-mini:acme::x", job_dir=tmp_path)
     assert price.standard.output == Decimal("1.2")
     assert price.batch.input == Decimal("0.150") and price.batch.output == Decimal("0.60")
-    assert price.source == f"{tmp_path / 'prices.toml'}: our fine-tune"
+    digest = hashlib.sha256((tmp_path / "prices.toml").read_bytes()).hexdigest()[:12]
+    assert price.source == f"{tmp_path / 'prices.toml'} (sha256 {digest}): our fine-tune"
+
+
+def test_a_price_file_edited_is_a_new_source_version(tmp_path: Path) -> None:
+    """Two texts of one price file are two sources: results priced by each keep telling them apart."""
+    entry = '[models."ft:gpt-4o-mini:acme::x"]\ninput = "{}"\noutput = "1.2"\n'
+    (tmp_path / "prices.toml").write_text(entry.format("0.30"))
+    first = get_price("ft:gpt-4o-mini:acme::x", job_dir=tmp_path)
+    (tmp_path / "prices.toml").write_text(entry.format("0.40"))
+    second = get_price("ft:gpt-4o-mini:acme::x", job_dir=tmp_path)
+    assert first.source != second.source and second.standard.input == Decimal("0.40")
+
+
+def test_a_free_backend_costs_nothing_unless_a_price_file_names_the_model(tmp_path: Path) -> None:
+    free = get_price("gpt-4o-mini", free=True)
+    assert free.cost(5_000, 1_000, 3_000) == 0 and free.cost(5_000, 0, 3_000, batch=False) == 0
+    assert free.source.startswith("free")
+    (tmp_path / "prices.toml").write_text('[models."gpt-4o-mini"]\ninput = "0.01"\noutput = "0.02"\n')
+    priced = get_price("gpt-4o-mini", job_dir=tmp_path, free=True)
+    assert priced.cost(1_000_000, 0, 1_000_000, batch=False) == Decimal("0.03")
+    with pytest.raises(PricingError):
+        get_price("no-such-model", job_dir=tmp_path)  # not free: still an error
+    assert get_price("no-such-model", free=True).cost(10, 0, 10) == 0
 
 
 def test_env_price_file_and_glob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

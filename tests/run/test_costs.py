@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from workspaces import FAST, ROOT, TASK_API, fresh_workspace, one_batch_job
 
 from batchgen.cli import cli
 from batchgen.ledger import Ledger
-from workspaces import FAST, ROOT, TASK_API, fresh_workspace, one_batch_job
 
 # gpt-4o-mini, USD per 1M tokens (spec table: batch 0.075 in / 0.30 out, no batch cached rate: the batch input
 # rate; standard 0.15 in, 0.075 cached, 0.60 out).

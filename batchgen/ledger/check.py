@@ -8,7 +8,8 @@ message. The rules:
   are `retried`);
 - collection: every request of a collected batch has exactly one result from that batch;
 - money: a collected batch's `actual_cost_usd` is the exact (Decimal) sum of its results' `cost_usd`, and every
-  result's cost equals its usage priced again (results priced by another price table are counted, not re-priced);
+  result's cost (and its cost at standard price) equals its usage priced again (results priced by another price
+  table are counted, not re-priced);
   so does every preview request's, at standard price;
 - files: every shard's input file exists, and so do the downloaded result files of collected batches (paths the
   ledger records relative to the workspace are looked for in the workspace in use);
@@ -130,9 +131,9 @@ def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
     prices: dict[tuple[str, str], ModelPrice | None] = {}
     cursor = ledger._execute(
         "SELECT s.custom_id, s.prompt_tokens, s.cached_tokens, s.completion_tokens, s.cost_usd, s.priced_by, "
-        "sh.model, s.job FROM results s JOIN requests r ON r.custom_id = s.custom_id "
+        "sh.model, s.job, s.standard_cost_usd FROM results s JOIN requests r ON r.custom_id = s.custom_id "
         "JOIN shards sh ON sh.id = r.shard_id")
-    for custom_id, prompt, cached, completion, cost, priced_by, model, job in cursor:
+    for custom_id, prompt, cached, completion, cost, priced_by, model, job, standard in cursor:
         try:
             recorded = Decimal(cost)
         except ArithmeticError:
@@ -151,6 +152,10 @@ def _result_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
         expected = price.cost(prompt, cached, completion)
         if expected != recorded:
             yield Problem("result_cost", f"request {custom_id} cost ${cost} but its usage prices at ${expected}")
+        at_standard = price.cost(prompt, cached, completion, batch=False)
+        if standard is not None and _decimal(standard) != at_standard:
+            yield Problem("result_cost", f"request {custom_id} records ${standard} at standard price but its usage "
+                                         f"prices at ${at_standard}")
 
 
 def _preview_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
@@ -174,6 +179,13 @@ def _preview_costs(ledger: Ledger, report: CheckReport) -> Iterator[Problem]:
         if expected != recorded:
             yield Problem("preview_cost", f"preview request {row['id']} of {row['job']} cost ${row['cost_usd']} "
                                           f"but its usage prices at ${expected} (standard price)")
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        return None
 
 
 def _price(ledger: Ledger, job: str, model: str) -> ModelPrice | None:

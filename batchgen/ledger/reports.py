@@ -182,6 +182,12 @@ class ReportQueries(Store):
                             [batch_id]).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
+    def batch_result_usage(self, batch_id: str) -> list[tuple[int, int, int, str, str | None]]:
+        """Each answered result of the batch: (prompt, cached, completion tokens, cost_usd, priced_by)."""
+        return [tuple(row) for row in self._execute(
+            "SELECT prompt_tokens, cached_tokens, completion_tokens, cost_usd, priced_by FROM results "
+            "WHERE batch_id = ? AND source = 'output'", [batch_id])]
+
     def batch_spent_usd(self, batch_id: str) -> Decimal:
         """The exact sum of the `cost_usd` of the batch's results (what a collected batch's `actual_cost_usd`
         should be)."""

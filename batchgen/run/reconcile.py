@@ -9,7 +9,9 @@ For each batch the ledger recorded (of one job, or all), the provider's batch is
   (the provider sums successful rows; the ledger's error rows carry no tokens); batches created before the
   provider reported usage are noted, not compared;
 - money: the provider's usage priced at batch rates, next to the ledger's exact cost. Tokens decide agreement: a
-  model with a long-context tier is priced per request, which a batch-level sum cannot repeat.
+  model with a long-context tier is priced per request, which a batch-level sum cannot repeat;
+- prices: the batch's results priced again at today's price; a difference from what was recorded when they were
+  collected (a price or a price file changed) is noted with both sources. Records are never rewritten.
 
 Then the provider's batch list is searched for batches that carry a key of this ledger's submissions but are not
 recorded (a submission that crashed after the create; the next `tick` adopts them). Read-only: nothing is written.
@@ -24,6 +26,8 @@ from typing import Any
 
 from batchgen.errors import BackendError
 from batchgen.ledger import TERMINAL, Ledger
+from batchgen.money import format_usd
+from batchgen.recipe.pricing import ModelPrice
 from batchgen.run.client import BatchClient
 
 
@@ -37,6 +41,7 @@ class BatchAudit:
     provider_tokens: tuple[int, int, int] | None = None
     ledger_usd: Decimal | None = None
     provider_usd: Decimal | None = None
+    repriced_usd: Decimal | None = None  # the results at today's price, when that differs from what was recorded
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -48,7 +53,7 @@ class BatchAudit:
         return {"batch": self.batch, "job": self.job, "verdict": self.verdict,
                 "ledger_status": self.ledger_status, "provider_status": self.provider_status,
                 "ledger_tokens": _tokens(self.ledger_tokens), "provider_tokens": _tokens(self.provider_tokens),
-                "ledger_usd": self.ledger_usd, "provider_usd": self.provider_usd,
+                "ledger_usd": self.ledger_usd, "provider_usd": self.provider_usd, "repriced_usd": self.repriced_usd,
                 "problems": self.problems, "notes": self.notes}
 
 
@@ -136,11 +141,25 @@ def _audit_batch(ledger: Ledger, client: BatchClient, row: dict[str, Any]) -> Ba
                              int(usage.get("output_tokens") or 0))
     price = ledger.job_price(row["job"], row["model"])
     found.provider_usd = price.cost(*found.provider_tokens)
+    _repriced(ledger, row["id"], price, found)
     if found.provider_tokens != found.ledger_tokens:
         names = ("input", "cached input", "output")
         found.problems += [f"{name} tokens: ledger {ours:,}, provider {theirs:,}" for name, ours, theirs
                            in zip(names, found.ledger_tokens, found.provider_tokens, strict=True) if ours != theirs]
     return found
+
+
+def _repriced(ledger: Ledger, batch_id: str, price: ModelPrice, found: BatchAudit) -> None:
+    """A note when the batch's results, priced again today, cost other than what was recorded when they were
+    collected (a price changed, or the price file): the record stands; reconcile only says so."""
+    rows = ledger.batch_result_usage(batch_id)
+    recorded = sum((Decimal(cost) for *_, cost, _ in rows), Decimal(0))
+    today = sum((price.cost(prompt, cached, completion) for prompt, cached, completion, *_ in rows), Decimal(0))
+    if today != recorded:
+        sources = sorted({source for *_, source in rows if source})
+        found.repriced_usd = today
+        found.notes.append(f"priced {format_usd(recorded)} when collected ({'; '.join(sources) or 'no source'}); "
+                           f"today's price gives {format_usd(today)} ({price.source}); the record stands")
 
 
 def _unrecorded(ledger: Ledger, client: BatchClient, job: str | None) -> list[dict[str, Any]]:

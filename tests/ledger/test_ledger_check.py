@@ -68,6 +68,17 @@ def test_an_edited_cost(workspace):
     assert lines[-1].startswith(f"Ledger {workspace / 'ledger.db'}: 2 problem(s)")
 
 
+def test_an_edited_standard_cost(workspace):
+    row = first_result(workspace)
+    tamper(workspace, "UPDATE results SET standard_cost_usd = '1' WHERE custom_id = ?", [row["custom_id"]])
+    result = check()
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("result_cost:")] == [
+        f"result_cost: request {row['custom_id']} records $1 at standard price but its usage prices at "
+        f"${Decimal(row['standard_cost_usd'])}"]
+
+
 def test_a_deleted_result(workspace):
     row = first_result(workspace)
     tamper(workspace, "DELETE FROM results WHERE custom_id = ?", [row["custom_id"]])

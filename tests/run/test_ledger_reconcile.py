@@ -102,3 +102,28 @@ def test_an_unknown_job_is_one_line(tmp_path, monkeypatch):
     result = invoke("ledger", "reconcile", "nope")
     assert result.exit_code == 1 and result.output.startswith("Error: No job 'nope'")
     assert "Traceback" not in result.output
+
+
+def test_a_price_changed_since_collection_is_noted_and_the_record_stands(tmp_path, monkeypatch):
+    workspace = workspace_with(tmp_path, monkeypatch)
+    assert invoke("run", str(TASK_API), "--quiet").exit_code == 0
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        before = ledger.rows("SELECT custom_id, cost_usd, standard_cost_usd, priced_by FROM results ORDER BY 1")
+    code, report = reconcile()
+    assert code == 0 and all(b["repriced_usd"] is None and b["verdict"] == "agrees" for b in report["batches"])
+    prices = tmp_path / "new-prices.toml"
+    prices.write_text('[models."gpt-4o-mini"]\ninput = "0.30"\noutput = "1.20"\nsource = "a new price list"\n',
+                      encoding="utf-8")
+    monkeypatch.setenv("BATCHGEN_PRICES", str(prices))
+    code, report = reconcile()
+    assert code == 0 and report["clean"]  # a changed price is not a disagreement with the provider
+    for batch in report["batches"]:
+        recorded = Decimal(batch["ledger_usd"])
+        assert Decimal(batch["repriced_usd"]) == recorded * 2  # every rate doubled
+        assert batch["verdict"] == "noted"
+        (note,) = batch["notes"]
+        assert note.startswith("priced $") and "genai-prices" in note and "a new price list" in note
+        assert note.endswith("the record stands")
+    with Ledger.open(workspace / "ledger.db") as ledger:
+        assert ledger.rows("SELECT custom_id, cost_usd, standard_cost_usd, priced_by FROM results ORDER BY 1") == before
+    assert "today's price gives" in invoke("ledger", "reconcile").stdout

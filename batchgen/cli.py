@@ -995,18 +995,75 @@ def ledger_check(workspace: str | None, json_: bool, fmt: str | None) -> None:
         click.get_current_context().exit(1)
 
 
+def _reconcile_usage(job: str | None, since: str | None, until: str | None, tolerance: str, backend: str | None,
+                     workspace: str | None, json_: bool, fmt: str | None) -> None:
+    from batchgen.ledger.costs import parse_day
+    from batchgen.run.provider_usage import ADMIN_KEY, parse_tolerance, usage_audit, usage_table
+
+    if job is not None:
+        raise BatchgenError("--usage compares the whole organization's usage with the whole ledger: drop the JOB")
+    first, last, share = parse_day(since, "--since"), parse_day(until, "--until"), parse_tolerance(tolerance)
+    admin_key = os.environ.get(ADMIN_KEY)
+    if not admin_key:
+        raise BatchgenError(f"{ADMIN_KEY} is not set: the Usage and Costs APIs answer only an admin key "
+                            "(platform.openai.com, organization settings, admin keys)")
+    session = _session(workspace, ledger="existing")
+    chosen = backend or _usage_backend(session.ledger.job_backends())
+    report = usage_audit(session.ledger, session.client(chosen), admin_key, since=first, until=last,
+                         tolerance_pct=share)
+    if json_:
+        echo_json(report.to_dict())
+    else:
+        for rows, headers in usage_table(report):
+            if rows:
+                echo_table(rows, headers=headers, fmt=fmt)
+        for note in report.notes:
+            warn(f"Note: {note}")
+        click.echo(report.summary())
+    if not report.clean:
+        click.get_current_context().exit(1)
+
+
+def _usage_backend(backends: set[str]) -> str:
+    if "azure" in backends:
+        raise BatchgenError("Azure OpenAI has no organization Usage and Costs APIs; --usage reads OpenAI's "
+                            "(pass --backend openai for jobs that ran there)")
+    if len(backends) > 1:
+        raise BatchgenError(f"The ledger's jobs ran on {', '.join(sorted(backends))}: choose one with --backend")
+    return next(iter(backends), "embedded")
+
+
 @ledger_.command(name="reconcile")
 @click.argument("job", required=False)
+@click.option("--usage", is_flag=True,
+              help="Compare tokens per day and model, and cost per day, with the organization's Usage and Costs "
+                   "APIs (needs OPENAI_ADMIN_KEY)")
+@click.option("--since", default=None, metavar="DAY", help="With --usage: first day (default: the ledger's first)")
+@click.option("--until", default=None, metavar="DAY", help="With --usage: last day, inclusive (default: today)")
+@click.option("--tolerance", default="1", show_default=True, metavar="PCT",
+              help="With --usage: a difference up to this share of the larger figure agrees")
+@click.option("--backend", type=click.Choice(["embedded", "openai"]), default=None,
+              help="With --usage: the provider to ask (default: the one the ledger's jobs ran on)")
 @workspace_option
 @output_options
-def ledger_reconcile(job: str | None, workspace: str | None, json_: bool, fmt: str | None) -> None:
+def ledger_reconcile(job: str | None, usage: bool, since: str | None, until: str | None, tolerance: str,
+                     backend: str | None, workspace: str | None, json_: bool, fmt: str | None) -> None:
     """Compare the ledger with the provider: each batch's status, request counts and token usage, and batches the
     provider has that the ledger has not recorded. Read-only; exits 1 if anything differs.
+
+    With --usage, compare instead the ledger's tokens per day and model, and its money per day, with what the
+    organization's Usage and Costs APIs report; spend by other tools is shown as such.
 
     \b
         batchgen ledger reconcile
         batchgen ledger reconcile task_api --json
+        OPENAI_ADMIN_KEY=... batchgen ledger reconcile --usage --since 2026-12-01
     """
+    if usage:
+        _reconcile_usage(job, since, until, tolerance, backend, workspace, json_, fmt)
+        return
+    if since or until or backend:
+        raise BatchgenError("--since, --until and --backend go with --usage")
     from batchgen.run.reconcile import audit
 
     session = _session(workspace, ledger="existing")

@@ -44,6 +44,7 @@ class CostLine:
 
     key: dict[str, Any]
     requests: int = 0
+    answered: int = 0  # of the requests, those answered (an output line, or a preview's answer): what is billed
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
@@ -68,8 +69,8 @@ class CostLine:
         return ((self.estimated_actual_usd - self.estimated_usd) * 100 / self.estimated_usd).quantize(Decimal("0.01"))
 
     def add(self, other: CostLine) -> None:
-        for name in ("requests", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
-                     "standard_usd", "estimated_usd", "estimated_actual_usd", "repriced"):
+        for name in ("requests", "answered", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
+                     "cost_usd", "standard_usd", "estimated_usd", "estimated_actual_usd", "repriced"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.sources |= other.sources
         for batch, count in other.shares.items():
@@ -85,7 +86,7 @@ class CostLine:
         self.estimated_usd = total
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.key, "requests": self.requests, "input_tokens": self.input_tokens,
+        return {**self.key, "requests": self.requests, "answered": self.answered, "input_tokens": self.input_tokens,
                 "cached_tokens": self.cached_tokens, "output_tokens": self.output_tokens,
                 "reasoning_tokens": self.reasoning_tokens, "cost_usd": self.cost_usd,
                 "standard_usd": self.standard_usd, "saving_usd": self.saving_usd,
@@ -136,13 +137,16 @@ def parse_groupings(text: str) -> tuple[str, ...]:
 
 class CostQueries(Store):
     def cost_report(self, by: tuple[str, ...] = ("job",), *, job: str | None = None, since: str | None = None,
-                    until: str | None = None) -> CostReport:
-        """The ledger's spend grouped `by` (see the module docstring), of one job or all, within the days given."""
+                    until: str | None = None, only: str | None = None) -> CostReport:
+        """The ledger's spend grouped `by` (see the module docstring), of one job or all, within the days given;
+        `only="batches"` or `only="previews"` keeps one kind of spend."""
         if job is not None and self.scalar("SELECT 1 FROM jobs WHERE name = ?", [job]) is None:
             raise BatchgenError(f"No job {job!r} in ledger {self.path}; run 'batchgen jobs list'")
         groups: dict[tuple[Any, ...], CostLine] = {}
         batches = self._batch_facts(job)
-        for line in self._fine_lines(batches, job, since, until):
+        fine = (self._batch_lines(batches, job, since, until) if only != "previews" else iter(()),
+                self._preview_lines(job, since, until) if only != "batches" else iter(()))
+        for line in (line for lines in fine for line in lines):
             key = tuple(_key_value(line.key[name]) for name in by)
             group = groups.get(key)
             if group is None:
@@ -157,15 +161,15 @@ class CostQueries(Store):
         return CostReport(by, lines, total, self._in_flight(job), since, until)
 
     # -- the finest lines: one per (job, model, day, batch, stage, cell) ------------------------------------------
-    def _fine_lines(self, batches: dict[str, tuple[str, str, Decimal, int]], job: str | None, since: str | None,
-                    until: str | None) -> Iterator[CostLine]:
+    def _batch_lines(self, batches: dict[str, tuple[str, str, Decimal, int]], job: str | None, since: str | None,
+                     until: str | None) -> Iterator[CostLine]:
         lines: dict[tuple[str, ...], CostLine] = {}
         standard_now = _StandardNow(self)
         where, params = ("WHERE r.job = ?", [job]) if job else ("", [])
         for (job_name, batch_id, stage, cell, prompt, cached, completion, reasoning, cost, standard,
-             priced_by) in self._execute(
+             priced_by, source) in self._execute(
                 "SELECT r.job, r.batch_id, q.stage, q.cell_json, r.prompt_tokens, r.cached_tokens, "
-                "r.completion_tokens, r.reasoning_tokens, r.cost_usd, r.standard_cost_usd, r.priced_by "
+                "r.completion_tokens, r.reasoning_tokens, r.cost_usd, r.standard_cost_usd, r.priced_by, r.source "
                 f"FROM results r JOIN requests q ON q.custom_id = r.custom_id {where}", params):
             facts = batches.get(batch_id)
             if facts is None:
@@ -180,6 +184,7 @@ class CostQueries(Store):
                 line.shares[batch_id] = 0
             line.shares[batch_id] += 1
             _add_tokens(line, prompt, cached, completion, reasoning, cost, priced_by)
+            line.answered += source == "output"
             if standard is None and (prompt or completion):
                 standard = standard_now.cost(job_name, model, prompt, cached, completion)
                 line.repriced += 1
@@ -187,7 +192,6 @@ class CostQueries(Store):
         for line in lines.values():
             line.estimated_actual_usd = line.cost_usd
             yield line
-        yield from self._preview_lines(job, since, until)
 
     def _batch_facts(self, job: str | None) -> dict[str, tuple[str, str, Decimal, int]]:
         """batch id -> (model, day, estimated cost, results recorded) of each collected batch."""
@@ -215,6 +219,7 @@ class CostQueries(Store):
             if line is None:
                 line = lines[key] = _line(job_name, model, day, PREVIEW, stage, cell)
             _add_tokens(line, prompt, cached, completion, reasoning, cost, priced_by)
+            line.answered += 1
             line.standard_usd += Decimal(cost)  # a preview is paid at standard price
         yield from lines.values()
 

@@ -16,8 +16,10 @@ start) that is a `DiskError` like any other write of batchgen's, not a provider 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -200,6 +202,26 @@ class BatchClient:
         if not isinstance(answer, dict):
             raise BackendError(f"POST {endpoint} answered {type(answer).__name__}, not a JSON object")
         return answer
+
+    def organization_pages(self, path: str, params: dict[str, Any], admin_key: str) -> Iterator[dict[str, Any]]:
+        """GET an organization endpoint (`/organization/usage/completions`, `/organization/costs`) with the admin key,
+        page after page (`next_page`); each page's JSON with its numbers as exact Decimals."""
+        sdk = self._sdk.with_options(api_key=admin_key)
+        page: str | None = None
+        while True:
+            query = {**params, **({"page": page} if page else {})}
+            text = self._call(f"GET {path}", lambda q=query: sdk.get(  # type: ignore[misc]
+                path, options={"params": q}, cast_to=str))
+            try:
+                body = json.loads(text, parse_float=Decimal)
+            except ValueError:
+                raise BackendError(f"GET {path} answered something that is not JSON") from None
+            if not isinstance(body, dict):
+                raise BackendError(f"GET {path} answered {type(body).__name__}, not a page")
+            yield body
+            page = body.get("next_page")
+            if not body.get("has_more") or not page:
+                return
 
     def download(self, file_id: str, target: Path) -> Path:
         """Stream a file's content to `target` through a temporary file, so it never exists half-written (a full

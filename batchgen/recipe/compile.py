@@ -233,10 +233,12 @@ def iter_requests(
     sparse: bool = False,
     source_cells: Sequence[Mapping[str, Any]] | None = None,
     shown: Mapping[int, tuple[int, ...]] | None = None,
+    prefixes: bool = False,
 ) -> Iterator[RenderedRequest]:
     """The request lines of a stage, in index order, one at a time (nothing is written). `sparse`: the indices
     are scattered (a sample), see `VariantPlan`; `source_cells`: the cell of each source, which its children keep;
-    `shown`: of a judge stage, the sources each of the indices shows."""
+    `shown`: of a judge stage, the sources each of the indices shows; `prefixes`: give each chat request its
+    prompt's chunks (`RenderedRequest.prefix`, for a plan's cache estimate)."""
     resolved = stage if isinstance(stage, ResolvedStage) else spec.stage(stage)
     if attempt < 1:
         raise SpecError(f"attempt must be >= 1, not {attempt}")
@@ -246,7 +248,7 @@ def iter_requests(
             f"which are not there yet; 'batchgen run' compiles it once {resolved.source!r} is done "
             "(library: pass them as sources=)"
         )
-    renderer = Renderer(spec, resolved, sources)
+    renderer = Renderer(spec, resolved, sources, prefixes=prefixes)
     plan = VariantPlan(spec, resolved, len(sources) if sources else None, sparse=sparse, source_cells=source_cells,
                        shown=shown)
     for variant in plan.variants(indices):

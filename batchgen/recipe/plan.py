@@ -11,12 +11,15 @@
   many examples as its source asks for (ceil(target x overgeneration)). A json_schema response format adds an
   estimate per request (`format_tokens`, see `tokens.response_format_tokens`): OpenAI bills it by a rule it does
   not publish.
-- Expected output tokens per request = examples_per_request x the mean tokens of one seed example written as
-  the model returns it (compact JSON), plus the `{"examples": [...]}` wrapper, capped at max_tokens.
-  A judge stage's: one `{"index", "score", "reason"}` item a shown example (`JUDGMENT_WORDS` words of reason).
-  Worst case = max_tokens.
-- Costs assume no cached input (prompt caching only ever lowers them) and apply the long-context tier per
-  request.
+- Expected output tokens per request: the stage's estimate (`batchgen.recipe.estimates`): its prior, from the
+  seed examples, or the figure learned from earlier answers of the same model and template when the caller passes
+  one (`plan_job(spec, estimates=...)`; `batchgen plan` reads them from the workspace's ledger). Both are shown,
+  with where the learned one comes from. Worst case = max_tokens.
+- Prompt caching: each chat request after the first is expected to find in the provider's cache the longest prefix
+  it shares with an earlier request of the job, at least 1,024 tokens, in steps of 128 (`batchgen.recipe.prefix`);
+  those tokens are priced at the cached-input rate in the expected cost (batch and standard). The worst case assumes
+  no cached input. A sampled stage matches its sample alone, which can only understate the hits.
+- The long-context tier applies per request.
 - The budget verdict compares the budget with the worst case first (what the budget guard reserves by
   default).
 
@@ -25,21 +28,22 @@ The budget guard of the pipeline reuses `plan_job` / `estimate_requests`.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 from batchgen.money import format_usd
 from batchgen.recipe.compile import ShardInfo
+from batchgen.recipe.estimates import StageEstimate, prior_estimate
 from batchgen.recipe.model_limits import OutputLimit, output_limit
+from batchgen.recipe.prefix import PrefixCache
 from batchgen.recipe.pricing import ModelPrice, Rates
 from batchgen.recipe.render import max_tokens_param, request_response_format, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
-from batchgen.recipe.tally import count_every, count_sample, estimated_shards
-from batchgen.recipe.tokens import count_text, response_format_tokens
+from batchgen.recipe.tally import Tally, count_every, count_sample, estimated_shards
+from batchgen.recipe.tokens import response_format_tokens
 from batchgen.recipe.variants import request_count
 
 MILLION = Decimal(1_000_000)
@@ -83,6 +87,8 @@ class StagePlan:
     rendered: int = 0  # requests rendered and counted: all of them, or the sample
     input_margin: int = 0  # 95 % margin of input_tokens when sampled, in tokens
     kind: str = "generate"  # or "judge": its target is its source's, which it scores, not examples of its own
+    cached_input_tokens: int = 0  # of input_tokens, expected from the provider's prompt cache
+    estimate: StageEstimate | None = None  # its output tokens and yield: prior, and learned if known
 
     @property
     def sampled(self) -> bool:
@@ -157,6 +163,10 @@ class Plan:
         return sum(s.expected_output_tokens for s in self.stages)
 
     @property
+    def cached_input_tokens(self) -> int:
+        return sum(s.cached_input_tokens for s in self.stages)
+
+    @property
     def worst_output_tokens(self) -> int:
         return sum(s.worst_output_tokens for s in self.stages)
 
@@ -202,6 +212,7 @@ class Plan:
             "requests": self.requests,
             "target_examples": self.target,
             "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
             "format_tokens_per_request": self.format_tokens,
             "expected_output_tokens": self.expected_output_tokens,
             "worst_output_tokens": self.worst_output_tokens,
@@ -259,40 +270,20 @@ def _stage_dict(stage: StagePlan) -> dict[str, Any]:
         "sampled": stage.sampled,
         "rendered": stage.rendered,
         "input_tokens": stage.input_tokens,
+        "cached_input_tokens": stage.cached_input_tokens,
         "input_tokens_margin": stage.input_margin,
         "max_tokens": stage.max_tokens,
         "expected_output_tokens": stage.expected_output_tokens,
         "worst_output_tokens": stage.worst_output_tokens,
         "cost_batch_expected_usd": stage.cost.batch_expected,
         "cost_batch_worst_usd": stage.cost.batch_worst,
+        "estimate": None if stage.estimate is None else stage.estimate.to_dict(),
         "shards_estimated": stage.sampled,
         "shards": [
             {"number": s.number, "lines": s.lines, "bytes": s.bytes, "input_tokens": s.input_tokens}
             for s in stage.shards
         ],
     }
-
-
-# The words of reason a judge is expected to give per score, for its output estimate.
-JUDGMENT_WORDS = 20
-
-
-def expected_output_tokens(spec: JobSpec, stage: ResolvedStage) -> int:
-    """Expected completion tokens of one request of a stage (see the module docstring)."""
-    if spec.endpoint != CHAT:
-        return 0
-    if stage.judges:
-        item = json.dumps({"index": 0, "score": 7, "reason": " ".join(["word"] * JUDGMENT_WORDS)})
-        wrapper = count_text('{"scores":[]}', spec.model) + stage.examples_per_request - 1
-        return min(stage.max_tokens, count_text(item, spec.model) * stage.examples_per_request + wrapper)
-    examples = list(spec.seeds) or stand_in_sources(spec)
-    per_example = Fraction(sum(count_text(_compact(e), spec.model) for e in examples), len(examples))
-    wrapper = count_text('{"examples":[]}', spec.model) + stage.examples_per_request - 1
-    return min(stage.max_tokens, math.ceil(per_example * stage.examples_per_request) + wrapper)
-
-
-def _compact(example: dict[str, Any]) -> str:
-    return json.dumps(example, ensure_ascii=False, separators=(",", ":"))
 
 
 def estimate_requests(price: ModelPrice, input_tokens: int, output_tokens: int, max_tokens: int) -> Money:
@@ -310,29 +301,41 @@ def estimate_requests(price: ModelPrice, input_tokens: int, output_tokens: int, 
     return money
 
 
-def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice, *,
-               exact_limit: int | None = EXACT_LIMIT) -> StagePlan:
+def plan_stage(spec: JobSpec, stage: ResolvedStage, price: ModelPrice, *, exact_limit: int | None = EXACT_LIMIT,
+               estimate: StageEstimate | None = None, prefixes: PrefixCache | None = None) -> StagePlan:
     """Render the requests of a stage, count their tokens and price them: every request when there are at most
-    `exact_limit` (None: always), else a sample of SAMPLE_SIZE (see the module docstring)."""
+    `exact_limit` (None: always), else a sample of SAMPLE_SIZE (see the module docstring). `estimate`: the stage's
+    output figures (default: its prior); `prefixes`: the job's earlier prompts, for the cache estimate."""
     sources = plan_sources(spec, stage)
     count = request_count(spec, stage)
     if exact_limit is None or count <= exact_limit or count <= SAMPLE_SIZE:
-        tally = count_every(spec, stage, sources)
+        tally = count_every(spec, stage, sources, prefixes)
     else:
-        tally = count_sample(spec, stage, sources, count, SAMPLE_SIZE)
-    output = expected_output_tokens(spec, stage)
+        tally = count_sample(spec, stage, sources, count, SAMPLE_SIZE, prefixes)
+    estimate = estimate or prior_estimate(spec, stage)
+    output = estimate.output_tokens
     worst = stage.max_tokens if spec.endpoint == CHAT else 0
     cost = Money()
     for tokens, weight in tally.by_input.items():
         one = estimate_requests(price, tokens, output, worst)
         cost.add(Money(one.batch_expected * weight, one.batch_worst * weight, one.standard_expected * weight,
                        one.standard_worst * weight))
+    _cache_savings(cost, tally, price)
     requests = sum(tally.by_input.values())
     input_tokens = sum(t * w for t, w in tally.by_input.items())
     shards = tally.shards or estimated_shards(spec, stage, requests, tally.bytes, input_tokens)
     exact = stage.source is None and tally.rendered == requests
     return StagePlan(stage.name, stage.source, stage.target, requests, exact, input_tokens, output * requests,
-                     worst * requests, cost, shards, worst, tally.rendered, tally.margin, stage.kind)
+                     worst * requests, cost, shards, worst, tally.rendered, tally.margin, stage.kind,
+                     tally.cached_tokens, estimate)
+
+
+def _cache_savings(cost: Money, tally: Tally, price: ModelPrice) -> None:
+    """Take off the expected costs what the cached input tokens save (cached rate instead of input rate)."""
+    for (tokens, cached), weight in tally.cached.items():
+        batch, standard = price.rates(tokens, True), price.rates(tokens, False)
+        cost.batch_expected -= cached * weight * (batch.input - batch.cached_input) / MILLION
+        cost.standard_expected -= cached * weight * (standard.input - standard.cached_input) / MILLION
 
 
 def plan_sources(spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | None:
@@ -347,12 +350,15 @@ def plan_sources(spec: JobSpec, stage: ResolvedStage) -> list[dict[str, Any]] | 
     return [stand_ins[i % len(stand_ins)] for i in range(judged)]
 
 
-def plan_job(spec: JobSpec, *, exact: bool = False) -> Plan:
-    """The plan of every stage of a job: exact up to EXACT_LIMIT requests (or with exact=True), else sampled."""
+def plan_job(spec: JobSpec, *, exact: bool = False, estimates: Mapping[str, StageEstimate] | None = None) -> Plan:
+    """The plan of every stage of a job: exact up to EXACT_LIMIT requests (or with exact=True), else sampled;
+    `estimates`: a stage's learned figures by its name (the others plan with their prior)."""
     price = spec.model_price()
     stages = spec.resolved_stages()
     everything = exact or sum(request_count(spec, s) for s in stages) <= EXACT_LIMIT
-    plans = [plan_stage(spec, s, price, exact_limit=None if everything else SAMPLE_SIZE) for s in stages]
+    prefixes = PrefixCache()
+    plans = [plan_stage(spec, s, price, exact_limit=None if everything else SAMPLE_SIZE,
+                        estimate=(estimates or {}).get(s.name), prefixes=prefixes) for s in stages]
     format_tokens = response_format_tokens(request_response_format(spec, stages[0]), spec.model)
     limit = output_limit(spec.model) if spec.endpoint == CHAT else None
     return Plan(spec.name, spec.model, spec.endpoint, spec.spec_hash, price, spec.budget_usd, plans, format_tokens,
@@ -380,10 +386,13 @@ def summary_rows(plan: Plan) -> list[tuple[str, str]]:
         ("counted", plan.counted_text),
         ("shards", f"{shards} (estimated from the sample)" if plan.sampled else str(shards)),
         ("input tokens", f"{plan.input_tokens:,} ({exact})"),
+        *([("cached input", _cached_text(plan))] if plan.endpoint == CHAT else []),
         (
             "output tokens",
             f"{plan.expected_output_tokens:,} expected; {plan.worst_output_tokens:,} worst case",
         ),
+        *[(f"estimate {s.name}" if len(plan.stages) > 1 else "estimate", s.estimate.text())
+          for s in plan.stages if s.estimate is not None and plan.endpoint == CHAT],
         *([("max_tokens", plan.max_tokens_text)] if plan.endpoint == CHAT else []),
         ("batch cost", f"{format_usd(cost.batch_expected)} expected; {format_usd(cost.batch_worst)} worst case"),
         (
@@ -398,6 +407,17 @@ def summary_rows(plan: Plan) -> list[tuple[str, str]]:
         ),
         ("budget", plan.verdict_text),
     ]
+
+
+def _cached_text(plan: Plan) -> str:
+    """The expected cached input tokens and what they save at batch price, per stage when there are several."""
+    cached = plan.cached_input_tokens
+    if not cached:
+        return "none expected (no request shares a prefix of 1,024 tokens with an earlier one)"
+    share = Decimal(100 * cached) / (plan.input_tokens or 1)
+    stages = "; ".join(f"{s.name} {s.cached_input_tokens:,}" for s in plan.stages) if len(plan.stages) > 1 else ""
+    return (f"{cached:,} of the input tokens expected from the prompt cache ({share:.0f} %, shared prefixes"
+            f"{': ' + stages if stages else ''}); the worst case assumes none")
 
 
 def shard_rows(plan: Plan) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ Where a price comes from, first match wins:
    job read it: the ledger keeps a job's price file, so its results are priced alike once the directory is gone);
 2. the project's table `batchgen/data/prices.toml` (gaps and corrections of genai-prices, e.g. embeddings at
    batch price, which genai-prices prices at the standard rate);
-3. genai-prices, asked with the current date (it models batch prices only from 2026-10-14).
+3. genai-prices, asked with the current date (it models batch prices only from 2026-10-14). Where its batch
+   variant names no cached-input rate (the Batch tab shows "-" for gpt-4o, gpt-4.1, o3, o4-mini), cached input
+   is priced at the batch input rate, as in a price file without `batch_cached_input`.
 
 An unknown model is a PricingError that says how to add a price; it is never priced at $0, except on a backend the
 job marks free (`free = true`: a local model), where a model no user price file names costs nothing. Every price carries
@@ -20,7 +22,7 @@ Price file format (TOML; prices are strings or numbers, USD per 1M tokens)::
     cached_input = "0.075"    # default: input
     batch_input = "0.075"     # default: input / 2 (the Batch API bills 50 % of standard)
     batch_output = "0.30"     # default: output / 2
-    batch_cached_input = ...  # default: batch_input
+    batch_cached_input = ...  # default: batch_input (a model whose Batch tab shows no cached rate)
     source = "where these numbers come from"
     [models."my-model".long_context]       # optional: a request with more prompt tokens than `above`
     above = 272000                          # pays these rates for all of its tokens
@@ -296,6 +298,8 @@ def _from_genai_prices(model: str, day: str) -> ModelPrice | None:
     for mode, result in found.items():
         mp = result.model_price
         values = [getattr(mp, key) for key in ("input_mtok", "cache_read_mtok", "output_mtok")]
+        if mode == "batch" and not _batch_names_cached_rate(result.model, when):
+            values[1] = None  # cached input pays the batch input rate, not the standard cached one
         base = [v.base if isinstance(v, TieredPrices) else v for v in values]
         base_in = base[0] if base[0] is not None else Decimal(0)
         rates = Rates(base_in, base[1] if base[1] is not None else base_in, base[2] or Decimal(0))
@@ -317,6 +321,22 @@ def _from_genai_prices(model: str, day: str) -> ModelPrice | None:
     batch, batch_above, long_batch = tiers["batch"]
     source = f"genai-prices {__version__} (openai/{found['standard'].model.id}, prices of {day})"
     return ModelPrice(model, std, batch, source, above or batch_above, long_std, long_batch)
+
+
+def _batch_names_cached_rate(model: Any, when: datetime) -> bool:
+    """Whether genai-prices' batch variant of the model, in force on `when`, names a cached-input rate of its own.
+
+    Where the Batch API's price table has none ("-": gpt-4o, gpt-4.1, o3, o4-mini, ...), genai-prices keeps the
+    standard cached rate under processing=batch; OpenAI bills such cached input at the batch input rate
+    (spec/batch-api.md section 7), so that is what batchgen prices it at."""
+    for variant in getattr(model, "price_variants", None) or ():
+        if variant.when.get("processing") != "batch":
+            continue
+        if variant.constraint is not None and not variant.constraint.active(when):
+            continue
+        if variant.prices.cache_read_mtok is not None:
+            return True
+    return False
 
 
 def clear_cache() -> None:

@@ -29,13 +29,18 @@ pre-token can cross such a boundary (a newline-ending pre-token extends only ove
 that reaches a newline, or '/'), so the text's count is the sum of its parts' counts, and each distinct part
 (a seed's line, a template line) is tokenized once. Tests check this against tiktoken on compiled requests and
 on random text. Each distinct body (same seeds, axis values, temperature) is also rendered only once.
+
+A plan also asks each chat request for its prompt as the provider's prompt cache sees it (`Renderer(prefixes=
+True)`, `RenderedRequest.prefix`): the response format (a prefix of the system message), then each message's
+head and its parts in order, then the reply priming, each with its exact tokens. Two requests share a prefix of
+whole parts when their first parts are equal, and its tokens are the sum of theirs (`batchgen.recipe.prefix`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,9 +107,13 @@ def parse_custom_id(value: str) -> tuple[str, str, str, int, int]:
     return job, short_hash, stage, int(index), int(attempt.removeprefix("a"))
 
 
+# One piece of a prompt as the provider's prompt cache sees it, and its exact tokens (see the module docstring).
+Chunk = tuple[Hashable, int]
+
+
 @dataclass(frozen=True)
 class RenderedRequest:
-    """One request line and what the ledger needs to know about it."""
+    """One request line and what the ledger needs to know about it (and, for a plan, its prompt's chunks)."""
 
     custom_id: str
     variant: Variant
@@ -112,6 +121,7 @@ class RenderedRequest:
     attempt: int
     input_tokens: int
     line: bytes
+    prefix: tuple[Chunk, ...] | None = None
 
 
 class PartCounter:
@@ -138,20 +148,41 @@ class PartCounter:
             if n is None:
                 n = lines[part] = len(encode(part + "\n"))
             total += n
+        return total + self._tail(tail, encode)
+
+    def _tail(self, tail: str, encode: Callable[[str], list[int]]) -> int:
         n = self._tails.get(tail)
         if n is None:
             if len(self._tails) >= _CACHE_LIMIT:
                 self._tails.clear()
             n = self._tails[tail] = len(encode(tail))
-        return total + n
+        return n
+
+    def parts(self, text: str) -> list[Chunk]:
+        """The text's parts in order, each with its tokens (their sum is `count(text)`); the last part (no newline
+        after it) is keyed apart from an equal line that has one."""
+        *parts, tail = _BOUNDARY.split(text)
+        lines, encode = self._lines, self._encoder or self._load()
+        if len(lines) >= _PART_LIMIT:
+            lines.clear()
+        found: list[Chunk] = []
+        for part in parts:
+            n = lines.get(part)
+            if n is None:
+                n = lines[part] = len(encode(part + "\n"))
+            found.append((part, n))
+        found.append(((tail,), self._tail(tail, encode)))
+        return found
 
 
 class Renderer:
     """Renders the variants of one stage; keeps small caches of bodies and token counts."""
 
-    def __init__(self, spec: JobSpec, stage: ResolvedStage, sources: Sequence[dict[str, Any]] | None = None):
+    def __init__(self, spec: JobSpec, stage: ResolvedStage, sources: Sequence[dict[str, Any]] | None = None, *,
+                 prefixes: bool = False):
         spec.require_job_dir(f"rendering stage {stage.name!r}")
         self.spec, self.stage = spec, stage
+        self.prefixes = prefixes  # also give each chat request its prompt's chunks (a plan's cache estimate)
         self.sources = list(sources) if sources is not None else None
         env = jinja2.Environment(
             undefined=jinja2.StrictUndefined,
@@ -167,7 +198,7 @@ class Renderer:
             raise template_error(spec, stage.template, error) from None
         self.used = used
         self.per_request = bool(used & {"index", "attempt"})
-        self._bodies: dict[Any, tuple[bytes, int]] = {}
+        self._bodies: dict[Any, tuple[bytes, int, tuple[Chunk, ...] | None]] = {}
         self._counter = PartCounter(spec.model)
         self._seeds = spec.seeds
         self._seed_blocks = [_indent(json.dumps(seed, indent=2, ensure_ascii=False)) for seed in spec.seeds]
@@ -185,6 +216,7 @@ class Renderer:
         self._max_param = max_tokens_param(spec.model)
         self._response_format = request_response_format(spec, stage)
         self._format_tokens: int | None = None  # counted on first use: loading a spec must not load the tokenizer
+        self._format_key = ("#format", orjson.dumps(self._response_format))
 
     def context(self, variant: Variant, attempt: int) -> dict[str, Any]:
         seeds = [self._seeds[i] for i in variant.seeds]
@@ -224,6 +256,10 @@ class Renderer:
 
     def body(self, variant: Variant, attempt: int = 1) -> tuple[bytes, int]:
         """(body as compact JSON bytes, exact input tokens) of a variant."""
+        body, tokens, _ = self._rendered(variant, attempt)
+        return body, tokens
+
+    def _rendered(self, variant: Variant, attempt: int) -> tuple[bytes, int, tuple[Chunk, ...] | None]:
         key: Any = (variant.seeds, variant.cell_key, variant.temperature, variant.sources)
         if self.per_request:
             key = (key, variant.index, attempt)
@@ -231,17 +267,18 @@ class Renderer:
         if cached is not None:
             return cached
         text = self.render_text(variant, attempt)
+        result: tuple[bytes, int, tuple[Chunk, ...] | None]
         if self._chat:
             result = self._chat_body(text, variant.temperature)
         else:
             result = (orjson.dumps({"model": self._model, "input": text, **self._vector_options}),
-                      self._counter.count(text))
+                      self._counter.count(text), None)
         if len(self._bodies) >= _CACHE_LIMIT:
             self._bodies.clear()
         self._bodies[key] = result
         return result
 
-    def _chat_body(self, text: str, temperature: float) -> tuple[bytes, int]:
+    def _chat_body(self, text: str, temperature: float) -> tuple[bytes, int, tuple[Chunk, ...] | None]:
         messages = [{"role": "system", "content": self.stage.system}] if self.stage.system else []
         messages.append({"role": "user", "content": text})
         body: dict[str, Any] = {"model": self._model, "messages": messages}
@@ -252,9 +289,23 @@ class Renderer:
             body["response_format"] = self._response_format
         if self._format_tokens is None:
             self._format_tokens = response_format_tokens(self._response_format, self._model)
+        if self.prefixes:
+            chunks = self._chunks(messages)
+            return orjson.dumps(body), sum(n for _, n in chunks), chunks
         tokens = REPLY_PRIMING_TOKENS + self._format_tokens + sum(self._message_tokens(m["role"], m["content"])
                                                                   for m in messages)
-        return orjson.dumps(body), tokens
+        return orjson.dumps(body), tokens, None
+
+    def _chunks(self, messages: list[dict[str, str]]) -> tuple[Chunk, ...]:
+        """The prompt's chunks in the order the provider's cache reads it (see the module docstring)."""
+        found: list[Chunk] = []
+        if self._format_tokens:
+            found.append((self._format_key, self._format_tokens))
+        for message in messages:
+            found.append((("#message", message["role"]), TOKENS_PER_MESSAGE + self._counter.count(message["role"])))
+            found.extend(self._counter.parts(message["content"]))
+        found.append((("#reply",), REPLY_PRIMING_TOKENS))
+        return tuple(found)
 
     def _message_tokens(self, role: str, content: str) -> int:
         """Tokens of one chat message: the per-message overhead, its role and its content."""
@@ -263,9 +314,9 @@ class Renderer:
     def request(self, variant: Variant, attempt: int = 1) -> RenderedRequest:
         """The full request line of a variant."""
         cid = custom_id(*self._id_prefix, variant.index, attempt)
-        body, tokens = self.body(variant, attempt)
+        body, tokens, chunks = self._rendered(variant, attempt)
         line = b'{"custom_id":"' + cid.encode() + self._prefix + body + b"}\n"
-        return RenderedRequest(cid, variant, self.stage.name, attempt, tokens, line)
+        return RenderedRequest(cid, variant, self.stage.name, attempt, tokens, line, chunks)
 
 
 def request_response_format(spec: JobSpec, stage: ResolvedStage | None = None) -> dict[str, Any] | None:

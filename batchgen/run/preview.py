@@ -42,9 +42,10 @@ from batchgen.errors import BackendError, BatchgenError, BudgetExceeded
 from batchgen.ledger import Ledger
 from batchgen.ledger.states import PREVIEWED
 from batchgen.money import format_usd
+from batchgen.recipe.estimates import expected_output_tokens
 from batchgen.recipe.formats import parse_example, to_turns
 from batchgen.recipe.loader import load_spec
-from batchgen.recipe.plan import estimate_requests, expected_output_tokens
+from batchgen.recipe.plan import estimate_requests
 from batchgen.recipe.render import Renderer, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.recipe.variants import Variant, VariantPlan

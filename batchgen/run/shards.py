@@ -31,7 +31,7 @@ from batchgen.errors import BatchgenError, is_retryable_status
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
-from batchgen.recipe.plan import expected_output_tokens
+from batchgen.recipe.estimates import expected_output_tokens
 from batchgen.recipe.pricing import ModelPrice
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec, LimitsSpec, ResolvedStage
 from batchgen.recipe.variants import cell_assigner, request_count

@@ -14,8 +14,9 @@ from workspaces import batchgen
 
 from batchgen.cli import cli
 from batchgen.recipe.compile import compile_stage
+from batchgen.recipe.estimates import expected_output_tokens
 from batchgen.recipe.loader import load_spec
-from batchgen.recipe.plan import expected_output_tokens, plan_job
+from batchgen.recipe.plan import plan_job
 from batchgen.recipe.tokens import count_text
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,16 +30,13 @@ def test_gpt_4o_mini_batch_prices() -> None:
     ("model", "batch_in", "batch_cached", "batch_out"),
     [
         ("gpt-4o-mini", "0.075", "0.075", "0.3"),
-        ("gpt-4.1-nano", "0.05", "0.025", "0.2"),
+        ("gpt-4.1-nano", "0.05", "0.05", "0.2"),  # no batch cached rate: cached input at the batch input rate
         ("gpt-5-nano", "0.025", "0.0025", "0.2"),
         ("gpt-5-mini", "0.125", "0.0125", "1"),
         ("gpt-5.4", "1.25", "0.125", "7.50"),
-        (
-            "o4-mini",
-            "0.55",
-            "0.275",
-            "2.2",
-        ),  # no batch cached rate: genai-prices keeps the standard cached one
+        ("o4-mini", "0.55", "0.55", "2.2"),  # genai-prices keeps the standard cached 0.275 under batch: not billed
+        ("gpt-4.1", "1", "1", "4"),
+        ("gpt-4o", "1.25", "1.25", "5"),
         ("text-embedding-3-small", "0.01", "0.01", "0"),
         ("text-embedding-3-large", "0.065", "0.065", "0"),
     ],
@@ -53,6 +50,20 @@ def test_batch_prices_match_the_spec_table(
         Decimal(batch_cached),
         Decimal(batch_out),
     )
+
+
+def test_cached_input_without_a_batch_cached_rate_pays_the_batch_input_rate(tmp_path: Path) -> None:
+    """gpt-4o-mini's Batch tab shows no cached rate: 1,000 cached prompt tokens cost what 1,000 uncached ones do,
+    priced from genai-prices and from a price table without `batch_cached_input` alike; gpt-5-nano has one."""
+    mini = get_price("gpt-4o-mini")
+    assert mini.cost(2048, 1024, 0) == mini.cost(2048, 0, 0) == Decimal(2048) * Decimal("0.075") / 1_000_000
+    (tmp_path / "prices.toml").write_text('[models."gpt-4o-mini"]\ninput = "0.15"\ncached_input = "0.075"\n'
+                                          'output = "0.60"\n', encoding="utf-8")
+    table = get_price("gpt-4o-mini", job_dir=tmp_path)
+    assert table.batch.cached_input == table.batch.input == Decimal("0.075")
+    assert table.standard.cached_input == Decimal("0.075")
+    nano = get_price("gpt-5-nano")
+    assert nano.cost(2048, 1024, 0) == (1024 * Decimal("0.025") + 1024 * Decimal("0.0025")) / 1_000_000
 
 
 def test_request_cost_is_exact() -> None:

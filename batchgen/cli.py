@@ -70,25 +70,36 @@ def cli(debug: bool) -> None:
 
 # --- job specs: plan, compile, init ----------------------------------------------------------------------------------
 
+workspace_option = click.option(
+    "--workspace", type=click.Path(file_okay=False), default=None, envvar="BATCHGEN_WORKSPACE",
+    help="Workspace directory (default: $BATCHGEN_WORKSPACE or ./.batchgen)")
+
+
 @cli.command(name="plan")
 @click.argument("job")
 @click.option("--exact", is_flag=True,
               help="Render and count every request even beyond 20,000 (a huge job then takes minutes)")
+@workspace_option
 @output_options
-def plan_(job: str, exact: bool, json_: bool, fmt: str | None) -> None:
+def plan_(job: str, exact: bool, workspace: str | None, json_: bool, fmt: str | None) -> None:
     """Show what JOB will cost before anything is spent: requests, shards, tokens, batch vs standard price.
 
     JOB is a job directory, or a name under ./jobs. A job of more than 20,000 requests is estimated from a
-    sample of 2,000 requests a stage (the plan says so), unless --exact.
+    sample of 2,000 requests a stage (the plan says so), unless --exact. Output tokens and yield per request are
+    the prior figures from the job's files until the workspace's ledger holds answers of the same model and
+    template (this job's or an earlier one's): then the learned figures price the plan, and both are shown.
 
     \b
         batchgen plan jobs/task_api
         batchgen plan task_api --json
     """
+    from batchgen.ledger.workspace import Workspace
     from batchgen.recipe.loader import load_spec
     from batchgen.recipe.plan import plan_job, shard_rows, summary_rows
+    from batchgen.run.learning import plan_estimates
 
-    plan = plan_job(load_spec(job), exact=exact)
+    spec = load_spec(job)
+    plan = plan_job(spec, exact=exact, estimates=plan_estimates(Workspace.resolve(workspace).ledger_path, spec))
     if json_:
         echo_json(plan.to_dict())
         return
@@ -163,11 +174,11 @@ def init_(name: str, parent: str, model: str, fmt: str) -> None:
 
 # --- the pipeline: run, submit, status, collect, tick, show, export, cancel, jobs, ledger -----------------------------
 
-workspace_option = click.option(
-    "--workspace", type=click.Path(file_okay=False), default=None, envvar="BATCHGEN_WORKSPACE",
-    help="Workspace directory (default: $BATCHGEN_WORKSPACE or ./.batchgen)")
 def guard_options(func: Any) -> Any:
-    """--budget-mode, --queue-limit and --poll-interval, for the commands that submit."""
+    """--budget-mode, --queue-limit, --poll-interval and --no-learn, for the commands that submit."""
+    func = click.option("--learn/--no-learn", default=True, show_default=True,
+                        help="Estimate output tokens and yield from the answers collected so far (for the budget "
+                             "guard's expected mode and the size of top-ups), or from the job's files alone")(func)
     func = click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, metavar="SECONDS",
                         help="First wait between polls of a batch, growing by half each poll up to 5 minutes "
                              "(default: 30 on an API, 0.25 on the embedded emulator)")(func)
@@ -186,7 +197,8 @@ backend_option = click.option(
 
 
 def _session(workspace: str | None, backend: str | None = None, budget_mode: str = "worst",
-             queue_limit: int | None = None, poll_interval: float | None = None, *, ledger: str = "create") -> Any:
+             queue_limit: int | None = None, poll_interval: float | None = None, *, ledger: str = "create",
+             learn: bool = True) -> Any:
     """A Session on the workspace's ledger, closed when the command ends.
 
     ledger="create" makes the workspace and its ledger if need be (commands that start jobs); "existing" needs a
@@ -204,7 +216,7 @@ def _session(workspace: str | None, backend: str | None = None, budget_mode: str
             Ledger.require(space.ledger_path)
         opened = Ledger.open(space.ensure().ledger_path)
     session = Session(opened, space, backend=backend, budget_mode=budget_mode, queue_limit=queue_limit,
-                      poll_interval=poll_interval)
+                      poll_interval=poll_interval, learn=learn)
     ctx = click.get_current_context()
     ctx.call_on_close(opened.close)
     ctx.call_on_close(session.close)
@@ -252,7 +264,7 @@ def _wait_note() -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display")
 @click.option("json_", "--json", is_flag=True, help="Print the summary as JSON (as 'batchgen show --json')")
 def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, poll_interval: float | None,
-         workspace: str | None, quiet: bool, json_: bool) -> None:
+         learn: bool, workspace: str | None, quiet: bool, json_: bool) -> None:
     """Run JOB to the end: compile, submit, poll, collect, validate, export. Safe to stop and start again.
 
     Ctrl-C leaves the batches running; run the same command later to pick up where it stopped.
@@ -268,7 +280,7 @@ def run_(job: str, backend: str | None, budget_mode: str, queue_limit: int | Non
 
     note = _wait_note()
     lock = _lock(workspace, on_wait=note)
-    session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
+    session = _session(workspace, backend, budget_mode, queue_limit, poll_interval, learn=learn)
     spec = _register(session, job)
     try:
         with progress_display(show=not (quiet or json_)) as display:
@@ -474,7 +486,7 @@ def _print_preview_summary(report: Any) -> None:
 @workspace_option
 @click.option("json_", "--json", is_flag=True, help="Print {job, submitted, waiting} as JSON")
 def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | None, poll_interval: float | None,
-            workspace: str | None, json_: bool) -> None:
+            learn: bool, workspace: str | None, json_: bool) -> None:
     """Compile JOB and submit its batches, then return at once (collect later with 'batchgen collect').
 
     \b
@@ -485,7 +497,7 @@ def submit_(job: str, backend: str | None, budget_mode: str, queue_limit: int | 
     from batchgen.run.verbs import submit_job
 
     _lock(workspace, on_wait=_wait_note())
-    session = _session(workspace, backend, budget_mode, queue_limit, poll_interval)
+    session = _session(workspace, backend, budget_mode, queue_limit, poll_interval, learn=learn)
     spec = _register(session, job)
     count, blocked = submit_job(session, spec)
     if json_:
@@ -534,7 +546,7 @@ def collect_(job: str | None, workspace: str | None, json_: bool) -> None:
 @click.option("--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for another batchgen working on the workspace before skipping this tick")
 @click.option("json_", "--json", is_flag=True, help="Print each job's progress as JSON")
-def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None, workspace: str | None,
+def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None, learn: bool, workspace: str | None,
           wait: float, json_: bool) -> None:
     """One pass over every active job: submit, poll, collect, export. For cron, with a one-line summary.
 
@@ -552,7 +564,7 @@ def tick_(budget_mode: str, queue_limit: int | None, poll_interval: float | None
     except WorkspaceBusy as error:
         echo_json({"skipped": str(error), "jobs": []}) if json_ else click.echo(f"{error}; skipped")
         return
-    session = _session(workspace, None, budget_mode, queue_limit, poll_interval, ledger="existing")
+    session = _session(workspace, None, budget_mode, queue_limit, poll_interval, ledger="existing", learn=learn)
     report = tick(session)
     if json_:
         echo_json({"skipped": None, "jobs": [p.to_dict() for p in report]})
@@ -782,7 +794,8 @@ def compare_(jobs: tuple[str, ...], workspace: str | None, json_: bool, fmt: str
 @cli.command(name="costs")
 @click.option("--job", default=None, help="Only this job's spend")
 @click.option("--by", "by", default="job", show_default=True, metavar="GROUPING",
-              help="job, model, day, batch, stage or cell; several joined by commas (day,model)")
+              help="job, model, day, batch, stage, cell or basis (prior or learned estimate); several joined by "
+                   "commas (day,model)")
 @click.option("--since", default=None, metavar="DAY", help="First day counted (YYYY-MM-DD, UTC, inclusive)")
 @click.option("--until", default=None, metavar="DAY", help="Last day counted (YYYY-MM-DD, UTC, inclusive)")
 @click.option("csv_", "--csv", is_flag=True, help="Print CSV (one row per line, no total)")
@@ -797,6 +810,7 @@ def costs_(job: str | None, by: str, since: str | None, until: str | None, csv_:
         batchgen costs
         batchgen costs --by day,model --since 2026-12-01
         batchgen costs --job task_api --by cell --csv
+        batchgen costs --by job,basis          # the estimate error before and after learning
     """
     from batchgen.ledger.costs import TABLE_HEADERS, csv_text, footer, parse_day, parse_groupings, table_rows
     from batchgen.output import printable

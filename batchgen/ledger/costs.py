@@ -1,4 +1,5 @@
-"""`batchgen costs`: where every cent went, from the ledger alone, grouped by job, model, day, batch, stage or cell.
+"""`batchgen costs`: where every cent went, from the ledger alone, grouped by job, model, day, batch, stage, cell or
+estimate basis.
 
 Each line adds up, exactly (Decimal), the results the ledger recorded and the previews it sent:
 
@@ -12,6 +13,10 @@ Each line adds up, exactly (Decimal), the results the ledger recorded and the pr
   `estimated_actual`, what those batches cost: the estimate error is theirs alone (previews have no estimate). A
   batch's estimate is shared equally by its requests when lines are grouped by cell (a batch mixes cells);
 - sources: the price source (and version) of each price used.
+
+The basis of a batch is how its expected cost was estimated (`batchgen.recipe.estimates`): `prior` (from the job's
+files) or `learned` (from answers already collected); `--by basis` shows the estimate error of each, so whether
+learning made the estimates better. Previews have none (`-`).
 
 The day of a batch result is the UTC day its batch completed at the provider (else ended: expired, cancelled,
 failed), as the provider's Usage API counts it; of a preview, the day it was sent. `--since` and `--until` are
@@ -33,7 +38,7 @@ from batchgen.errors import BatchgenError, PricingError
 from batchgen.ledger.base import Store
 from batchgen.money import format_usd
 
-GROUPINGS = ("job", "model", "day", "batch", "stage", "cell")
+GROUPINGS = ("job", "model", "day", "batch", "stage", "cell", "basis")
 PICO = Decimal("0.000000000001")
 PREVIEW = "preview"  # the batch key of preview requests (sent synchronously, outside any batch)
 
@@ -76,7 +81,7 @@ class CostLine:
         for batch, count in other.shares.items():
             self.shares[batch] = self.shares.get(batch, 0) + count
 
-    def estimate(self, batches: dict[str, tuple[str, str, Decimal, int]]) -> None:
+    def estimate(self, batches: dict[str, tuple[str, str, Decimal, int, str]]) -> None:
         """Set the estimate from the batches' estimates: whole for a batch all of whose results are in the line, else
         its share by results (to the pico-dollar); `estimated_actual_usd` is what those batches cost here."""
         total = Decimal(0)
@@ -161,7 +166,7 @@ class CostQueries(Store):
         return CostReport(by, lines, total, self._in_flight(job), since, until)
 
     # -- the finest lines: one per (job, model, day, batch, stage, cell) ------------------------------------------
-    def _batch_lines(self, batches: dict[str, tuple[str, str, Decimal, int]], job: str | None, since: str | None,
+    def _batch_lines(self, batches: dict[str, tuple[str, str, Decimal, int, str]], job: str | None, since: str | None,
                      until: str | None) -> Iterator[CostLine]:
         lines: dict[tuple[str, ...], CostLine] = {}
         standard_now = _StandardNow(self)
@@ -180,7 +185,7 @@ class CostQueries(Store):
             fine = (job_name, model, day, batch_id, stage, cell)
             line = lines.get(fine)
             if line is None:
-                line = lines[fine] = _line(job_name, model, day, batch_id, stage, cell)
+                line = lines[fine] = _line(job_name, model, day, batch_id, stage, cell, facts[4])
                 line.shares[batch_id] = 0
             line.shares[batch_id] += 1
             _add_tokens(line, prompt, cached, completion, reasoning, cost, priced_by)
@@ -193,16 +198,17 @@ class CostQueries(Store):
             line.estimated_actual_usd = line.cost_usd
             yield line
 
-    def _batch_facts(self, job: str | None) -> dict[str, tuple[str, str, Decimal, int]]:
-        """batch id -> (model, day, estimated cost, results recorded) of each collected batch."""
+    def _batch_facts(self, job: str | None) -> dict[str, tuple[str, str, Decimal, int, str]]:
+        """batch id -> (model, day, estimated cost, results recorded, estimate basis) of each collected batch."""
         where, params = ("AND b.job = ?", [job]) if job else ("", [])
         counts = dict(self._execute("SELECT batch_id, count(*) FROM results GROUP BY batch_id").fetchall())
         facts = {}
-        for batch_id, model, completed_at, batch_json, est, collected_utc in self._execute(
-                "SELECT b.id, s.model, b.completed_at, b.batch_json, b.est_cost_usd, b.updated_utc "
-                f"FROM batches b JOIN shards s ON s.id = b.shard_id WHERE b.collected = 1 {where}", params):
+        for batch_id, model, completed_at, batch_json, est, collected_utc, basis in self._execute(
+                "SELECT b.id, s.model, b.completed_at, b.batch_json, b.est_cost_usd, b.updated_utc, "
+                "s.estimate_basis FROM batches b JOIN shards s ON s.id = b.shard_id "
+                f"WHERE b.collected = 1 {where}", params):
             facts[batch_id] = (model, _batch_day(completed_at, batch_json, collected_utc), Decimal(est),
-                               int(counts.get(batch_id, 0)))
+                               int(counts.get(batch_id, 0)), basis)
         return facts
 
     def _preview_lines(self, job: str | None, since: str | None, until: str | None) -> Iterator[CostLine]:
@@ -217,7 +223,7 @@ class CostQueries(Store):
             key = (job_name, model, day, stage, cell)
             line = lines.get(key)
             if line is None:
-                line = lines[key] = _line(job_name, model, day, PREVIEW, stage, cell)
+                line = lines[key] = _line(job_name, model, day, PREVIEW, stage, cell, "-")
             _add_tokens(line, prompt, cached, completion, reasoning, cost, priced_by)
             line.answered += 1
             line.standard_usd += Decimal(cost)  # a preview is paid at standard price
@@ -247,9 +253,9 @@ class _StandardNow:
         return cost
 
 
-def _line(job: str, model: str, day: str, batch: str, stage: str, cell_json: str) -> CostLine:
+def _line(job: str, model: str, day: str, batch: str, stage: str, cell_json: str, basis: str) -> CostLine:
     return CostLine({"job": job, "model": model, "day": day, "batch": batch, "stage": stage,
-                     "cell": json.loads(cell_json)})
+                     "cell": json.loads(cell_json), "basis": basis})
 
 
 def _add_tokens(line: CostLine, prompt: int, cached: int, completion: int, reasoning: int, cost: str,

@@ -386,6 +386,24 @@ def m012_standard_price(db: Database) -> None:
     _run(db, "ALTER TABLE results ADD COLUMN standard_cost_usd TEXT")
 
 
+@migrations()
+def m013_estimate_basis(db: Database) -> None:
+    """What priced each shard's expected cost: the stage's prior figures, or figures learned from earlier answers
+    (`batchgen.recipe.estimates`), with the output tokens a request it assumed; and the digest of the template it was
+    rendered from, by which a later job of the same model and template finds the answers to learn from. Shards
+    recorded before were all priced with the prior. It adds columns to `shards` alone, so it applies the same
+    whatever migration ran before it."""
+    _run(
+        db,
+        """
+        ALTER TABLE shards ADD COLUMN estimate_basis TEXT NOT NULL DEFAULT 'prior';
+        ALTER TABLE shards ADD COLUMN est_output_tokens INTEGER;
+        ALTER TABLE shards ADD COLUMN template_digest TEXT;
+        CREATE INDEX shards_template ON shards(model, template_digest)
+        """
+    )
+
+
 def _workspace_of(path: str, job: str, stage: str) -> str | None:
     """The workspace a shard file was compiled in, from its path; None for a path not of that layout."""
     found = path.rfind(f"/shards/{job}/{stage}/")

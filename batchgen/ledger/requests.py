@@ -42,14 +42,18 @@ class RequestRecords(Store):
                                "('pending', 'submitted')", [job, stage]))
 
     def add_shard(self, shard_id: str, job: str, stage: str, shard: ShardInfo, est_cost_usd: Decimal,
-                  max_cost_usd: Decimal, path: str) -> None:
+                  max_cost_usd: Decimal, path: str, *, basis: str = "prior", output_tokens: int | None = None,
+                  template_digest: str | None = None) -> None:
         """A pending shard row for a compiled shard, priced expected and worst case; `path` is its file as the
-        ledger records it (relative to the workspace, see `Workspace.stored`)."""
+        ledger records it (relative to the workspace, see `Workspace.stored`); `basis` (prior or learned) and
+        `output_tokens` the estimate its expected cost assumed, `template_digest` what it was rendered from."""
         self._execute(
             "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, "
-            "est_cost_usd, max_cost_usd, status, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "est_cost_usd, max_cost_usd, status, created_utc, estimate_basis, est_output_tokens, template_digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [shard_id, job, stage, shard.attempt, shard.model, path, shard.sha256, shard.lines, shard.bytes,
-             shard.input_tokens, str(est_cost_usd), str(max_cost_usd), "pending", utcnow()])
+             shard.input_tokens, str(est_cost_usd), str(max_cost_usd), "pending", utcnow(), basis, output_tokens,
+             template_digest])
 
     def set_shard_status(self, shard_id: str, status: str) -> None:
         self._execute("UPDATE shards SET status = ? WHERE id = ?", [status, shard_id])
@@ -62,8 +66,9 @@ class RequestRecords(Store):
         new_id = f"{base}~{tries}"
         self._execute(
             "INSERT INTO shards (id, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, "
-            "est_cost_usd, max_cost_usd, status, created_utc) SELECT ?, job, stage, attempt, model, path, sha256, "
-            "lines, bytes, input_tokens, est_cost_usd, max_cost_usd, 'pending', ? FROM shards WHERE id = ?",
+            "est_cost_usd, max_cost_usd, status, created_utc, estimate_basis, est_output_tokens, template_digest) "
+            "SELECT ?, job, stage, attempt, model, path, sha256, lines, bytes, input_tokens, est_cost_usd, "
+            "max_cost_usd, 'pending', ?, estimate_basis, est_output_tokens, template_digest FROM shards WHERE id = ?",
             [new_id, utcnow(), shard_id])
         self._execute("UPDATE shards SET status = 'requeued' WHERE id = ?", [shard_id])
         self._execute("UPDATE requests SET shard_id = ?, status = 'compiled', batch_id = NULL WHERE shard_id = ?",

@@ -19,7 +19,7 @@ class Session:
 
     def __init__(self, ledger: Ledger, workspace: Workspace, *, backend: str | None = None,
                  clock: Callable[[], float] = time.time, budget_mode: str = "worst",
-                 queue_limit: int | None = None, poll_interval: float | None = None):
+                 queue_limit: int | None = None, poll_interval: float | None = None, learn: bool = True):
         if budget_mode not in BUDGET_MODES:
             raise BatchgenError(f"Unknown budget mode {budget_mode!r}; use one of {', '.join(BUDGET_MODES)}")
         self.ledger = ledger
@@ -29,6 +29,7 @@ class Session:
         self.budget_mode = budget_mode
         self.queue_limit = queue_limit
         self.poll_base = poll_interval
+        self.learn = learn  # estimates learn from observed answers (`run/learning`); False: the priors alone
         self._clients: dict[str, BatchClient] = {}
         self._listings: dict[str, ProviderBatches] = {}
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,19 +31,21 @@ from batchgen.errors import BatchgenError, is_retryable_status
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.compile import CompileResult, compile_stage, read_manifest
-from batchgen.recipe.estimates import expected_output_tokens
+from batchgen.recipe.estimates import StageEstimate, template_digest
 from batchgen.recipe.pricing import ModelPrice
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec, LimitsSpec, ResolvedStage
 from batchgen.recipe.variants import cell_assigner, request_count
 from batchgen.run import dead_ends
+from batchgen.run.learning import stage_estimate
 
 RETRY_FREE = ("expired", "cancelled")
 RETRY_CODES = ("rate_limit_exceeded", "server_error", "request_timeout", "missing", "timeout")
 
 
 def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                    limits: LimitsSpec | None = None) -> None:
-    """Compile the stage's first attempt and record its shards and requests, once."""
+                    limits: LimitsSpec | None = None, *, learn: bool = True) -> None:
+    """Compile the stage's first attempt and record its shards and requests, once (priced with what earlier jobs
+    of the model and template taught, unless `learn` is False)."""
     if ledger.stage_has_shards(spec.name, stage.name):
         return
     spec.require_job_dir(f"compiling stage {stage.name!r}")
@@ -51,24 +53,28 @@ def ensure_compiled(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, limits=limits, **sources.compile_args())
     with ledger.transaction():
         if not ledger.stage_has_shards(spec.name, stage.name):
-            record_compile(ledger, workspace, spec, stage, result, sources)
+            record_compile(ledger, workspace, spec, stage, result, sources, learn=learn)
 
 
 def record_compile(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                   result: CompileResult, sources: Sources | None = None) -> None:
-    """Shard rows and one request row per manifest line, with the parents it shows (call inside a transaction)."""
-    for shard_id, manifest in _insert_shards(ledger, workspace, spec, stage, result):
+                   result: CompileResult, sources: Sources | None = None, *, estimate: StageEstimate | None = None,
+                   learn: bool = True) -> None:
+    """Shard rows (priced with `estimate`, default the stage's as `run/learning` finds it) and one request row per
+    manifest line, with the parents it shows (call inside a transaction)."""
+    estimate = estimate or stage_estimate(ledger, spec, stage, learn=learn)
+    for shard_id, manifest in _insert_shards(ledger, workspace, spec, stage, result, estimate):
         ledger.add_requests(spec.name, stage.name, shard_id, (sources or Sources()).with_parents(manifest))
     ledger.event("compiled", job=spec.name, stage=stage.name, attempt=result.attempt, shards=len(result.shards),
                  requests=result.requests, input_tokens=result.input_tokens)
 
 
 def _insert_shards(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                   result: CompileResult) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
-    """Insert a pending shard row per compiled shard (priced expected and worst case, its file recorded relative to
-    the workspace); yield (id, manifest)."""
+                   result: CompileResult, estimate: StageEstimate) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
+    """Insert a pending shard row per compiled shard (priced expected, with the estimate's output tokens, and worst
+    case; its basis and template recorded; its file relative to the workspace); yield (id, manifest)."""
     price = spec.model_price()
-    expected = expected_output_tokens(spec, stage)
+    expected = estimate.output_tokens
+    digest = template_digest(spec, stage)
     folder = Path(result.directory).name
     for shard in result.shards:
         shard_id = f"{spec.name}/{stage.name}/{folder}/{shard.number:05d}"
@@ -76,7 +82,8 @@ def _insert_shards(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
         for r in read_manifest(shard.manifest_path):
             est += price.cost(r["input_tokens"], 0, expected)
             worst += price.cost(r["input_tokens"], 0, r["max_tokens"])
-        ledger.add_shard(shard_id, spec.name, stage.name, shard, est, worst, workspace.stored(shard.path))
+        ledger.add_shard(shard_id, spec.name, stage.name, shard, est, worst, workspace.stored(shard.path),
+                         basis=estimate.basis, output_tokens=expected, template_digest=digest)
         yield shard_id, read_manifest(shard.manifest_path)
 
 
@@ -200,7 +207,7 @@ def _retryable(row: dict[str, Any], spec: JobSpec) -> bool:
 
 
 def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                     limits: LimitsSpec | None = None, attempts: int | None = None) -> int:
+                     limits: LimitsSpec | None = None, attempts: int | None = None, *, learn: bool = True) -> int:
     """Compile and record a retry shard set for what failed in the stage, each variant within `attempts` (default:
     max_attempts); how many requests were resubmitted."""
     variants, replaced = retry_candidates(ledger, spec, stage.name, attempts)
@@ -216,7 +223,7 @@ def schedule_retries(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage:
         still = retry_candidates(ledger, spec, stage.name, attempts)[1]
         if sorted(still) != sorted(replaced):
             return 0  # another process scheduled these meanwhile
-        record_compile(ledger, workspace, spec, stage, result, sources)
+        record_compile(ledger, workspace, spec, stage, result, sources, learn=learn)
         ledger.mark_retried(replaced)
         ledger.event("retry", job=spec.name, stage=stage.name, attempt=attempt, requests=len(variants))
     return len(variants)
@@ -256,13 +263,15 @@ def top_up_need(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> TopUpNee
 
 def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
                     limits: LimitsSpec | None = None,
-                    budget: Callable[[], Decimal | None] = lambda: None) -> int:
+                    budget: Callable[[], Decimal | None] = lambda: None, *, learn: bool = True) -> int:
     """A stage that ended below its target, or with cells below their share, retries spent, asks for what it
     lacks with new variants.
 
-    At most `max_top_ups` rounds. Each round asks ceil(missing * overgeneration / examples_per_request) requests
-    for every cell below its share, the lowest yield first (variants after the last one requested whose cell is
-    theirs), and as many for what the target still lacks beyond that (the next variants, whatever their cell); cut,
+    At most `max_top_ups` rounds. Each round asks ceil(missing * overgeneration / yield) requests for every cell
+    below its share, the lowest yield first (variants after the last one requested whose cell is theirs), and as
+    many for what the target still lacks beyond that (the next variants, whatever their cell); the yield is the
+    stage's estimate's (examples_per_request by the prior, the valid examples per answered request once learned,
+    see `run/learning`; `learn=False`: the prior). Cut,
     in that order, to what `budget()` (asked only when a top-up is due; None: no budget) covers in the worst case
     (every answer at max_tokens). The caller leaves the later stages' planned cost out of it, so a top-up never
     takes money the rest of the plan may need. How many requests were added (0: none needed, allowed or
@@ -272,7 +281,7 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     what its source gained, or tops up the source for what it rejected).
     """
     if stage.judges:
-        return _top_up_judged(ledger, workspace, spec, stage, limits, budget)
+        return _top_up_judged(ledger, workspace, spec, stage, limits, budget, learn)
     if spec.endpoint == EMBEDDINGS:
         return _top_up_inputs(ledger, workspace, spec, stage, limits)
     need = top_up_need(ledger, spec, stage)
@@ -291,7 +300,8 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
         raise
     spec.require_job_dir(f"topping up stage {stage.name!r} ({_lacks(need)})")
     sources = stage_sources(ledger, spec, stage)
-    wanted, unplaced = _wanted_indices(spec, stage, need, sources)
+    estimate = stage_estimate(ledger, spec, stage, learn=learn)
+    wanted, unplaced = _wanted_indices(spec, stage, need, sources, estimate)
     result, count = _compile_within(ledger, workspace, spec, stage, sources, wanted, limits, budget)
     if result is None:
         _ends_short(ledger, spec, stage, need, "budget" if wanted else "no_variant")
@@ -299,15 +309,16 @@ def schedule_top_up(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: 
     with ledger.transaction():
         if top_up_need(ledger, spec, stage) != need or ledger.open_shards(spec.name, stage.name):
             return 0  # another process moved the stage on meanwhile
-        record_compile(ledger, workspace, spec, stage, result, sources)
+        record_compile(ledger, workspace, spec, stage, result, sources, estimate=estimate)
         ledger.event("top_up", job=spec.name, stage=stage.name, attempt=result.attempt, round=need.rounds + 1,
                      missing=need.short, requests=count, first_variant=need.first,
-                     cells={c.key: c.missing for c in need.cells}, unplaced=unplaced)
+                     cells={c.key: c.missing for c in need.cells}, unplaced=unplaced, basis=estimate.basis,
+                     yield_per_request=float(estimate.yield_ or 0))
     return count
 
 
 def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: ResolvedStage,
-                   limits: LimitsSpec | None, budget: Callable[[], Decimal | None]) -> int:
+                   limits: LimitsSpec | None, budget: Callable[[], Decimal | None], learn: bool) -> int:
     """A judge stage's next round: the examples its source has that no judge request has shown yet (a top-up of the
     source added them) are scored. When none are left to score and the judge's rejections left the source below its
     target, or cells of it below their share, the source is topped up by its own rules (`schedule_top_up`: at most
@@ -319,11 +330,11 @@ def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
     last = ledger.highest_variant(spec.name, stage.name)
     sources = unjudged_sources(ledger, spec, stage, first=0 if last is None else last + 1)
     if not sources.shown:
-        retried = schedule_retries(ledger, workspace, spec, source, limits)  # what failed in its top-ups
+        retried = schedule_retries(ledger, workspace, spec, source, limits, learn=learn)  # what its top-ups lost
         if retried:
             return retried
         return schedule_top_up(ledger, workspace, spec, source, limits,
-                               lambda: _less_judging(ledger, spec, stage, source, budget()))
+                               lambda: _less_judging(ledger, spec, stage, source, budget()), learn=learn)
     spec.require_job_dir(f"scoring the new examples of stage {stage.source!r} in stage {stage.name!r}")
     attempt = ledger.next_attempt(spec.name, stage.name)
     result = compile_stage(spec, stage, shards_dir=workspace.shards_dir, attempt=attempt, indices=list(sources.shown),
@@ -332,7 +343,7 @@ def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
     with ledger.transaction():
         if ledger.open_shards(spec.name, stage.name) or keys & ledger.judge_shown(spec.name, stage.name):
             return 0  # another process scheduled this round meanwhile
-        record_compile(ledger, workspace, spec, stage, result, sources)
+        record_compile(ledger, workspace, spec, stage, result, sources, learn=learn)
         ledger.event("judge_round", job=spec.name, stage=stage.name, attempt=attempt, requests=len(sources.shown),
                      examples=len(keys))
     return len(sources.shown)
@@ -371,19 +382,18 @@ def _lacks(need: TopUpNeed) -> str:
     return ", ".join(parts)
 
 
-def _wanted_indices(spec: JobSpec, stage: ResolvedStage, need: TopUpNeed,
-                    sources: Sources) -> tuple[list[int], list[str]]:
+def _wanted_indices(spec: JobSpec, stage: ResolvedStage, need: TopUpNeed, sources: Sources,
+                    estimate: StageEstimate) -> tuple[list[int], list[str]]:
     """The variant indices a round asks for, in the order the budget takes them: each short cell's (the lowest
     yield first), then the next free indices for what the target lacks beyond the cells' shortfall; and the cells
     no index was found for within TOP_UP_SCAN."""
-    per_cell = {c.key: _ceil(Decimal(c.missing) * spec.overgeneration / stage.examples_per_request)
-                for c in need.cells}
+    per_cell = {c.key: estimate.requests_for(c.missing, spec.overgeneration) for c in need.cells}
     found = cell_assigner(spec, stage, sources.cells).indices_for(per_cell, need.first, TOP_UP_SCAN)
     wanted = [index for c in need.cells for index in found[c.key]]
     unplaced = [c.key for c in need.cells if not found[c.key]]
     beyond = need.short - sum(c.missing for c in need.cells)
     if beyond > 0:
-        extra = _ceil(Decimal(beyond) * spec.overgeneration / stage.examples_per_request)
+        extra = estimate.requests_for(beyond, spec.overgeneration)
         taken, index = set(wanted), need.first
         while extra:
             if index not in taken:
@@ -477,12 +487,8 @@ def _prefix_within(result: CompileResult, price: ModelPrice, budget: Decimal, or
     return fits
 
 
-def _ceil(value: Decimal) -> int:
-    return int(value.to_integral_value(rounding=ROUND_CEILING))
-
-
 def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict[str, Any],
-                limits: LimitsSpec) -> None:
+                limits: LimitsSpec, *, learn: bool = True) -> None:
     """Cut a pending shard that alone exceeds the queued-token cap into smaller ones with the same requests."""
     variants = ledger.shard_variants(shard["id"])
     stage = spec.stage(shard["stage"])
@@ -494,7 +500,8 @@ def split_shard(ledger: Ledger, workspace: Workspace, spec: JobSpec, shard: dict
     with ledger.transaction():
         if (ledger.find_shard(shard["id"]) or {}).get("status") != "pending":
             return
-        for part_id, manifest in _insert_shards(ledger, workspace, spec, stage, result):
+        estimate = stage_estimate(ledger, spec, stage, learn=learn)
+        for part_id, manifest in _insert_shards(ledger, workspace, spec, stage, result, estimate):
             ledger.move_requests(part_id, (r["custom_id"] for r in manifest))
         ledger.set_shard_status(shard["id"], "split")
         ledger.event("split", job=spec.name, shard=shard["id"], parts=len(result.shards),

@@ -105,7 +105,8 @@ def submit_pending(session: Session, client: BatchClient, spec: JobSpec, job: di
     if cap is not None and any(s["input_tokens"] > cap for s in pending):
         for shard in pending:
             if shard["input_tokens"] > cap:
-                shards.split_shard(ledger, session.workspace, spec, shard, shard_limits(session, spec))
+                shards.split_shard(ledger, session.workspace, spec, shard, shard_limits(session, spec),
+                                   learn=session.learn)
         pending = ledger.pending_shards(spec.name)
     budget = Decimal(job["budget_usd"]) if job["budget_usd"] is not None else None
     models = {s["model"] for s in pending}

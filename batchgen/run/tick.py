@@ -27,6 +27,7 @@ from batchgen.run.admission import shard_limits, top_up_budget
 from batchgen.run.client import BatchClient, choose_backend
 from batchgen.run.collect import collect_batch
 from batchgen.run.dead_ends import DeadEnd
+from batchgen.run.learning import reprice_pending
 from batchgen.run.polling import poll_due
 from batchgen.run.recovery import recover_submissions
 from batchgen.run.session import Session
@@ -244,6 +245,8 @@ def advance(session: Session, spec: JobSpec, *, submit: bool = True) -> JobProgr
             missing = error
     poll_due(session, client, spec.name)
     collected = collect_ended(session, client, spec)
+    if collected:
+        reprice_pending(ledger, spec, learn=session.learn)
     if missing is None and row["status"] == ACTIVE and not busy(session, spec, stage):
         missing = schedule_more(session, spec, stage)
     if missing is not None:
@@ -260,10 +263,10 @@ def schedule_more(session: Session, spec: JobSpec, stage: ResolvedStage) -> JobD
     ledger = session.ledger
     limits = shard_limits(session, spec)
     try:
-        if not shards.schedule_retries(ledger, session.workspace, spec, stage, limits) \
+        if not shards.schedule_retries(ledger, session.workspace, spec, stage, limits, learn=session.learn) \
                 and not ledger.uncollected_batches(spec.name):
             shards.schedule_top_up(ledger, session.workspace, spec, stage, limits,
-                                   lambda: top_up_budget(session, spec, stage))
+                                   lambda: top_up_budget(session, spec, stage), learn=session.learn)
     except DeadEnd as cause:
         block(session, spec, str(cause))
     except JobDirMissing as error:
@@ -280,7 +283,8 @@ def block(session: Session, spec: JobSpec, cause: str) -> None:
 
 def ensure_compiled(session: Session, spec: JobSpec, stage: ResolvedStage) -> None:
     """Compile the stage once, with shards no larger than the queued-token cap."""
-    shards.ensure_compiled(session.ledger, session.workspace, spec, stage, shard_limits(session, spec))
+    shards.ensure_compiled(session.ledger, session.workspace, spec, stage, shard_limits(session, spec),
+                           learn=session.learn)
 
 
 def collect_ended(session: Session, client: BatchClient, spec: JobSpec) -> int:

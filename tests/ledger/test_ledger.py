@@ -145,7 +145,8 @@ def test_open_is_idempotent_and_records_migrations(tmp_path):
     with Ledger.open(tmp_path / "l.db") as again:
         applied = ["m001_initial", "m002_facts_of_their_own", "m003_blocked_jobs", "m004_unblocks",
                    "m005_paths_relative_to_the_workspace", "m006_lineage", "m007_cell_shortfalls",
-                   "m009_reviews", "m010_previews", "m011_judgments", "m012_standard_price"]
+                   "m009_reviews", "m010_previews", "m011_judgments", "m012_standard_price",
+                   "m013_estimate_basis"]
         assert again.migration_status() == {"applied": applied, "pending": []}
         assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -97,7 +97,8 @@ def test_the_total_is_the_hand_computation_from_the_output_files(in_ran):
     assert total["sources"] and all(s.startswith("genai-prices") for s in total["sources"])
 
 
-@pytest.mark.parametrize("by", ["job", "model", "day", "batch", "stage", "cell", "day,model", "stage,cell"])
+@pytest.mark.parametrize("by", ["job", "model", "day", "batch", "stage", "cell", "basis", "day,model", "stage,cell",
+                                "job,basis"])
 def test_every_grouping_adds_up_to_the_same_total(in_ran, by):
     report = costs("--by", by)
     whole = costs()["total"]
@@ -152,10 +153,11 @@ def test_the_readme_sql_gives_the_same_figures(in_ran):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
     queries = {name: sql.strip() for name, sql in re.findall(r"-- ([a-z-]+):[^\n]*\n(.*?;)", block, re.S)}
-    assert set(queries) == {"cost-by-job", "cost-by-model-and-day", "estimate-by-job", "previews-by-job"}
+    assert set(queries) == {"cost-by-job", "cost-by-model-and-day", "estimate-by-job", "estimate-by-basis",
+                            "previews-by-job"}
     db = sqlite3.connect(in_ran / "ledger.db")
-    job, model_day, estimate, previews = (db.execute(queries[name]).fetchall() for name in (
-        "cost-by-job", "cost-by-model-and-day", "estimate-by-job", "previews-by-job"))
+    job, model_day, estimate, basis, previews = (db.execute(queries[name]).fetchall() for name in (
+        "cost-by-job", "cost-by-model-and-day", "estimate-by-job", "estimate-by-basis", "previews-by-job"))
     total = costs()["total"]
     ((name, requests, prompt, cached, output, reasoning, cost, standard),) = job
     assert (name, requests, prompt, cached, output, reasoning) == (
@@ -169,6 +171,11 @@ def test_the_readme_sql_gives_the_same_figures(in_ran):
     ((_, estimated, actual),) = estimate
     assert Decimal(str(estimated)).quantize(micro) == Decimal(total["estimated_usd"]).quantize(micro)
     assert Decimal(str(actual)).quantize(micro) == Decimal(total["cost_usd"]).quantize(micro)
+    by_basis = costs("--by", "job,basis")["lines"]
+    assert [(j, b) for j, b, _, _ in basis] == [(x["job"], x["basis"]) for x in by_basis]
+    for (_, _, estimated, actual), line in zip(basis, by_basis, strict=True):
+        assert Decimal(str(estimated)).quantize(micro) == Decimal(line["estimated_usd"]).quantize(micro)
+        assert Decimal(str(actual)).quantize(micro) == Decimal(line["cost_usd"]).quantize(micro)
     assert previews == []
 
 

@@ -87,21 +87,28 @@ class UsageRow:
 
 @dataclass
 class MoneyRow:
-    """One day: what the ledger recorded, what the provider bills, what other tools account for."""
+    """One day: what the ledger recorded, what the provider bills, what other tools and this ledger's batches not
+    recorded yet account for (both priced here)."""
 
     day: str
     ledger_usd: Decimal = Decimal(0)
     provider_usd: Decimal = Decimal(0)
     other_tools_usd: Decimal = Decimal(0)
+    unrecorded_usd: Decimal = Decimal(0)
     problems: list[str] = field(default_factory=list)
 
     @property
+    def explained_usd(self) -> Decimal:
+        return self.ledger_usd + self.other_tools_usd + self.unrecorded_usd
+
+    @property
     def difference_usd(self) -> Decimal:
-        return self.provider_usd - self.ledger_usd - self.other_tools_usd
+        return self.provider_usd - self.explained_usd
 
     def to_dict(self) -> dict[str, Any]:
         return {"day": self.day, "ledger_usd": self.ledger_usd, "provider_usd": self.provider_usd,
-                "other_tools_usd": self.other_tools_usd, "difference_usd": self.difference_usd,
+                "other_tools_usd": self.other_tools_usd, "unrecorded_usd": self.unrecorded_usd,
+                "difference_usd": self.difference_usd,
                 "verdict": "differs" if self.problems else "agrees", "problems": self.problems}
 
 
@@ -158,16 +165,18 @@ def usage_audit(ledger: Ledger, client: BatchClient, admin_key: str, *, since: s
     for day, model, tokens in _provider_usage(client, admin_key, start, end, batch=True):
         row(day, _base_model(model, models)).provider.add(tokens)
     other_money: dict[str, Decimal] = {}
-    for day, model, tokens, ours_key in _unknown_batches(ledger, client, start, end):
+    unrecorded_money: dict[str, Decimal] = {}
+    for day, model, tokens, job_name in _unknown_batches(ledger, client, start, end):
         target = row(day, _base_model(model, models))
-        (target.unrecorded if ours_key else target.other_tools).add(tokens)
-        if not ours_key:
-            other_money[day] = other_money.get(day, Decimal(0)) + _priced(model, tokens, True, audit)
+        (target.unrecorded if job_name else target.other_tools).add(tokens)
+        money = unrecorded_money if job_name else other_money
+        money[day] = money.get(day, Decimal(0)) + _priced(model, tokens, True, audit, ledger, job_name)
     _synchronous_others(client, admin_key, start, end, previews, other_money, audit)
     audit.tokens = [rows[key] for key in sorted(rows)]
     for usage in audit.tokens:
         usage.problems = _token_problems(usage, tolerance_pct)
-    audit.money = _money_rows(ledger, client, admin_key, first, last, start, end, other_money, tolerance_pct)
+    audit.money = _money_rows(ledger, client, admin_key, first, last, start, end, other_money, unrecorded_money,
+                              tolerance_pct)
     return audit
 
 
@@ -199,9 +208,9 @@ def _provider_usage(client: BatchClient, admin_key: str, start: int, end: int,
 
 
 def _unknown_batches(ledger: Ledger, client: BatchClient, start: int,
-                     end: int) -> Iterable[tuple[str, str, Tokens, bool]]:
-    """The provider's batches in the range that the ledger has not recorded: (day, model, tokens, carries one of
-    this ledger's keys)."""
+                     end: int) -> Iterable[tuple[str, str, Tokens, str | None]]:
+    """The provider's batches in the range that the ledger has not recorded: (day, model, tokens, the job of this
+    ledger whose key it carries, None for another tool's)."""
     known, keys = ledger.recorded_batch_ids(), ledger.submission_keys()
     names = {job["name"] for job in ledger.jobs()}
     for batch in client.list_batches():
@@ -209,8 +218,8 @@ def _unknown_batches(ledger: Ledger, client: BatchClient, start: int,
         if batch.id in known or batch.usage is None or when is None or not start <= when < end:
             continue
         metadata = batch.metadata or {}
-        ours = metadata.get("batchgen_key", "") in keys or (
-            bool(metadata.get("batchgen_key")) and metadata.get("batchgen_job") in names)
+        key, job_name = metadata.get("batchgen_key", ""), metadata.get("batchgen_job")
+        ours = keys.get(key) or (job_name if key and job_name in names else None)
         usage = batch.usage
         cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
         completed = batch.request_counts.completed if batch.request_counts else 0
@@ -229,19 +238,23 @@ def _synchronous_others(client: BatchClient, admin_key: str, start: int, end: in
             other_money[day] = other_money.get(day, Decimal(0)) + _priced(model, left, False, audit)
 
 
-def _priced(model: str, tokens: Tokens, batch: bool, audit: UsageAudit) -> Decimal:
+def _priced(model: str, tokens: Tokens, batch: bool, audit: UsageAudit, ledger: Ledger | None = None,
+            job: str | None = None) -> Decimal:
+    """What these tokens cost: at the job's price for a batch of this ledger's job, else at the known price."""
     try:
-        cost: Decimal = get_price(model).cost(max(tokens.input, 0), max(min(tokens.cached, tokens.input), 0),
-                                              max(tokens.output, 0), batch)
+        price = ledger.job_price(job, model) if ledger is not None and job else get_price(model)
+        cost: Decimal = price.cost(max(tokens.input, 0), max(min(tokens.cached, tokens.input), 0),
+                                   max(tokens.output, 0), batch)
     except PricingError:
-        audit.notes.append(f"other tools used {model}, which has no known price: their spend on it is not "
-                           "estimated")
+        who = f"job {job}'s batch not recorded yet" if job else "other tools"
+        audit.notes.append(f"{who} used {model}, which has no known price: its spend is not estimated")
         return Decimal(0)
     return cost
 
 
 def _money_rows(ledger: Ledger, client: BatchClient, admin_key: str, first: str, last: str, start: int, end: int,
-                other_money: dict[str, Decimal], tolerance_pct: Decimal) -> list[MoneyRow]:
+                other_money: dict[str, Decimal], unrecorded_money: dict[str, Decimal],
+                tolerance_pct: Decimal) -> list[MoneyRow]:
     rows: dict[str, MoneyRow] = {}
     for line in ledger.cost_report(("day",), since=first, until=last).lines:
         rows.setdefault(line.key["day"], MoneyRow(line.key["day"])).ledger_usd += line.cost_usd
@@ -253,13 +266,17 @@ def _money_rows(ledger: Ledger, client: BatchClient, admin_key: str, first: str,
             rows.setdefault(day, MoneyRow(day)).provider_usd += Decimal(str(amount))
     for day, amount in other_money.items():
         rows.setdefault(day, MoneyRow(day)).other_tools_usd += amount
+    for day, amount in unrecorded_money.items():
+        rows.setdefault(day, MoneyRow(day)).unrecorded_usd += amount
     money = [rows[day] for day in sorted(rows)]
     for row in money:
-        if _beyond(row.difference_usd, max(row.provider_usd, row.ledger_usd + row.other_tools_usd), tolerance_pct):
+        if _beyond(row.difference_usd, max(row.provider_usd, row.explained_usd), tolerance_pct):
             row.problems.append(f"cost: ledger {format_usd(row.ledger_usd)}, provider {format_usd(row.provider_usd)}"
                                 + (f", other tools {format_usd(row.other_tools_usd)}" if row.other_tools_usd else "")
+                                + (f", not recorded yet {format_usd(row.unrecorded_usd)}" if row.unrecorded_usd
+                                   else "")
                                 + f": {format_usd(row.difference_usd)} unexplained")
-    return [row for row in money if row.ledger_usd or row.provider_usd or row.other_tools_usd]
+    return [row for row in money if row.ledger_usd or row.provider_usd or row.other_tools_usd or row.unrecorded_usd]
 
 
 def _token_problems(row: UsageRow, tolerance_pct: Decimal) -> list[str]:
@@ -314,7 +331,8 @@ def usage_table(audit: UsageAudit) -> list[tuple[list[tuple[Any, ...]], tuple[st
                    "; ".join(row.problems) or "agrees") for row in audit.tokens]
     money_rows = [(row.day, format_usd(row.ledger_usd), format_usd(row.provider_usd),
                    format_usd(row.other_tools_usd) if row.other_tools_usd else "-",
+                   format_usd(row.unrecorded_usd) if row.unrecorded_usd else "-",
                    "; ".join(row.problems) or "agrees") for row in audit.money]
     return [(token_rows, ("day", "model", "ledger in/cached/out", "provider", "other tools", "not recorded yet",
                           "verdict")),
-            (money_rows, ("day", "ledger cost", "provider cost", "other tools", "verdict"))]
+            (money_rows, ("day", "ledger cost", "provider cost", "other tools", "not recorded yet", "verdict"))]

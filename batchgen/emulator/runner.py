@@ -20,6 +20,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from batchgen.emulator.batches import BatchRecord
 from batchgen.emulator.executor import Executor, Interrupted, LineRequest, LineResult, concurrency, error_body
 from batchgen.emulator.files import THIRTY_DAYS, FileStore
 from batchgen.emulator.fsutil import naming, write_all
+from batchgen.emulator.usage import UsageStore, batch_records, tally
 
 BLOCK = 256
 CHUNKS_IN_FLIGHT = 4  # a concurrent executor gets at most this many times its concurrency per chunk
@@ -37,6 +39,7 @@ OUTPUT_PART = "output.part"
 ERRORS_PART = "errors.part"
 INPUT_LINK = "input.jsonl"
 CONTENT_KEY = "input_sha256"  # in Run.extra: the digest of the input file, set when the batch starts
+USAGE_KEY = "usage_by_model"  # in Run.extra: tokens, requests and cost of the answered lines, per model
 TAIL_MESSAGES = {
     "batch_expired": "This request could not be executed before the completion window expired.",
     "batch_cancelled": "This request was not executed because the batch was cancelled.",
@@ -95,8 +98,12 @@ class Runner:
     """Executes, records and finalizes the lines of batches."""
 
     def __init__(self, files: FileStore, executor: Executor, seed: Callable[[], int],
-                 save: Callable[[BatchRecord], None], now: Callable[[], float]) -> None:
+                 save: Callable[[BatchRecord], None], now: Callable[[], float],
+                 usage: UsageStore | None = None, cost: Callable[[str, int, int, int, bool], Decimal] | None = None,
+                 ) -> None:
         self.files = files
+        self.usage = usage
+        self._cost = cost or (lambda *_: Decimal(0))
         self.executor = executor
         self._seed = seed
         self._save = save
@@ -193,6 +200,9 @@ class Runner:
                "error": None}
         if ok:
             _add_usage(record.batch, result.body)
+            model = request.body.get("model")
+            tally(record.run.extra.setdefault(USAGE_KEY, {}), model if isinstance(model, str) else "-",
+                  result.body, self._cost)
         counts = record.batch["request_counts"]
         counts["completed" if ok else "failed"] += 1
         return orjson.dumps(row) + b"\n", ok
@@ -258,6 +268,8 @@ class Runner:
                                   expires_at=now + int(expires), keep_source=True)
             record.batch[key] = meta["id"]
         self._block_cache.pop(record.id, None)
+        if self.usage is not None:  # the batch's lines enter the organization's usage when it ends (once)
+            self.usage.add(batch_records(record.id, now, record.run.extra.get(USAGE_KEY)))
 
     @staticmethod
     def cleanup(record: BatchRecord) -> None:

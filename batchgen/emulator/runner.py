@@ -28,7 +28,16 @@ import orjson
 
 from batchgen.emulator import ids
 from batchgen.emulator.batches import BatchRecord
-from batchgen.emulator.executor import Executor, Interrupted, LineRequest, LineResult, concurrency, error_body
+from batchgen.emulator.executor import (
+    Executor,
+    Interrupted,
+    LineRequest,
+    LineResult,
+    concurrency,
+    error_body,
+    forget_batch,
+    prepare_lines,
+)
 from batchgen.emulator.files import THIRTY_DAYS, FileStore
 from batchgen.emulator.fsutil import naming, write_all
 from batchgen.emulator.usage import UsageStore, batch_records, tally
@@ -128,8 +137,21 @@ class Runner:
             return cached[1], cached[2], cached[3]
         lines, next_offset = read_block(record.part(INPUT_LINK), run.block_offset)
         order = block_order(self._seed(), record.id, run.block, len(lines))
+        if not prepare_lines(self.executor, record.id, run.block_first_line, lines):
+            prepare_lines(self.executor, record.id, 0, self._lines_before(record) + lines)
         self._block_cache[record.id] = (run.block_offset, lines, next_offset, order)
         return lines, next_offset, order
+
+    def _lines_before(self, record: BatchRecord) -> list[bytes]:
+        """The input lines of the blocks before the current one (run before this process started)."""
+        lines: list[bytes] = []
+        offset = 0
+        while offset < record.run.block_offset:
+            block, offset = read_block(record.part(INPUT_LINK), offset)
+            if not block:
+                break
+            lines.extend(block)
+        return lines
 
     def answer(self, record: BatchRecord, limit: int) -> Answers | None:
         """Execute up to `limit` lines (never past the current block); None if the emulator stopped meanwhile."""
@@ -268,6 +290,7 @@ class Runner:
                                   expires_at=now + int(expires), keep_source=True)
             record.batch[key] = meta["id"]
         self._block_cache.pop(record.id, None)
+        forget_batch(self.executor, record.id)
         if self.usage is not None:  # the batch's lines enter the organization's usage when it ends (once)
             self.usage.add(batch_records(record.id, now, record.run.extra.get(USAGE_KEY)))
 

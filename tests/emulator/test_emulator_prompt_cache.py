@@ -66,7 +66,8 @@ def test_a_shared_prefix_under_1024_tokens_is_not_cached(tmp_path):
     with running(tmp_path / "s", time_scale=0) as emu:
         lines = [line(i, system, unique(i, 150)) for i in range(4)]
         batch = wait(emu, create(emu.client, upload(emu.client, lines).id).id)
-        assert all(r["response"]["body"]["usage"]["prompt_tokens"] > 1100 for r in rows(emu.client, batch.output_file_id))
+        answered = rows(emu.client, batch.output_file_id)
+        assert all(r["response"]["body"]["usage"]["prompt_tokens"] > 1100 for r in answered)
         assert set(cached_by_line(emu, batch).values()) == {0}
         assert batch.usage.input_tokens_details.cached_tokens == 0
 

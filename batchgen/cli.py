@@ -1118,6 +1118,9 @@ def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[...,
               help="State directory (default: <workspace>/serve); reads <state>/config.json if present")
 @click.option("--token", envvar="BATCHGEN_SERVE_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' on every request (also $BATCHGEN_SERVE_TOKEN)")
+@click.option("--admin-key-env", default=None, metavar="NAME",
+              help="The organization Usage and Costs endpoints accept only the key in $NAME (default: any "
+                   "'sk-admin-...' key; other keys never open them)")
 @click.option("--time-scale", type=click.FloatRange(min=0), default=None,
               help="Emulated seconds per real second (3600: the 24 h window passes in 24 s)")
 @click.option("--seed", type=int, default=None, help="Seed of the simulated answers and faults")
@@ -1150,11 +1153,13 @@ def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[...,
               help="Lines sent to the upstream at once (default 8)")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="Server log level")
-def serve_(host: str, port: int, state: str | None, token: str | None, log_level: str, models: str | None,
-           limits: tuple[str, ...], **options: Any) -> None:
+def serve_(host: str, port: int, state: str | None, token: str | None, admin_key_env: str | None, log_level: str,
+           models: str | None, limits: tuple[str, ...], **options: Any) -> None:
     """Serve the Batch API emulator: Files, Batches, chat and embeddings under /v1, for any OpenAI client.
 
-    State (files, batches, progress) survives restarts; Ctrl-C or SIGTERM stops it cleanly.
+    State (files, batches, progress, usage) survives restarts; Ctrl-C or SIGTERM stops it cleanly. The
+    organization's usage and costs (GET /v1/organization/usage/completions, /v1/organization/costs) answer an
+    admin key only.
 
     \b
         batchgen serve                                   # http://127.0.0.1:8000/v1
@@ -1169,12 +1174,17 @@ def serve_(host: str, port: int, state: str | None, token: str | None, log_level
     from batchgen.ledger.workspace import Workspace
 
     state_dir = Path(state) if state else Workspace.resolve().root / "serve"
+    admin_key = None
+    if admin_key_env is not None:
+        admin_key = os.environ.get(admin_key_env)
+        if not admin_key:
+            raise click.ClickException(f"--admin-key-env {admin_key_env}: ${admin_key_env} is not set")
     try:
         check_bind(host, token)
         config = EmulatorConfig.load(state_dir, "serve", serve_overrides(options, models, limits))
         answers = f"lines forwarded to {config.upstream_url}" if config.executor == "upstream" else "simulated answers"
         click.echo(f"Batch API emulator: http://{host}:{port}/v1 (state {state_dir}; {answers})", err=True)
-        serve(state_dir, config, host=host, port=port, token=token, log_level=log_level)
+        serve(state_dir, config, host=host, port=port, token=token, log_level=log_level, admin_key=admin_key)
     except (ConfigError, StateInUse, ValueError) as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:  # the state cannot be written where it starts: a full disk, most likely

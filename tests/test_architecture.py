@@ -17,7 +17,7 @@ RANK = {"base": 0, "recipe": 1, "ledger": 2, "dataset": 3, "run": 4, "shell": 5}
 SHELL = {"batchgen", "batchgen.__main__", "batchgen.cli", "batchgen.output", "batchgen.progress"}
 BASE = {"batchgen._lazy", "batchgen._version", "batchgen.money", "batchgen.errors", "batchgen.crashpoints",
         "batchgen.disk"}
-EMULATOR_MAY_IMPORT = {"batchgen.recipe.tokens"}
+EMULATOR_MAY_IMPORT = {"batchgen.recipe.tokens", "batchgen.recipe.pricing"}
 MAY_IMPORT_EMULATOR = SHELL | {"batchgen.run.client"}
 SQL_WORDS = "SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|WITH|REPLACE|VACUUM|BEGIN|COMMIT|ROLLBACK"
 SQL_START = re.compile(rf"\s*({SQL_WORDS})\s")

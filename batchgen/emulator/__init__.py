@@ -9,9 +9,10 @@
 `start_embedded` runs the emulator in this process (it waits for the state directory if another process holds
 it); `connect_embedded` does that when the state is free and otherwise attaches to the holder's server.
 
-The emulator imports nothing from batchgen except `batchgen.recipe.tokens`. It logs to the `batchgen.emulator`
-logger: `batchgen serve` shows it on stderr; embedded, its lines go wherever the application sends its logs, and
-nowhere by default, so that a command using it prints only its own lines (its errors come back as API answers).
+The emulator imports nothing from batchgen except `batchgen.recipe.tokens` and `batchgen.recipe.pricing`. It logs
+to the `batchgen.emulator` logger: `batchgen serve` shows it on stderr; embedded, its lines go wherever the
+application sends its logs, and nowhere by default, so that a command using it prints only its own lines (its
+errors come back as API answers).
 """
 
 import logging

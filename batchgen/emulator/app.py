@@ -1,4 +1,5 @@
-"""The HTTP app: the Files, Batches, chat and embeddings endpoints of the API under /v1.
+"""The HTTP app: the Files, Batches, chat and embeddings endpoints of the API under /v1, and the organization's
+Usage and Costs endpoints (admin key only).
 
 Every non-2xx answer is the API's error envelope; bad input never produces a traceback or a 500.
 """
@@ -21,6 +22,11 @@ from batchgen.emulator.engine import Engine
 from batchgen.emulator.executor import SYNC_BATCH, LineRequest
 from batchgen.emulator.http import JSON, Handler, guarded, int_param, json_body
 from batchgen.emulator.upload import receive_upload
+from batchgen.emulator.usage import costs_page, usage_page
+
+USAGE_PATH = "/v1/organization/usage/completions"
+COSTS_PATH = "/v1/organization/costs"
+ADMIN_PATHS = (USAGE_PATH, COSTS_PATH)  # answered only with an admin key (see middleware.AuthMiddleware)
 
 
 def api_routes(engine: Engine) -> list[Route]:
@@ -68,6 +74,14 @@ def api_routes(engine: Engine) -> list[Route]:
     async def embeddings(request: Request) -> Response:
         return await _synchronous(engine, request, "/v1/embeddings")
 
+    async def usage_completions(request: Request) -> Response:
+        body = usage_page(engine.usage.records(), request.query_params, engine.clock.now())
+        return Response(body, media_type="application/json")
+
+    async def costs(request: Request) -> Response:
+        body = costs_page(engine.usage.records(), request.query_params, engine.clock.now())
+        return Response(body, media_type="application/json")
+
     table: list[tuple[str, Handler, list[str]]] = [
         ("/v1/files", files_create, ["POST"]), ("/v1/files", files_list, ["GET"]),
         ("/v1/files/{file_id}", files_get, ["GET"]), ("/v1/files/{file_id}", files_delete, ["DELETE"]),
@@ -76,6 +90,7 @@ def api_routes(engine: Engine) -> list[Route]:
         ("/v1/batches/{batch_id}", batches_get, ["GET"]),
         ("/v1/batches/{batch_id}/cancel", batches_cancel, ["POST"]),
         ("/v1/chat/completions", chat, ["POST"]), ("/v1/embeddings", embeddings, ["POST"]),
+        (USAGE_PATH, usage_completions, ["GET"]), (COSTS_PATH, costs, ["GET"]),
     ]
     return [Route(path, guarded(handler), methods=methods) for path, handler, methods in table]
 
@@ -95,7 +110,10 @@ async def _synchronous(engine: Engine, request: Request, endpoint: str) -> Respo
     seed_key = ids.digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hex()
     line = LineRequest(endpoint, body, seed_key, 0, SYNC_BATCH, int(engine.clock.now()))
     result = await run_in_threadpool(engine.executor.execute, line)
-    return JSON(result.body, status_code=result.status_code, headers={"x-request-id": ids.random_request_id()})
+    request_id = ids.random_request_id()
+    if 200 <= result.status_code < 300:
+        await run_in_threadpool(engine.record_sync, request_id, model, result.body)
+    return JSON(result.body, status_code=result.status_code, headers={"x-request-id": request_id})
 
 
 def _health_route(identity: dict[str, Any]) -> Route:
@@ -113,11 +131,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(engine: Engine, *, token: str | None = None, control: bool = False,
-              identity: dict[str, Any] | None = None) -> Starlette:
+              identity: dict[str, Any] | None = None, admin_key: str | None = None) -> Starlette:
     """The ASGI app: /v1 routes, optional control routes, bearer auth, HTTP fault injection and a log line for
     each client that disconnects before its answer is complete.
 
     With `identity`, `GET /_emulator/health` answers it (outside /v1, so injected faults never hit it).
+    The organization's Usage and Costs routes answer only an admin key: one starting `sk-admin-`, or `admin_key`.
     """
     from batchgen.emulator.control import control_routes
     from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware
@@ -127,6 +146,6 @@ def build_app(engine: Engine, *, token: str | None = None, control: bool = False
         routes.append(_health_route(dict(identity)))
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.add_middleware(FaultMiddleware, engine=engine)
-    app.add_middleware(AuthMiddleware, token=token)
+    app.add_middleware(AuthMiddleware, token=token, admin_key=admin_key, admin_paths=ADMIN_PATHS)
     app.add_middleware(DisconnectLog)
     return app

@@ -61,6 +61,8 @@ class EmulatorConfig:
     malformed_rate: float = 0.0
     malformed_when_prompt_contains: list[str] = field(default_factory=list)
     judge_low_rate: float = 0.1  # the share of examples a simulated judge scores low (see emulator/judging.py)
+    prompt_caching: bool = True  # simulate: cached_tokens for prefixes seen before (see emulator/promptcache.py)
+    prompt_cache_ttl_seconds: float = 300.0
     expire_after_fraction: float | None = None
     stuck_finalizing_seconds: float = 0.0
     http_error_rate: float = 0.0
@@ -336,7 +338,8 @@ _RULES: dict[str, _Rule] = {
     "slow_rate": _rate(), "judge_low_rate": _rate(),
     "malformed_when_prompt_contains": _Rule("an array of texts (none empty)", _texts),
     "expire_after_fraction": _Rule("a number from 0 to 1", lambda v: _number(v, 0.0, 1.0), nullable=True),
-    "control": _Rule("true or false", _flag),
+    "control": _Rule("true or false", _flag), "prompt_caching": _Rule("true or false", _flag),
+    "prompt_cache_ttl_seconds": _seconds(),
     "executor": _Rule(f"one of {', '.join(EXECUTORS)}", _executor),
     "upstream_url": _Rule("an http:// or https:// URL", _url, nullable=True),
     "upstream_models": _Rule("an object of requested model names to upstream model names", _renames),

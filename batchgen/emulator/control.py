@@ -7,6 +7,8 @@
     POST /_emulator/settle    {"timeout": s}                run until nothing is due now
     GET  /_emulator/batches/{id}                            the batch, free of injected HTTP faults
     POST /_emulator/batches/{id}/force  {"action": "expire"} | {"action": "stuck_finalizing", "seconds": s}
+    POST /_emulator/usage/adjust  {"day", "model", "input_tokens", "cached_tokens", "output_tokens", "requests",
+                                   "batch", "cost_usd"}     plant a usage record (numbers may be negative)
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ def control_routes(engine: Engine) -> list[Route]:
                                         float(body.get("seconds", 0.0)))
         return JSON(batch)
 
-    table = [("/_emulator/state", get_state, ["GET"]), ("/_emulator/clock", clock, ["POST"]),
+    async def adjust(request: Request) -> Response:
+        return JSON(await run_in_threadpool(engine.adjust_usage, await json_body(request)))
+
+    table = [("/_emulator/state", get_state, ["GET"]), ("/_emulator/usage/adjust", adjust, ["POST"]),
+             ("/_emulator/clock", clock, ["POST"]),
              ("/_emulator/config", config, ["POST"]), ("/_emulator/settle", settle, ["POST"]),
              ("/_emulator/batches/{batch_id}", batch, ["GET"]),
              ("/_emulator/batches/{batch_id}/force", force, ["POST"])]

@@ -67,6 +67,15 @@ class EmulatorControl:
         return dict(self._call("POST", f"/_emulator/batches/{batch_id}/force",
                                {"action": "stuck_finalizing", "seconds": seconds}))
 
+    def adjust_usage(self, day: str, model: str, *, input_tokens: int = 0, cached_tokens: int = 0,
+                     output_tokens: int = 0, requests: int = 0, batch: bool = True,
+                     cost_usd: str = "0") -> dict[str, Any]:
+        """Plant a usage record on `day` (YYYY-MM-DD), so the organization's usage differs from what was run;
+        numbers may be negative. `cost_usd` is a decimal string (exact)."""
+        return dict(self._call("POST", "/_emulator/usage/adjust", {
+            "day": day, "model": model, "input_tokens": input_tokens, "cached_tokens": cached_tokens,
+            "output_tokens": output_tokens, "requests": requests, "batch": batch, "cost_usd": str(cost_usd)}))
+
     def batch(self, batch_id: str) -> dict[str, Any]:
         """The batch as `GET /v1/batches/{id}` shows it, but never subject to injected HTTP faults."""
         return dict(self._call("GET", f"/_emulator/batches/{batch_id}"))

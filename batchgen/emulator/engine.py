@@ -12,11 +12,13 @@ is not moving; once there is room the batches go on from where they were.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import logging
 import os
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from batchgen.emulator.lifecycle import Lifecycle
 from batchgen.emulator.runner import Runner
 from batchgen.emulator.simulate import SimulateExecutor
 from batchgen.emulator.tokencount import TokenCounter
+from batchgen.emulator.usage import Pricer, UsageRecord, UsageStore, answer_tokens
 
 ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
              "/v1/images/generations", "/v1/images/edits", "/v1/videos")
@@ -76,7 +79,10 @@ class Engine:
         self.counter = TokenCounter()
         inner = executor or self._executor()
         self.executor = FaultyExecutor(inner, lambda: self.config, self.counter)
-        self.runner = Runner(self.files, self.executor, lambda: self.config.seed, self.batches.save, self.clock.now)
+        self.usage = UsageStore(self.state_dir)
+        self.pricer = Pricer(free=inner.name == "upstream")  # an upstream's answers cost nothing here
+        self.runner = Runner(self.files, self.executor, lambda: self.config.seed, self.batches.save, self.clock.now,
+                             self.usage, self.pricer.cost)
         self.lifecycle = Lifecycle(self.batches, self.files, self.runner, self.counter, lambda: self.config)
         for record in self.batches.all():
             if record.status in ("in_progress", "finalizing", "cancelling"):
@@ -275,6 +281,38 @@ class Engine:
         else:
             raise bad_request(f"Unknown action '{action}'; use 'expire' or 'stuck_finalizing'.", param="action")
         self.batches.save(record)
+
+    def record_sync(self, request_id: str, model: str, body: Any) -> None:
+        """A synchronous call answered 2xx enters the organization's usage now, at standard price."""
+        prompt, cached, completion = answer_tokens(body)
+        cost = self.pricer.cost(model, prompt, cached, completion, False)
+        self.usage.add([UsageRecord(f"sync:{request_id}", int(self.clock.now()), model, False, prompt, cached,
+                                    completion, 1, cost)])
+
+    def adjust_usage(self, body: Any) -> dict[str, Any]:
+        """Test control: plant a usage record on a day (numbers may be negative), so the provider's usage can
+        differ from what a client recorded."""
+        if not isinstance(body, dict):
+            raise bad_request("Expected a JSON object.")
+        try:
+            day = datetime.date.fromisoformat(str(body["day"]))
+            model = body["model"]
+            if not isinstance(model, str) or not model:
+                raise ValueError("model must be a model name")
+            numbers = {name: int(body.get(name, 0)) for name in ("input_tokens", "cached_tokens", "output_tokens",
+                                                                  "requests")}
+            cost = Decimal(str(body.get("cost_usd", "0")))
+            if not cost.is_finite():
+                raise ValueError("cost_usd must be a finite amount")
+        except (KeyError, TypeError, ValueError, ArithmeticError) as error:
+            raise bad_request(f"Bad usage adjustment: {error}") from error
+        when = int(datetime.datetime.combine(day, datetime.time(12), datetime.timezone.utc).timestamp())
+        record = UsageRecord(f"adjust:{ids.random_request_id()}", when, model, bool(body.get("batch", True)),
+                             numbers["input_tokens"], numbers["cached_tokens"], numbers["output_tokens"],
+                             numbers["requests"], cost)
+        self.usage.add([record])
+        return {"key": record.key, "time": record.time, "model": model, "batch": record.batch, **numbers,
+                "cost_usd": str(cost)}
 
     def set_config(self, config: EmulatorConfig) -> None:
         """Apply a new config live; ConfigError for the executor's settings, which need a restart."""

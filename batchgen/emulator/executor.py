@@ -82,6 +82,20 @@ def close_executor(executor: Executor) -> None:
         close()
 
 
+def prepare_lines(executor: Executor, batch_id: str, first_index: int, lines: list[bytes]) -> bool:
+    """Show an executor a batch's input lines (from `first_index`, in input order) before they run, if it wants to
+    see them (the simulated prompt cache does); False when it needs the lines before `first_index` too."""
+    prepare = getattr(executor, "prepare", None)
+    return bool(prepare(batch_id, first_index, lines)) if callable(prepare) else True
+
+
+def forget_batch(executor: Executor, batch_id: str) -> None:
+    """The batch has ended: the executor may drop what it kept for it."""
+    forget = getattr(executor, "forget", None)
+    if callable(forget):
+        forget(batch_id)
+
+
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -126,6 +140,12 @@ class FaultyExecutor:
 
     def close(self) -> None:
         close_executor(self.inner)
+
+    def prepare(self, batch_id: str, first_index: int, lines: list[bytes]) -> bool:
+        return prepare_lines(self.inner, batch_id, first_index, lines)
+
+    def forget(self, batch_id: str) -> None:
+        forget_batch(self.inner, batch_id)
 
     @staticmethod
     def _fault(config: EmulatorConfig, request: LineRequest) -> tuple[random.Random | None, LineResult | None]:

@@ -21,6 +21,9 @@ from batchgen.emulator.engine import Engine
 
 _MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
                 "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+_ADMIN_ONLY = ("This endpoint needs an admin key: the organization's Usage and Costs APIs answer only an admin API "
+               "key (sk-admin-...), not a project or user key.")
+ADMIN_PREFIX = "sk-admin-"
 _DROP_MESSAGE = "ASGI callable returned without completing response."
 log = logging.getLogger("batchgen.emulator")
 
@@ -42,21 +45,49 @@ async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] 
 
 
 class AuthMiddleware:
-    """With a token, every request needs `Authorization: Bearer <token>` (401 otherwise)."""
+    """With a token, every request needs `Authorization: Bearer <token>` (401 otherwise). The `admin_paths` (the
+    organization's Usage and Costs) need an admin key instead, token or not: a bearer key starting `sk-admin-`, or
+    exactly `admin_key` when one is set; any other key gets 403, none 401. An admin key opens nothing else."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, admin_key: str | None = None,
+                 admin_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token
+        self.admin_key = admin_key
+        self.admin_paths = admin_paths
+
+    def _is_admin(self, key: str) -> bool:
+        if self.admin_key:
+            return hmac.compare_digest(key.encode(), self.admin_key.encode())
+        return key.startswith(ADMIN_PREFIX) and len(key) > len(ADMIN_PREFIX)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.token:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        if hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
+        if str(scope.get("path", "")).rstrip("/") in self.admin_paths:
+            await self._admin(header, scope, receive, send)
+            return
+        if not self.token or hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
             await self.app(scope, receive, send)
             return
         await drain(receive)
+        await self._refuse(header, send)
+
+    async def _admin(self, header: str, scope: Scope, receive: Receive, send: Send) -> None:
+        key = header[7:].strip() if header.startswith("Bearer ") else ""
+        if key and self._is_admin(key):
+            await self.app(scope, receive, send)
+            return
+        await drain(receive)
+        if not key:
+            await self._refuse(header, send)
+            return
+        await send_json(send, 403, error_envelope(_ADMIN_ONLY, code="insufficient_permissions"))
+
+    @staticmethod
+    async def _refuse(header: str, send: Send) -> None:
         if not header.startswith("Bearer ") or not header[7:].strip():
             body = error_envelope(_MISSING_KEY)
         else:

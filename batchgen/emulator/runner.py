@@ -20,6 +20,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,19 @@ import orjson
 
 from batchgen.emulator import ids
 from batchgen.emulator.batches import BatchRecord
-from batchgen.emulator.executor import Executor, Interrupted, LineRequest, LineResult, concurrency, error_body
+from batchgen.emulator.executor import (
+    Executor,
+    Interrupted,
+    LineRequest,
+    LineResult,
+    concurrency,
+    error_body,
+    forget_batch,
+    prepare_lines,
+)
 from batchgen.emulator.files import THIRTY_DAYS, FileStore
 from batchgen.emulator.fsutil import naming, write_all
+from batchgen.emulator.usage import UsageStore, batch_records, tally
 
 BLOCK = 256
 CHUNKS_IN_FLIGHT = 4  # a concurrent executor gets at most this many times its concurrency per chunk
@@ -37,6 +48,7 @@ OUTPUT_PART = "output.part"
 ERRORS_PART = "errors.part"
 INPUT_LINK = "input.jsonl"
 CONTENT_KEY = "input_sha256"  # in Run.extra: the digest of the input file, set when the batch starts
+USAGE_KEY = "usage_by_model"  # in Run.extra: tokens, requests and cost of the answered lines, per model
 TAIL_MESSAGES = {
     "batch_expired": "This request could not be executed before the completion window expired.",
     "batch_cancelled": "This request was not executed because the batch was cancelled.",
@@ -95,8 +107,12 @@ class Runner:
     """Executes, records and finalizes the lines of batches."""
 
     def __init__(self, files: FileStore, executor: Executor, seed: Callable[[], int],
-                 save: Callable[[BatchRecord], None], now: Callable[[], float]) -> None:
+                 save: Callable[[BatchRecord], None], now: Callable[[], float],
+                 usage: UsageStore | None = None, cost: Callable[[str, int, int, int, bool], Decimal] | None = None,
+                 ) -> None:
         self.files = files
+        self.usage = usage
+        self._cost = cost or (lambda *_: Decimal(0))
         self.executor = executor
         self._seed = seed
         self._save = save
@@ -121,8 +137,21 @@ class Runner:
             return cached[1], cached[2], cached[3]
         lines, next_offset = read_block(record.part(INPUT_LINK), run.block_offset)
         order = block_order(self._seed(), record.id, run.block, len(lines))
+        if not prepare_lines(self.executor, record.id, run.block_first_line, lines):
+            prepare_lines(self.executor, record.id, 0, self._lines_before(record) + lines)
         self._block_cache[record.id] = (run.block_offset, lines, next_offset, order)
         return lines, next_offset, order
+
+    def _lines_before(self, record: BatchRecord) -> list[bytes]:
+        """The input lines of the blocks before the current one (run before this process started)."""
+        lines: list[bytes] = []
+        offset = 0
+        while offset < record.run.block_offset:
+            block, offset = read_block(record.part(INPUT_LINK), offset)
+            if not block:
+                break
+            lines.extend(block)
+        return lines
 
     def answer(self, record: BatchRecord, limit: int) -> Answers | None:
         """Execute up to `limit` lines (never past the current block); None if the emulator stopped meanwhile."""
@@ -193,6 +222,9 @@ class Runner:
                "error": None}
         if ok:
             _add_usage(record.batch, result.body)
+            model = request.body.get("model")
+            tally(record.run.extra.setdefault(USAGE_KEY, {}), model if isinstance(model, str) else "-",
+                  result.body, self._cost)
         counts = record.batch["request_counts"]
         counts["completed" if ok else "failed"] += 1
         return orjson.dumps(row) + b"\n", ok
@@ -258,6 +290,9 @@ class Runner:
                                   expires_at=now + int(expires), keep_source=True)
             record.batch[key] = meta["id"]
         self._block_cache.pop(record.id, None)
+        forget_batch(self.executor, record.id)
+        if self.usage is not None:  # the batch's lines enter the organization's usage when it ends (once)
+            self.usage.add(batch_records(record.id, now, record.run.extra.get(USAGE_KEY)))
 
     @staticmethod
     def cleanup(record: BatchRecord) -> None:

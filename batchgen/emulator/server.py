@@ -190,13 +190,15 @@ def _log_like_uvicorn(log_level: str) -> None:
 
 
 def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, log_level: str = "info") -> None:
-    """Serve in the foreground until SIGINT/SIGTERM; raises ValueError for a public host without a token."""
+          token: str | None = None, log_level: str = "info", admin_key: str | None = None) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM; raises ValueError for a public host without a token.
+
+    `admin_key`: the only key the Usage and Costs endpoints accept (default: any key starting `sk-admin-`)."""
     check_bind(host, token)
     engine = Engine(state_dir, config, lock_timeout=0.0)
     engine.start()
     try:
-        app = build_app(engine, token=token, control=config.control)
+        app = build_app(engine, token=token, control=config.control, admin_key=admin_key)
         uv_config = _uvicorn_config(app, log_level)
         _log_like_uvicorn(log_level)
         uv_config.host, uv_config.port = host, port

@@ -2,7 +2,8 @@
 
 Chat completions get content from `compose` (schema-valid JSON built from the prompt's seed examples, or text),
 usage counted with the real tokenizer (prompt tokens exactly as `batchgen.recipe.tokens.count_messages`, plus
-`response_format_tokens` for a json_schema format), and
+`response_format_tokens` for a json_schema format; cached tokens as OpenAI's prompt caching gives them, see
+`promptcache`), and
 `finish_reason: "length"` when `max_tokens` / `max_completion_tokens` cuts the answer. Embeddings are deterministic
 unit vectors (float lists, or base64 float32 as the SDK asks by default).
 """
@@ -16,10 +17,13 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from batchgen.emulator import ids
 from batchgen.emulator.compose import Composer
 from batchgen.emulator.config import EmulatorConfig
-from batchgen.emulator.executor import LineRequest, LineResult, error_body, line_rng
+from batchgen.emulator.executor import SYNC_BATCH, LineRequest, LineResult, error_body, line_rng
+from batchgen.emulator.promptcache import CACHE_MIN_TOKENS, PromptCache
 from batchgen.emulator.tokencount import TokenCounter, _content_text
 from batchgen.emulator.validate import input_tokens
 from batchgen.recipe.tokens import response_format_tokens
@@ -40,6 +44,29 @@ class SimulateExecutor:
         self._config = config
         self._counter = counter
         self._composer = Composer()
+        self.prompt_cache = PromptCache(counter)
+
+    def prepare(self, batch_id: str, first_index: int, lines: list[bytes]) -> bool:
+        """Note the prompt prefixes of a batch's input lines before any of them runs (input order decides which
+        line of a batch is the first to have a prefix); False when the earlier lines are needed first."""
+        if not self._config().prompt_caching:
+            return True
+        return self.prompt_cache.prepare(batch_id, first_index, [self._line_hashes(raw) for raw in lines])
+
+    def forget(self, batch_id: str) -> None:
+        self.prompt_cache.forget(batch_id)
+
+    def _line_hashes(self, raw: bytes) -> tuple[str, list[bytes]]:
+        try:
+            item = orjson.loads(raw)
+            body = item["body"]
+            model, messages = body.get("model"), body.get("messages")
+            if item.get("url") != "/v1/chat/completions" or not isinstance(model, str) \
+                    or not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                return "", []
+            return model, self.prompt_cache.hashes(messages, model, body.get("response_format"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return "", []
 
     def execute(self, request: LineRequest) -> LineResult:
         body = request.body
@@ -78,11 +105,17 @@ class SimulateExecutor:
                                                         "annotations": []},
                             "logprobs": None, "finish_reason": reason})
         prompt = self._counter.messages(messages, model) + response_format_tokens(body.get("response_format"), model)
+        cached = 0
+        if config.prompt_caching and prompt >= CACHE_MIN_TOKENS:
+            hashes = self.prompt_cache.hashes(messages, model, body.get("response_format"))
+            batch = None if request.batch_id == SYNC_BATCH else request.batch_id
+            cached = self.prompt_cache.cached(model, hashes, request.created, config.prompt_cache_ttl_seconds,
+                                              batch, request.index)
         return LineResult(200, {
             "id": ids.completion_id(config.seed, request.batch_id, request.index, request.custom_id),
             "object": "chat.completion", "created": request.created, "model": model, "choices": choices,
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                      "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
                       "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                                     "accepted_prediction_tokens": 0,
                                                     "rejected_prediction_tokens": 0}},

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen._version import __version__
-from batchgen.errors import PricingError
+from batchgen.errors import PricingError as PricingError  # re-exported: the emulator may import only this module
 
 ENV_VAR = "BATCHGEN_PRICES"
 FREE_SOURCE = "free: the job's backend serves this model at no cost (free = true)"

@@ -8,28 +8,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from test_ledger_reconcile import TASK_API, invoke
+from test_ledger_reconcile import workspace_with as reconcile_workspace
 
-from batchgen.cli import cli
 from batchgen.emulator import start_embedded
 from batchgen.ledger import Ledger
 
-ROOT = Path(__file__).resolve().parents[2]
-TASK_API = ROOT / "jobs" / "task_api"
-FAST = {"line_seconds": 0, "validation_seconds": 0, "finalizing_seconds": 0}
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
 
 def workspace_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: object) -> Path:
-    workspace = tmp_path / ".batchgen"
-    (workspace / "emulator").mkdir(parents=True)
-    (workspace / "emulator" / "config.json").write_text(json.dumps({**FAST, **config}), encoding="utf-8")
-    monkeypatch.setenv("BATCHGEN_WORKSPACE", str(workspace))
+    """test_ledger_reconcile's workspace, with an admin key for the Usage and Costs APIs."""
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-reconcile")
-    return workspace
+    return reconcile_workspace(tmp_path, monkeypatch, **config)
 
 
 def reconcile_usage(*args: str) -> tuple[int, dict]:

@@ -144,8 +144,10 @@ class UsageAudit:
 def usage_audit(ledger: Ledger, client: BatchClient, admin_key: str, *, since: str | None = None,
                 until: str | None = None, tolerance_pct: Decimal = Decimal(1)) -> UsageAudit:
     """Compare the ledger with the provider's usage and costs, day by day (see the module docstring)."""
-    first = since or _first_day(ledger)
-    last = until or datetime.now(timezone.utc).date().isoformat()
+    days = [line.key["day"] for line in ledger.cost_report(("day",)).lines]
+    today = datetime.now(timezone.utc).date().isoformat()
+    first = since or min(days, default=today)
+    last = until or max([today, *days])  # a provider whose clock runs ahead (the emulator's) still counts
     if last < first:
         raise BatchgenError(f"--until {last} is before --since {first}")
     audit = UsageAudit(first, last, tolerance_pct)
@@ -178,11 +180,6 @@ def usage_audit(ledger: Ledger, client: BatchClient, admin_key: str, *, since: s
     audit.money = _money_rows(ledger, client, admin_key, first, last, start, end, other_money, unrecorded_money,
                               tolerance_pct)
     return audit
-
-
-def _first_day(ledger: Ledger) -> str:
-    days = [line.key["day"] for line in ledger.cost_report(("day",)).lines]
-    return min(days) if days else datetime.now(timezone.utc).date().isoformat()
 
 
 def _buckets(client: BatchClient, admin_key: str, path: str, params: dict[str, Any]) -> Iterable[dict[str, Any]]:

@@ -41,7 +41,7 @@ from batchgen.recipe.tokens import (
 CACHE_MIN_TOKENS = 1024
 CACHE_STEP_TOKENS = 128
 _FRAME, _NAME, _PRIMING, _FORMAT = 0xFFFFFF01, 0xFFFFFF02, 0xFFFFFF03, 0xFFFFFF04  # ids no encoding has
-_IDS_KEPT = 512  # token ids of this many long texts (system prompts, seed blocks) are kept
+_IDS_KEPT = 4096  # token ids of this many chunks of long texts (system prompts, seed blocks) are kept
 _PRUNE_AT = 500_000  # hashes per model before the expired ones are dropped
 _NEVER = float("inf")
 
@@ -117,25 +117,28 @@ class PromptCache:
         return out
 
     def _text_ids(self, name: str, text: str) -> array[int]:
-        """A text's token ids, cut into chunks exactly as `TokenCounter` counts it (so the lengths agree)."""
+        """A text's token ids, cut into chunks exactly as `TokenCounter` counts it (so the lengths agree); the ids of
+        each chunk of a long text are kept, so seed blocks and system prompts shared by many prompts are encoded
+        once."""
         if not text:
             return array("I")
-        if len(text) < _CHUNK_MIN:
-            return array("I", get_encoding(name).encode_ordinary(text))
-        key = _key(name, text)
-        with self._lock:
-            found = self._ids.get(key)
-            if found is not None:
-                self._ids.move_to_end(key)
-                return found
         encoding = get_encoding(name)
+        if len(text) < _CHUNK_MIN:
+            return array("I", encoding.encode_ordinary(text))
         ids = array("I")
         for chunk in _CHUNK_AT.split(text):
-            ids.extend(encoding.encode_ordinary(chunk))
-        with self._lock:
-            self._ids[key] = ids
-            if len(self._ids) > _IDS_KEPT:
-                self._ids.popitem(last=False)
+            key = _key(name, chunk)
+            with self._lock:
+                found = self._ids.get(key)
+                if found is not None:
+                    self._ids.move_to_end(key)
+            if found is None:
+                found = array("I", encoding.encode_ordinary(chunk))
+                with self._lock:
+                    self._ids[key] = found
+                    if len(self._ids) > _IDS_KEPT:
+                        self._ids.popitem(last=False)
+            ids.extend(found)
         return ids
 
     # -- batches ----------------------------------------------------------------------------------------------

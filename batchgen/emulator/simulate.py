@@ -64,7 +64,11 @@ class SimulateExecutor:
             if item.get("url") != "/v1/chat/completions" or not isinstance(model, str) \
                     or not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 return "", []
-            return model, self.prompt_cache.hashes(messages, model, body.get("response_format"))
+            response_format = body.get("response_format")
+            if self._counter.messages(messages, model) + response_format_tokens(response_format, model) \
+                    < CACHE_MIN_TOKENS:  # counting is cheaper than hashing (the counter keeps chunk counts)
+                return model, []
+            return model, self.prompt_cache.hashes(messages, model, response_format)
         except (ValueError, KeyError, TypeError, AttributeError):
             return "", []
 

@@ -109,8 +109,10 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def one_run(input_path: Path, lines: int, work: Path) -> dict[str, float]:
+def one_run(input_path: Path, lines: int, work: Path, caching: bool) -> dict[str, float]:
     port = free_port()
+    (work / "state").mkdir()
+    (work / "state" / "config.json").write_text(json.dumps({"prompt_caching": caching}), encoding="utf-8")
     server = start_server(work / "state", port)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", timeout=600, max_retries=0)
     try:
@@ -157,18 +159,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--examples", type=int, default=5, help="examples each request asks for")
     parser.add_argument("--prompt", choices=["compact", "job"], default="compact", help="request shape (above)")
+    parser.add_argument("--no-prompt-caching", action="store_true",
+                        help="serve with prompt_caching = false (to see what the cache simulation costs)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-emulator-") as tmp:
         input_path = Path(tmp) / "input.jsonl"
         size = write_input(input_path, args.lines, args.examples, args.prompt)
         print(f"machine: {machine()}")
         print(f"input: {args.lines} lines, {size / 1e6:.1f} MB ({args.prompt} prompt), {args.examples} examples "
-              "asked per line")
+              f"asked per line; prompt caching {'off' if args.no_prompt_caching else 'on'}")
         results = []
         for run in range(args.runs):
             work = Path(tmp) / f"run{run}"
             work.mkdir()
-            result = one_run(input_path, args.lines, work)
+            result = one_run(input_path, args.lines, work, not args.no_prompt_caching)
             results.append(result)
             print(f"run {run + 1}: wall {result['wall']:.2f} s (upload {result['upload']:.2f}, validate+execute "
                   f"{result['run']:.2f}, download {result['download']:.2f}); output {result['output_mb']:.1f} MB; "

@@ -181,7 +181,8 @@ def guard_options(func: Any) -> Any:
                              "guard's expected mode and the size of top-ups), or from the job's files alone")(func)
     func = click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, metavar="SECONDS",
                         help="First wait between polls of a batch, growing by half each poll up to 5 minutes "
-                             "(default: 30 on an API, 0.25 on the embedded emulator)")(func)
+                             "(default: 30 on an API; 1, growing to 15, on a server on this machine; 0.25 on the "
+                             "embedded emulator)")(func)
     func = click.option("--queue-limit", type=click.IntRange(min=1), default=None, metavar="TOKENS",
                         help="Cap on a model's queued input tokens (default: the job's limits.max_queued_tokens, "
                              "else the tier-1 limit on OpenAI)")(func)

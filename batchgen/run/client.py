@@ -16,12 +16,14 @@ start) that is a `DiskError` like any other write of batchgen's, not a provider 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import openai
 from openai.types import Batch, FileObject
@@ -45,6 +47,17 @@ def choose_backend(flag: str | None = None, job_backend: str | None = None) -> s
     if backend not in BACKENDS:
         raise BackendError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether a base URL names this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class BatchClient:
@@ -96,6 +109,11 @@ class BatchClient:
         old.close()
         self.base_url = str(sdk.base_url).rstrip("/")
         return True
+
+    @property
+    def loopback(self) -> bool:
+        """True when the API is on this machine (the embedded emulator, `batchgen serve`, a local model server)."""
+        return is_loopback_url(self.base_url)
 
     @property
     def identity(self) -> str:

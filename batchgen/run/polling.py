@@ -10,12 +10,18 @@ from batchgen.run.client import BatchClient, is_transient
 from batchgen.run.session import Session
 
 
-def poll_interval(session: Session, backend: str, status: str, polls: int) -> float:
-    """Seconds until the next retrieve of a batch: quick on the emulator, backing off with jitter on a real API."""
-    if backend == "embedded" and session.poll_base is None:
+def poll_interval(client: BatchClient, status: str, polls: int, first: float | None = None) -> float:
+    """Seconds until the next retrieve of a batch, backing off with jitter: quick on the embedded emulator; from
+    about a second, growing gently to 15 s, on a server on this machine (`batchgen serve`, a local model answers in
+    milliseconds); from 30 s to 5 min on a remote API. `first` (`--poll-interval`) sets the first wait anywhere."""
+    if first is None and client.backend == "embedded":
         return 0.25
-    first = session.poll_base if session.poll_base is not None else 30.0
-    base = min(first * (1.5 ** min(polls, 10)), max(first, 300.0))
+    if first is None and client.loopback:
+        first, growth, longest = 1.0, 1.25, 15.0
+    else:
+        first = first if first is not None else 30.0
+        growth, longest = 1.5, max(first, 300.0)
+    base = min(first * (growth ** min(polls, 10)), longest)
     if status == "finalizing":
         base = min(base * 2, 600.0)
     return base * random.uniform(0.8, 1.2)
@@ -39,7 +45,7 @@ def poll_due(session: Session, client: BatchClient, job: str) -> None:
 
 def _poll_failed(session: Session, client: BatchClient, job: str, row: dict[str, Any], error: BackendError) -> None:
     """A poll that met a transient fault (outage, 429, 5xx): note it and try again after a longer wait."""
-    wait = poll_interval(session, client.backend, "error", row["polls"] + 1) * 2
+    wait = poll_interval(client, "error", row["polls"] + 1, session.poll_base) * 2
     with session.ledger.transaction():
         session.ledger.record_poll_error(job, row["id"], next_poll=session.clock() + wait,
                                          status_code=error.status_code, message=str(error))
@@ -47,7 +53,7 @@ def _poll_failed(session: Session, client: BatchClient, job: str, row: dict[str,
 
 def record_batch_state(session: Session, client: BatchClient, job: str, batch: dict[str, Any], polls: int) -> None:
     """Record the provider's view of a batch and when to ask again."""
-    wait = poll_interval(session, client.backend, batch["status"], polls)
+    wait = poll_interval(client, batch["status"], polls, session.poll_base)
     with session.ledger.transaction():
         session.ledger.record_poll(job, batch, polls=polls, next_poll=session.clock() + wait)
 

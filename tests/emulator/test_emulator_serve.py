@@ -12,35 +12,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import openai
 from emulator_fixtures import chat_line, jsonl, rows
+from loopback import free_port as _free_port
+from loopback import serve as _serve
 
 from batchgen.emulator import EmulatorControl
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(state: Path, port: int, *extra: str, log_level: str = "warning") -> subprocess.Popen:
-    command = [sys.executable, "-m", "batchgen", "serve", "--port", str(port), "--state", str(state), "--control",
-               "--log-level", log_level, *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(process.communicate()[1])
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("batchgen serve did not start")
 
 
 def _stop(process: subprocess.Popen, sig: int) -> tuple[int, str]:

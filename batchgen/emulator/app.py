@@ -132,14 +132,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def build_app(engine: Engine, *, token: str | None = None, control: bool = False,
               identity: dict[str, Any] | None = None, admin_key: str | None = None) -> Starlette:
-    """The ASGI app: /v1 routes, optional control routes, bearer auth, HTTP fault injection and a log line for
-    each client that disconnects before its answer is complete.
+    """The ASGI app: /v1 routes, optional control routes, bearer auth, HTTP fault injection, a log line for
+    each client that disconnects before its answer is complete, and an `x-request-id` on every answer.
 
     With `identity`, `GET /_emulator/health` answers it (outside /v1, so injected faults never hit it).
     The organization's Usage and Costs routes answer only an admin key: one starting `sk-admin-`, or `admin_key`.
     """
     from batchgen.emulator.control import control_routes
-    from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware
+    from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware, RequestId
 
     routes = api_routes(engine) + (control_routes(engine) if control else [])
     if identity is not None:
@@ -148,4 +148,5 @@ def build_app(engine: Engine, *, token: str | None = None, control: bool = False
     app.add_middleware(FaultMiddleware, engine=engine)
     app.add_middleware(AuthMiddleware, token=token, admin_key=admin_key, admin_paths=ADMIN_PATHS)
     app.add_middleware(DisconnectLog)
+    app.add_middleware(RequestId)
     return app

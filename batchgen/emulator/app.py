@@ -1,5 +1,5 @@
-"""The HTTP app: the Files, Batches, chat and embeddings endpoints of the API under /v1, and the organization's
-Usage and Costs endpoints (admin key only).
+"""The HTTP app: the Files, Batches, Models, chat and embeddings endpoints of the API under /v1, and the
+organization's Usage and Costs endpoints (admin key only).
 
 Every non-2xx answer is the API's error envelope; bad input never produces a traceback or a 500.
 """
@@ -21,6 +21,7 @@ from batchgen.emulator.apierror import APIError, bad_request, error_envelope
 from batchgen.emulator.engine import Engine
 from batchgen.emulator.executor import SYNC_BATCH, LineRequest
 from batchgen.emulator.http import JSON, Handler, guarded, int_param, json_body
+from batchgen.emulator.models import get_model, list_models
 from batchgen.emulator.upload import receive_upload
 from batchgen.emulator.usage import costs_page, usage_page
 
@@ -74,6 +75,14 @@ def api_routes(engine: Engine) -> list[Route]:
     async def embeddings(request: Request) -> Response:
         return await _synchronous(engine, request, "/v1/embeddings")
 
+    started = int(engine.clock.now())
+
+    async def models_list(request: Request) -> Response:
+        return JSON({"object": "list", "data": await run_in_threadpool(list_models, engine, started)})
+
+    async def models_get(request: Request) -> Response:
+        return JSON(await run_in_threadpool(get_model, engine, request.path_params["model"], started))
+
     async def usage_completions(request: Request) -> Response:
         body = usage_page(engine.usage.records(), request.query_params, engine.clock.now())
         return Response(body, media_type="application/json")
@@ -90,6 +99,7 @@ def api_routes(engine: Engine) -> list[Route]:
         ("/v1/batches/{batch_id}", batches_get, ["GET"]),
         ("/v1/batches/{batch_id}/cancel", batches_cancel, ["POST"]),
         ("/v1/chat/completions", chat, ["POST"]), ("/v1/embeddings", embeddings, ["POST"]),
+        ("/v1/models", models_list, ["GET"]), ("/v1/models/{model:path}", models_get, ["GET"]),
         (USAGE_PATH, usage_completions, ["GET"]), (COSTS_PATH, costs, ["GET"]),
     ]
     return [Route(path, guarded(handler), methods=methods) for path, handler, methods in table]
@@ -132,14 +142,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def build_app(engine: Engine, *, token: str | None = None, control: bool = False,
               identity: dict[str, Any] | None = None, admin_key: str | None = None) -> Starlette:
-    """The ASGI app: /v1 routes, optional control routes, bearer auth, HTTP fault injection and a log line for
-    each client that disconnects before its answer is complete.
+    """The ASGI app: /v1 routes, optional control routes, bearer auth, HTTP fault injection, a log line for
+    each client that disconnects before its answer is complete, and an `x-request-id` on every answer.
 
     With `identity`, `GET /_emulator/health` answers it (outside /v1, so injected faults never hit it).
     The organization's Usage and Costs routes answer only an admin key: one starting `sk-admin-`, or `admin_key`.
     """
     from batchgen.emulator.control import control_routes
-    from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware
+    from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware, RequestId
 
     routes = api_routes(engine) + (control_routes(engine) if control else [])
     if identity is not None:
@@ -148,4 +158,5 @@ def build_app(engine: Engine, *, token: str | None = None, control: bool = False
     app.add_middleware(FaultMiddleware, engine=engine)
     app.add_middleware(AuthMiddleware, token=token, admin_key=admin_key, admin_paths=ADMIN_PATHS)
     app.add_middleware(DisconnectLog)
+    app.add_middleware(RequestId)
     return app

@@ -1,5 +1,6 @@
 """ASGI middleware: bearer-token auth, HTTP-level faults on /v1 (transient 429/500/503 with Retry-After,
-dropped connections, slow answers), and one log line for a client that goes away mid-request or mid-download.
+dropped connections, slow answers), one log line for a client that goes away mid-request or mid-download, and an
+`x-request-id` on every answer.
 Auth and faults drain a request body before answering early, so clients never see a reset while they are still
 sending.
 """
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchgen.emulator.apierror import error_envelope
 from batchgen.emulator.engine import Engine
+from batchgen.emulator.ids import random_request_id
 
 _MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
                 "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
@@ -148,6 +150,28 @@ class FaultMiddleware:
         await send_json(send, status, body, headers)
 
 
+class RequestId:
+    """Gives every answer an `x-request-id` (`req_<32 hex>`, as OpenAI's), errors and refusals by the other
+    middleware included, so a client can quote it in a report. A route that chose its own id (the synchronous
+    calls record usage under it) keeps it: one id per answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", random_request_id().encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class _Exchange:

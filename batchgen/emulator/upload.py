@@ -4,8 +4,9 @@ The body is parsed as it arrives and the file part is written straight to a spoo
 with the upload. An upload over the size limit is drained (never half-read, so the client sees a clean answer) and
 answered 413; a body that ends before its closing boundary is answered 400 and nothing of it is kept. A spool
 write the disk refuses (full, over quota, at the file size limit) is drained the same way and raised once the body
-has been read, for the route's guard to answer; the spool file goes. Batch files must be named `.jsonl` and start
-with a JSON object line.
+has been read, for the route's guard to answer; the spool file goes. A batch file must start with a JSON object
+line and be named `.jsonl`, or have no extension at all: the SDK names a part sent as raw bytes or as an unnamed
+stream `upload`, and OpenAI takes those; another extension (`.txt`, `.json`) is refused, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def _expiry(fields: dict[str, str], now: int, purpose: str) -> int | None:
 
 
 def _sniff_jsonl(filename: str, spool: Path) -> None:
-    if not filename.lower().endswith(".jsonl"):
+    if not filename.lower().endswith(".jsonl") and os.path.splitext(filename)[1]:
         raise bad_request("Invalid file format for Batch API. Must be .jsonl", param="file",
                           code="invalid_file_format")
     with open(spool, "rb") as handle:

@@ -6,8 +6,9 @@ file. A connection failure, a timeout or an answer that is not a JSON object bec
 answer (`upstream_unreachable`, `upstream_bad_response`), so a line fails and the batch goes on.
 
 `upstream_models` renames the requested model on the way out (`gpt-4o-mini` -> `llama3.1:8b`) and back in the
-answer. The API key comes from $BATCHGEN_UPSTREAM_API_KEY only and is sent as a bearer token; it is kept in memory
-and never appears in the configuration, the state directory or an error message.
+answer, and in the upstream's model list that `GET /v1/models` shows. The API key comes from
+$BATCHGEN_UPSTREAM_API_KEY only and is sent as a bearer token; it is kept in memory and never appears in the
+configuration, the state directory or an error message.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx2
 import orjson
 
+from batchgen.emulator.apierror import APIError
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.executor import Interrupted, LineRequest, LineResult, error_body
 
@@ -75,6 +78,38 @@ class UpstreamExecutor:
                                               "upstream_unreachable"))
         return _answer(response, url, requested if mapped is not None else None)
 
+    def models(self) -> list[dict[str, Any]]:
+        """The upstream's `GET /models` list, each model under the requested names `upstream_models` gives it (an
+        unrenamed one under its own); APIError 502 when the upstream cannot be reached or answers no such list."""
+        url = self.base_url + "/models"
+        try:
+            response = self._client.get(url)
+        except httpx2.TimeoutException as error:
+            raise _models_failed(f"The upstream server did not answer {url} within {self.timeout:g} s.",
+                                 "upstream_unreachable") from error
+        except (httpx2.HTTPError, httpx2.StreamError, RuntimeError) as error:
+            raise _models_failed(f"Cannot reach the upstream server at {url} ({type(error).__name__}: {error}).",
+                                 "upstream_unreachable") from error
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        listed = body.get("data") if isinstance(body, dict) else None
+        if not 200 <= response.status_code < 300 or not isinstance(listed, list):
+            text = response.text.strip().replace("\n", " ")
+            excerpt = text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "")
+            raise _models_failed(f"The upstream server answered {url} with HTTP {response.status_code} and no "
+                                 f"model list{': ' + excerpt if excerpt else ''}", "upstream_bad_response")
+        names: dict[str, list[str]] = {}
+        for requested, upstream in self._config().upstream_models.items():
+            names.setdefault(upstream, []).append(requested)
+        out = []
+        for entry in listed:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                model = {"object": "model", "created": 0, "owned_by": "upstream", **entry}
+                out += [{**model, "id": name} for name in names.get(entry["id"], [entry["id"]])]
+        return out
+
     def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
         """The answers in the order of `requests`, `concurrency` lines in flight at a time."""
         return self._pool.run(requests, stop)
@@ -82,6 +117,10 @@ class UpstreamExecutor:
     def close(self) -> None:
         self._pool.close()
         self._client.close()
+
+
+def _models_failed(message: str, code: str) -> APIError:
+    return APIError(502, message, type_="server_error", code=code)
 
 
 def _answer(response: httpx2.Response, url: str, requested: str | None) -> LineResult:

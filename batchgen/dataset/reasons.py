@@ -2,8 +2,10 @@
 
 `batchgen.dataset.validate` computes them and re-exports everything here; import from there.
 
-Categories, response level (the whole response yields no example): truncated, content_filter, finish_reason,
-refusal, empty_response, not_json, no_examples; for an embeddings answer no_embedding, embedding_size,
+Categories, response level (the whole response yields no example, but for two notes that come with the examples
+it kept: truncated, an answer cut at max_tokens, and other_shape, examples held another way than under the job's
+examples keys): truncated, content_filter, finish_reason, refusal, empty_response, not_json, no_examples,
+other_shape; for an embeddings answer no_embedding, embedding_size,
 embedding_value; for a judge stage's answer judge_answer (not one score for each example shown). Example level:
 schema, turn_count, role_order, empty_turn, turn_too_long, format_pattern, regex, forbidden, duplicate, seed_copy,
 near_duplicate, unchanged_evolution, check, judge (scored below a judge stage's threshold).
@@ -25,6 +27,7 @@ REFUSAL = "refusal"
 EMPTY_RESPONSE = "empty_response"
 NOT_JSON = "not_json"
 NO_EXAMPLES = "no_examples"
+OTHER_SHAPE = "other_shape"  # the examples came as a bare list, one example, or under another key (kept)
 # Response-level categories of an embeddings answer: its one vector is missing, of the wrong size, or not numbers.
 NO_EMBEDDING = "no_embedding"
 EMBEDDING_SIZE = "embedding_size"
@@ -47,7 +50,7 @@ CHECK = "check"  # a rule hook of the job had something against it (dataset/chec
 JUDGE = "judge"  # a judge stage scored it below its threshold (dataset/judge.py)
 
 RESPONSE_CATEGORIES = (TRUNCATED, CONTENT_FILTER, FINISH_REASON, REFUSAL, EMPTY_RESPONSE, NOT_JSON,
-                       NO_EXAMPLES, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE, JUDGE_ANSWER)
+                       NO_EXAMPLES, OTHER_SHAPE, NO_EMBEDDING, EMBEDDING_SIZE, EMBEDDING_VALUE, JUDGE_ANSWER)
 EXAMPLE_CATEGORIES = (SCHEMA, TURN_COUNT, ROLE_ORDER, EMPTY_TURN, TURN_TOO_LONG, FORMAT_PATTERN, REGEX,
                       FORBIDDEN, DUPLICATE, SEED_COPY, NEAR_DUPLICATE, UNCHANGED_EVOLUTION, CHECK, JUDGE)
 CATEGORIES = RESPONSE_CATEGORIES + EXAMPLE_CATEGORIES
@@ -75,7 +78,8 @@ class Reason:
 
 @dataclass(frozen=True, slots=True)
 class ParsedResponse:
-    """The raw examples found in one response (`reason` is None), or why there are none.
+    """The raw examples found in one response, and the response-level `reason` there are none (or, for a
+    truncated answer or one of another shape, a note on the examples it kept).
 
     `source` is where the JSON came from ("json", "fenced" block, "embedded" in prose); `shape` is how the
     examples were held ("examples" key, bare "array", a "single" example, or "wrapper:<key>").

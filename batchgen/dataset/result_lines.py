@@ -8,7 +8,9 @@ A judged line is one of:
   ("ok", custom_id, status_code, request_id, finish_reason, prompt, cached, completion, reasoning,
          response_reason | None, [example, ...])        example = (raw_json | None, hash | None, valid, category,
                                                                    reason | None)
-         (an embeddings answer, judged by `EmbeddingRules`, has no finish_reason and at most one example; a judge
+         (response_reason comes with examples when it only notes something of them: an answer cut at max_tokens
+         keeps its complete examples, and one of another shape keeps what it held; an embeddings answer, judged
+         by `EmbeddingRules`, has no finish_reason and at most one example; a judge
          stage's answer, read by `JudgeRules`, holds judgments (index, score, reason) in place of examples)
   ("error", custom_id, status_code | None, code, message, request_id | None)
   ("corrupt", line_number, message)
@@ -103,7 +105,8 @@ def _success(custom_id: str, response: dict[str, Any], fmt: str, rules: AnyRules
     if isinstance(rules, JudgeRules):
         problem, examples = parse_judgments(message.get("content"), finish, message.get("refusal"))
     else:
-        parsed = parse_response(message.get("content"), finish, fmt, refusal=message.get("refusal"))
+        parsed = parse_response(message.get("content"), finish, fmt, refusal=message.get("refusal"),
+                                keys=rules.examples_keys)
         problem, examples = parsed.reason, judge_examples(parsed.examples, fmt, rules, custom_id)
     reason = (problem.category, str(problem)) if problem is not None else None
     return ("ok", custom_id, response.get("status_code"), response.get("request_id"), finish,

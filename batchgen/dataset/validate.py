@@ -41,6 +41,7 @@ from batchgen.dataset.reasons import (
     FORMAT_PATTERN,
     NO_EXAMPLES,
     NOT_JSON,
+    OTHER_SHAPE,
     REFUSAL,
     REGEX,
     RESPONSE_CATEGORIES,
@@ -61,6 +62,7 @@ from batchgen.dataset.reasons import (
 from batchgen.recipe.formats import Turn, parse_example, to_turns
 
 EXCERPT_CHARS = 50
+EXAMPLES_KEYS = ("examples",)  # the key of the answer object that holds its examples, as the schema sent asks
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Rules:
     checks         the job's rule hooks (`batchgen.dataset.checks`), run on every example the checks above pass
     reference_date what the checks get as the job's reference date
     cells          custom_id -> the cell its request asked for, what the checks get as the example's cell
+    examples_keys  the keys of an answer object that hold its examples list, the first found taken
     """
 
     patterns: tuple[str, ...] = ()
@@ -96,6 +99,7 @@ class Rules:
     checks: tuple[CheckRef, ...] = ()
     reference_date: dt.date | None = None
     cells: Mapping[str, dict[str, Any]] | None = field(default=None, compare=False)
+    examples_keys: tuple[str, ...] = EXAMPLES_KEYS
     _any_pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
     _accept: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
@@ -114,8 +118,8 @@ class Rules:
                     forbidden: Iterable[str] = (), role_order: bool = True, min_turns: int = 2,
                     max_turns: int | None = None, non_empty: bool = True, max_chars: int | None = None,
                     dedupe: str = "exact", reject_seed_copies: bool = True, checks: Iterable[CheckRef] = (),
-                    reference_date: dt.date | None = None,
-                    cells: Mapping[str, dict[str, Any]] | None = None) -> Rules:
+                    reference_date: dt.date | None = None, cells: Mapping[str, dict[str, Any]] | None = None,
+                    examples_keys: Iterable[str] = EXAMPLES_KEYS) -> Rules:
         """Rules from plain values (strings for regexes); raises ValueError naming the bad value."""
         if dedupe not in DEDUPE_MODES:
             raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, not {dedupe!r}")
@@ -123,12 +127,15 @@ class Rules:
             raise ValueError(f"need 0 <= min_turns <= max_turns, got {min_turns} and {max_turns}")
         if max_chars is not None and max_chars < 1:
             raise ValueError(f"max_chars must be positive, got {max_chars}")
+        examples_keys = tuple(examples_keys)
+        if not examples_keys or not all(isinstance(key, str) and key for key in examples_keys):
+            raise ValueError(f"examples_keys must be a list of non-empty keys, got {list(examples_keys)!r}")
         return cls(patterns=tuple(patterns), regexes=_compile(regexes, "regexes"),
                    forbidden=_compile(forbidden, "forbidden"), role_order=role_order, min_turns=min_turns,
                    max_turns=max_turns, non_empty=non_empty, max_chars=max_chars,
                    dedupe=dedupe,  # type: ignore[arg-type]  # checked against DEDUPE_MODES above
                    reject_seed_copies=reject_seed_copies, checks=tuple(checks), reference_date=reference_date,
-                   cells=cells)
+                   cells=cells, examples_keys=examples_keys)
 
 
 def _compile(sources: Iterable[str], name: str) -> tuple[re.Pattern[str], ...]:
@@ -147,25 +154,149 @@ _FENCE = re.compile(r"```[ \t]*(?:json5?|jsonc|JSON)?[ \t]*\r?\n(.*?)```", re.S)
 _TOP_KEY = {"sharegpt": "conversations", "chatml": "messages", "alpaca": "instruction"}
 
 
-def parse_response(content: str | None, finish_reason: str | None, fmt: str, *,
-                   refusal: str | None = None) -> ParsedResponse:
-    """The raw examples in a model's message content, or the response-level reason there are none.
+def parse_response(content: str | None, finish_reason: str | None, fmt: str, *, refusal: str | None = None,
+                   keys: tuple[str, ...] = EXAMPLES_KEYS) -> ParsedResponse:
+    """The raw examples in a model's message content, and the response-level reason there are none or fewer.
 
-    Accepts {"examples": [...]}, a bare array, a single example, another key holding the list, and JSON in a
-    fenced block or embedded in prose. A truncated or filtered response is rejected whatever it contains.
+    Accepts {"<key>": [...]} for each of `keys` (the job's `examples_keys`), then a bare array, a single example,
+    another key holding the list, and JSON in a fenced block or embedded in prose; an answer of one of those other
+    shapes keeps its examples and carries an `other_shape` reason naming its shape. An answer cut at max_tokens
+    keeps every complete example it holds (see `salvage_examples`) and carries one `truncated` reason; a filtered,
+    refused or empty answer holds nothing.
     """
     problem = response_problem(content, finish_reason, refusal)
     if problem is not None:
+        if problem.category == TRUNCATED and content:
+            examples, source, shape = salvage_examples(content, fmt, keys)
+            return ParsedResponse(examples, problem, source, shape)
         return ParsedResponse([], problem)
     assert content is not None
     loaded = load_json(content)
     if isinstance(loaded, Reason):
         return ParsedResponse([], loaded)
     data, source = loaded
-    found = _extract(data, fmt, depth=2)
+    found = _extract(data, fmt, depth=2, keys=keys)
     if isinstance(found, Reason):
         return ParsedResponse([], found, source)
-    return ParsedResponse(found[0], None, source, found[1])
+    return ParsedResponse(found[0], other_shape(found[1]), source, found[1])
+
+
+def other_shape(shape: str) -> Reason | None:
+    """The `other_shape` reason of examples held another way than under one of the job's examples keys."""
+    if shape == "examples":
+        return None
+    held = {"array": "bare list", "single": "single example object"}.get(shape)
+    return Reason(OTHER_SHAPE, "Other shape", held or f"object with key {shape.removeprefix('wrapper:')}")
+
+
+def salvage_examples(content: str, fmt: str, keys: tuple[str, ...] = EXAMPLES_KEYS) -> tuple[list[Any], str, str]:
+    """The complete examples of an answer cut short, with where its JSON starts ("json", "fenced", "embedded") and
+    the shape that held them ("examples", "array", "wrapper:<key>"; "" when none is found).
+
+    An answer that is whole JSON after all is read as any other. Else the text is scanned from its first `{` or
+    `[`: the examples array is the top-level array, or the array under the first of `keys` (failing that, the first
+    key whose array opens with an object); each of its elements that closes before the cut is one example, and
+    the scan stops at the cut, at the array's end, or at the first element that is not JSON.
+    """
+    loaded = load_json(content)
+    if not isinstance(loaded, Reason):
+        found = _extract(loaded[0], fmt, depth=2, keys=keys)
+        return ([], loaded[1], "") if isinstance(found, Reason) else (found[0], loaded[1], found[1])
+    text = content.strip().lstrip("\ufeff")
+    source = "json"
+    fence = _FENCE_OPEN.match(text)
+    if fence is not None:
+        text, source = text[fence.end():], "fenced"
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        return [], source, ""
+    start = min(starts)
+    if start and source == "json":
+        source = "embedded"
+    scanned = _scan_elements(text, start, keys)
+    if scanned is None:
+        return [], source, ""
+    elements, shape = scanned
+    examples = []
+    for element in elements:
+        try:
+            examples.append(orjson.loads(element))
+        except orjson.JSONDecodeError:
+            break
+    return examples, source, shape
+
+
+_FENCE_OPEN = re.compile(r"\s*```[ \t]*(?:json5?|jsonc|JSON)?[ \t]*\r?\n")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)  # a whole JSON string, escapes included
+_OPENS_OBJECT = re.compile(r"\s*\{")
+
+
+def _scan_elements(text: str, start: int, keys: tuple[str, ...]) -> tuple[list[str], str] | None:
+    """The text of each complete element of the examples array of JSON cut short, and the array's shape.
+
+    A small scanner, enough for JSON as models write it: strings (with their escapes) are skipped whole, so a
+    brace or bracket inside one counts for nothing; `{` and `[` nest; `,` ends an element of the array.
+    """
+    stack: list[str] = []
+    expect_key = False  # at a key of the top-level object
+    key: str | None = None  # the last key read there
+    target = 0  # the depth of the examples array, once found
+    shape = ""
+    element = -1  # where the element being read starts
+    closed = -1  # where it ended, if it is an object, array or string that closed
+    found: list[str] = []
+    i, n = start, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            match = _STRING.match(text, i)
+            if match is None:
+                break  # cut inside a string
+            if expect_key and len(stack) == 1:
+                key, expect_key = orjson.loads(match.group()), False
+            if target and len(stack) == target:
+                if element < 0:
+                    element = i
+                closed = match.end()
+            i = match.end()
+            continue
+        if c in "{[":
+            if target and len(stack) == target and element < 0:
+                element = i
+            stack.append(c)
+            if c == "[" and not target:
+                if len(stack) == 1:
+                    target, shape = 1, "array"
+                elif len(stack) == 2 and stack[0] == "{" and key is not None:
+                    if key in keys:
+                        target, shape = 2, "examples"
+                    elif not shape and _OPENS_OBJECT.match(text, i + 1):
+                        target, shape = 2, f"wrapper:{key}"  # another key holding a list of objects
+            elif c == "{" and len(stack) == 1:
+                expect_key = True
+        elif c in "}]":
+            if not stack or stack.pop() != ("{" if c == "}" else "["):
+                break  # not JSON any more
+            if target and len(stack) == target:
+                closed = i + 1
+            elif target and len(stack) == target - 1:  # the examples array itself closed
+                if element >= 0:
+                    found.append(text[element:i])
+                return found, shape
+        elif c == ",":
+            if target and len(stack) == target and element >= 0:
+                found.append(text[element:i])
+                element = closed = -1
+            elif len(stack) == 1 and stack[0] == "{":
+                expect_key = True
+        elif not c.isspace() and c != ":" and target and len(stack) == target and element < 0:
+            element = i  # a number or literal: complete only once a comma or the array's end follows
+        i += 1
+    if not target:
+        return None
+    if element >= 0 and closed > element:
+        found.append(text[element:closed])
+    return found, shape
 
 
 def response_problem(content: str | None, finish_reason: str | None, refusal: str | None = None) -> Reason | None:
@@ -206,15 +337,17 @@ def load_json(content: str) -> tuple[Any, str] | Reason:
     return Reason(NOT_JSON, "Response is not JSON", first_error)
 
 
-def _extract(data: Any, fmt: str, depth: int) -> tuple[list[Any], str] | Reason:
+def _extract(data: Any, fmt: str, depth: int,
+             keys: tuple[str, ...] = EXAMPLES_KEYS) -> tuple[list[Any], str] | Reason:
     if isinstance(data, list):
         return (data, "array") if data else Reason(NO_EXAMPLES, "No examples found", "empty array")
     if not isinstance(data, dict):
         return Reason(NO_EXAMPLES, "No examples found", f"JSON {type(data).__name__} value")
-    if "examples" in data and isinstance(data["examples"], (list, dict)):
-        held = data["examples"]
-        held = [held] if isinstance(held, dict) else held
-        return (held, "examples") if held else Reason(NO_EXAMPLES, "No examples found", "empty examples list")
+    for name in keys:
+        if name in data and isinstance(data[name], (list, dict)):
+            held = data[name]
+            held = [held] if isinstance(held, dict) else held
+            return (held, "examples") if held else Reason(NO_EXAMPLES, "No examples found", f"empty {name} list")
     top = _TOP_KEY[fmt]
     if top in data and not _is_list_of_examples(data[top], top):
         return [data], "single"
@@ -226,11 +359,11 @@ def _extract(data: Any, fmt: str, depth: int) -> tuple[list[Any], str] | Reason:
     if depth > 1:
         for key, value in data.items():
             if isinstance(value, dict):
-                found = _extract(value, fmt, depth - 1)
+                found = _extract(value, fmt, depth - 1, keys)
                 if not isinstance(found, Reason):
                     return found[0], f"wrapper:{key}.{found[1]}"
-    keys = ", ".join(list(map(str, data))[:5]) or "none"
-    return Reason(NO_EXAMPLES, "No examples found", f"object with keys {keys}")
+    named = ", ".join(list(map(str, data))[:5]) or "none"
+    return Reason(NO_EXAMPLES, "No examples found", f"object with keys {named}")
 
 
 def _is_list_of_examples(value: Any, top: str) -> bool:
@@ -557,7 +690,7 @@ def validate_response(content: str | None, finish_reason: str | None, fmt: str, 
                       deduper: Deduper | None = None, *, custom_id: str = "",
                       refusal: str | None = None) -> ResponseVerdict:
     """Parse one response and judge each example in it, deduplicating against the job when given a Deduper."""
-    parsed = parse_response(content, finish_reason, fmt, refusal=refusal)
+    parsed = parse_response(content, finish_reason, fmt, refusal=refusal, keys=rules.examples_keys)
     verdicts = []
     for position, raw in enumerate(parsed.examples):
         verdict = validate_example(raw, fmt, rules)
@@ -568,8 +701,9 @@ def validate_response(content: str | None, finish_reason: str | None, fmt: str, 
 
 
 __all__ = ["CATEGORIES", "CHECK", "CONTENT_FILTER", "DEDUPE_MODES", "DUPLICATE", "EMPTY_RESPONSE", "EMPTY_TURN",
-           "EXAMPLE_CATEGORIES", "FINISH_REASON", "FORBIDDEN", "FORMAT_PATTERN", "NO_EXAMPLES", "NOT_JSON",
-           "REFUSAL", "REGEX", "RESPONSE_CATEGORIES", "ROLE_ORDER", "SCHEMA", "SEED_COPY", "TRUNCATED",
-           "TURN_COUNT", "TURN_TOO_LONG", "DedupeMode", "Deduper", "ExampleVerdict", "Pair", "ParsedResponse",
-           "Reason", "ResponseVerdict", "Rules", "Summary", "check_turns", "content_hash", "example_key",
-           "judge_examples", "normalize_text", "parse_response", "seed_hashes", "validate_example", "validate_response"]
+           "EXAMPLES_KEYS", "EXAMPLE_CATEGORIES", "FINISH_REASON", "FORBIDDEN", "FORMAT_PATTERN", "NO_EXAMPLES",
+           "NOT_JSON", "OTHER_SHAPE", "REFUSAL", "REGEX", "RESPONSE_CATEGORIES", "ROLE_ORDER", "SCHEMA", "SEED_COPY",
+           "TRUNCATED", "TURN_COUNT", "TURN_TOO_LONG", "DedupeMode", "Deduper", "ExampleVerdict", "Pair",
+           "ParsedResponse", "Reason", "ResponseVerdict", "Rules", "Summary", "check_turns", "content_hash",
+           "example_key", "judge_examples", "normalize_text", "other_shape", "parse_response", "salvage_examples",
+           "seed_hashes", "validate_example", "validate_response"]

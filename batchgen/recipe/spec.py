@@ -23,7 +23,7 @@ Layout of job.toml (every key is optional unless marked; see README "Job spec re
     [axes.values] name = [...]
     [axes.weights] name = {value = weight}
     [validate]    response_patterns, role_order, min_turns, max_turns, dedupe, reject_seed_copies, near_dedupe,
-                  near_dedupe_ngrams, checks, reference_date
+                  near_dedupe_ngrams, checks, reference_date, examples_keys
     [limits]      max_lines, max_bytes, max_queued_tokens (per shard)
     [embeddings]  dimensions, encoding_format (endpoint = "/v1/embeddings" only)
     [[stages]]    name, kind, template, from, target, examples_per_request, temperature, max_tokens, system,
@@ -138,11 +138,18 @@ class ValidateSpec(_Strict):
     near_dedupe_ngrams: int = Field(2, ge=1, le=5, description="shingles: words and runs of up to this many words")
     checks: list[str] = Field(default_factory=list, description='rule hooks, "FILE.py:FUNCTION" in the job directory')
     reference_date: dt.date | None = Field(None, description="the date the prompt calls today, given to checks")
+    examples_keys: list[str] = Field(
+        default_factory=lambda: ["examples"],
+        description='keys of an answer object that hold its examples (e.g. ["examples", "data"]), the first found')
 
     @model_validator(mode="after")
     def _check(self) -> ValidateSpec:
         if self.max_turns < self.min_turns:
             raise ValueError(f"max_turns ({self.max_turns}) is below min_turns ({self.min_turns})")
+        if not self.examples_keys or not all(key.strip() for key in self.examples_keys):
+            raise ValueError(f"examples_keys must list one or more non-empty keys, not {self.examples_keys!r}")
+        if len(set(self.examples_keys)) != len(self.examples_keys):
+            raise ValueError("examples_keys names a key twice")
         if self.near_dedupe is True:
             self.near_dedupe = 0.8
         if not 0 <= float(self.near_dedupe) <= 1:
@@ -287,7 +294,8 @@ class JobSpec(_Strict):
         keys = [f"prompt.{key}" for key in ("system", "temperature", "max_tokens", "structured_output")
                 if key in self.prompt.model_fields_set]
         keys += [f"validate.{key}" for key in ("response_patterns", "role_order", "min_turns", "max_turns",
-                                               "reject_seed_copies", "near_dedupe", "near_dedupe_ngrams")
+                                               "reject_seed_copies", "near_dedupe", "near_dedupe_ngrams",
+                                               "examples_keys")
                  if key in self.validate_.model_fields_set]
         for stage in self.stages:
             keys += [f"stages.{stage.name}.{key}" for key in ("system", "temperature", "max_tokens")

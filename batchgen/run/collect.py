@@ -63,7 +63,7 @@ def rules_for(spec: JobSpec, cells: Mapping[str, dict[str, Any]] | None = None) 
     return Rules.from_values(patterns=v.response_patterns, role_order=v.role_order == "alternate",
                              min_turns=v.min_turns, max_turns=v.max_turns, dedupe=v.dedupe,
                              reject_seed_copies=v.reject_seed_copies, checks=check_refs(spec),
-                             reference_date=v.reference_date, cells=cells)
+                             reference_date=v.reference_date, cells=cells, examples_keys=v.examples_keys)
 
 
 def check_refs(spec: JobSpec) -> tuple[CheckRef, ...]:
@@ -206,10 +206,11 @@ class _Collector:
         """Record a response's examples; how many are valid. Seed copies and repeats of earlier stages are
         rejected here; repeats inside the stage are settled afterwards (see Ledger.dedupe_stage)."""
         job, valid_count, rows, accepted = self.spec.name, 0, self.examples, self.accepted
-        if reason is not None:
+        if reason is not None:  # one row for the answer; a truncated answer or one of another shape has examples too
             rows.append((job, stage, custom_id, -1, None, None, 0, reason[0], reason[1], None, None, None))
             self.report.examples_total += 1
-            return 0
+            if not examples:
+                return 0
         shown, choose = self.parents.get(custom_id, []), self.chooser.choose
         known, is_seed, track = self.deduper.known, self.deduper.is_seed, self.track_hashes
         prior, seen, candidates = self.prior, self.seen, self.candidates

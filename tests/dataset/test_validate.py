@@ -66,7 +66,10 @@ GOOD = sharegpt(("human", "Mark the dentist task as done"), ("gpt", "Completed t
 ])
 def test_parse_response_accepts_every_shape(content: str, source: str, shape: str) -> None:
     parsed = parse_response(content, "stop", "sharegpt")
-    assert parsed.ok and parsed.reason is None
+    if shape == "examples":
+        assert parsed.ok and parsed.reason is None
+    else:  # kept, with a note of the shape that held them
+        assert parsed.reason is not None and parsed.reason.category == "other_shape"
     assert (parsed.source, parsed.shape) == (source, shape)
     expected = SEEDS[:1] if shape == "single" else SEEDS
     assert parsed.examples == expected
@@ -92,8 +95,6 @@ def test_parse_response_keeps_unicode() -> None:
 
 @pytest.mark.parametrize("content, finish, refusal, category, text", [
     ('{"examples": [{"conversations": [', "length", None, "truncated",
-     "Truncated at max_tokens: finish_reason=length"),
-    (orjson.dumps({"examples": SEEDS}).decode(), "length", None, "truncated",
      "Truncated at max_tokens: finish_reason=length"),
     ("", "content_filter", None, "content_filter", "Blocked by content filter: finish_reason=content_filter"),
     (None, "stop", "I can't help with that.", "refusal", "Model refused: I can't help with that."),
@@ -362,7 +363,8 @@ def test_summary_renders_like_the_lesson() -> None:
 def test_summary_counts_responses_and_merges() -> None:
     summary = Summary()
     summary.add_response(validate_response(None, "length", "sharegpt", LESSON))
-    summary.add_response(validate_response(orjson.dumps([GOOD, GOOD]).decode(), "stop", "sharegpt", LESSON))
+    summary.add_response(validate_response(orjson.dumps({"examples": [GOOD, GOOD]}).decode(), "stop", "sharegpt",
+                                           LESSON))
     assert (summary.valid, summary.total) == (2, 3)
     assert summary.categories == {"truncated": 1}
     merged = summary.merge(summary)

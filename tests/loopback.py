@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 
 @contextmanager
@@ -26,6 +29,30 @@ def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class LoopbackApp:
+    """An ASGI app served by uvicorn in a thread on a free loopback port, as a context manager; `base_url` ends
+    with /v1. Fake upstreams subclass it and pass their Starlette app."""
+
+    def __init__(self, app: Any) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/v1"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                                     timeout_graceful_shutdown=0.1))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.002)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join()
+        self._socket.close()
 
 
 def free_port() -> int:

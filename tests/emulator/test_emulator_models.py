@@ -4,15 +4,13 @@ upstream its own list (a small fake server here), renamed back through `upstream
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from emulator_fixtures import running
+from loopback import LoopbackApp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -27,7 +25,7 @@ VLLM_STYLE = [
 ]
 
 
-class ModelServer:
+class ModelServer(LoopbackApp):
     """A fake OpenAI-compatible server with only `GET /v1/models`, as vLLM and llama.cpp have; `answer` says what
     it returns: the list, an HTTP status with text, or a body that is not a list."""
 
@@ -36,29 +34,13 @@ class ModelServer:
         self.status = 200
         self.calls: list[tuple[str, str | None]] = []
         app = Starlette(routes=[Route("/v1/models", self._models, methods=["GET"])])
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.base_url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                                     timeout_graceful_shutdown=0.1))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        super().__init__(app)
 
     async def _models(self, request: Request) -> Response:
         self.calls.append((request.url.path, request.headers.get("authorization")))
         if isinstance(self.answer, str):
             return PlainTextResponse(self.answer, status_code=self.status)
         return JSONResponse(self.answer, status_code=self.status)
-
-    def __enter__(self) -> ModelServer:
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.002)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join()
-        self._socket.close()
 
 
 @pytest.fixture

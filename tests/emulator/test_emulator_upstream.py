@@ -14,9 +14,9 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from emulator_fixtures import chat_line, create, rows, run_lines, running, upload, wait
+from loopback import LoopbackApp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -29,7 +29,7 @@ from batchgen.emulator.runner import block_order
 SECRET = "sk-upstream-7f3a9c1e5b"
 
 
-class Upstream:
+class Upstream(LoopbackApp):
     """A fake OpenAI-compatible server: records every request; the last user message steers the answer
     ('status 404', 'text 200', 'slow'), anything else gets a chat completion echoing it."""
 
@@ -41,23 +41,7 @@ class Upstream:
         self._lock = threading.Lock()
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"]),
                                 Route("/v1/embeddings", self._embeddings, methods=["POST"])])
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.base_url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                                     timeout_graceful_shutdown=0.1))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
-
-    def __enter__(self) -> Upstream:
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.002)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join()
-        self._socket.close()
+        super().__init__(app)
 
     async def _record(self, request: Request) -> dict[str, Any]:
         body = json.loads(await request.body())

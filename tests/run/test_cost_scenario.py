@@ -18,6 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 from click.testing import CliRunner
+from test_costs import priced
 from workspaces import fresh_workspace, one_batch_job
 
 from batchgen.cli import cli
@@ -46,10 +47,6 @@ def invoke(*args: str) -> tuple[int, str]:
 def as_json(*args: str) -> tuple[int, dict]:
     result = CliRunner().invoke(cli, [*args, "--json"])
     return result.exit_code, json.loads(result.stdout)
-
-
-def priced(rates: tuple[Decimal, Decimal, Decimal], prompt: int, cached: int, completion: int) -> Decimal:
-    return ((prompt - cached) * rates[0] + cached * rates[1] + completion * rates[2]) / 1_000_000
 
 
 def by_hand(folder: Path, rates: tuple[Decimal, Decimal, Decimal]) -> dict[str, object]:

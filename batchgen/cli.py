@@ -1152,11 +1152,15 @@ def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[...,
               help="Seconds to wait for an upstream answer (default 600)")
 @click.option("--upstream-concurrency", type=click.IntRange(1, 256), default=None,
               help="Lines sent to the upstream at once (default 8)")
+@click.option("--deployment", multiple=True, metavar="NAME=MODEL",
+              help="Azure deployment NAME runs MODEL (repeatable; without any, every deployment name is accepted "
+                   "and runs the model of that name)")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="Server log level")
 def serve_(host: str, port: int, state: str | None, token: str | None, admin_key_env: str | None, log_level: str,
            models: str | None, limits: tuple[str, ...], **options: Any) -> None:
-    """Serve the Batch API emulator: Files, Batches, chat and embeddings under /v1, for any OpenAI client.
+    """Serve the Batch API emulator: Files, Batches, chat and embeddings under /v1, for any OpenAI client, and
+    under Azure OpenAI's paths (/openai/...?api-version=..., /openai/v1/...) for AzureOpenAI clients.
 
     State (files, batches, progress, usage) survives restarts; Ctrl-C or SIGTERM stops it cleanly. The
     organization's usage and costs (GET /v1/organization/usage/completions, /v1/organization/costs) answer an
@@ -1167,6 +1171,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, admin_key
         batchgen serve --time-scale 3600 --state /tmp/emu   # 24 h in 24 s
         batchgen serve --host 0.0.0.0 --token s3cret --error-rate 0.05 --http-error-rate 0.1
         batchgen serve --upstream http://localhost:11434/v1 --upstream-model gpt-4o-mini=llama3.1:8b
+        batchgen serve --token s3cret --deployment batch-mini=gpt-4o-mini   # azure_endpoint=http://127.0.0.1:8000
         OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_script.py
     """
     from pathlib import Path

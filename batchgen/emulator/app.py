@@ -1,5 +1,6 @@
 """The HTTP app: the Files, Batches, Models, chat and embeddings endpoints of the API under /v1, and the
-organization's Usage and Costs endpoints (admin key only).
+organization's Usage and Costs endpoints (admin key only). Azure OpenAI's paths reach the same routes
+(middleware.AzureMiddleware), marked so that batches take Azure's lines and a deployment name stands for a model.
 
 Every non-2xx answer is the API's error envelope; bad input never produces a traceback or a 500.
 """
@@ -21,6 +22,7 @@ from batchgen.emulator.apierror import APIError, bad_request, error_envelope
 from batchgen.emulator.engine import Engine
 from batchgen.emulator.executor import SYNC_BATCH, LineRequest
 from batchgen.emulator.http import JSON, Handler, guarded, int_param, json_body
+from batchgen.emulator.middleware import AZURE_SCOPE
 from batchgen.emulator.models import get_model, list_models
 from batchgen.emulator.upload import receive_upload
 from batchgen.emulator.usage import costs_page, usage_page
@@ -56,7 +58,7 @@ def api_routes(engine: Engine) -> list[Route]:
 
     async def batches_create(request: Request) -> Response:
         body = await json_body(request)
-        return JSON(await run_in_threadpool(engine.create_batch, body))
+        return JSON(await run_in_threadpool(engine.create_batch, body, AZURE_SCOPE in request.scope))
 
     async def batches_list(request: Request) -> Response:
         page = await run_in_threadpool(engine.list_batches, request.query_params.get("after"),
@@ -109,10 +111,13 @@ async def _synchronous(engine: Engine, request: Request, endpoint: str) -> Respo
     body = await json_body(request)
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    azure = request.scope.get(AZURE_SCOPE)
+    if azure is not None:
+        body = _deployed(engine, body, azure["deployment"])
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
-    if not engine.config.is_known_model(model):
+    if not engine.config.is_known_model(model) and not (azure is not None and not engine.config.deployments):
         raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
                        code="model_not_found")
     if body.get("stream") is True:
@@ -124,6 +129,19 @@ async def _synchronous(engine: Engine, request: Request, endpoint: str) -> Respo
     if 200 <= result.status_code < 300:
         await run_in_threadpool(engine.record_sync, request_id, model, result.body)
     return JSON(result.body, status_code=result.status_code, headers={"x-request-id": request_id})
+
+
+def _deployed(engine: Engine, body: dict[str, Any], deployment: str | None) -> dict[str, Any]:
+    """An Azure request's body with its deployment (the one in the path, else the body's `model`) replaced by the
+    model behind it; a deployment the configured mapping does not hold is Azure's 404 DeploymentNotFound."""
+    name = deployment or body.get("model")
+    if not isinstance(name, str) or not name:
+        return body
+    model = engine.config.deployment_model(name)
+    if model is None:
+        raise APIError(404, "The API deployment for this resource does not exist. If you created the deployment "
+                       "within the last 5 minutes, please wait a moment and try again.", code="DeploymentNotFound")
+    return {**body, "model": model}
 
 
 def _health_route(identity: dict[str, Any]) -> Route:
@@ -149,7 +167,7 @@ def build_app(engine: Engine, *, token: str | None = None, control: bool = False
     The organization's Usage and Costs routes answer only an admin key: one starting `sk-admin-`, or `admin_key`.
     """
     from batchgen.emulator.control import control_routes
-    from batchgen.emulator.middleware import AuthMiddleware, DisconnectLog, FaultMiddleware, RequestId
+    from batchgen.emulator.middleware import AuthMiddleware, AzureMiddleware, DisconnectLog, FaultMiddleware, RequestId
 
     routes = api_routes(engine) + (control_routes(engine) if control else [])
     if identity is not None:
@@ -157,6 +175,7 @@ def build_app(engine: Engine, *, token: str | None = None, control: bool = False
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.add_middleware(FaultMiddleware, engine=engine)
     app.add_middleware(AuthMiddleware, token=token, admin_key=admin_key, admin_paths=ADMIN_PATHS)
+    app.add_middleware(AzureMiddleware)
     app.add_middleware(DisconnectLog)
     app.add_middleware(RequestId)
     return app

@@ -76,6 +76,7 @@ class EmulatorConfig:
     upstream_models: dict[str, str] = field(default_factory=dict)
     upstream_timeout: float = 600.0
     upstream_concurrency: int = 8
+    deployments: dict[str, str] = field(default_factory=dict)  # Azure deployment name -> model (empty: any name)
 
     @classmethod
     def preset(cls, name: str) -> EmulatorConfig:
@@ -145,6 +146,13 @@ class EmulatorConfig:
         if self.executor == "upstream":
             return True
         return model in self.models or _is_snapshot(model, self.models)
+
+    def deployment_model(self, name: str) -> str | None:
+        """The model behind an Azure deployment name: the mapped one, or with no mapping the name itself (any name
+        is a deployment then); None for a name the mapping does not hold."""
+        if not self.deployments:
+            return name
+        return self.deployments.get(name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -343,6 +351,7 @@ _RULES: dict[str, _Rule] = {
     "executor": _Rule(f"one of {', '.join(EXECUTORS)}", _executor),
     "upstream_url": _Rule("an http:// or https:// URL", _url, nullable=True),
     "upstream_models": _Rule("an object of requested model names to upstream model names", _renames),
+    "deployments": _Rule("an object of Azure deployment names to model names", _renames),
     "upstream_timeout": _Rule("a positive number of seconds", lambda v: _number(v, above=0.0)),
     "upstream_concurrency": _Rule(f"between 1 and {MAX_UPSTREAM_CONCURRENCY}",
                                   lambda v: _integer(v, 1, MAX_UPSTREAM_CONCURRENCY)),
@@ -355,10 +364,12 @@ def serve_overrides(options: Mapping[str, Any], models: str | None,
                     limits: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Config overrides from `batchgen serve` options (None: not given); MODEL=N limits, '*=N' for every model.
 
-    `upstream` (a URL) selects the upstream executor; `upstream_model` holds REQUESTED=UPSTREAM model names.
+    `upstream` (a URL) selects the upstream executor; `upstream_model` holds REQUESTED=UPSTREAM model names and
+    `deployment` NAME=MODEL Azure deployments.
     """
     options = dict(options)
     upstream, mapping = options.pop("upstream", None), options.pop("upstream_model", None) or ()
+    deployments = options.pop("deployment", None) or ()
     out: dict[str, Any] = {_SERVE_KEYS.get(k, k): v for k, v in options.items() if v is not None}
     if out.get("control") is False:
         del out["control"]
@@ -366,6 +377,8 @@ def serve_overrides(options: Mapping[str, Any], models: str | None,
         out.update(executor="upstream", upstream_url=upstream)
     if mapping:
         out["upstream_models"] = _model_mapping(mapping)
+    if deployments:
+        out["deployments"] = _model_mapping(deployments, "--deployment expects NAME=MODEL (batch-4o=gpt-4o)")
     if models:
         out["models"] = [m.strip() for m in models.split(",") if m.strip()]
     per_model: dict[str, int] = {}
@@ -382,11 +395,13 @@ def serve_overrides(options: Mapping[str, Any], models: str | None,
     return out
 
 
-def _model_mapping(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+def _model_mapping(items: tuple[str, ...] | list[str],
+                   expects: str = "--upstream-model expects REQUESTED=UPSTREAM (gpt-4o-mini=llama3.1:8b)") \
+        -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         requested, sep, upstream = item.partition("=")
         if not sep or not requested.strip() or not upstream.strip():
-            raise ConfigError(f"--upstream-model expects REQUESTED=UPSTREAM (gpt-4o-mini=llama3.1:8b), got {item!r}")
+            raise ConfigError(f"{expects}, got {item!r}")
         out[requested.strip()] = upstream.strip()
     return out

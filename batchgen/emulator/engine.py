@@ -35,6 +35,7 @@ from batchgen.emulator.runner import Runner
 from batchgen.emulator.simulate import SimulateExecutor
 from batchgen.emulator.tokencount import TokenCounter
 from batchgen.emulator.usage import Pricer, UsageRecord, UsageStore, answer_tokens
+from batchgen.emulator.validate import AZURE_KEY, operation
 
 ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
              "/v1/images/generations", "/v1/images/edits", "/v1/videos")
@@ -208,9 +209,12 @@ class Engine:
         return self.clock.real_seconds(next_due - self.clock.now())
 
     # -- operations -----------------------------------------------------------------------------------------
-    def create_batch(self, body: Any) -> dict[str, Any]:
-        """`POST /v1/batches`: checks the request synchronously; the file is checked later (validating)."""
-        fields = _check_create(body)
+    def create_batch(self, body: Any, azure: bool = False) -> dict[str, Any]:
+        """`POST /v1/batches`: checks the request synchronously; the file is checked later (validating).
+
+        On Azure's paths (`azure`) the endpoint may be given without `/v1` (`/chat/completions`), as Azure's own
+        examples do, and the batch's lines are Azure's (see `validate.validate_input`)."""
+        fields = _check_create(body, azure)
         now = self.clock.now()
         created = int(now)
         batch = {
@@ -224,6 +228,8 @@ class Engine:
             "metadata": fields["metadata"],
         }
         run = Run(created_t=now)
+        if azure:
+            run.extra[AZURE_KEY] = True
         if fields["output_expires_seconds"] is not None:
             run.extra["output_expires_seconds"] = fields["output_expires_seconds"]
         self.batches.add(batch, run)
@@ -360,7 +366,7 @@ def _deep(value: Any) -> Any:
     return value
 
 
-def _check_create(body: Any) -> dict[str, Any]:
+def _check_create(body: Any, azure: bool = False) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     for name in ("input_file_id", "endpoint", "completion_window"):
@@ -368,7 +374,8 @@ def _check_create(body: Any) -> dict[str, Any]:
             raise bad_request(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
     if not isinstance(body["input_file_id"], str):
         raise bad_request("'input_file_id' must be a string.", param="input_file_id", code="invalid_type")
-    if body["endpoint"] not in ENDPOINTS:
+    if (operation(body["endpoint"]) if azure and isinstance(body["endpoint"], str) else body["endpoint"]) \
+            not in ENDPOINTS:
         raise bad_request(f"Invalid value for 'endpoint': '{body['endpoint']}'. Supported: {', '.join(ENDPOINTS)}.",
                           param="endpoint", code="invalid_value")
     if body["completion_window"] != "24h":

@@ -22,7 +22,7 @@ from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.files import FileStore
 from batchgen.emulator.runner import CONTENT_KEY, INPUT_LINK, Answers, Runner
 from batchgen.emulator.tokencount import TokenCounter
-from batchgen.emulator.validate import Verdict, batch_error, validate_input
+from batchgen.emulator.validate import AZURE_KEY, DEPLOYMENT_KEY, Verdict, batch_error, validate_input
 
 CHUNK = 256
 _HOLDING = ("in_progress", "finalizing", "cancelling")  # statuses whose input tokens count against the queue limit
@@ -95,7 +95,8 @@ class Lifecycle:
             return Step(False, due)
         verdict = self._check_file(record)
         if verdict is None:
-            verdict = validate_input(record.part(INPUT_LINK), record.batch["endpoint"], config, self.counter)
+            verdict = validate_input(record.part(INPUT_LINK), record.batch["endpoint"], config, self.counter,
+                                     azure=bool(record.run.extra.get(AZURE_KEY)))
         with self._changing(record):
             if record.status != "validating":
                 return Step(True)
@@ -146,6 +147,8 @@ class Lifecycle:
         record.run.queued_tokens = verdict.tokens
         record.run.in_progress_t = now
         record.run.extra[CONTENT_KEY] = verdict.digest
+        if verdict.deployment is not None and verdict.deployment != verdict.model:
+            record.run.extra[DEPLOYMENT_KEY] = verdict.deployment
         record.batch.update(status="in_progress", in_progress_at=int(now), model=verdict.model,
                             usage=empty_usage(),
                             request_counts={"total": verdict.total, "completed": 0, "failed": 0})

@@ -1,6 +1,6 @@
-"""ASGI middleware: bearer-token auth, HTTP-level faults on /v1 (transient 429/500/503 with Retry-After,
-dropped connections, slow answers), one log line for a client that goes away mid-request or mid-download, and an
-`x-request-id` on every answer.
+"""ASGI middleware: Azure OpenAI's data-plane paths mapped onto /v1, bearer-token (or `api-key`) auth, HTTP-level
+faults on /v1 (transient 429/500/503 with Retry-After, dropped connections, slow answers), one log line for a
+client that goes away mid-request or mid-download, and an `x-request-id` on every answer.
 Auth and faults drain a request body before answering early, so clients never see a reset while they are still
 sending.
 """
@@ -12,7 +12,9 @@ import hmac
 import logging
 import math
 import random
+import re
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,7 +27,16 @@ _MISSING_KEY = ("You didn't provide an API key. You need to provide your API key
                 "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 _ADMIN_ONLY = ("This endpoint needs an admin key: the organization's Usage and Costs APIs answer only an admin API "
                "key (sk-admin-...), not a project or user key.")
+_AZURE_DENIED = ("Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid "
+                 "key for an active subscription and use a correct regional API endpoint for your resource.")
+_AZURE_MISSING = ("Access denied due to missing subscription key. Make sure to include subscription key when making "
+                  "requests to an API.")
 ADMIN_PREFIX = "sk-admin-"
+AZURE_SCOPE = "batchgen.azure"  # set on a request that came in on an Azure path: {"deployment": name or None}
+# What Azure's data plane serves here: {endpoint}/openai/<api> with ?api-version=, or {endpoint}/openai/v1/<api>.
+_AZURE_APIS = re.compile(r"^(files|batches|chat/completions|embeddings|models)(/.*)?$")
+_AZURE_DEPLOYMENT = re.compile(r"^deployments/([^/]+)/(chat/completions|embeddings)$")
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$|^(preview|latest|v1)$")
 _DROP_MESSAGE = "ASGI callable returned without completing response."
 log = logging.getLogger("batchgen.emulator")
 
@@ -46,8 +57,54 @@ async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] 
     await send({"type": "http.response.body", "body": raw})
 
 
+class AzureMiddleware:
+    """Serves Azure OpenAI's data-plane URLs with the /v1 routes: `/openai/<api>?api-version=...` (the classic
+    shape; without an api-version Azure answers 404 "Resource not found"), `/openai/v1/<api>` (the newer shape, no
+    api-version needed), and `/openai/deployments/<name>/chat/completions` (or `/embeddings`), whose deployment
+    name stands for the request's model. The request is marked (`AZURE_SCOPE`) so that the routes take Azure's
+    batch lines and deployment names, and auth answers as Azure does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "")) if scope["type"] == "http" else ""
+        if not path.startswith("/openai/"):
+            await self.app(scope, receive, send)
+            return
+        rest, deployment = path[len("/openai/"):], None
+        versioned = not rest.startswith("v1/")
+        rest = rest if versioned else rest[len("v1/"):]
+        match = _AZURE_DEPLOYMENT.match(rest) if versioned else None
+        if match is not None:
+            deployment, rest = match.group(1), match.group(2)
+        elif not _AZURE_APIS.match(rest):
+            await drain(receive)
+            await send_json(send, 404, azure_error("404", "Resource not found"))
+            return
+        if versioned:
+            version = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api-version", [""])[0]
+            if not version:
+                await drain(receive)
+                await send_json(send, 404, azure_error("404", "Resource not found"))
+                return
+            if not _API_VERSION.match(version):
+                await drain(receive)
+                await send_json(send, 400, azure_error("BadRequest", "API version not supported"))
+                return
+        target = "/v1/" + rest
+        scope = {**scope, "path": target, "raw_path": target.encode(), AZURE_SCOPE: {"deployment": deployment}}
+        await self.app(scope, receive, send)
+
+
+def azure_error(code: str, message: str) -> dict[str, Any]:
+    """The envelope of an answer Azure's gateway gives before any API sees the request: code and message only."""
+    return {"error": {"code": code, "message": message}}
+
+
 class AuthMiddleware:
-    """With a token, every request needs `Authorization: Bearer <token>` (401 otherwise). The `admin_paths` (the
+    """With a token, every request needs `Authorization: Bearer <token>`, or Azure's `api-key: <token>` (401
+    otherwise; on an Azure path, in Azure's words). The `admin_paths` (the
     organization's Usage and Costs) need an admin key instead, token or not: a bearer key starting `sk-admin-`, or
     exactly `admin_key` when one is set; any other key gets 403, none 401. An admin key opens nothing else."""
 
@@ -67,14 +124,21 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        header = headers.get(b"authorization", b"").decode("latin-1")
         if str(scope.get("path", "")).rstrip("/") in self.admin_paths:
             await self._admin(header, scope, receive, send)
             return
-        if not self.token or hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
+        api_key = headers.get(b"api-key")
+        if not self.token or hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()) \
+                or (api_key is not None and hmac.compare_digest(api_key, self.token.encode())):
             await self.app(scope, receive, send)
             return
         await drain(receive)
+        if AZURE_SCOPE in scope:
+            given = api_key is not None or bool(header.startswith("Bearer ") and header[7:].strip())
+            await send_json(send, 401, azure_error("401", _AZURE_DENIED if given else _AZURE_MISSING))
+            return
         await self._refuse(header, send)
 
     async def _admin(self, header: str, scope: Scope, receive: Receive, send: Send) -> None:

@@ -41,6 +41,7 @@ from batchgen.emulator.executor import (
 from batchgen.emulator.files import THIRTY_DAYS, FileStore
 from batchgen.emulator.fsutil import naming, write_all
 from batchgen.emulator.usage import UsageStore, batch_records, tally
+from batchgen.emulator.validate import DEPLOYMENT_KEY, operation
 
 BLOCK = 256
 CHUNKS_IN_FLIGHT = 4  # a concurrent executor gets at most this many times its concurrency per chunk
@@ -195,7 +196,10 @@ class Runner:
         item = orjson.loads(raw)
         # A batch started by an emulator older than the content key falls back on its id, as it was seeded then.
         content = str(record.run.extra.get(CONTENT_KEY) or record.id)
-        return LineRequest(record.batch["endpoint"], item["body"], item["custom_id"], index, record.id,
+        body = item["body"]
+        if DEPLOYMENT_KEY in record.run.extra:  # an Azure line names its deployment; it runs on the model behind it
+            body = {**body, "model": record.batch["model"]}
+        return LineRequest(operation(record.batch["endpoint"]), body, item["custom_id"], index, record.id,
                            int(self._now()), content)
 
     def _results(self, requests: list[LineRequest], width: int) -> list[LineResult]:

@@ -3,6 +3,9 @@
 Streams the file once, holding only the set of custom_ids, counts the prompt tokens the batch would enqueue and
 hashes the bytes (the digest seeds the batch's faults, so the same file gets the same faults under one seed).
 Codes the spec leaves open are emulator choices: `too_many_tasks`, `empty_batch`, `file_too_large`.
+
+A batch created on Azure's paths (`azure`) takes Azure's lines: the url with or without `/v1`
+(`/chat/completions`), and a deployment name as `model`, which the configured deployments map to a model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import orjson
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.tokencount import TokenCounter
 
+AZURE_KEY = "azure"  # in Run.extra: the batch was created on Azure's paths
+DEPLOYMENT_KEY = "deployment"  # in Run.extra: the Azure deployment its lines name, when it maps to another model
+
 
 @dataclass
 class Verdict:
@@ -25,6 +31,7 @@ class Verdict:
     error: dict[str, Any] | None = None
     total: int = 0
     model: str | None = None
+    deployment: str | None = None  # an Azure batch: the deployment name its lines give as `model`
     tokens: int = 0
     digest: str = ""
 
@@ -33,7 +40,13 @@ def batch_error(code: str, message: str, param: str | None = None, line: int | N
     return {"code": code, "message": message, "param": param, "line": line}
 
 
-def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: TokenCounter) -> Verdict:
+def operation(url: str) -> str:
+    """The OpenAI path of a URL Azure takes with or without `/v1`: `/chat/completions` -> `/v1/chat/completions`."""
+    return url if url.startswith("/v1/") else "/v1" + url
+
+
+def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: TokenCounter,
+                   azure: bool = False) -> Verdict:
     """Check every line of the input file against the batch endpoint and the configured limits."""
     size = path.stat().st_size
     if size > config.max_batch_bytes:
@@ -53,7 +66,7 @@ def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: T
             if verdict.total > config.max_lines:
                 return Verdict(batch_error("too_many_tasks", f"The input file has more than {config.max_lines} "
                                            "requests; split it into several batches.", None, None))
-            error = _check_line(raw, line_no, endpoint, config, seen, verdict, counter)
+            error = _check_line(raw, line_no, endpoint, config, seen, verdict, counter, azure)
             if error is not None:
                 return Verdict(error)
     if verdict.total == 0:
@@ -63,7 +76,7 @@ def validate_input(path: Path, endpoint: str, config: EmulatorConfig, counter: T
 
 
 def _check_line(raw: bytes, n: int, endpoint: str, config: EmulatorConfig, seen: set[str], verdict: Verdict,
-                counter: TokenCounter) -> dict[str, Any] | None:
+                counter: TokenCounter, azure: bool) -> dict[str, Any] | None:
     try:
         item = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -81,24 +94,32 @@ def _check_line(raw: bytes, n: int, endpoint: str, config: EmulatorConfig, seen:
     seen.add(custom_id)
     if item.get("method") != "POST":
         return batch_error("invalid_request", "Only the POST method is supported.", "method", n)
-    if item.get("url") != endpoint:
+    url = item.get("url")
+    if url != endpoint and not (azure and isinstance(url, str) and operation(url) == operation(endpoint)):
         return batch_error("invalid_url", "The URL provided for this request does not prefix-match the batch "
                            f"endpoint '{endpoint}'.", "url", n)
     body = item.get("body")
     if not isinstance(body, dict):
         return batch_error("invalid_request", "Missing required parameter: 'body'.", "body", n)
-    return _check_body(body, n, config, verdict, counter)
+    return _check_body(body, n, config, verdict, counter, azure)
 
 
 def _check_body(body: dict[str, Any], n: int, config: EmulatorConfig, verdict: Verdict,
-                counter: TokenCounter) -> dict[str, Any] | None:
+                counter: TokenCounter, azure: bool) -> dict[str, Any] | None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return batch_error("invalid_request", "Missing required parameter: 'model'.", "body.model", n)
-    if verdict.model is not None and model != verdict.model:
-        return batch_error("mismatched_model", f"The model '{model}' differs from '{verdict.model}' used earlier in "
+    named = verdict.deployment if azure else verdict.model
+    if named is not None and model != named:
+        return batch_error("mismatched_model", f"The model '{model}' differs from '{named}' used earlier in "
                            "this file; a batch may only use one model.", "body.model", n)
-    if not config.is_known_model(model):
+    if azure:
+        deployment, mapped = model, config.deployment_model(model)
+        if mapped is None:
+            return batch_error("model_not_found", f"The deployment '{model}' does not exist; create a GlobalBatch "
+                               "deployment of that name, or name one that exists.", "body.model", n)
+        verdict.deployment, model = deployment, mapped
+    if not config.is_known_model(model) and not (azure and not config.deployments):
         return batch_error("model_not_found", f"The model '{model}' does not exist or you do not have access to it.",
                            "body.model", n)
     if body.get("stream") is True:

@@ -239,6 +239,8 @@ class JobSpec(_Strict):
     overgeneration: Decimal = Field(Decimal("1.1"), ge=1, le=10)
     budget_usd: Decimal | None = Field(None, ge=0)
     backend: Literal["embedded", "openai", "azure"] | None = None
+    deployment: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                   description="the Azure deployment that runs `model` (azure backend only)")
     free: bool = False
     max_attempts: int = Field(3, ge=1, le=20)
     retry_invalid: bool = True
@@ -488,8 +490,8 @@ def spec_digest(spec: JobSpec, templates: dict[str, str], seeds_bytes: bytes) ->
     identity = spec.model_dump(
         mode="json",
         by_alias=True,
-        exclude={"description", "budget_usd", "backend", "free", "validate_", "max_attempts", "retry_invalid",
-                 "max_top_ups", "limits"},
+        exclude={"description", "budget_usd", "backend", "deployment", "free", "validate_", "max_attempts",
+                 "retry_invalid", "max_top_ups", "limits"},
     )
     if identity.get("embeddings") is None:
         del identity["embeddings"]  # jobs without embeddings options keep the hash they had before there were any

@@ -6,7 +6,13 @@ Backends:
   client attaches to that one, and follows the state (starts or attaches again) if that process exits first.
 - `openai`: the official API, or any compatible server named by OPENAI_BASE_URL (a `batchgen serve` elsewhere,
   another provider). Needs OPENAI_API_KEY. Spending money is always asked for explicitly.
-- `azure`: Azure OpenAI (AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, OPENAI_API_VERSION).
+- `azure`: Azure OpenAI (AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_API_KEY). With OPENAI_API_VERSION set (a dated
+  version such as 2025-03-01-preview) it speaks the classic `{endpoint}/openai/...?api-version=` shape through the
+  SDK's AzureOpenAI; without it, Azure's v1 shape `{endpoint}/openai/v1/`. Azure takes batch lines of its own: the
+  url `/chat/completions` and a deployment name as `model`. The shard files stay as they were compiled (OpenAI's
+  lines, which the plan and the spec hash describe); each is rewritten line by line into Azure's form as it is
+  uploaded (`azure_lines`). The deployment is $AZURE_OPENAI_DEPLOYMENT, else the job's `deployment`, else the
+  model's own name.
 
 SDK errors become `BackendError`, so nothing above this module depends on openai. The SDK's own retries stay on for
 idempotent calls; batch creation runs with max_retries=0, because a retried create could start a second batch.
@@ -19,13 +25,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import openai
+import orjson
 from openai.types import Batch, FileObject
 
 from batchgen.crashpoints import crash_point
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 BACKENDS = ("embedded", "openai", "azure")
 SYNC_TIMEOUT = 300.0  # seconds for one synchronous answer: a long completion takes a minute or more
 ENV_BACKEND = "BATCHGEN_BACKEND"
+ENV_DEPLOYMENT = "AZURE_OPENAI_DEPLOYMENT"
 T = TypeVar("T")
 
 
@@ -76,11 +85,14 @@ class BatchClient:
                 raise BackendError("The embedded backend needs a workspace for its state")
             return self._open_emulator(emulator_dir, timeout)
         if backend == "azure":
-            missing = [v for v in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION")
-                       if not os.environ.get(v)]
+            missing = [v for v in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY") if not os.environ.get(v)]
             if missing:
-                raise BackendError(f"The azure backend needs {', '.join(missing)} set in the environment")
-            return openai.AzureOpenAI(timeout=timeout)
+                raise BackendError(f"The azure backend needs {' and '.join(missing)} set in the environment")
+            if os.environ.get("OPENAI_API_VERSION", "v1") != "v1":
+                return openai.AzureOpenAI(timeout=timeout)
+            endpoint = os.environ["AZURE_OPENAI_ENDPOINT"].rstrip("/")
+            return openai.OpenAI(api_key=os.environ["AZURE_OPENAI_API_KEY"], base_url=f"{endpoint}/openai/v1/",
+                                 timeout=timeout)
         if not os.environ.get("OPENAI_API_KEY"):
             raise BackendError("OPENAI_API_KEY is not set; export it to use --backend openai "
                                "(or drop --backend to run on the free embedded emulator)")
@@ -176,15 +188,29 @@ class BatchClient:
         refused = {name: number for number, name in SPACE_CODES.items()}.get(str(code))
         return None if refused is None else no_space(_state(self._emulator.state_dir), refused)
 
-    def upload(self, path: Path, filename: str | None = None) -> FileObject:
-        """Upload a batch input file, under `filename` (default: its own name)."""
+    def deployment(self, job_deployment: str | None, model: str) -> str:
+        """The name a request gives as `model` on Azure: $AZURE_OPENAI_DEPLOYMENT, the job's, or the model's."""
+        return os.environ.get(ENV_DEPLOYMENT) or job_deployment or model
+
+    def upload(self, path: Path, filename: str | None = None, *, deployment: str | None = None) -> FileObject:
+        """Upload a batch input file, under `filename` (default: its own name); on Azure its lines go as Azure
+        takes them, with `deployment` (see `deployment`) as every line's model."""
         name = filename or path.name
-        with open(path, "rb") as handle:
+        if self.backend != "azure":
+            with open(path, "rb") as handle:
+                return self._call(f"Uploading {path.name}",
+                                  lambda: self._sdk.files.create(file=(name, handle), purpose="batch"))
+        with writing(f"Azure's copy of {path.name} (next to it)"), tempfile.TemporaryFile(dir=path.parent) as converted:
+            with open(path, "rb") as source:
+                azure_lines(source, converted, deployment)
+            converted.seek(0)
             return self._call(f"Uploading {path.name}",
-                              lambda: self._sdk.files.create(file=(name, handle), purpose="batch"))
+                              lambda: self._sdk.files.create(file=(name, converted), purpose="batch"))
 
     def create_batch(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> Batch:
         once = self._sdk.with_options(max_retries=0)
+        if self.backend == "azure":
+            endpoint = azure_url(endpoint)
         # Never repeated: a create that got no answer may have made a batch; reconciliation finds it by metadata.
         return self._call("Creating a batch", lambda: once.batches.create(
             input_file_id=input_file_id, endpoint=endpoint, completion_window="24h",  # type: ignore[arg-type]
@@ -211,10 +237,14 @@ class BatchClient:
     def delete_file(self, file_id: str) -> None:
         self._call(f"Deleting file {file_id}", lambda: self._sdk.files.delete(file_id))
 
-    def complete(self, endpoint: str, body: dict[str, Any], *, timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
+    def complete(self, endpoint: str, body: dict[str, Any], *, timeout: float = SYNC_TIMEOUT,
+                 deployment: str | None = None) -> dict[str, Any]:
         """One synchronous request, billed at standard price: POST `endpoint` (/v1/chat/completions) with `body`
-        exactly as a batch line would carry it; the JSON answer as it came (for `batchgen preview`)."""
+        exactly as a batch line would carry it; the JSON answer as it came (for `batchgen preview`). On Azure,
+        `deployment` stands for the body's model."""
         path = endpoint.removeprefix("/v1")
+        if self.backend == "azure" and deployment is not None:
+            body = {**body, "model": deployment}
         answer = self._call(f"POST {endpoint}", lambda: self._sdk.with_options(timeout=timeout).post(
             path, body=body, cast_to=object))
         if not isinstance(answer, dict):
@@ -265,6 +295,24 @@ class BatchClient:
             tmp.unlink(missing_ok=True)
             raise
         return target
+
+
+def azure_url(url: str) -> str:
+    """Azure's form of a batch line's url and a batch's endpoint: `/v1/chat/completions` -> `/chat/completions`."""
+    return url.removeprefix("/v1")
+
+
+def azure_lines(source: IO[bytes], target: IO[bytes], deployment: str | None) -> None:
+    """Copy batch lines from `source` to `target` as Azure takes them: the url without `/v1`, and `deployment`
+    (when given) as the body's model. Everything else, custom_id and order included, stays as it was."""
+    for raw in source:
+        if not raw.strip():
+            continue
+        line = orjson.loads(raw)
+        line["url"] = azure_url(line["url"])
+        if deployment is not None:
+            line["body"]["model"] = deployment
+        target.write(orjson.dumps(line) + b"\n")
 
 
 def is_transient(error: BackendError) -> bool:

@@ -280,7 +280,8 @@ def send_preview(session: Session, plan: PreviewPlan) -> PreviewReport:
     """Send the plan's requests (several at once), judge the answers, and record them in one transaction with
     what they cost. A request that failed is one BackendError, raised after the answered ones are recorded (they
     were billed)."""
-    outcomes = _send(session.client(plan.backend), plan.requests)
+    client = session.client(plan.backend)
+    outcomes = _send(client, plan.requests, client.deployment(plan.spec.deployment, plan.spec.model))
     answered = [(request, body) for request, body in zip(plan.requests, outcomes, strict=True)
                 if not isinstance(body, BackendError)]
     failed = [outcome for outcome in outcomes if isinstance(outcome, BackendError)]
@@ -302,11 +303,12 @@ def send_preview(session: Session, plan: PreviewPlan) -> PreviewReport:
     return report
 
 
-def _send(client: BatchClient, requests: Sequence[PreviewRequest]) -> list[dict[str, Any] | BackendError]:
-    """Each request's answer, or the BackendError it met, in the requests' order."""
+def _send(client: BatchClient, requests: Sequence[PreviewRequest],
+          deployment: str) -> list[dict[str, Any] | BackendError]:
+    """Each request's answer, or the BackendError it met, in the requests' order (`deployment`: on Azure)."""
     def one(request: PreviewRequest) -> dict[str, Any] | BackendError:
         try:
-            return client.complete(CHAT, request.body)
+            return client.complete(CHAT, request.body, deployment=deployment)
         except BackendError as error:
             return error
 

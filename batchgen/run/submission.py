@@ -64,7 +64,8 @@ def submit_shard(session: Session, client: BatchClient, spec: JobSpec, shard: di
         return
     file_id = intent["file_id"]
     if not file_id:
-        file_id = client.upload(session.workspace.locate(shard["path"]), upload_name(key, shard["path"])).id
+        file_id = client.upload(session.workspace.locate(shard["path"]), upload_name(key, shard["path"]),
+                                deployment=client.deployment(spec.deployment, spec.model)).id
         crash_point("upload")
         with ledger.transaction():
             ledger.set_intent_file(intent["id"], file_id)

@@ -162,7 +162,8 @@ class Summary:
         if reason is None:
             self.valid += count
         else:
-            self.reasons[reason.message] += count
+            # Other shapes are told apart by the shape (a job may map that key; see [validate] examples_keys).
+            self.reasons[str(reason) if reason.category == OTHER_SHAPE else reason.message] += count
             self.categories[reason.category] += count
 
     def add_response(self, verdict: ResponseVerdict) -> None:

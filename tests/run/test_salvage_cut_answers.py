@@ -93,7 +93,7 @@ def test_an_answer_under_another_key_is_kept_and_reported_with_its_shape(tmp_pat
     shown, rows = collected(tmp_path, "data-key")
     assert sum(1 for row in rows if row["idx"] >= 0 and row["valid"]) == 5 * 55
     assert shown["quality"]["categories"] == {"other_shape": 55}
-    assert shown["quality"]["reasons"] == {"Other shape": 55}
+    assert shown["quality"]["reasons"] == {"Other shape: object with key data": 55}  # show names the shape
     notes = {row["reason"] for row in rows if row["idx"] < 0}
     assert notes == {"Other shape: object with key data"}  # the shape, kept with each answer's note
 

@@ -38,7 +38,7 @@ _UNSEEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u20
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("batchgen", "data"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(usd=_usd, pct=percent, num=_num, cut=_cut)
+    env.filters.update(usd=_usd, pct=percent, num=_num, cut=_cut, filename=lambda path: Path(path).name)
     return env
 
 

@@ -28,12 +28,14 @@ def bar_lengths(values: Sequence[Decimal | int | float | None]) -> list[float]:
 
 
 def colour(ratio: float | None) -> str:
-    """Red at 0, yellow at one half, green at 1 (and above): how far a cell got towards its share."""
+    """Green for a cell at its share (or above); below it, from red (nothing) to yellow (nearly there), so that a
+    thin cell never passes for a full one."""
     if ratio is None:
         return EMPTY
-    ratio = min(max(ratio, 0.0), 1.0)
-    low, high, t = (_LOW, _MID, ratio * 2) if ratio < 0.5 else (_MID, _HIGH, ratio * 2 - 1)
-    return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high, strict=True))
+    if ratio >= 1:
+        return "#" + "".join(f"{c:02x}" for c in _HIGH)
+    t = max(ratio, 0.0)
+    return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(_LOW, _MID, strict=True))
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Heatmap:
     rows: list[str]
     columns: list[str]
     cells: list[HeatCell] = field(default_factory=list)
+    down: str = ""  # the axis of the rows ("" for none)
+    across: str = ""  # the axes of the columns, joined
     cell_width: int = 64
     cell_height: int = 30
     left: int = 120  # room for the row labels
@@ -90,6 +94,7 @@ def heatmap(cells: Iterable[Mapping[str, Any]], axes: Sequence[str]) -> Heatmap:
         title = f"{row} {column}: {valid} valid of a share of {share}, {cell['requests']} requests"
         grid.cells.append(HeatCell(x, y, colour(ratio), f"{valid}/{share}", title))
     grid.rows, grid.columns = list(rows), list(columns)
+    grid.down, grid.across = down or "", " \u00b7 ".join(across)
     return grid
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workspaces import EVOL, TASK_API, batchgen, fresh_workspace
+from click.testing import CliRunner
+from workspaces import EVOL, TASK_API, batchgen, fresh_workspace, judged_job
 
+from batchgen.cli import cli
 from batchgen.money import format_usd
 
 HOSTILE = ('Plan <script>document.title="owned"</script> then </table></div><img src="http://127.0.0.1:9/x.png"> '
@@ -37,7 +39,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both shipped jobs run to the end in one workspace, the first sampled example of task_api made hostile."""
     workspace = fresh_workspace(tmp_path_factory.mktemp("html"))
     for job in (TASK_API, EVOL):
-        batchgen(workspace, "run", str(job), "--quiet", check=True)
+        invoke(workspace, "run", str(job), "--quiet")
     first = report(workspace, "task_api")["samples"][0]["provenance"]
     with sqlite3.connect(workspace / "ledger.db") as db:
         (content,) = db.execute("SELECT content_json FROM examples WHERE custom_id = ? AND position = ?",
@@ -49,14 +51,31 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workspace
 
 
+@pytest.fixture(scope="module")
+def short(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Task API job with its judge at threshold 8 and no top-up: stage main ends short, and so do some cells."""
+    parent = tmp_path_factory.mktemp("short")
+    workspace = fresh_workspace(parent)
+    done = CliRunner(env={"BATCHGEN_WORKSPACE": str(workspace)}).invoke(
+        cli, ["run", str(judged_job(parent, threshold=8, max_top_ups="0")), "--quiet"])
+    assert done.exit_code == 3, done.output  # ended short of its target
+    return workspace
+
+
+def invoke(workspace: Path, *args: str) -> str:
+    """The command's stdout, run in this process (a fresh process each time is what `batchgen()` is for)."""
+    done = CliRunner(env={"BATCHGEN_WORKSPACE": str(workspace)}).invoke(cli, list(args))
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
 def report(workspace: Path, job: str, *args: str) -> dict[str, Any]:
-    return json.loads(batchgen(workspace, "report", job, "--json", *args, check=True).stdout)
+    return json.loads(invoke(workspace, "report", job, "--json", *args))
 
 
 def html_page(workspace: Path, *args: str) -> Path:
     """Run a command with --html --json; the page it wrote."""
-    done = batchgen(workspace, *args, "--html", "--json", check=True)
-    path = Path(json.loads(done.stdout)["path"])
+    path = Path(json.loads(invoke(workspace, *args, "--html", "--json"))["path"])
     assert path.is_file()
     return path
 
@@ -66,8 +85,7 @@ def html_page(workspace: Path, *args: str) -> Path:
 
 def test_the_json_has_targets_flow_costs_and_samples(workspace: Path) -> None:
     found = report(workspace, "task_api")
-    costs = json.loads(batchgen(workspace, "costs", "--job", "task_api", "--by", "stage", "--json",
-                                check=True).stdout)
+    costs = json.loads(invoke(workspace, "costs", "--job", "task_api", "--by", "stage", "--json"))
     [stage] = found["stages"]
     assert found["targets"] == [{"stage": "main", "target": 500, "valid": stage["valid"], "status": "reached",
                                  "short": None}]
@@ -116,12 +134,26 @@ def test_each_evol_stage_has_its_target_and_the_flow_runs_through_them(workspace
     assert {sample["stage"] for sample in found["samples"]} == set(names)
 
 
+def test_a_stage_short_of_its_target_says_so_with_its_thin_cells(short: Path) -> None:
+    found = report(short, "task_api")
+    main, judge = found["targets"]
+    assert main["status"] == "short" and main["valid"] < 500
+    assert main["short"] == {"missing": 500 - main["valid"], "top_ups": 0, "reason": "max_top_ups"}
+    assert judge == {"stage": "judge", "target": 0, "valid": 0, "status": "judge", "short": None}
+    assert found["flow"][1] == {"name": "main", "count": main["valid"], "target": 500}
+    thin = [cell for cell in found["stages"][0]["cells"] if cell["valid"] < cell["share"]]
+    assert thin and sorted(json.dumps(row["cell"], sort_keys=True) for row in found["short_cells"]) == sorted(
+        json.dumps(cell["cell"], sort_keys=True) for cell in thin)
+    assert {row["reason"] for row in found["short_cells"]} == {"max_top_ups"}
+
+
 # -- the page as a file ----------------------------------------------------------------------------------------
 
 
 def test_the_page_escapes_the_example_and_allows_no_script(workspace: Path) -> None:
     text = html_page(workspace, "report", "task_api").read_text(encoding="utf-8")
     assert "<script" not in text.lower() and "<img" not in text.lower()
+    assert str(workspace) not in text and "Dataset: 500 examples in task_api.sharegpt.jsonl" in text
     assert "Plan &lt;script&gt;document.title=&#34;owned&#34;&lt;/script&gt; then &lt;/table&gt;" in text
     policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', text)
     assert policy is not None and policy.group(1).startswith("default-src 'none';")
@@ -137,8 +169,8 @@ def test_the_page_goes_to_the_workspace_reports_or_to_o(workspace: Path, tmp_pat
     done = batchgen(workspace, "report", "task_api", "--html", check=True)
     assert done.stdout == f"Wrote {workspace / 'reports' / 'task_api.html'}\n"
     target = tmp_path / "out" / "page.html"
-    done = batchgen(workspace, "report", "task_api", "--html", "-o", str(target), "--json", check=True)
-    assert json.loads(done.stdout) == {"path": str(target)} and target.stat().st_mode & 0o777 == 0o644
+    done = invoke(workspace, "report", "task_api", "--html", "-o", str(target), "--json")
+    assert json.loads(done) == {"path": str(target)} and target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in target.parent.iterdir()] == ["page.html"]  # no temporary file left
 
 
@@ -236,7 +268,7 @@ def test_the_report_fits_a_phone_and_prints(browser: Any, workspace: Path, tmp_p
 def test_compare_in_chromium(browser: Any, workspace: Path, tmp_path: Path) -> None:
     path = html_page(workspace, "compare", "task_api", "evol_task_api")
     assert path == workspace / "reports" / "compare-task_api-evol_task_api.html"
-    jobs = json.loads(batchgen(workspace, "compare", "task_api", "evol_task_api", "--json", check=True).stdout)
+    jobs = json.loads(invoke(workspace, "compare", "task_api", "evol_task_api", "--json"))
     page, messages, requests, wide = open_page(browser, path, 1000, tmp_path / "compare.png")
     assert messages == [] and requests == [path.as_uri()]
     text = page.inner_text("body")
@@ -247,3 +279,23 @@ def test_compare_in_chromium(browser: Any, workspace: Path, tmp_path: Path) -> N
         for stage in job["stages"]:
             assert stage["name"] in text
     assert page.locator("table.bars").count() == 4
+
+
+def test_the_short_stage_and_its_thin_cells_in_chromium(browser: Any, short: Path, tmp_path: Path) -> None:
+    path = html_page(short, "report", "task_api")
+    found = report(short, "task_api")
+    page, messages, requests, _ = open_page(browser, path, 1000, tmp_path / "short.png")
+    assert messages == [] and requests == [path.as_uri()]
+    assert page.inner_text("header .status") == "done, 1 stage short of target"
+    missing = found["targets"][0]["short"]["missing"]
+    assert f"{missing} missing after 0 top-ups (max_top_ups)" in page.inner_text("#stages")
+    assert page.locator("#stages table.bars rect.short").count() == 1  # main's bar, short of its mark
+    thin = [cell for cell in found["stages"][0]["cells"] if cell["valid"] < cell["share"]]
+    rows = page.locator("#cells table tr").all_inner_texts()[1:]
+    assert len(rows) == len(thin) and all(row.split("\t")[-1] == "max_top_ups" for row in rows)
+    fills = page.locator("svg.heatmap rect").evaluate_all("rects => rects.map(r => r.getAttribute('fill'))")
+    full = [cell["valid"] >= cell["share"] for cell in found["stages"][0]["cells"]]
+    assert [fill == "#1a9850" for fill in fills] == full  # green is a cell at its share, and only that
+    judge = found["stages"][1]["judge"]
+    assert (f"Judge stage judge (scores main, threshold 8): {judge['judged']:,} scored, {judge['passed']:,} passed"
+            in page.inner_text("#quality"))

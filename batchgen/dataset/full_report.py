@@ -9,7 +9,8 @@
 - costs: by stage, by day and by batch (`ledger.cost_report`), each at batch price, at standard price, and the
   estimate of the collected batches against what they cost, with the estimate of the batches still in flight;
 - samples: the first few examples of each cell of each stage, of those an export writes
-  (`report.valid_examples`), each with its provenance.
+  (`report.valid_examples`), each with its provenance; an embeddings example without its vector (its input and
+  dimensions).
 
 Money is fixed-point decimal text, as in the quality report. The examples are model output, untrusted: this dict
 holds them as data; whoever shows them escapes them.
@@ -25,6 +26,7 @@ from batchgen.dataset.quality_report import job_report, money
 from batchgen.dataset.report import dataset, valid_examples
 from batchgen.ledger import Ledger, Workspace
 from batchgen.ledger.states import ACTIVE
+from batchgen.recipe.formats import EMBEDDINGS_FORMAT
 from batchgen.recipe.spec import JobSpec
 from batchgen.recipe.variants import cell_key
 
@@ -110,5 +112,15 @@ def sample_examples(ledger: Ledger, spec: JobSpec, per_cell: int) -> list[dict[s
             continue
         taken[where] = taken.get(where, 0) + 1
         found.append({"stage": record.provenance.stage, "cell": dict(record.provenance.cell),
-                      "example": dict(record.example), "provenance": record.provenance.to_dict()})
+                      "example": _shown(record.example, spec.dataset_format),
+                      "provenance": record.provenance.to_dict()})
     return found
+
+
+def _shown(example: Mapping[str, Any], fmt: str) -> dict[str, Any]:
+    """The example as a sample shows it: whole, but an embedding's vector, which only its size says anything
+    about to a reader (`{"input", "dimensions"}`)."""
+    if fmt != EMBEDDINGS_FORMAT:
+        return dict(example)
+    vector = example.get("embedding")
+    return {"input": example.get("input"), "dimensions": len(vector) if isinstance(vector, list) else None}

@@ -147,15 +147,20 @@ def _short_cells(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _samples(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The samples grouped by stage and cell, each as its turns (role, text) or, without turns, its JSON."""
+    """The samples grouped by stage and cell, each as its turns (role, text), an embedding as its input, anything
+    else as its JSON."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for sample in report["samples"]:
         label = charts.cell_label(sample["cell"], report["axes"])
         group = groups.setdefault((sample["stage"], label), {"stage": sample["stage"], "cell": label,
                                                              "examples": []})
-        turns = role_texts(sample["example"], report["format"])
-        group["examples"].append({"turns": turns, "raw": None if turns else _json_text(sample["example"]),
-                                  "provenance": sample["provenance"]})
+        example = sample["example"]
+        turns, raw = role_texts(example, report["format"]), None
+        if not turns and isinstance(example.get("input"), str):  # an embedding: its input, and the vector's size
+            turns, raw = [("input", example["input"])], f"an embedding of {example.get('dimensions')} dimensions"
+        elif not turns:
+            raw = _json_text(example)
+        group["examples"].append({"turns": turns, "raw": raw, "provenance": sample["provenance"]})
     return list(groups.values())
 
 

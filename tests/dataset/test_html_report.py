@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from workspaces import EVOL, TASK_API, batchgen, fresh_workspace, judged_job
+from workspaces import EVOL, ROOT, TASK_API, batchgen, fresh_workspace, judged_job
 
 from batchgen.cli import cli
 from batchgen.money import format_usd
@@ -145,6 +145,22 @@ def test_a_stage_short_of_its_target_says_so_with_its_thin_cells(short: Path) ->
     assert thin and sorted(json.dumps(row["cell"], sort_keys=True) for row in found["short_cells"]) == sorted(
         json.dumps(cell["cell"], sort_keys=True) for cell in thin)
     assert {row["reason"] for row in found["short_cells"]} == {"max_top_ups"}
+
+
+def test_an_embeddings_sample_shows_its_input_and_the_size_of_its_vector(tmp_path: Path) -> None:
+    workspace = fresh_workspace(tmp_path)
+    invoke(workspace, "run", str(ROOT / "jobs" / "task_api_embeddings"), "--quiet")
+    found = report(workspace, "task_api_embeddings", "--samples", "1")
+    assert len(found["samples"]) == 200  # one a cell
+    with sqlite3.connect(workspace / "ledger.db") as db:
+        stored = {row[0]: json.loads(row[1]) for row in db.execute(
+            "SELECT custom_id, content_json FROM examples WHERE valid = 1")}
+    for sample in found["samples"]:
+        whole = stored[sample["provenance"]["custom_id"]]
+        assert sample["example"] == {"input": whole["input"], "dimensions": len(whole["embedding"])}
+    text = html_page(workspace, "report", "task_api_embeddings").read_text(encoding="utf-8")
+    first = found["samples"][0]["example"]
+    assert f"an embedding of {first['dimensions']} dimensions" in text and first["input"] in text
 
 
 # -- the page as a file ----------------------------------------------------------------------------------------

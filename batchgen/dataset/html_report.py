@@ -83,7 +83,8 @@ def report_page(report: Mapping[str, Any]) -> str:
     costs = report["costs"]
     days = [(line["day"], Decimal(line["cost_usd"])) for line in costs["by_day"]]
     return _render("report.html.j2", report=report, stages=stages, heatmaps=heatmaps,
-                   flow=_flow_bars(report["flow"]), reasons=_reason_bars(report), samples=_samples(report),
+                   flow=_flow_bars(report["flow"], report["targets"]), reasons=_reason_bars(report),
+                   samples=_samples(report),
                    stage_costs=_paired(costs["by_stage"], "stage", "cost_usd", "standard_usd"),
                    estimates=_paired(costs["by_batch"], "batch", "estimated_usd", "estimated_actual_usd"),
                    days=charts.columns(days, _usd), short_cells=_short_cells(report))
@@ -105,8 +106,10 @@ def _bars(items: Sequence[tuple[str, Any]], show: Any) -> list[dict[str, Any]]:
             for (label, value), length in zip(items, lengths, strict=True)]
 
 
-def _flow_bars(flow: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """seeds -> stages -> dataset as bars on one scale, each stage with its target marked."""
+def _flow_bars(flow: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """seeds -> stages -> dataset as bars on one scale, each stage with its target marked, red if it ended short
+    (a stage still at work is not short yet)."""
+    ended_short = {row["stage"] for row in targets if row["status"] == "short"}
     lengths = charts.bar_lengths([max(step["count"], step["target"] or 0) for step in flow] +
                                  [step["count"] for step in flow])
     scale, counts = lengths[:len(flow)], lengths[len(flow):]
@@ -116,7 +119,7 @@ def _flow_bars(flow: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         mark = None if not target else round(top * target / max(step["count"], target), 2)
         rows.append({"label": step["name"], "length": length, "mark": mark,
                      "value": f"{step['count']:,}" + (f" / {target:,}" if target else ""),
-                     "short": bool(target) and step["count"] < target})
+                     "short": step["name"] in ended_short})
     return rows
 
 

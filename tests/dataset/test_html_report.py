@@ -163,6 +163,19 @@ def test_an_embeddings_sample_shows_its_input_and_the_size_of_its_vector(tmp_pat
     assert f"an embedding of {first['dimensions']} dimensions" in text and first["input"] in text
 
 
+def test_a_job_at_work_has_stages_running_and_pending_and_batches_in_flight(tmp_path: Path) -> None:
+    workspace = fresh_workspace(tmp_path)
+    invoke(workspace, "submit", str(EVOL))
+    found = report(workspace, "evol_task_api")
+    assert [(row["stage"], row["status"]) for row in found["targets"]] == [
+        ("simple", "running"), ("moderate", "pending"), ("complex", "pending"), ("edge_case", "pending")]
+    assert found["costs"]["in_flight"]["batches"] == 1 and Decimal(found["costs"]["in_flight"]["estimated_usd"]) > 0
+    assert found["dataset"] is None and found["flow"][-1] == {"name": "dataset", "count": 0, "target": None}
+    text = html_page(workspace, "report", "evol_task_api").read_text(encoding="utf-8")
+    assert 'class="short"' not in text  # nothing has ended short yet
+    assert "in flight (1 batch)" in text and "No valid example yet." in text
+
+
 # -- the page as a file ----------------------------------------------------------------------------------------
 
 

@@ -71,7 +71,7 @@ def _render(template: str, **context: Any) -> str:
     env = _environment()
     css, style_source = _stylesheet(env)
     policy = Markup(f"default-src 'none'; style-src {style_source}; img-src 'none'; script-src 'none'; "
-              "base-uri 'none'; form-action 'none'")  # ours alone: quoted as it is
+                    "base-uri 'none'; form-action 'none'")  # ours alone: written as it is
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return env.get_template(template).render(css=css, policy=policy, generated=generated, **context)
 

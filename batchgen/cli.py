@@ -70,6 +70,13 @@ def cli(debug: bool) -> None:
 
 # --- job specs: plan, compile, init ----------------------------------------------------------------------------------
 
+def html_options(func: Any) -> Any:
+    """--html and -o/--output, for the commands that can draw their figures as a page."""
+    func = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                        help="With --html: the page's path")(func)
+    return click.option("--html", is_flag=True, help="Write one self-contained HTML page and print its path")(func)
+
+
 workspace_option = click.option(
     "--workspace", type=click.Path(file_okay=False), default=None, envvar="BATCHGEN_WORKSPACE",
     help="Workspace directory (default: $BATCHGEN_WORKSPACE or ./.batchgen)")
@@ -770,26 +777,54 @@ def _review_line(review: dict[str, Any]) -> str:
 
 @cli.command(name="compare")
 @click.argument("jobs", nargs=-1, required=True)
+@html_options
 @workspace_option
 @output_options
-def compare_(jobs: tuple[str, ...], workspace: str | None, json_: bool, fmt: str | None) -> None:
+def compare_(jobs: tuple[str, ...], html: bool, output: str | None, workspace: str | None, json_: bool,
+             fmt: str | None) -> None:
     """Put jobs side by side, the lesson's quality-vs-cost table from the ledger: model, examples and seeds per
-    request, temperatures, yield, duplicates, review pass rate, cost per valid example.
+    request, temperatures, yield, duplicates, review pass rate, cost per valid example. With --html, the table and
+    its charts as one self-contained page (default: <workspace>/reports/compare-JOB-JOB.html).
 
     \b
         batchgen compare task_api task_api_4o
         batchgen compare task_api evol_task_api --json
+        batchgen compare task_api evol_task_api --html
     """
     from batchgen.dataset.compare import compare_jobs, table_rows
     from batchgen.run.tick import job_spec
 
+    _need_html(html, output)
     session = _session(workspace, ledger="read")
     names = list(dict.fromkeys(jobs))
     figures = compare_jobs(session.ledger, [job_spec(session, name) for name in names])
-    if json_:
+    if html:
+        from batchgen.dataset.html_report import comparison_page
+
+        page = comparison_page([job.to_dict() for job in figures], table_rows(figures))
+        _write_page(session, page, output, "compare-" + "-".join(names), json_)
+    elif json_:
         echo_json([job.to_dict() for job in figures])
-        return
-    echo_table(table_rows(figures), headers=("", *(job.job for job in figures)), fmt=fmt)
+    else:
+        echo_table(table_rows(figures), headers=("", *(job.job for job in figures)), fmt=fmt)
+
+
+def _need_html(html: bool, output: str | None) -> None:
+    if output is not None and not html:
+        raise click.UsageError("-o/--output is where the --html page goes; add --html")
+
+
+def _write_page(session: Any, page: str, output: str | None, name: str, json_: bool) -> None:
+    """Write an HTML page to -o or to the workspace's reports/ folder, and say where."""
+    from pathlib import Path
+
+    from batchgen.dataset.html_report import default_path, write_page
+
+    path = write_page(Path(output) if output else default_path(session.workspace.reports_dir, name), page)
+    if json_:
+        echo_json({"path": str(path)})
+    else:
+        click.echo(f"Wrote {path}")
 
 
 @cli.command(name="costs")
@@ -832,26 +867,43 @@ def costs_(job: str | None, by: str, since: str | None, until: str | None, csv_:
 
 @cli.command(name="report")
 @click.argument("job")
+@html_options
+@click.option("--samples", default=2, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Examples shown per cell (in --json and --html)")
 @workspace_option
 @output_options
-def report_(job: str, workspace: str | None, json_: bool, fmt: str | None) -> None:
+def report_(job: str, html: bool, output: str | None, samples: int, workspace: str | None, json_: bool,
+            fmt: str | None) -> None:
     """The quality of JOB stage by stage and cell by cell: requested, valid, yield, rejections, near-duplicates,
     distinct-1/2 of the human and assistant turns, words per example and per turn, lineage, review pass rate and
-    cost per valid example.
+    cost per valid example. --json adds each stage's target and status, the flow from seeds to dataset, the cost
+    by stage, day and batch (estimate against actual, batch against standard price) and sample examples per cell
+    with their provenance; --html draws all of it as one self-contained page (default:
+    <workspace>/reports/JOB.html) that runs no script and fetches nothing.
 
     \b
         batchgen report task_api
         batchgen report evol_task_api --json
+        batchgen report task_api --html -o task_api.html
     """
     from batchgen.dataset.quality_report import job_report
     from batchgen.run.tick import job_spec
 
+    _need_html(html, output)
     session = _session(workspace, ledger="read")
-    report = job_report(session.ledger, job_spec(session, job)).to_dict()
-    if json_:
-        echo_json(report)
+    spec = job_spec(session, job)
+    if html or json_:
+        from batchgen.dataset.full_report import full_report
+
+        report = full_report(session.ledger, spec, session.workspace, samples)
+        if html:
+            from batchgen.dataset.html_report import report_page
+
+            _write_page(session, report_page(report), output, job, json_)
+        else:
+            echo_json(report)
         return
-    _print_report(report, fmt)
+    _print_report(job_report(session.ledger, spec).to_dict(), fmt)
 
 
 def _print_report(report: dict[str, Any], fmt: str | None) -> None:

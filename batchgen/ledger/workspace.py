@@ -60,6 +60,11 @@ class Workspace:
         return self.root / "reviews"
 
     @property
+    def reports_dir(self) -> Path:
+        """Where `report --html` and `compare --html` write their pages unless told otherwise."""
+        return self.root / "reports"
+
+    @property
     def emulator_dir(self) -> Path:
         return self.root / "emulator"
 

@@ -9,10 +9,17 @@ answer (`upstream_unreachable`, `upstream_bad_response`), so a line fails and th
 answer, and in the upstream's model list that `GET /v1/models` shows. The API key comes from
 $BATCHGEN_UPSTREAM_API_KEY only and is sent as a bearer token; it is kept in memory and never appears in the
 configuration, the state directory or an error message.
+
+Structured output differs between servers: llama-cpp-python's accepts `response_format` `json_object` with an
+optional `schema` and answers a `json_schema` one with HTTP 500. With `upstream_structured = "auto"` the first line
+that asks for `json_schema` makes one tiny probe (json_schema, then json_object + schema, then plain json_object),
+and every such line is then sent in the best form the upstream took: `{"type": "json_object", "schema": ...}`,
+`{"type": "json_object"}`, or without `response_format` when it took none. The answer is passed on as it came.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -30,6 +37,13 @@ from batchgen.emulator.executor import Interrupted, LineRequest, LineResult, err
 API_KEY_ENV = "BATCHGEN_UPSTREAM_API_KEY"
 _EXCERPT = 200
 _POLL = 0.05
+_PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+_PROBES = ("json_schema", "json_object_schema", "json_object")
+# a probe answered with one of these did not get past the upstream's own gate (key, model, load): it tells nothing
+# about the response_format, so nothing is settled and the next json_schema line probes again
+_INCONCLUSIVE = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
+
+log = logging.getLogger("batchgen.emulator")
 
 
 class UpstreamExecutor:
@@ -54,6 +68,8 @@ class UpstreamExecutor:
         self._client = httpx2.Client(headers=headers, timeout=timeout,
                                      limits=httpx2.Limits(max_connections=room, max_keepalive_connections=room))
         self._pool = _Pool(self.concurrency, self.execute)
+        self._structured: str | None = None if settings.upstream_structured == "auto" else settings.upstream_structured
+        self._probe_lock = threading.Lock()
 
     def url(self, endpoint: str) -> str:
         return self.base_url + endpoint.removeprefix("/v1")
@@ -66,6 +82,8 @@ class UpstreamExecutor:
         if mapped is not None:
             body = {**body, "model": mapped}
         url = self.url(request.endpoint)
+        if _asks_json_schema(body):
+            body = structured_body(body, self.structured(url, body.get("model")))
         try:
             response = self._client.post(url, content=orjson.dumps(body))
         except httpx2.TimeoutException:
@@ -110,6 +128,34 @@ class UpstreamExecutor:
                 out += [{**model, "id": name} for name in names.get(entry["id"], [entry["id"]])]
         return out
 
+    def structured(self, url: str, model: Any) -> str | None:
+        """The form json_schema lines take upstream: the configured one, or the probe's finding, made once (other
+        lines wait for it); None while a probe could not tell (the line goes as it is)."""
+        with self._probe_lock:
+            if self._structured is None:
+                found = self._probe(url, model)
+                if found is not None:
+                    self._structured = found
+                    log.info("%s", structured_note(found, self.base_url))
+            return self._structured
+
+    def _probe(self, url: str, model: Any) -> str | None:
+        for form in _PROBES:
+            body = structured_body({"model": model, "max_tokens": 5, "messages": [
+                {"role": "user", "content": 'Answer {"ok": true}'}], "response_format": {
+                "type": "json_schema", "json_schema": {"name": "probe", "schema": _PROBE_SCHEMA}}}, form)
+            try:
+                status = self._client.post(url, content=orjson.dumps(body)).status_code
+            except (httpx2.HTTPError, httpx2.StreamError, RuntimeError):
+                return None
+            if 200 <= status < 300:
+                return form
+            if status in _INCONCLUSIVE:
+                log.warning("the upstream answered a structured-output probe with HTTP %d; json_schema lines go "
+                            "as they are until a probe tells", status)
+                return None
+        return "none"
+
     def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
         """The answers in the order of `requests`, `concurrency` lines in flight at a time."""
         return self._pool.run(requests, stop)
@@ -121,6 +167,40 @@ class UpstreamExecutor:
 
 def _models_failed(message: str, code: str) -> APIError:
     return APIError(502, message, type_="server_error", code=code)
+
+
+def structured_note(form: str, url: str) -> str:
+    """One line saying how json_schema lines reach the upstream (the serve log and start-up line)."""
+    if form == "json_schema":
+        return f"structured output: {url} takes json_schema; response_format goes as it is"
+    if form == "json_object_schema":
+        return f"structured output: {url} takes json_object with a schema; json_schema lines are sent so"
+    if form == "json_object":
+        return (f"structured output: {url} takes only plain json_object; json_schema lines are sent so, "
+                f"their schema is not enforced")
+    return (f"structured output is unavailable at {url}: lines are sent without response_format, "
+            f"so answers may not be JSON")
+
+
+def _asks_json_schema(body: dict[str, Any]) -> bool:
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+
+
+def structured_body(body: dict[str, Any], form: str | None) -> dict[str, Any]:
+    """`body` with its json_schema response_format in `form` (None or "json_schema": unchanged)."""
+    if form is None or form == "json_schema" or not _asks_json_schema(body):
+        return body
+    out = {k: v for k, v in body.items() if k != "response_format"}
+    if form == "none":
+        return out
+    spec = body["response_format"].get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if form == "json_object_schema" and isinstance(schema, dict):
+        out["response_format"] = {"type": "json_object", "schema": schema}
+    else:
+        out["response_format"] = {"type": "json_object"}
+    return out
 
 
 def _answer(response: httpx2.Response, url: str, requested: str | None) -> LineResult:

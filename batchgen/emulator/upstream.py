@@ -10,11 +10,16 @@ answer, and in the upstream's model list that `GET /v1/models` shows. The API ke
 $BATCHGEN_UPSTREAM_API_KEY only and is sent as a bearer token; it is kept in memory and never appears in the
 configuration, the state directory or an error message.
 
-Structured output differs between servers: llama-cpp-python's accepts `response_format` `json_object` with an
-optional `schema` and answers a `json_schema` one with HTTP 500. With `upstream_structured = "auto"` the first line
-that asks for `json_schema` makes one tiny probe (json_schema, then json_object + schema, then plain json_object),
-and every such line is then sent in the best form the upstream took: `{"type": "json_object", "schema": ...}`,
-`{"type": "json_object"}`, or without `response_format` when it took none. The answer is passed on as it came.
+Structured output differs between servers: vLLM and Ollama take OpenAI's `response_format` `json_schema`;
+llama-cpp-python's server takes `{"type": "json_object", "schema": ...}` (it makes a grammar of the schema) and
+answers `json_schema` with HTTP 500; others take plain `json_object` or nothing. With `upstream_structured = "auto"`
+the executor finds out once per start, with tiny probes (8 tokens, a one-field schema): json_schema, then
+json_object + schema, then plain json_object, then no response_format. `batchgen serve` probes at start with the
+upstream's first model, so the serve log says at once what the upstream takes; an upstream that cannot tell yet
+(unreachable, a 401/404/429/503...) is probed again at the first json_schema line, at most every 30 s. Each
+json_schema chat line is then sent in the best form the upstream took; where the schema cannot be enforced
+(plain json_object, or no response_format), it is added to the system message as an instruction, so the model is
+still told the shape. The answer is passed on as it came, in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,11 +43,15 @@ from batchgen.emulator.executor import Interrupted, LineRequest, LineResult, err
 API_KEY_ENV = "BATCHGEN_UPSTREAM_API_KEY"
 _EXCERPT = 200
 _POLL = 0.05
-_PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+_PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                 "additionalProperties": False}
 _PROBES = ("json_schema", "json_object_schema", "json_object")
 # a probe answered with one of these did not get past the upstream's own gate (key, model, load): it tells nothing
-# about the response_format, so nothing is settled and the next json_schema line probes again
+# about the response_format, so nothing is settled and a later json_schema line probes again
 _INCONCLUSIVE = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
+PROBE_RETRY = 30.0  # seconds before a probe that could not tell is made again
+_UNENFORCED = ("json_object", "none")
+CHAT = "/v1/chat/completions"
 
 log = logging.getLogger("batchgen.emulator")
 
@@ -70,6 +80,8 @@ class UpstreamExecutor:
         self._pool = _Pool(self.concurrency, self.execute)
         self._structured: str | None = None if settings.upstream_structured == "auto" else settings.upstream_structured
         self._probe_lock = threading.Lock()
+        self._probe_after = 0.0  # time.monotonic() before which no new probe is made
+        self.probes = 0  # probe requests sent (each form tried is one)
 
     def url(self, endpoint: str) -> str:
         return self.base_url + endpoint.removeprefix("/v1")
@@ -82,8 +94,8 @@ class UpstreamExecutor:
         if mapped is not None:
             body = {**body, "model": mapped}
         url = self.url(request.endpoint)
-        if _asks_json_schema(body):
-            body = structured_body(body, self.structured(url, body.get("model")))
+        if request.endpoint == CHAT and _asks_json_schema(body):
+            body = structured_body(body, self.structured(body.get("model")))
         try:
             response = self._client.post(url, content=orjson.dumps(body))
         except httpx2.TimeoutException:
@@ -128,33 +140,69 @@ class UpstreamExecutor:
                 out += [{**model, "id": name} for name in names.get(entry["id"], [entry["id"]])]
         return out
 
-    def structured(self, url: str, model: Any) -> str | None:
+    @property
+    def structured_form(self) -> str | None:
+        """How json_schema lines are sent now: json_schema, json_object_schema, json_object, none; None until known."""
+        return self._structured
+
+    def structured(self, model: Any) -> str | None:
         """The form json_schema lines take upstream: the configured one, or the probe's finding, made once (other
-        lines wait for it); None while a probe could not tell (the line goes as it is)."""
+        lines wait for it); None while no probe could tell (the line goes as it is)."""
         with self._probe_lock:
-            if self._structured is None:
-                found = self._probe(url, model)
-                if found is not None:
-                    self._structured = found
-                    log.info("%s", structured_note(found, self.base_url))
+            if self._structured is None and time.monotonic() >= self._probe_after:
+                self._settle(model)
             return self._structured
 
-    def _probe(self, url: str, model: Any) -> str | None:
-        for form in _PROBES:
-            body = structured_body({"model": model, "max_tokens": 5, "messages": [
-                {"role": "user", "content": 'Answer {"ok": true}'}], "response_format": {
-                "type": "json_schema", "json_schema": {"name": "probe", "schema": _PROBE_SCHEMA}}}, form)
+    def announce(self) -> None:
+        """At serve start: settle the form with the upstream's first model (or the first `upstream_models` target)
+        and log it, so the serve log says at once what json_schema lines become."""
+        with self._probe_lock:
+            if self._structured is not None:
+                _note(self._structured, self.base_url, "as configured")
+                return
+            model = next(iter(self._config().upstream_models.values()), None)
+            if model is None:
+                try:
+                    listed = self.models()
+                except APIError as error:
+                    log.warning("structured output: not probed at start (%s); the first json_schema line probes it",
+                                error.message)
+                    return
+                model = next((entry["id"] for entry in listed), None)
+            self._settle(model)
+
+    def _settle(self, model: Any) -> None:
+        found = self._probe(model)
+        if found is None:
+            self._probe_after = time.monotonic() + PROBE_RETRY
+            log.warning("structured output: the probes of %s could not tell what it takes; json_schema lines go as "
+                        "they are, and a later one probes again", self.base_url)
+            return
+        self._structured = found
+        _note(found, self.base_url, "probed")
+
+    def _probe(self, model: Any) -> str | None:
+        """What a tiny request shows the upstream takes; None when an answer tells nothing (see _INCONCLUSIVE)."""
+        url = self.url(CHAT)
+        base = {"model": model, "max_tokens": 8, "temperature": 0, "messages": [
+            {"role": "user", "content": 'Answer with the JSON object {"ok": true} and nothing else.'}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "probe", "strict": True,
+                                                                       "schema": _PROBE_SCHEMA}}}
+        for form in (*_PROBES, "none"):
+            body = structured_body(base, form, instruct=False)
+            self.probes += 1
             try:
-                status = self._client.post(url, content=orjson.dumps(body)).status_code
-            except (httpx2.HTTPError, httpx2.StreamError, RuntimeError):
+                response = self._client.post(url, content=orjson.dumps(body))
+            except (httpx2.HTTPError, httpx2.StreamError, RuntimeError) as error:
+                log.debug("structured-output probe %s: %s", form, type(error).__name__)
                 return None
+            status = response.status_code
+            log.debug("structured-output probe %s: HTTP %d", form, status)
             if 200 <= status < 300:
-                return form
+                return form if _is_completion(response) else None
             if status in _INCONCLUSIVE:
-                log.warning("the upstream answered a structured-output probe with HTTP %d; json_schema lines go "
-                            "as they are until a probe tells", status)
                 return None
-        return "none"
+        return None  # not even a line without response_format is answered: nothing is learnt
 
     def execute_many(self, requests: Sequence[LineRequest], stop: threading.Event) -> list[LineResult]:
         """The answers in the order of `requests`, `concurrency` lines in flight at a time."""
@@ -170,16 +218,29 @@ def _models_failed(message: str, code: str) -> APIError:
 
 
 def structured_note(form: str, url: str) -> str:
-    """One line saying how json_schema lines reach the upstream (the serve log and start-up line)."""
+    """One line saying how json_schema lines reach the upstream (the serve log)."""
     if form == "json_schema":
-        return f"structured output: {url} takes json_schema; response_format goes as it is"
+        return f"structured output: {url} takes json_schema; response_format is sent as it is"
     if form == "json_object_schema":
-        return f"structured output: {url} takes json_object with a schema; json_schema lines are sent so"
+        return (f"structured output: {url} takes json_object with a schema; json_schema lines are sent as "
+                f'{{"type": "json_object", "schema": ...}}')
     if form == "json_object":
-        return (f"structured output: {url} takes only plain json_object; json_schema lines are sent so, "
-                f"their schema is not enforced")
-    return (f"structured output is unavailable at {url}: lines are sent without response_format, "
-            f"so answers may not be JSON")
+        return (f"structured output: {url} takes only plain json_object; json_schema lines are sent so, their "
+                f"schema is not enforced (it is added to the system message as an instruction)")
+    return (f"structured output is unavailable at {url}: json_schema lines are sent without response_format, "
+            f"their schema as an instruction in the system message; answers may not be JSON")
+
+
+def _note(form: str, url: str, how: str) -> None:
+    log.log(logging.WARNING if form in _UNENFORCED else logging.INFO, "%s (%s)", structured_note(form, url), how)
+
+
+def _is_completion(response: httpx2.Response) -> bool:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("choices"), list)
 
 
 def _asks_json_schema(body: dict[str, Any]) -> bool:
@@ -187,20 +248,34 @@ def _asks_json_schema(body: dict[str, Any]) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") == "json_schema"
 
 
-def structured_body(body: dict[str, Any], form: str | None) -> dict[str, Any]:
-    """`body` with its json_schema response_format in `form` (None or "json_schema": unchanged)."""
+def structured_body(body: dict[str, Any], form: str | None, *, instruct: bool = True) -> dict[str, Any]:
+    """`body` with its json_schema response_format in `form` (None or "json_schema": unchanged). Where the form
+    cannot enforce the schema (json_object, none) and `instruct`, the schema joins the system message."""
     if form is None or form == "json_schema" or not _asks_json_schema(body):
         return body
     out = {k: v for k, v in body.items() if k != "response_format"}
-    if form == "none":
-        return out
     spec = body["response_format"].get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
     if form == "json_object_schema" and isinstance(schema, dict):
         out["response_format"] = {"type": "json_object", "schema": schema}
-    else:
+        return out
+    if form != "none":
         out["response_format"] = {"type": "json_object"}
+    if instruct and isinstance(schema, dict) and isinstance(body.get("messages"), list):
+        out["messages"] = instructed(body["messages"], schema)
     return out
+
+
+def instructed(messages: list[Any], schema: dict[str, Any]) -> list[Any]:
+    """`messages` with the schema as an instruction: appended to a leading system message with text content, or as
+    a system message of its own first (chat templates that take one system message only see one)."""
+    text = ("Answer with one JSON object and nothing else, valid against this JSON Schema: "
+            + orjson.dumps(schema).decode())
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") in ("system", "developer") and isinstance(
+            first.get("content"), str):
+        return [{**first, "content": f"{first['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def _answer(response: httpx2.Response, url: str, requested: str | None) -> LineResult:

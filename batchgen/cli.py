@@ -99,6 +99,7 @@ def plan_(job: str, exact: bool, workspace: str | None, json_: bool, fmt: str | 
     from batchgen.run.learning import plan_estimates
 
     spec = load_spec(job)
+    spec.served_locally(_served_locally(spec.backend))
     plan = plan_job(spec, exact=exact, estimates=plan_estimates(Workspace.resolve(workspace).ledger_path, spec))
     if json_:
         echo_json(plan.to_dict())
@@ -106,6 +107,17 @@ def plan_(job: str, exact: bool, workspace: str | None, json_: bool, fmt: str | 
     echo_table(summary_rows(plan), headers=(), fmt=fmt or "plain")
     click.echo()
     echo_table(shard_rows(plan), fmt=fmt)
+
+
+def _served_locally(job_backend: str | None) -> bool:
+    """Whether the backend a run would choose now is a server on this machine (free tokens; see recipe.pricing)."""
+    from batchgen.errors import BackendError
+    from batchgen.run.client import choose_backend, served_locally
+
+    try:
+        return served_locally(choose_backend(None, job_backend))
+    except BackendError:
+        return False
 
 
 @cli.command(name="compile")
@@ -335,7 +347,8 @@ def _register(session: Any, job: str) -> Any:
 def _print_summary(session: Any, name: str, json_: bool) -> None:
     from batchgen.dataset.report import job_summary
 
-    summary = job_summary(session.ledger, name, session.workspace)
+    summary = {**job_summary(session.ledger, name, session.workspace),
+               "priced_by": session.ledger.job_price_sources(name)}
     if json_:
         echo_json(summary)
         return
@@ -361,6 +374,8 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     budget = f" of budget {format_usd(summary['budget_usd'])}" if summary["budget_usd"] is not None else ""
     click.echo(f"Cost: {format_usd(summary['spent_usd'])} at batch price{budget} "
                f"(estimated {format_usd(summary['estimated_usd'])})")
+    if summary["priced_by"]:
+        click.echo("Priced by: " + "; ".join(summary["priced_by"]))
     preview = summary["preview"]
     if preview["requests"]:
         free = "; the embedded emulator bills nothing" if preview["backends"] == ["embedded"] else ""
@@ -1152,6 +1167,10 @@ def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[...,
               help="Seconds to wait for an upstream answer (default 600)")
 @click.option("--upstream-concurrency", type=click.IntRange(1, 256), default=None,
               help="Lines sent to the upstream at once (default 8)")
+@click.option("--upstream-structured", type=click.Choice(["auto", "json_schema", "json_object_schema", "json_object",
+                                                          "none"]), default=None,
+              help="How json_schema lines reach the upstream: auto (default: probed at start), json_schema, "
+                   "json_object_schema (llama-cpp-python), json_object, or none")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="Server log level")
 def serve_(host: str, port: int, state: str | None, token: str | None, admin_key_env: str | None, log_level: str,

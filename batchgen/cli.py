@@ -1186,6 +1186,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, admin_key
         batchgen serve --time-scale 3600 --state /tmp/emu   # 24 h in 24 s
         batchgen serve --host 0.0.0.0 --token s3cret --error-rate 0.05 --http-error-rate 0.1
         batchgen serve --upstream http://localhost:11434/v1 --upstream-model gpt-4o-mini=llama3.1:8b
+        batchgen serve --upstream http://localhost:8080/v1 --upstream-structured json_object_schema  # llama.cpp
         OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_script.py
     """
     from pathlib import Path

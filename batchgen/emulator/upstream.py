@@ -169,6 +169,10 @@ class UpstreamExecutor:
                                 error.message)
                     return
                 model = next((entry["id"] for entry in listed), None)
+                if model is None:
+                    log.warning("structured output: not probed at start (%s lists no model); the first json_schema "
+                                "line probes it", self.base_url)
+                    return
             self._settle(model)
 
     def _settle(self, model: Any) -> None:

@@ -81,7 +81,6 @@ class UpstreamExecutor:
         self._structured: str | None = None if settings.upstream_structured == "auto" else settings.upstream_structured
         self._probe_lock = threading.Lock()
         self._probe_after = 0.0  # time.monotonic() before which no new probe is made
-        self.probes = 0  # probe requests sent (each form tried is one)
 
     def url(self, endpoint: str) -> str:
         return self.base_url + endpoint.removeprefix("/v1")
@@ -140,11 +139,6 @@ class UpstreamExecutor:
                 out += [{**model, "id": name} for name in names.get(entry["id"], [entry["id"]])]
         return out
 
-    @property
-    def structured_form(self) -> str | None:
-        """How json_schema lines are sent now: json_schema, json_object_schema, json_object, none; None until known."""
-        return self._structured
-
     def structured(self, model: Any) -> str | None:
         """The form json_schema lines take upstream: the configured one, or the probe's finding, made once (other
         lines wait for it); None while no probe could tell (the line goes as it is)."""
@@ -194,7 +188,6 @@ class UpstreamExecutor:
                                                                        "schema": _PROBE_SCHEMA}}}
         for form in (*_PROBES, "none"):
             body = structured_body(base, form, instruct=False)
-            self.probes += 1
             try:
                 response = self._client.post(url, content=orjson.dumps(body))
             except (httpx2.HTTPError, httpx2.StreamError, RuntimeError) as error:

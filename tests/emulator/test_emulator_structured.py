@@ -5,6 +5,7 @@ upstreams are fake local model servers (tests/fake_models.py) behind an embedded
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -139,18 +140,26 @@ def test_the_setting_is_validated_and_fixed_while_running(tmp_path):
 
 
 def started(server: FakeModelServer, tmp_path, *args: str, probes: int, log_level: str = "info") -> str:
-    """`batchgen serve --upstream` on `server`: its stderr once `probes` requests reached the server."""
+    """`batchgen serve --upstream` on `server`: its stderr up to its structured-output line, which must come after
+    exactly `probes` requests reached the server."""
     process = serve(tmp_path / "state", free_port(), "--upstream", server.base_url, *args, log_level=log_level)
+    assert process.stderr is not None
+    fd = process.stderr.fileno()
+    os.set_blocking(fd, False)
+    err = b""
     try:
         deadline = time.monotonic() + 20
-        while len(server.bodies) < probes and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # the log line follows the last probe's answer
+        while b"structured output" not in err and time.monotonic() < deadline:
+            try:
+                err += os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
     finally:
         process.terminate()
-        _, err = process.communicate(timeout=20)
-    assert len(server.bodies) == probes, err
-    return err
+        process.communicate(timeout=20)
+    text = err.decode()
+    assert "structured output" in text and len(server.bodies) == probes, text
+    return text
 
 
 @pytest.mark.parametrize(("kind", "probes", "line"), [

@@ -106,6 +106,7 @@ def plan_(job: str, exact: bool, workspace: str | None, json_: bool, fmt: str | 
     from batchgen.run.learning import plan_estimates
 
     spec = load_spec(job)
+    spec.served_locally(_served_locally(spec.backend))
     plan = plan_job(spec, exact=exact, estimates=plan_estimates(Workspace.resolve(workspace).ledger_path, spec))
     if json_:
         echo_json(plan.to_dict())
@@ -113,6 +114,17 @@ def plan_(job: str, exact: bool, workspace: str | None, json_: bool, fmt: str | 
     echo_table(summary_rows(plan), headers=(), fmt=fmt or "plain")
     click.echo()
     echo_table(shard_rows(plan), fmt=fmt)
+
+
+def _served_locally(job_backend: str | None) -> bool:
+    """Whether the backend a run would choose now is a server on this machine (free tokens; see recipe.pricing)."""
+    from batchgen.errors import BackendError
+    from batchgen.run.client import choose_backend, served_locally
+
+    try:
+        return served_locally(choose_backend(None, job_backend))
+    except BackendError:
+        return False
 
 
 @cli.command(name="compile")
@@ -342,7 +354,8 @@ def _register(session: Any, job: str) -> Any:
 def _print_summary(session: Any, name: str, json_: bool) -> None:
     from batchgen.dataset.report import job_summary
 
-    summary = job_summary(session.ledger, name, session.workspace)
+    summary = {**job_summary(session.ledger, name, session.workspace),
+               "priced_by": session.ledger.job_price_sources(name)}
     if json_:
         echo_json(summary)
         return
@@ -368,6 +381,8 @@ def _print_summary(session: Any, name: str, json_: bool) -> None:
     budget = f" of budget {format_usd(summary['budget_usd'])}" if summary["budget_usd"] is not None else ""
     click.echo(f"Cost: {format_usd(summary['spent_usd'])} at batch price{budget} "
                f"(estimated {format_usd(summary['estimated_usd'])})")
+    if summary["priced_by"]:
+        click.echo("Priced by: " + "; ".join(summary["priced_by"]))
     preview = summary["preview"]
     if preview["requests"]:
         free = "; the embedded emulator bills nothing" if preview["backends"] == ["embedded"] else ""
@@ -1207,6 +1222,10 @@ def _rate(name: str, help_: str) -> Callable[[Callable[..., Any]], Callable[...,
 @click.option("--deployment", multiple=True, metavar="NAME=MODEL",
               help="Azure deployment NAME runs MODEL (repeatable; without any, every deployment name is accepted "
                    "and runs the model of that name)")
+@click.option("--upstream-structured", type=click.Choice(["auto", "json_schema", "json_object_schema", "json_object",
+                                                          "none"]), default=None,
+              help="How json_schema lines reach the upstream: auto (default: probed at start), json_schema, "
+                   "json_object_schema (llama-cpp-python), json_object, or none")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="Server log level")
 def serve_(host: str, port: int, state: str | None, token: str | None, admin_key_env: str | None, log_level: str,
@@ -1224,6 +1243,7 @@ def serve_(host: str, port: int, state: str | None, token: str | None, admin_key
         batchgen serve --host 0.0.0.0 --token s3cret --error-rate 0.05 --http-error-rate 0.1
         batchgen serve --upstream http://localhost:11434/v1 --upstream-model gpt-4o-mini=llama3.1:8b
         batchgen serve --token s3cret --deployment batch-mini=gpt-4o-mini   # azure_endpoint=http://127.0.0.1:8000
+        batchgen serve --upstream http://localhost:8080/v1 --upstream-structured json_object_schema  # llama.cpp
         OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_script.py
     """
     from pathlib import Path

@@ -30,6 +30,8 @@ DEFAULT_MODELS: tuple[str, ...] = (
 
 
 EXECUTORS = ("simulate", "upstream")
+# how json_schema lines reach the upstream: probed at the first one, or as given (see emulator/upstream.py)
+UPSTREAM_STRUCTURED = ("auto", "json_schema", "json_object_schema", "json_object", "none")
 MAX_UPSTREAM_CONCURRENCY = 256
 
 
@@ -77,6 +79,7 @@ class EmulatorConfig:
     upstream_timeout: float = 600.0
     upstream_concurrency: int = 8
     deployments: dict[str, str] = field(default_factory=dict)  # Azure deployment name -> model (empty: any name)
+    upstream_structured: str = "auto"
 
     @classmethod
     def preset(cls, name: str) -> EmulatorConfig:
@@ -310,6 +313,12 @@ def _executor(value: Any) -> str:
     return str(value)
 
 
+def _structured(value: Any) -> str:
+    if value not in UPSTREAM_STRUCTURED:
+        raise ValueError
+    return str(value)
+
+
 def _url(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError
@@ -355,6 +364,7 @@ _RULES: dict[str, _Rule] = {
     "upstream_timeout": _Rule("a positive number of seconds", lambda v: _number(v, above=0.0)),
     "upstream_concurrency": _Rule(f"between 1 and {MAX_UPSTREAM_CONCURRENCY}",
                                   lambda v: _integer(v, 1, MAX_UPSTREAM_CONCURRENCY)),
+    "upstream_structured": _Rule(f"one of {', '.join(UPSTREAM_STRUCTURED)}", _structured),
 }
 
 _SERVE_KEYS = {"stuck_finalizing": "stuck_finalizing_seconds", "retry_after": "http_retry_after"}

@@ -44,7 +44,8 @@ _MAX_SLEEP = 0.5
 _STALLED_RETRY = 2.0  # real seconds between two tries of a step the disk refused
 _STALLED_SYNC = 5.0  # the longest a read waits for the pass that tells whether there is room again
 log = logging.getLogger("batchgen.emulator")
-_FIXED_KEYS = ("executor", "upstream_url", "upstream_timeout", "upstream_concurrency")  # set when the engine starts
+# set when the engine starts
+_FIXED_KEYS = ("executor", "upstream_url", "upstream_timeout", "upstream_concurrency", "upstream_structured")
 
 
 class Engine:

@@ -189,6 +189,16 @@ def _log_like_uvicorn(log_level: str) -> None:
     logger.propagate = False
 
 
+def _announce_upstream(engine: Engine) -> None:
+    """With an upstream, probe in the background what structured output it takes, so the serve log says it at
+    start while the server already listens (a line that needs the answer waits for the probe)."""
+    from batchgen.emulator.upstream import UpstreamExecutor
+
+    inner = getattr(engine.executor, "inner", engine.executor)
+    if isinstance(inner, UpstreamExecutor):
+        threading.Thread(target=inner.announce, name="batchgen-emulator-probe", daemon=True).start()
+
+
 def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, log_level: str = "info", admin_key: str | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; raises ValueError for a public host without a token.
@@ -201,6 +211,7 @@ def serve(state_dir: str | Path, config: EmulatorConfig, *, host: str = "127.0.0
         app = build_app(engine, token=token, control=config.control, admin_key=admin_key)
         uv_config = _uvicorn_config(app, log_level)
         _log_like_uvicorn(log_level)
+        _announce_upstream(engine)
         uv_config.host, uv_config.port = host, port
         _QuietSignalsServer(uv_config).run()
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 from batchgen.errors import NotFoundError
 from batchgen.ledger.base import Store, utcnow
 from batchgen.ledger.states import UNFINISHED
-from batchgen.recipe.pricing import ModelPrice, PriceFile, get_price
+from batchgen.recipe.pricing import ModelPrice, PriceFile, get_price, is_loopback_url
 
 JOB_COLUMNS = frozenset({"spec_hash", "spec_json", "job_dir", "status", "stage", "backend", "budget_usd",
                          "blocked_reason"})
@@ -112,10 +112,24 @@ class JobRecords(Store):
         else as its directory holds it; nothing on a backend the job marks free (PricingError when none is known)."""
         row = self.job(name)
         free = bool(json.loads(row["spec_json"]).get("free"))
+        local = self.job_served_locally(name)
         kept = self.job_files(name)
         if kept is not None:
-            return get_price(model, price_file=kept.price_file, free=free)
-        return get_price(model, job_dir=row["job_dir"], free=free)
+            return get_price(model, price_file=kept.price_file, free=free, local=local)
+        return get_price(model, job_dir=row["job_dir"], free=free, local=local)
+
+    def job_price_sources(self, name: str) -> list[str]:
+        """Where the prices of the job's collected results came from (`batchgen show`)."""
+        return [source for (source,) in self._execute(
+            "SELECT DISTINCT priced_by FROM results WHERE job = ? AND priced_by IS NOT NULL ORDER BY 1", [name])]
+
+    def job_served_locally(self, name: str) -> bool:
+        """Whether everything the job sent (batches, previews) went to a server on this machine other than the
+        embedded emulator (`openai:<loopback base URL>`), so its tokens were priced free where they were collected."""
+        sent = [backend for (backend,) in self._execute(
+            "SELECT backend FROM batches WHERE job = ? UNION SELECT backend FROM previews WHERE job = ?", [name, name])]
+        return bool(sent) and all(backend != "embedded" and is_loopback_url(backend.partition(":")[2])
+                                  for backend in sent)
 
     # -- what a job ended with --------------------------------------------------------------------------------
     def record_dataset(self, job: str, path: str, examples: int, sha256: str) -> None:

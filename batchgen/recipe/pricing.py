@@ -11,8 +11,10 @@ Where a price comes from, first match wins:
    is priced at the batch input rate, as in a price file without `batch_cached_input`.
 
 An unknown model is a PricingError that says how to add a price; it is never priced at $0, except on a backend the
-job marks free (`free = true`: a local model), where a model no user price file names costs nothing. Every price carries
-its source. Money is `Decimal`, never float: a cost is tokens * price / 1,000,000, exact.
+job marks free (`free = true`: a local model) or one whose base URL is a loopback address (localhost, 127.0.0.0/8,
+::1: `batchgen serve --upstream`, a local vLLM or llama.cpp server), where a model no user price file names costs
+nothing. The embedded emulator is not such a backend: it is a dry run of the real job, priced as the real model.
+Every price carries its source. Money is `Decimal`, never float: a cost is tokens * price / 1,000,000, exact.
 
 Price file format (TOML; prices are strings or numbers, USD per 1M tokens)::
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -46,12 +49,14 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from batchgen._version import __version__
 from batchgen.errors import PricingError as PricingError  # re-exported: the emulator may import only this module
 
 ENV_VAR = "BATCHGEN_PRICES"
 FREE_SOURCE = "free: the job's backend serves this model at no cost (free = true)"
+LOCAL_SOURCE = "free (local server): a loopback backend serves this model at no cost"
 USER_FILE = "prices.toml"
 MILLION = Decimal(1_000_000)
 
@@ -157,13 +162,25 @@ def read_price_file(job_dir: Path | str | None) -> PriceFile | None:
 
 
 def get_price(model: str, *, job_dir: Path | str | None = None, price_file: PriceFile | None = None,
-              at: datetime | None = None, free: bool = False) -> ModelPrice:
+              at: datetime | None = None, free: bool = False, local: bool = False) -> ModelPrice:
     """The price of a model (see the module docstring for the order of sources). `price_file` is a job's price file
     as it was read, in place of the one in `job_dir`. `free`: the backend serves the model at no cost (a job's
-    `free = true`, for a local model), so a model no user price file names costs $0."""
+    `free = true`, for a local model); `local`: the backend is a server on this machine (see `is_loopback_url`);
+    either way a model no user price file names costs $0."""
     user = _env_file() or price_file or read_price_file(job_dir)
     day = (at or datetime.now(timezone.utc)).date().isoformat()
-    return _get_price(model, user, day, free)
+    return _get_price(model, user, day, FREE_SOURCE if free else LOCAL_SOURCE if local else None)
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether a base URL names this machine: localhost, 127.0.0.0/8 or ::1 (a server there bills nothing)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_file() -> PriceFile | None:
@@ -174,14 +191,15 @@ def _env_file() -> PriceFile | None:
 
 
 @lru_cache(maxsize=256)
-def _get_price(model: str, user: PriceFile | None, day: str, free: bool = False) -> ModelPrice:
+def _get_price(model: str, user: PriceFile | None, day: str, free: str | None = None) -> ModelPrice:
+    """`free`: the source of a $0 price for a model no user price file names, or None."""
     if user is not None:
         entry = _match(_parse_table(user), model)
         if entry is not None:
             return _from_entry(model, entry, user.version)
-    if free:
+    if free is not None:
         nothing = Rates(Decimal(0), Decimal(0), Decimal(0))
-        return ModelPrice(model, nothing, nothing, FREE_SOURCE)
+        return ModelPrice(model, nothing, nothing, free)
     entry = _match(_project_table(), model)
     if entry is not None:
         return _from_entry(model, entry, f"batchgen {__version__} price table")

@@ -259,6 +259,7 @@ class JobSpec(_Strict):
     _price_file: PriceFile | None = PrivateAttr(default=None)
     _detached: bool = PrivateAttr(default=False)
     _check_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    _local: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -409,8 +410,19 @@ class JobSpec(_Strict):
 
     def model_price(self) -> ModelPrice:
         """The price the job's requests are charged at: its price file, then batchgen's table and genai-prices, or
-        nothing on a backend the job marks free (see `recipe.pricing.get_price`)."""
-        return get_price(self.model, price_file=self._price_file, free=self.free)
+        nothing on a backend the job marks free or a server on this machine (see `recipe.pricing.get_price`)."""
+        return get_price(self.model, price_file=self._price_file, free=self.free, local=self._local)
+
+    def served_locally(self, local: bool) -> JobSpec:
+        """Say whether the job's backend is a server on this machine (a loopback base URL, not the embedded
+        emulator), whose tokens are free unless the job's price file names the model; returns the spec."""
+        self._local = local
+        return self
+
+    @property
+    def local(self) -> bool:
+        """Whether the job runs on a server on this machine (see `served_locally`)."""
+        return self._local
 
     @property
     def detached(self) -> bool:

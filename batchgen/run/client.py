@@ -22,7 +22,6 @@ start) that is a `DiskError` like any other write of batchgen's, not a provider 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import tempfile
@@ -30,7 +29,6 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import openai
 import orjson
@@ -39,6 +37,7 @@ from openai.types import Batch, FileObject
 from batchgen.crashpoints import crash_point
 from batchgen.disk import make_folder, no_space, write_error, writing
 from batchgen.errors import BackendError, DiskError, is_retryable_status
+from batchgen.recipe.pricing import is_loopback_url
 
 if TYPE_CHECKING:
     from batchgen.emulator import AttachedEmulator, EmbeddedEmulator
@@ -58,15 +57,13 @@ def choose_backend(flag: str | None = None, job_backend: str | None = None) -> s
     return backend
 
 
-def is_loopback_url(url: str) -> bool:
-    """Whether a base URL names this machine: localhost, 127.0.0.0/8 or ::1."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+def served_locally(backend: str) -> bool:
+    """Whether `backend` is a server on this machine other than the embedded emulator (`batchgen serve`, a local
+    model server): its tokens are free (`recipe.pricing`). The base URL is the one the SDK will use."""
+    if backend == "embedded":
         return False
+    url = os.environ.get("AZURE_OPENAI_ENDPOINT") if backend == "azure" else os.environ.get("OPENAI_BASE_URL")
+    return is_loopback_url(url or "https://api.openai.com/v1")
 
 
 class BatchClient:

@@ -46,6 +46,7 @@ from batchgen.recipe.estimates import expected_output_tokens
 from batchgen.recipe.formats import parse_example, to_turns
 from batchgen.recipe.loader import load_spec
 from batchgen.recipe.plan import estimate_requests
+from batchgen.recipe.pricing import LOCAL_SOURCE, is_loopback_url
 from batchgen.recipe.render import Renderer, stand_in_sources
 from batchgen.recipe.spec import CHAT, JobSpec, ResolvedStage
 from batchgen.recipe.variants import Variant, VariantPlan
@@ -93,6 +94,8 @@ class PreviewPlan:
         """The line shown before anything is sent: what goes where, and what it may cost."""
         where = ("the embedded emulator, which bills nothing" if not self.billed
                  else f"backend {self.backend} at {self.base_url}")
+        if self.billed and self.spec.model_price().source == LOCAL_SOURCE:
+            where += ", free (local server)"
         stand_in = (f"; the seeds stand in for the examples of stage {self.stage.source!r}, which has none yet"
                     if self.sources == "seeds" else "")
         return (f"Preview of {self.spec.name}, stage {self.stage.name}: {len(self.requests)} of its {self.planned} "
@@ -224,6 +227,7 @@ def plan_preview(session: Session, job_ref: str | Path, count: int = DEFAULT_COU
     row = session.ledger.find_job(spec.name)
     backend = _backend(session, spec, row)
     base_url = session.client(backend).base_url
+    spec.served_locally(backend != "embedded" and is_loopback_url(base_url))
     sources, origin = _sources(session.ledger, spec, stage)
     variants = VariantPlan(spec, stage, None if sources is None else len(sources))
     renderer = Renderer(spec, stage, sources)

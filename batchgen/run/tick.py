@@ -24,7 +24,7 @@ from batchgen.recipe.loader import load_spec, resolve_job_dir
 from batchgen.recipe.spec import JOB_FILE, JobSpec, ResolvedStage
 from batchgen.run import shards
 from batchgen.run.admission import shard_limits, top_up_budget
-from batchgen.run.client import BatchClient, choose_backend
+from batchgen.run.client import BatchClient, choose_backend, served_locally
 from batchgen.run.collect import collect_batch
 from batchgen.run.dead_ends import DeadEnd
 from batchgen.run.learning import reprice_pending
@@ -108,6 +108,8 @@ def register_job(session: Session, job_ref: str | Path) -> JobSpec:
     budget = str(spec.budget_usd) if spec.budget_usd is not None else None
     with ledger.transaction():
         row = ledger.find_job(spec.name)
+        spec.served_locally(served_locally(row["backend"] if row is not None and row["status"] != PREVIEWED
+                                           else choose_backend(session.backend_flag, spec.backend)))
         if row is None:
             backend = choose_backend(session.backend_flag, spec.backend)
             ledger.insert_job(spec.name, spec_hash=spec.spec_hash, spec_json=spec.model_dump_json(by_alias=True),
@@ -156,7 +158,7 @@ def job_spec(session: Session, name: str) -> JobSpec:
     found = session.workspace.find_job_dir(row["job_dir"], row["job_dir_relative"])
     if found is None:
         return restore_spec(session, row)
-    spec = load_spec(found)
+    spec = load_spec(found).served_locally(served_locally(row["backend"]))
     if row["status"] != PREVIEWED:  # a job only previewed may change until it starts
         check_same_spec(spec, row)
     if not session.ledger.read_only:
@@ -170,7 +172,8 @@ def restore_spec(session: Session, row: dict[str, Any]) -> JobSpec:
     kept = session.ledger.job_files(row["name"])
     spec = JobSpec.recorded(row["spec_json"])
     return spec.restored(Path(row["job_dir"]), row["spec_hash"], kept.seeds if kept else (),
-                         kept.price_file if kept else None, kept.checks if kept else None)
+                         kept.price_file if kept else None,
+                         kept.checks if kept else None).served_locally(served_locally(row["backend"]))
 
 
 def check_files(spec: JobSpec) -> dict[str, str]:

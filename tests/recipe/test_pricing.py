@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import PricingError
-from batchgen.recipe.pricing import clear_cache, get_price, request_cost
+from batchgen.recipe.pricing import FREE_SOURCE, LOCAL_SOURCE, clear_cache, get_price, request_cost
+from batchgen.run.client import served_locally
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +134,39 @@ def test_a_free_backend_costs_nothing_unless_a_price_file_names_the_model(tmp_pa
     with pytest.raises(PricingError):
         get_price("no-such-model", job_dir=tmp_path)  # not free: still an error
     assert get_price("no-such-model", free=True).cost(10, 0, 10) == 0
+
+
+def test_a_local_server_costs_nothing_unless_a_price_file_names_the_model(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    local = get_price("gpt-4o-mini", local=True)
+    assert local.cost(5_000, 1_000, 3_000) == 0 and local.source == LOCAL_SOURCE
+    assert local.source.startswith("free (local server)")
+    assert get_price("gpt-4o-mini", local=True, free=True).source == FREE_SOURCE  # the job's own word first
+    (tmp_path / "prices.toml").write_text('[models."gpt-4o-mini"]\ninput = "0.01"\noutput = "0.02"\n')
+    assert get_price("gpt-4o-mini", job_dir=tmp_path, local=True).cost(1_000_000, 0, 1_000_000) == Decimal("0.015")
+    env_file = tmp_path / "env.toml"
+    env_file.write_text('[models."gpt-4o-mini"]\ninput = "2"\noutput = "2"\n')
+    monkeypatch.setenv("BATCHGEN_PRICES", str(env_file))
+    assert get_price("gpt-4o-mini", local=True).cost(1_000_000, 0, 0) == Decimal("1")
+
+
+@pytest.mark.parametrize(("backend", "env", "local"), [
+    ("embedded", {}, False),  # a dry run of the real job: priced as the real model
+    ("openai", {}, False),
+    ("openai", {"OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}, True),
+    ("openai", {"OPENAI_BASE_URL": "http://localhost:11434/v1"}, True),
+    ("openai", {"OPENAI_BASE_URL": "http://[::1]:8000/v1"}, True),
+    ("openai", {"OPENAI_BASE_URL": "https://gpu-box.example:8000/v1"}, False),
+    ("azure", {"AZURE_OPENAI_ENDPOINT": "https://acme.openai.azure.com"}, False),
+    ("azure", {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.2:9000"}, True),
+])
+def test_a_backend_is_local_when_its_base_url_is_a_loopback_address(monkeypatch: pytest.MonkeyPatch, backend: str,
+                                                                    env: dict[str, str], local: bool) -> None:
+    for name in ("OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert served_locally(backend) is local
 
 
 def test_env_price_file_and_glob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,7 +65,9 @@ def serve(state: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def test_an_upstream_that_fails_every_line_the_same_way_blocks_the_job(tmp_path: Path, refusing_upstream: str):
-    server, base_url = serve(tmp_path / "state", "--upstream", refusing_upstream)
+    # lines go as they are (no structured-output probe), so every request the server counts is a line
+    server, base_url = serve(tmp_path / "state", "--upstream", refusing_upstream, "--upstream-structured",
+                             "json_schema")
     try:
         workspace = tmp_path / ".batchgen"
         done = batchgen(workspace, "run", str(TASK_API), "--backend", "openai", "--poll-interval", "0.05",

@@ -1,6 +1,7 @@
 """`batchgen preview`: a few requests sent synchronously before a run, judged as collect judges, priced at standard
 price and recorded as preview spend, through the CLI as a user runs it (the embedded emulator, and a fake OpenAI
-server on 127.0.0.1 for what only a paid backend does)."""
+server on 127.0.0.1 for what only a paid backend does: a server on this machine is free, so it is priced by a
+price file at OpenAI's rates, as a paid one would be)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from batchgen.dataset import result_lines
 from batchgen.ledger import Ledger
 from batchgen.money import format_usd
 from batchgen.recipe.loader import load_spec
-from batchgen.recipe.pricing import get_price
+from batchgen.recipe.pricing import LOCAL_SOURCE, get_price
 from batchgen.recipe.render import Renderer
 from batchgen.recipe.variants import VariantPlan
 from batchgen.run.collect import rules_for
@@ -311,9 +312,22 @@ def fake_openai() -> Iterator[str]:
         yield base_url
 
 
-def test_a_refused_request_is_one_line_after_the_answered_ones_are_recorded(tmp_path, fake_openai):
+@pytest.fixture
+def paid(tmp_path) -> str:
+    """A price file naming gpt-4o-mini at OpenAI's rates: the fake on 127.0.0.1 is priced as the paid API."""
+    rates = {"input": PRICE.standard.input, "cached_input": PRICE.standard.cached_input,
+             "output": PRICE.standard.output, "batch_input": PRICE.batch.input,
+             "batch_cached_input": PRICE.batch.cached_input, "batch_output": PRICE.batch.output}
+    path = tmp_path / "paid-prices.toml"
+    path.write_text('[models."gpt-4o-mini"]\n' + "".join(f'{k} = "{v}"\n' for k, v in rates.items()),
+                    encoding="utf-8")
+    return str(path)
+
+
+def test_a_refused_request_is_one_line_after_the_answered_ones_are_recorded(tmp_path, fake_openai, paid):
     workspace = fresh_workspace(tmp_path)
-    done = batchgen(workspace, "preview", str(TASK_API), "--backend", "openai", OPENAI_BASE_URL=fake_openai)
+    done = batchgen(workspace, "preview", str(TASK_API), "--backend", "openai", OPENAI_BASE_URL=fake_openai,
+                    BATCHGEN_PRICES=paid)
     assert done.returncode == 1 and done.stdout == ""
     assert f"to backend openai at {fake_openai}, at standard price" in done.stderr.splitlines()[0]
     one = PRICE.cost(1000, 0, 300, batch=False)
@@ -326,10 +340,11 @@ def test_a_refused_request_is_one_line_after_the_answered_ones_are_recorded(tmp_
     assert {(r["backend"], r["cost_usd"]) for r in recorded} == {(f"openai:{fake_openai}", str(one))}
 
 
-def test_model_output_is_printed_escaped(tmp_path, fake_openai):
+def test_model_output_is_printed_escaped(tmp_path, fake_openai, paid):
     workspace = fresh_workspace(tmp_path)
     done = batchgen(workspace, "preview", str(TASK_API), "-n", "3", "--backend", "openai",
-                    OPENAI_BASE_URL=fake_openai, check=True)  # cells create, delete, update: none refused
+                    OPENAI_BASE_URL=fake_openai, BATCHGEN_PRICES=paid,
+                    check=True)  # cells create, delete, update: none refused
     assert "\x1b" not in done.stdout and "\u202e" not in done.stdout
     assert "Due: not set \\x1b[2J\\u202e" in done.stdout
     assert "bills nothing" not in done.stdout + done.stderr
@@ -347,3 +362,16 @@ def test_a_preview_answer_is_judged_as_an_output_line_is():
     line = json.dumps({"custom_id": "c1", "response": response, "error": None}).encode()
     assert result_lines.judge_answer("c1", response, spec.format, rules) == result_lines.judge_line(
         line, 1, spec.format, rules)
+
+
+def test_a_preview_on_a_local_server_is_free_unless_a_price_file_names_the_model(tmp_path, fake_openai):
+    workspace = fresh_workspace(tmp_path)
+    done = batchgen(workspace, "preview", str(TASK_API), "-n", "3", "--backend", "openai",
+                    OPENAI_BASE_URL=fake_openai, check=True)
+    assert f"to backend openai at {fake_openai}, free (local server), at standard price: $0.00 expected" in done.stderr
+    assert "Previews of task_api have spent $0.00" in done.stdout
+    recorded = rows(workspace, "SELECT cost_usd, priced_by, prompt_tokens FROM previews")
+    assert {(r["cost_usd"], r["priced_by"]) for r in recorded} == {("0", LOCAL_SOURCE)}
+    assert all(r["prompt_tokens"] == 1000 for r in recorded)  # the tokens are kept all the same
+    check = batchgen(workspace, "ledger", "check")
+    assert check.returncode == 0, check.stdout

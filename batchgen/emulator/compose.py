@@ -118,6 +118,29 @@ def _examples(seeds: list[dict[str, Any]], kinds: list[str | None] | None, count
     return followed if followed is not None else distinct_variants(seeds, count, rng, kinds=kinds)
 
 
+def _fit_lengths(value: Any, schema: Any, root: dict[str, Any]) -> Any:
+    """`value` with its lists stretched or cut to the schema's minItems/maxItems, as a constrained decoder would
+    write them: a conversation too short for the schema repeats its last exchange (so roles keep alternating), one
+    too long loses turns from its end, an even number of them when that still fits."""
+    schema = resolve(schema, root)
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _fit_lengths(v, props[k], root) if k in props else v for k, v in value.items()}
+    if not isinstance(value, list):
+        return value
+    items = [_fit_lengths(v, schema.get("items", {}), root) for v in value]
+    low, high = int(schema.get("minItems", 0)), schema.get("maxItems")
+    while items and len(items) < low:
+        items.extend(items[-2:])
+    if high is not None and len(items) > int(high):
+        cut = len(items) - int(high)
+        cut += cut % 2 if len(items) - cut - cut % 2 >= low else 0
+        items = items[:len(items) - cut]
+    return items[:int(high)] if high is not None else items
+
+
 def _majority(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The seeds of the most common known format (all seeds when none is known)."""
     kinds: dict[str | None, list[dict[str, Any]]] = {}
@@ -157,8 +180,12 @@ class _Builder:
         target = kind_of_schema(resolve(schema, self.root))
         if target is None:
             return []
-        converted = [convert(s, target) for s in self.seeds]
-        return [c for c in converted if c is not None and conforms(c, schema, self.root)]
+        converted = [c for c in (convert(s, target) for s in self.seeds) if c is not None]
+        matching = [c for c in converted if conforms(c, schema, self.root)]
+        if matching:
+            return matching
+        fitted = [_fit_lengths(c, schema, self.root) for c in converted]
+        return [f for f in fitted if conforms(f, schema, self.root)]
 
     def build(self, schema: Any, depth: int) -> Any:
         schema = resolve(schema, self.root)

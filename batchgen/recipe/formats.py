@@ -104,29 +104,51 @@ def dump_example(example: _Strict) -> dict[str, Any]:
     return example.model_dump(by_alias=True)
 
 
-def response_schema(fmt: str) -> dict[str, Any]:
+TURNS_KEY: dict[str, str] = {"sharegpt": "conversations", "chatml": "messages"}
+"""The key of a format's turns array (Alpaca has none: one instruction and one answer)."""
+
+
+def response_schema(fmt: str, examples: int | None = None, turns: tuple[int, int] | None = None) -> dict[str, Any]:
     """Strict JSON schema of the generation response: {"examples": [<example>, ...]}.
 
     Derived from the format's pydantic model, with $refs inlined and every object closed and fully required, as
     OpenAI's strict structured output demands.
+
+    `examples` (the examples a request asks for) bounds the list to 1..examples: an answer may hold fewer than asked
+    (they are still useful, and the job's overgeneration and top-ups make up the shortfall), but never none, and
+    never more, which would only spend output tokens on examples nobody asked for. Requiring all of them would make
+    a grammar-constrained decoder pad out the list with whatever it can still produce. `turns` (the job's
+    min_turns and max_turns, which leave out a leading system turn) bounds each conversation's turns to
+    min_turns..max_turns + 1. Both are left out when None: a fine-tuned OpenAI model refuses minItems/maxItems.
+    The schema cannot say everything the validation checks (alternating roles, the system turn first only), so
+    the validation still checks every example afterwards.
     """
     schema = MODELS[fmt].model_json_schema(by_alias=True)
     example = _strictify(_inline(schema, schema.get("$defs", {})))
+    key = TURNS_KEY.get(fmt)
+    if turns is not None and key is not None:
+        low, high = turns
+        example["properties"][key] |= {"minItems": low, "maxItems": high + 1}
+    listed: dict[str, Any] = {"type": "array", "items": example}
+    if examples is not None:
+        listed |= {"minItems": 1, "maxItems": examples}
     return {
         "type": "object",
-        "properties": {"examples": {"type": "array", "items": example}},
+        "properties": {"examples": listed},
         "required": ["examples"],
         "additionalProperties": False,
     }
 
 
-def response_format(fmt: str, mode: str = "json_schema") -> dict[str, Any]:
-    """The `response_format` request parameter for structured output (json_schema or json_object)."""
+def response_format(fmt: str, mode: str = "json_schema", examples: int | None = None,
+                    turns: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The `response_format` request parameter for structured output (json_schema or json_object); `examples` and
+    `turns` bound a json_schema's lists (see `response_schema`)."""
     if mode == "json_object":
         return {"type": "json_object"}
     return {
         "type": "json_schema",
-        "json_schema": {"name": f"{fmt}_examples", "strict": True, "schema": response_schema(fmt)},
+        "json_schema": {"name": f"{fmt}_examples", "strict": True, "schema": response_schema(fmt, examples, turns)},
     }
 
 
@@ -162,6 +184,8 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+# Dropped from the pydantic schema: minLength/maxLength are outside OpenAI's strict subset, and the list bounds
+# come from the job instead (see `response_schema`).
 _DROP = {"title", "default", "minLength", "maxLength", "minItems", "maxItems"}
 
 

@@ -326,7 +326,11 @@ def request_response_format(spec: JobSpec, stage: ResolvedStage | None = None) -
         return None
     if stage is not None and stage.judges:
         return formats.judgments_format(spec.prompt.structured_output)
-    return formats.response_format(spec.format, spec.prompt.structured_output)
+    if spec.model.startswith("ft:"):  # OpenAI's strict mode refuses minItems/maxItems for a fine-tuned model
+        return formats.response_format(spec.format, spec.prompt.structured_output)
+    v = spec.validate_
+    return formats.response_format(spec.format, spec.prompt.structured_output,
+                                   (stage or spec.stage()).examples_per_request, (v.min_turns, v.max_turns))
 
 
 def _indent(text: str) -> str:

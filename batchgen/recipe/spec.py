@@ -394,7 +394,9 @@ class JobSpec(_Strict):
 
         Description, budget, backend (and whether it is free), validation rules, attempts and shard limits are left
         out, so changing
-        them keeps the custom_ids of a job stable.
+        them keeps the custom_ids of a job stable. The turn bounds of [validate] also bound the turns of the
+        json_schema a request sends (see `formats.response_schema`); they stay out all the same, as validation rules
+        may change while a job runs: requests compiled after a change carry the new bounds.
         """
         return self._hash
 

@@ -326,7 +326,7 @@ def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
     cost. How many requests were added."""
     assert stage.source is not None
     source = spec.stage(stage.source)
-    _reject_unscored(ledger, spec, stage)
+    reject_unscored(ledger, spec, stage)
     last = ledger.highest_variant(spec.name, stage.name)
     sources = unjudged_sources(ledger, spec, stage, first=0 if last is None else last + 1)
     if not sources.shown:
@@ -349,9 +349,10 @@ def _top_up_judged(ledger: Ledger, workspace: Workspace, spec: JobSpec, stage: R
     return len(sources.shown)
 
 
-def _reject_unscored(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> None:
-    """The examples shown by a judge's requests that ended for good without scores (attempts spent, or refused)
-    are rejected: an example leaves the dataset unscored never, and a top-up of the source makes it up."""
+def reject_unscored(ledger: Ledger, spec: JobSpec, stage: ResolvedStage) -> None:
+    """The examples shown by a judge's requests that ended for good without scores (attempts spent, refused, or
+    left so by a job that ended blocked) are rejected: an example leaves the dataset unscored never, and a top-up
+    of the source makes it up."""
     assert stage.source is not None
     found = ledger.unscored(spec.name, stage.name)
     if found:

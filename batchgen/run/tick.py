@@ -322,6 +322,8 @@ def next_stage_or_finish(session: Session, spec: JobSpec, stage: ResolvedStage) 
             ledger.event("stage_opened", job=spec.name, stage=names[position + 1])
             crash_point("stage")
             return
+    for judge in (s for s in spec.resolved_stages() if s.judges):  # a judge blocked at a dead end did not score
+        shards.reject_unscored(ledger, spec, judge)                 # what its last request showed: not exported
     exported = export_job(ledger, spec, session.workspace.datasets_dir / f"{spec.name}.{spec.dataset_format}.jsonl",
                           shared_folder=True)
     path = session.workspace.stored(exported.path)

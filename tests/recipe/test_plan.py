@@ -72,7 +72,7 @@ def test_plan_command_table() -> None:
     for text in (
         "requests       55 for 500 examples",
         "input tokens",
-        "(messages exact; 109 a request estimated for the schema)",
+        "(messages exact; 130 a request estimated for the schema)",
         "worst case",
         "batch cost",
         "standard cost",
@@ -151,7 +151,7 @@ def test_a_huge_target_is_planned_from_a_sample_and_says_so(tmp_path: Path) -> N
     table = batchgen(tmp_path / ".batchgen", "plan", str(job), check=True).stdout
     assert "requests       1,250,000 for 11,363,636 examples" in table
     assert "counted        estimate: sampled 2,000 of 1,250,000 requests; input tokens within ±" in table
-    assert "(estimated from the sample)" in table and "(messages sampled; 109 a request" in table
+    assert "(estimated from the sample)" in table and "(messages sampled; 130 a request" in table
     data = plan_json(tmp_path, job)
     assert data["counted"]["exact"] is False and data["counted"]["rendered"] == 2_000
     assert data["counted"]["text"].startswith("estimate: sampled 2,000 of 1,250,000 requests")

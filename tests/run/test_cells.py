@@ -132,7 +132,7 @@ def test_a_cell_the_budget_cannot_top_up_says_so(tmp_path):
     """The budget covers the plan's expected cost and no more: the cell's top-up does not fit, and the job says it
     stayed short for the budget, having spent nothing past it."""
     workspace = fresh_workspace(tmp_path, FORCED)
-    job = one_batch_job(tmp_path, retry_invalid="false", budget_usd='"0.013"')
+    job = one_batch_job(tmp_path, retry_invalid="false", budget_usd='"0.0131"')
     done = batchgen(workspace, "run", str(job), "--quiet", "--budget-mode", "expected")
     assert done.returncode == 3, done.stderr
     (short,) = show(workspace)["short_cells"]

@@ -18,7 +18,7 @@ from batchgen.recipe.estimates import MIN_ANSWERS, Observed, StageEstimate, choo
 
 # gpt-4o-mini at batch price, USD per 1M tokens (input, output).
 BATCH_IN, BATCH_OUT = Decimal("0.075"), Decimal("0.30")
-LOW_YIELD = {**json.loads(FAST), "malformed_rate": 0.3, "seed": 7}
+LOW_YIELD = {**json.loads(FAST), "malformed_rate": 0.3, "seed": 9}
 TOP_UPS_ONLY = {"max_attempts": "1", "retry_invalid": "false", "overgeneration": "1", "max_top_ups": "10"}
 
 

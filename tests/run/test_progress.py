@@ -31,7 +31,7 @@ from batchgen.progress import live_lines, plain_line
 from batchgen.run.tick import JobProgress, StageProgress
 
 LONG_NAME = "a_job_whose_name_is_as_long_as_allowed_x"  # 40 characters, the most a job name may have
-FINAL_LINE = ("task_api done; stage main: 67/67 requests; batches: 2 completed; 601/500 valid; spent $0.016696575, "
+FINAL_LINE = ("task_api done; stage main: 67/67 requests; batches: 2 completed; 601/500 valid; spent $0.0168021, "
               "budget $0.15")
 
 

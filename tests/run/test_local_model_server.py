@@ -18,7 +18,7 @@ from batchgen.ledger import Ledger
 from batchgen.recipe.formats import response_format
 from batchgen.recipe.pricing import LOCAL_SOURCE
 
-FORMAT = response_format("sharegpt")
+FORMAT = response_format("sharegpt", examples=10, turns=(2, 10))  # jobs/task_api: 10 a request, 2..10 turns
 FAST = ("--validation-seconds", "0", "--finalizing-seconds", "0")
 
 

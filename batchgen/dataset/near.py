@@ -31,10 +31,10 @@ the same results.
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 import zlib
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice

@@ -49,6 +49,7 @@ DEFAULT_NGRAMS = 2
 BUCKET_CAP = 4
 CHUNK = 4096  # examples normalized, shingled and signed at once
 BLOCK = 4096  # examples whose candidates are found and checked at once
+_GROUP_PAIRS = 12  # earlier examples of a group of the block each is checked against at once (see _walk)
 _GROUPS = 64  # groups an example's shingles are counted in, for a bound on the intersection of two
 _SEED = 20_261_206
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -196,7 +197,80 @@ def _group_counts(shingled: Shingled) -> tuple[np.ndarray, np.ndarray]:
     n, sizes = len(shingled), np.diff(shingled.offsets)
     group = (_mix(shingled.values.astype(np.uint64)) >> np.uint64(64 - _GROUPS.bit_length() + 1)).astype(np.int64)
     counts = np.bincount(np.repeat(np.arange(n), sizes) * _GROUPS + group, minlength=n * _GROUPS).reshape(n, _GROUPS)
-    return np.minimum(counts, 255).astype(np.uint8), (counts > 255).any(axis=1)
+    clipped = np.asarray((counts > 255).any(axis=1), dtype=bool)
+    return np.minimum(counts, 255).astype(np.uint8), clipped
+
+
+_SALT = np.arange(NUM_PERM, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Each signature's bands (`bands` of `rows` minimum hashes) hashed to 64 bits, and which band each is."""
+    cut = sigs[:, :bands * rows].reshape(len(sigs), bands, rows).astype(np.uint64)
+    key = cut[:, :, 0]
+    for r in range(1, rows):
+        key = (key * np.uint64(0x100000001B3)) ^ cut[:, :, r]
+    keys: np.ndarray = _mix(key + _SALT[None, :bands])
+    return keys
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a walk of `NearIndex` needs of many examples, all a function of their shingles (so it may be made in
+    another process, see `run.near_dedupe`): the shingles, the low 16 bits of each minimum hash, the band keys
+    (for a number of bands and rows), the shingles counted in _GROUPS groups and whether a count was cut."""
+
+    shingled: Shingled
+    sigs: np.ndarray
+    bands: np.ndarray
+    counts: np.ndarray
+    clipped: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.shingled)
+
+    @classmethod
+    def of(cls, shingled: Shingled, bands: int, rows: int) -> Signed:
+        n = len(shingled)
+        sigs, keys = np.empty((n, NUM_PERM), dtype=np.uint16), np.empty((n, bands), dtype=np.uint64)
+        for start in range(0, n, CHUNK):
+            stop = min(start + CHUNK, n)
+            full = signatures(shingled.part(start, stop))
+            sigs[start:stop], keys[start:stop] = full, band_keys(full, bands, rows)
+        counts, clipped = _group_counts(shingled)
+        return cls(shingled, sigs, keys, counts, clipped)
+
+    @classmethod
+    def joined(cls, parts: Sequence[Signed], bands: int) -> Signed:
+        """Examples of several, one after another."""
+        if not parts:
+            return cls(Shingled.of_sets([]), np.zeros((0, NUM_PERM), np.uint16), np.zeros((0, bands), np.uint64),
+                       np.zeros((0, _GROUPS), np.uint8), np.zeros(0, bool))
+        ends = np.cumsum([int(p.shingled.offsets[-1]) for p in parts[:-1]])
+        offsets = [parts[0].shingled.offsets] + [p.shingled.offsets[1:] + end
+                                                 for p, end in zip(parts[1:], ends, strict=True)]
+        shingled = Shingled(np.concatenate([p.shingled.values for p in parts]), np.concatenate(offsets))
+        return cls(shingled, *(np.concatenate([getattr(p, f) for p in parts])
+                               for f in ("sigs", "bands", "counts", "clipped")))
+
+    def take(self, chosen: np.ndarray) -> Signed:
+        """Examples `chosen` (indices), in that order."""
+        offsets = self.shingled.offsets
+        sizes = offsets[chosen + 1] - offsets[chosen]
+        taken = np.zeros(len(chosen) + 1, dtype=np.int64)
+        taken[1:] = np.cumsum(sizes)
+        at = np.repeat(offsets[chosen] - taken[:-1], sizes) + np.arange(int(taken[-1]))
+        return Signed(Shingled(self.shingled.values[at], taken), self.sigs[chosen], self.bands[chosen],
+                      self.counts[chosen], self.clipped[chosen])
+
+
+
+def _segments(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """values[starts[k]:starts[k] + sizes[k]] for every k, one after another (as uint64)."""
+    ends = np.cumsum(sizes)
+    at = np.repeat(starts - (ends - sizes), sizes) + np.arange(int(ends[-1]) if len(ends) else 0)
+    gathered: np.ndarray = values[at].astype(np.uint64)
+    return gathered
 
 
 def signature(shingle_set: frozenset[int]) -> np.ndarray:
@@ -257,7 +331,6 @@ class NearIndex:
         self.threshold, self.ngrams = threshold, ngrams
         self.bands, self.rows = bands_for(threshold)
         self.floor = agreement_floor(threshold)
-        self._salt = np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         self._keys: list[str] = []
         self._sets: list[np.ndarray] = []  # each kept example's shingles (uint32, a view of its Shingled)
         # row r: rank r's low 16 bits of each minimum hash (for the agreement count, where a chance agreement of 1
@@ -275,33 +348,33 @@ class NearIndex:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add_all(self, keys: Sequence[str], shingled: Shingled) -> None:
+    def add_all(self, keys: Sequence[str], shingled: Shingled | Signed) -> None:
         """Keep examples: later ones are compared with them."""
-        self._walk(keys, shingled, find=False, keep=True)
+        self._walk(keys, self.signed(shingled), find=False, keep=True)
 
-    def admit_all(self, keys: Sequence[str], shingled: Shingled,
+    def admit_all(self, keys: Sequence[str], shingled: Shingled | Signed,
                   skip: Sequence[bool] | None = None) -> list[Match | None]:
         """What each example nearly repeats, in order; one that repeats nothing is kept (for the next ones) and
         gets None. An example with `skip` set is left out (neither compared nor kept) and gets None."""
-        return self._walk(keys, shingled, find=True, keep=True, skip=skip)
+        return self._walk(keys, self.signed(shingled), find=True, keep=True, skip=skip)
+
+    def signed(self, shingled: Shingled | Signed) -> Signed:
+        """What a walk needs of examples (see `Signed`), for this index's threshold."""
+        if isinstance(shingled, Signed):
+            if shingled.bands.shape[1] != self.bands:
+                raise ValueError(f"examples signed for {shingled.bands.shape[1]} bands, not {self.bands}")
+            return shingled
+        return Signed.of(shingled, self.bands, self.rows)
 
     def add(self, key: str, shingle_set: frozenset[int]) -> None:
         self.add_all([key], Shingled.of_sets([shingle_set]))
 
     def find(self, shingle_set: frozenset[int]) -> Match | None:
         """The first kept example this one nearly repeats, or None."""
-        return self._walk([""], Shingled.of_sets([shingle_set]), find=True, keep=False)[0]
+        return self._walk([""], self.signed(Shingled.of_sets([shingle_set])), find=True, keep=False)[0]
 
     def admit(self, key: str, shingle_set: frozenset[int]) -> Match | None:
         return self.admit_all([key], Shingled.of_sets([shingle_set]))[0]
-
-    def _band_keys(self, sigs: np.ndarray) -> np.ndarray:
-        rows = sigs[:, :self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
-        key = rows[:, :, 0]
-        for r in range(1, self.rows):
-            key = (key * np.uint64(0x100000001B3)) ^ rows[:, :, r]
-        keys: np.ndarray = _mix(key + self._salt[None, :])
-        return keys
 
     def _reserve(self, rows: int) -> None:
         if rows <= len(self._sigs):
@@ -316,7 +389,7 @@ class NearIndex:
         self._sigs, self._counts = grown(self._sigs), grown(self._counts)
         self._clipped, self._sizes = grown(self._clipped), grown(self._sizes)
 
-    def _walk(self, keys: Sequence[str], shingled: Shingled, *, find: bool, keep: bool,
+    def _walk(self, keys: Sequence[str], signed: Signed, *, find: bool, keep: bool,
               skip: Sequence[bool] | None = None) -> list[Match | None]:
         """The walk of `admit_all` (find and keep), `add_all` (keep) and `find` (find), with the verdicts of one
         example at a time in order. Example i of the walk takes row (its slot) kept + i of the arrays; the kept
@@ -328,25 +401,17 @@ class NearIndex:
         passes both by the exact similarity. A candidate kept before the block ranks before any in it, so one
         found there is the answer. Inside a block only a bucket not yet full can gain members; the examples that
         share such a bucket with another of the block are walked in order, the others' verdicts are final."""
-        n, old = len(shingled), len(self._keys)
+        shingled, n, old = signed.shingled, len(signed), len(self._keys)
         results: list[Match | None] = [None] * n
         if n == 0:
             return results
         self._reserve(old + n)
-        sigs, counts, clipped, sizes = self._sigs, self._counts, self._clipped, self._sizes
-        bands = np.empty((n, self.bands), dtype=np.uint64)
-        for start in range(0, n, CHUNK):
-            stop = min(start + CHUNK, n)
-            full = signatures(shingled.part(start, stop))
-            sigs[old + start:old + stop] = full.astype(np.uint16)
-            bands[start:stop] = self._band_keys(full)
-        counts[old:old + n], clipped[old:old + n] = _group_counts(shingled)
-        sizes[old:old + n] = np.diff(shingled.offsets)
+        self._sigs[old:old + n], self._counts[old:old + n] = signed.sigs, signed.counts
+        self._clipped[old:old + n], self._sizes[old:old + n] = signed.clipped, np.diff(shingled.offsets)
         active = np.ones(n, dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
         walked = np.flatnonzero(active)
         entry_of = np.repeat(walked, self.bands)  # the example of each band key, in order
-        entries = bands[walked].ravel()
-        del bands
+        entries = signed.bands[walked].ravel()
         if keep:  # a bucket for every key, the index's and the walk's, its members as they are now
             bucket_keys, where = np.unique(np.concatenate([self._bucket_keys, entries]), return_inverse=True)
             members = np.full((len(bucket_keys), BUCKET_CAP), -1, dtype=np.int32)
@@ -384,15 +449,20 @@ class NearIndex:
                 pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
                 example, slot = pairs // total, pairs % total
                 likely = self._possible(slot, example + old)
-                for i, s in zip(example[likely].tolist(), slot[likely].tolist(), strict=True):
-                    if i not in matched and (similarity := exact(s, i)) >= threshold:
-                        matched[i] = (s, similarity)
+                example, slot = example[likely], slot[likely]
+                similar = self._similarities(example, slot, shingled, old)
+                near = similar >= threshold
+                example, slot, similar = example[near], slot[near], similar[near]
+                firsts = np.flatnonzero(np.concatenate([[True], example[1:] != example[:-1]])[:len(example)])
+                for i, s, similarity in zip(example[firsts].tolist(), slot[firsts].tolist(), similar[firsts].tolist(),
+                                            strict=True):  # the first kept (by rank) each example nearly repeats
+                    matched.setdefault(i, (s, similarity))
             if not keep:
                 continue
             # the buckets not yet full: those two examples of the block share are walked one example at a time
             open_ = filled[bucket] < BUCKET_CAP
             mine, bucket = mine[open_], bucket[open_]
-            order = np.argsort(bucket, kind="stable")
+            order = np.sort(bucket * len(bucket) + np.arange(len(bucket))) % len(bucket)  # by bucket, then example
             sorted_bucket = bucket[order]
             first = np.ones(len(bucket), dtype=bool)
             first[1:] = sorted_bucket[1:] != sorted_bucket[:-1]
@@ -400,7 +470,9 @@ class NearIndex:
             shared = np.zeros(len(bucket), dtype=bool)
             shared[order] = np.bincount(group, minlength=1)[group] > 1
             if find and shared.any():
-                self._walk_shared(mine[shared].tolist(), bucket[shared].tolist(), filled, old, matched, exact)
+                checked = self._possible_in_groups(mine[order], group, first, old)
+                self._walk_shared(mine[shared].tolist(), bucket[shared].tolist(), filled, old, matched, exact,
+                                  checked)
             start = block * BLOCK
             stop = min(start + BLOCK, n)
             kept[start:stop] = active[start:stop]
@@ -411,18 +483,41 @@ class NearIndex:
             place = filled[sorted_bucket] + so_far - so_far[np.flatnonzero(first)[group]]
             fits = joins & (place < BUCKET_CAP)
             members[sorted_bucket[fits], place[fits]] = (mine[order][fits] + old).astype(np.int32)
-            np.add.at(filled, sorted_bucket[fits], 1)
+            joined = sorted_bucket[fits]
+            if len(joined):
+                runs = np.flatnonzero(np.concatenate([[True], joined[1:] != joined[:-1]]))
+                filled[joined[runs]] += np.diff(np.append(runs, len(joined))).astype(np.int32)
         for i, (s, similarity) in matched.items():
             results[i] = Match(self._keys[s] if s < old else keys[s - old], similarity)
         if keep:
             self._settle(keys, shingled, kept, bucket_keys, members, filled, old)
         return results
 
+    def _possible_in_groups(self, slots: np.ndarray, group: np.ndarray, first: np.ndarray,
+                            old: int) -> dict[int, bool]:
+        """`_possible` of the pairs `_walk_shared` is likely to ask about, all at once: each example of a group
+        (the block's examples, by bucket, then in order) with the first _GROUP_PAIRS before it in its group. Keyed
+        by example * 2**32 + earlier example (both of the walk)."""
+        starts = np.flatnonzero(first)[group]
+        place = np.arange(len(slots)) - starts
+        later, earlier = [], []
+        for back in range(_GROUP_PAIRS):
+            has = np.flatnonzero(place > back)
+            later.append(slots[has])
+            earlier.append(slots[starts[has] + back])
+        pairs = np.unique((np.concatenate(later).astype(np.int64) << 32) | np.concatenate(earlier))
+        if not len(pairs):
+            return {}
+        possible = self._possible((pairs & 0xFFFFFFFF) + old, (pairs >> 32) + old)
+        return dict(zip(pairs.tolist(), possible.tolist(), strict=True))
+
     def _walk_shared(self, examples: list[int], buckets: list[int], filled: np.ndarray, old: int,
-                     matched: dict[int, tuple[int, float]], exact: Callable[[int, int], float]) -> None:
+                     matched: dict[int, tuple[int, float]], exact: Callable[[int, int], float],
+                     checked: dict[int, bool]) -> None:
         """Walk, in order, the examples of a block that share a bucket not yet full with another of the block
         (`examples` and `buckets`: such band keys, in order of example): an example not matched already is
-        compared with the members the block has given these buckets so far, and joins them if it is kept."""
+        compared with the members the block has given these buckets so far, and joins them if it is kept.
+        `checked`: `_possible` of pairs of them, as `_possible_in_groups` gives it."""
         joined: dict[int, list[int]] = {}  # bucket -> slots of the block's examples that joined it
         room = dict(zip(buckets, (BUCKET_CAP - filled[buckets]).tolist(), strict=False))
         threshold, at = self.threshold, 0
@@ -436,8 +531,12 @@ class NearIndex:
                 continue
             offered = sorted({s for b in mine for s in joined.get(b, ())})
             if offered:
-                slots = np.array(offered)
-                for s in slots[self._possible(slots, np.full(len(slots), old + i))].tolist():
+                key = i << 32
+                known = [checked.get(key | (s - old)) for s in offered]
+                if None in known:
+                    slots = np.array(offered)
+                    known = self._possible(slots, np.full(len(slots), old + i)).tolist()
+                for s in (s for s, possible in zip(offered, known, strict=True) if possible):
                     if (similarity := exact(s, i)) >= threshold:
                         matched[i] = (s, similarity)
                         break
@@ -448,16 +547,46 @@ class NearIndex:
                 if len(members) < room[b]:
                     members.append(old + i)
 
+    def _similarities(self, examples: np.ndarray, slots: np.ndarray, shingled: Shingled, old: int) -> np.ndarray:
+        """The exact Jaccard similarity of each pair (example examples[k] of the walk, slot slots[k]), all at once:
+        every pair's shingles keyed by the pair, each of the other's looked up among the example's (both sorted)."""
+        values, offsets = shingled.values, shingled.offsets
+        pairs = np.arange(len(examples), dtype=np.uint64) << np.uint64(32)
+        mine_sizes = offsets[examples + 1] - offsets[examples]
+        mine = _segments(values, offsets[examples], mine_sizes) | np.repeat(pairs, mine_sizes)
+        common = np.zeros(len(examples), dtype=np.int64)
+        other_sizes = np.zeros(len(examples), dtype=np.int64)
+        for where in (np.flatnonzero(slots >= old), np.flatnonzero(slots < old)):
+            if not len(where):
+                continue
+            if slots[where[0]] >= old:  # of this walk
+                at = slots[where] - old
+                sizes = offsets[at + 1] - offsets[at]
+                other = _segments(values, offsets[at], sizes)
+            else:  # kept before it
+                sets = [self._sets[slot] for slot in slots[where].tolist()]
+                sizes = np.array([len(one) for one in sets], dtype=np.int64)
+                other = np.concatenate(sets).astype(np.uint64)
+            other_sizes[where] = sizes
+            other |= np.repeat(pairs[where], sizes)
+            found = np.minimum(np.searchsorted(mine, other), max(len(mine) - 1, 0))
+            hit = mine[found] == other if len(mine) else np.zeros(len(other), dtype=bool)
+            common += np.bincount(np.repeat(where, sizes)[hit], minlength=len(examples))
+        union = mine_sizes + other_sizes - common
+        similar: np.ndarray = np.where(union > 0, common / np.maximum(union, 1), 1.0)
+        return similar
+
     def _possible(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Which pairs of slots (a[k], b[k]) may be similar enough: the exact bound on their intersection (the sum
         over groups of the smaller count) allows the threshold, and their signatures agree in `floor` positions."""
         t = self.threshold
         common = np.minimum(self._counts[a], self._counts[b]).sum(axis=1, dtype=np.int64)
         # |A n B| / (|A| + |B| - |A n B|) >= t needs |A n B| >= t (|A| + |B|) / (1 + t)
-        possible = (common * (1 + t) >= t * (self._sizes[a] + self._sizes[b]) - 1e-9) | self._clipped[a]
+        possible: np.ndarray = (common * (1 + t) >= t * (self._sizes[a] + self._sizes[b]) - 1e-9) | self._clipped[a]
         possible |= self._clipped[b]
         at = np.flatnonzero(possible)
-        possible[at] = np.count_nonzero(self._sigs[a[at]] == self._sigs[b[at]], axis=1) >= self.floor
+        agree: np.ndarray = np.count_nonzero(self._sigs[a[at]] == self._sigs[b[at]], axis=1)
+        possible[at] = agree >= self.floor
         return possible
 
     def _settle(self, keys: Sequence[str], shingled: Shingled, kept: np.ndarray, bucket_keys: np.ndarray,
@@ -490,6 +619,6 @@ def rounded(value: float) -> str:
     return f"{math.floor(value * 100) / 100:.2f}"
 
 
-__all__ = ["BUCKET_CAP", "DEFAULT_NGRAMS", "DEFAULT_THRESHOLD", "Match", "NUM_PERM", "NearIndex", "Shingled",
-           "agreement_floor", "bands_for", "candidate_probability", "jaccard", "rounded", "shingles", "signature",
-           "signatures"]
+__all__ = ["BUCKET_CAP", "DEFAULT_NGRAMS", "DEFAULT_THRESHOLD", "Match", "NUM_PERM", "NearIndex", "Shingled", "Signed",
+           "agreement_floor", "band_keys", "bands_for", "candidate_probability", "jaccard", "rounded", "shingles",
+           "signature", "signatures"]

@@ -50,7 +50,7 @@ BUCKET_CAP = 4
 CHUNK = 4096  # examples normalized, shingled and signed at once
 BLOCK = 4096  # examples whose candidates are found and checked at once
 _GROUP_PAIRS = 12  # earlier examples of a group of the block each is checked against at once (see _walk)
-_GROUPS = 64  # groups an example's shingles are counted in, for a bound on the intersection of two
+_GROUPS = 32  # groups an example's shingles are counted in, for a bound on the intersection of two
 _SEED = 20_261_206
 _MASK32 = np.uint64(0xFFFFFFFF)
 _WORD_CACHE_LIMIT = 1 << 18
@@ -580,7 +580,7 @@ class NearIndex:
         """Which pairs of slots (a[k], b[k]) may be similar enough: the exact bound on their intersection (the sum
         over groups of the smaller count) allows the threshold, and their signatures agree in `floor` positions."""
         t = self.threshold
-        common = np.minimum(self._counts[a], self._counts[b]).sum(axis=1, dtype=np.int64)
+        common = np.minimum(self._counts[a], self._counts[b]).sum(axis=1, dtype=np.uint16)  # at most 255 _GROUPS
         # |A n B| / (|A| + |B| - |A n B|) >= t needs |A n B| >= t (|A| + |B|) / (1 + t)
         possible: np.ndarray = (common * (1 + t) >= t * (self._sizes[a] + self._sizes[b]) - 1e-9) | self._clipped[a]
         possible |= self._clipped[b]

@@ -40,7 +40,7 @@ from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.embeddings import vector_size
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec
 from batchgen.run.client import BatchClient
-from batchgen.run.near_dedupe import NearPrefetch, settle_near_duplicates
+from batchgen.run.near_dedupe import settle_near_duplicates
 
 CHUNK = 2000
 ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
@@ -164,7 +164,6 @@ class _Collector:
         self.judgments: list[tuple[Any, ...]] = []  # a judge stage's scores
         self.rejections: list[tuple[str, str]] = []  # (example key, reason): what a judge stage scored too low
         self.statuses: list[tuple[str, int]] = []  # (status, requests.rowid), written last in rowid order
-        self.near: NearPrefetch | None = None  # signs the valid examples for near-dedupe as they are recorded
         self.flushed = 0  # len(statuses) at the last flush
 
     def add(self, judged: Judged) -> None:
@@ -292,8 +291,6 @@ class _Collector:
         self.ledger.insert_results(self.succeeded, self.results)
         crash_point("ingest")
         self.ledger.insert_examples(self.accepted, self.examples)
-        if self.near is not None:  # (job, stage, custom_id, position, content_json, ...)
-            self.near.feed((row[2], row[3], row[4]) for row in self.accepted)
         self.ledger.record_judgments(self.judgments)
         self.succeeded, self.results, self.accepted, self.examples, self.judgments = [], [], [], [], []
         self.flushed = len(self.statuses)
@@ -385,23 +382,17 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
             if ledger.batch_collected(batch["id"]):
                 return CollectReport(batch["id"])
             collector = _Collector(ledger, workspace, spec, batch)
-            collector.near = NearPrefetch.for_batch(spec, paths) if collector.judge is None else None
-            try:
-                with _no_cyclic_gc():
-                    for path in paths:
-                        for judged in judged_lines(path, spec.format, collector.rules):
-                            if judged[0] == "corrupt":
-                                raise BackendError(f"Result file {path} is corrupt at line {judged[1]}: "
-                                                   f"{judged[2]}")
-                            collector.add(judged)
-                    collector.finish()
-                if collector.rules.dedupe != "none":
-                    ledger.dedupe_stage(spec.name, collector.stage, collector.dedupe_candidates())
-                if collector.judge is None:
-                    settle_near_duplicates(ledger, spec, collector.stage, collector.near)
-            finally:
-                if collector.near is not None:
-                    collector.near.close()
+            with _no_cyclic_gc():
+                for path in paths:
+                    for judged in judged_lines(path, spec.format, collector.rules):
+                        if judged[0] == "corrupt":
+                            raise BackendError(f"Result file {path} is corrupt at line {judged[1]}: {judged[2]}")
+                        collector.add(judged)
+                collector.finish()
+            if collector.rules.dedupe != "none":
+                ledger.dedupe_stage(spec.name, collector.stage, collector.dedupe_candidates())
+            if collector.judge is None:
+                settle_near_duplicates(ledger, spec, collector.stage)
             report = collector.report
             ledger.mark_batch_collected(batch["id"], report.cost_usd)
             ledger.set_shard_status(batch["shard_id"], "done")

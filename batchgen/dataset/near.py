@@ -216,9 +216,9 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Signed:
-    """What a walk of `NearIndex` needs of many examples, all a function of their shingles (so it may be made in
-    another process, see `run.near_dedupe`): the shingles, the low 16 bits of each minimum hash, the band keys
-    (for a number of bands and rows), the shingles counted in _GROUPS groups and whether a count was cut."""
+    """What a walk of `NearIndex` needs of many examples, all a function of their shingles (so it may be made
+    ahead of the walk, or elsewhere): the shingles, the low 16 bits of each minimum hash, the band keys (for a
+    number of bands and rows), the shingles counted in _GROUPS groups and whether a count was cut."""
 
     shingled: Shingled
     sigs: np.ndarray

@@ -31,10 +31,11 @@ the same results.
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -47,6 +48,9 @@ DEFAULT_THRESHOLD = 0.8
 DEFAULT_NGRAMS = 2
 BUCKET_CAP = 4
 CHUNK = 4096  # examples normalized, shingled and signed at once
+BLOCK = 4096  # examples whose candidates are found and checked at once
+_GROUP_PAIRS = 12  # earlier examples of a group of the block each is checked against at once (see _walk)
+_GROUPS = 32  # groups an example's shingles are counted in, for a bound on the intersection of two
 _SEED = 20_261_206
 _MASK32 = np.uint64(0xFFFFFFFF)
 _WORD_CACHE_LIMIT = 1 << 18
@@ -187,6 +191,88 @@ def signatures(shingled: Shingled) -> np.ndarray:
     return out
 
 
+def _group_counts(shingled: Shingled) -> tuple[np.ndarray, np.ndarray]:
+    """How many of each example's shingles fall in each of _GROUPS groups (by the top bits of their mixed hash), as
+    uint8, and whether a count was cut at 255 (then the bound from these counts does not hold)."""
+    n, sizes = len(shingled), np.diff(shingled.offsets)
+    group = (_mix(shingled.values.astype(np.uint64)) >> np.uint64(64 - _GROUPS.bit_length() + 1)).astype(np.int64)
+    counts = np.bincount(np.repeat(np.arange(n), sizes) * _GROUPS + group, minlength=n * _GROUPS).reshape(n, _GROUPS)
+    clipped = np.asarray((counts > 255).any(axis=1), dtype=bool)
+    return np.minimum(counts, 255).astype(np.uint8), clipped
+
+
+_SALT = np.arange(NUM_PERM, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Each signature's bands (`bands` of `rows` minimum hashes) hashed to 64 bits, and which band each is."""
+    cut = sigs[:, :bands * rows].reshape(len(sigs), bands, rows).astype(np.uint64)
+    key = cut[:, :, 0]
+    for r in range(1, rows):
+        key = (key * np.uint64(0x100000001B3)) ^ cut[:, :, r]
+    keys: np.ndarray = _mix(key + _SALT[None, :bands])
+    return keys
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a walk of `NearIndex` needs of many examples, all a function of their shingles (so it may be made
+    ahead of the walk, or elsewhere): the shingles, the low 16 bits of each minimum hash, the band keys (for a
+    number of bands and rows), the shingles counted in _GROUPS groups and whether a count was cut."""
+
+    shingled: Shingled
+    sigs: np.ndarray
+    bands: np.ndarray
+    counts: np.ndarray
+    clipped: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.shingled)
+
+    @classmethod
+    def of(cls, shingled: Shingled, bands: int, rows: int) -> Signed:
+        n = len(shingled)
+        sigs, keys = np.empty((n, NUM_PERM), dtype=np.uint16), np.empty((n, bands), dtype=np.uint64)
+        for start in range(0, n, CHUNK):
+            stop = min(start + CHUNK, n)
+            full = signatures(shingled.part(start, stop))
+            sigs[start:stop], keys[start:stop] = full, band_keys(full, bands, rows)
+        counts, clipped = _group_counts(shingled)
+        return cls(shingled, sigs, keys, counts, clipped)
+
+    @classmethod
+    def joined(cls, parts: Sequence[Signed], bands: int) -> Signed:
+        """Examples of several, one after another."""
+        if not parts:
+            return cls(Shingled.of_sets([]), np.zeros((0, NUM_PERM), np.uint16), np.zeros((0, bands), np.uint64),
+                       np.zeros((0, _GROUPS), np.uint8), np.zeros(0, bool))
+        ends = np.cumsum([int(p.shingled.offsets[-1]) for p in parts[:-1]])
+        offsets = [parts[0].shingled.offsets] + [p.shingled.offsets[1:] + end
+                                                 for p, end in zip(parts[1:], ends, strict=True)]
+        shingled = Shingled(np.concatenate([p.shingled.values for p in parts]), np.concatenate(offsets))
+        return cls(shingled, *(np.concatenate([getattr(p, f) for p in parts])
+                               for f in ("sigs", "bands", "counts", "clipped")))
+
+    def take(self, chosen: np.ndarray) -> Signed:
+        """Examples `chosen` (indices), in that order."""
+        offsets = self.shingled.offsets
+        sizes = offsets[chosen + 1] - offsets[chosen]
+        taken = np.zeros(len(chosen) + 1, dtype=np.int64)
+        taken[1:] = np.cumsum(sizes)
+        at = np.repeat(offsets[chosen] - taken[:-1], sizes) + np.arange(int(taken[-1]))
+        return Signed(Shingled(self.shingled.values[at], taken), self.sigs[chosen], self.bands[chosen],
+                      self.counts[chosen], self.clipped[chosen])
+
+
+
+def _segments(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """values[starts[k]:starts[k] + sizes[k]] for every k, one after another (as uint64)."""
+    ends = np.cumsum(sizes)
+    at = np.repeat(starts - (ends - sizes), sizes) + np.arange(int(ends[-1]) if len(ends) else 0)
+    gathered: np.ndarray = values[at].astype(np.uint64)
+    return gathered
+
+
 def signature(shingle_set: frozenset[int]) -> np.ndarray:
     """The MinHash signature (NUM_PERM uint32) of one shingle set."""
     sig: np.ndarray = signatures(Shingled.of_sets([shingle_set]))[0]
@@ -231,7 +317,13 @@ class Match:
 
 class NearIndex:
     """The examples kept so far (see the module docstring): `add_all` keeps examples, `admit_all` keeps those that
-    nearly repeat nothing kept before them; `add`, `find` and `admit` do the same for one example."""
+    nearly repeat nothing kept before them; `add`, `find` and `admit` do the same for one example.
+
+    Its state is held in numpy arrays: the kept examples' low signature halves, shingle group counts and sizes by
+    rank, and the band buckets as a sorted array of band keys with the ranks of up to BUCKET_CAP members each.
+    A walk over many examples (`_walk`) finds the candidates of BLOCK examples at a time from the buckets as they
+    stood before the block, and walks one at a time, in Python, only the few examples that share a bucket not yet
+    full with an earlier example of the same block; see `_walk`."""
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, ngrams: int = DEFAULT_NGRAMS) -> None:
         if not 0 < threshold <= 1:
@@ -239,103 +331,282 @@ class NearIndex:
         self.threshold, self.ngrams = threshold, ngrams
         self.bands, self.rows = bands_for(threshold)
         self.floor = agreement_floor(threshold)
-        self._salt = np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        # a band's key (its rows hashed to 64 bits, and which band it is) -> the rank of its one member, or the list
-        # of its members: most buckets hold one example. A collision of keys only adds a candidate.
-        self._buckets: dict[int, int | list[int]] = {}
         self._keys: list[str] = []
         self._sets: list[np.ndarray] = []  # each kept example's shingles (uint32, a view of its Shingled)
-        # row r: the low 16 bits of each minimum hash of rank r (spare rows after), for the agreement count (where a
-        # chance agreement of 1 in 65,536 can only let one more candidate through to the exact verification)
+        # row r: rank r's low 16 bits of each minimum hash (for the agreement count, where a chance agreement of 1
+        # in 65,536 can only let one more candidate through to the exact verification), its shingles counted in
+        # _GROUPS groups, whether a count was cut at 255, and its number of shingles; spare rows after
         self._sigs = np.zeros((0, NUM_PERM), dtype=np.uint16)
+        self._counts = np.zeros((0, _GROUPS), dtype=np.uint8)
+        self._clipped = np.zeros(0, dtype=bool)
+        self._sizes = np.zeros(0, dtype=np.int64)
+        # the band buckets: a band's key (its rows hashed to 64 bits, and which band it is), sorted, and the ranks of
+        # its first BUCKET_CAP kept members (-1 for none). A collision of keys only adds a candidate.
+        self._bucket_keys = np.zeros(0, dtype=np.uint64)
+        self._members = np.zeros((0, BUCKET_CAP), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add_all(self, keys: Sequence[str], shingled: Shingled) -> None:
+    def add_all(self, keys: Sequence[str], shingled: Shingled | Signed) -> None:
         """Keep examples: later ones are compared with them."""
-        self._walk(keys, shingled, find=False, keep=True)
+        self._walk(keys, self.signed(shingled), find=False, keep=True)
 
-    def admit_all(self, keys: Sequence[str], shingled: Shingled,
+    def admit_all(self, keys: Sequence[str], shingled: Shingled | Signed,
                   skip: Sequence[bool] | None = None) -> list[Match | None]:
         """What each example nearly repeats, in order; one that repeats nothing is kept (for the next ones) and
         gets None. An example with `skip` set is left out (neither compared nor kept) and gets None."""
-        return self._walk(keys, shingled, find=True, keep=True, skip=skip)
+        return self._walk(keys, self.signed(shingled), find=True, keep=True, skip=skip)
+
+    def signed(self, shingled: Shingled | Signed) -> Signed:
+        """What a walk needs of examples (see `Signed`), for this index's threshold."""
+        if isinstance(shingled, Signed):
+            if shingled.bands.shape[1] != self.bands:
+                raise ValueError(f"examples signed for {shingled.bands.shape[1]} bands, not {self.bands}")
+            return shingled
+        return Signed.of(shingled, self.bands, self.rows)
 
     def add(self, key: str, shingle_set: frozenset[int]) -> None:
         self.add_all([key], Shingled.of_sets([shingle_set]))
 
     def find(self, shingle_set: frozenset[int]) -> Match | None:
         """The first kept example this one nearly repeats, or None."""
-        return self._walk([""], Shingled.of_sets([shingle_set]), find=True, keep=False)[0]
+        return self._walk([""], self.signed(Shingled.of_sets([shingle_set])), find=True, keep=False)[0]
 
     def admit(self, key: str, shingle_set: frozenset[int]) -> Match | None:
         return self.admit_all([key], Shingled.of_sets([shingle_set]))[0]
 
-    def _band_keys(self, sigs: np.ndarray) -> list[list[int]]:
-        rows = sigs[:, :self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
-        key = rows[:, :, 0]
-        for r in range(1, self.rows):
-            key = (key * np.uint64(0x100000001B3)) ^ rows[:, :, r]
-        keys: list[list[int]] = _mix(key + self._salt[None, :]).tolist()
-        return keys
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self._sigs):
+            return
+        size, kept = max(rows, 2 * len(self._sigs)), len(self._keys)
 
-    def _walk(self, keys: Sequence[str], shingled: Shingled, *, find: bool, keep: bool,
+        def grown(array: np.ndarray) -> np.ndarray:
+            bigger = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
+            bigger[:kept] = array[:kept]
+            return bigger
+
+        self._sigs, self._counts = grown(self._sigs), grown(self._counts)
+        self._clipped, self._sizes = grown(self._clipped), grown(self._sizes)
+
+    def _walk(self, keys: Sequence[str], signed: Signed, *, find: bool, keep: bool,
               skip: Sequence[bool] | None = None) -> list[Match | None]:
-        results: list[Match | None] = [None] * len(shingled)
-        if keep and len(self._keys) + len(shingled) > len(self._sigs):
-            spare = np.zeros((max(len(shingled), len(self._keys)), NUM_PERM), dtype=np.uint16)
-            self._sigs = np.concatenate([self._sigs[:len(self._keys)], spare])
-        buckets, values, offsets = self._buckets, shingled.values, shingled.offsets.tolist()
-        for start in range(0, len(shingled), CHUNK):
-            sigs = signatures(shingled.part(start, min(start + CHUNK, len(shingled))))
-            low = sigs.astype(np.uint16)
-            for i, (sig, bands) in enumerate(zip(low, self._band_keys(sigs), strict=True), start):
-                if skip is not None and skip[i]:
-                    continue
-                mine, hits = values[offsets[i]:offsets[i + 1]], list(map(buckets.get, bands))
-                if find:
-                    found: set[int] = set()
-                    for members in hits:
-                        if members is not None:
-                            if isinstance(members, int):
-                                found.add(members)
-                            else:
-                                found.update(members)
-                    if found and (match := self._verify(sorted(found), sig, mine)) is not None:
-                        results[i] = match
-                        continue
-                if keep:
-                    rank = len(self._keys)
-                    self._keys.append(keys[i])
-                    self._sets.append(mine)
-                    self._sigs[rank] = sig
-                    for band, members in zip(bands, hits, strict=True):
-                        if members is None:
-                            buckets[band] = rank
-                        elif isinstance(members, int):
-                            buckets[band] = [members, rank]
-                        elif len(members) < BUCKET_CAP:
-                            members.append(rank)
+        """The walk of `admit_all` (find and keep), `add_all` (keep) and `find` (find), with the verdicts of one
+        example at a time in order. Example i of the walk takes row (its slot) kept + i of the arrays; the kept
+        ones are moved down to their ranks at the end.
+
+        Blocks of BLOCK examples: a bucket's members before a block are fixed, so the candidates they give every
+        example of the block are found at once (the bucket of each band key looked up in bulk) and checked at
+        once: the exact bound on the intersection (`_possible`), then the signature agreement, and only what
+        passes both by the exact similarity. A candidate kept before the block ranks before any in it, so one
+        found there is the answer. Inside a block only a bucket not yet full can gain members; the examples that
+        share such a bucket with another of the block are walked in order, the others' verdicts are final."""
+        shingled, n, old = signed.shingled, len(signed), len(self._keys)
+        results: list[Match | None] = [None] * n
+        if n == 0:
+            return results
+        self._reserve(old + n)
+        self._sigs[old:old + n], self._counts[old:old + n] = signed.sigs, signed.counts
+        self._clipped[old:old + n], self._sizes[old:old + n] = signed.clipped, np.diff(shingled.offsets)
+        active = np.ones(n, dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
+        walked = np.flatnonzero(active)
+        entry_of = np.repeat(walked, self.bands)  # the example of each band key, in order
+        entries = signed.bands[walked].ravel()
+        if keep:  # a bucket for every key, the index's and the walk's, its members as they are now
+            bucket_keys, where = np.unique(np.concatenate([self._bucket_keys, entries]), return_inverse=True)
+            members = np.full((len(bucket_keys), BUCKET_CAP), -1, dtype=np.int32)
+            members[where[:len(self._bucket_keys)]] = self._members
+            bucket_of = where[len(self._bucket_keys):].astype(np.int64)
+            del where
+        else:  # nothing is added: only the buckets that exist can give candidates
+            at = np.minimum(np.searchsorted(self._bucket_keys, entries), max(len(self._bucket_keys) - 1, 0))
+            known = self._bucket_keys[at] == entries if len(self._bucket_keys) else np.zeros(len(entries), bool)
+            bucket_keys, members = self._bucket_keys, self._members
+            entry_of, bucket_of = entry_of[known], at[known].astype(np.int64)
+        del entries
+        filled = np.count_nonzero(members >= 0, axis=1).astype(np.int32)
+        values, offsets = shingled.values, shingled.offsets
+        threshold, total = self.threshold, old + n
+
+        def exact(slot: int, i: int) -> float:
+            other = self._sets[slot] if slot < old else values[offsets[slot - old]:offsets[slot - old + 1]]
+            mine = values[offsets[i]:offsets[i + 1]]
+            common = len(frozenset(mine.tolist()).intersection(other.tolist()))
+            union = len(mine) + len(other) - common
+            return common / union if union else 1.0
+
+        matched: dict[int, tuple[int, float]] = {}  # example -> (slot of what it nearly repeats, similarity)
+        kept = np.zeros(n, dtype=bool)
+        bounds = np.searchsorted(entry_of, np.arange(0, n + BLOCK, BLOCK))
+        for block, (low, high) in enumerate(itertools.pairwise(bounds.tolist())):
+            if low == high:
+                continue
+            mine, bucket = entry_of[low:high], bucket_of[low:high]
+            if find:  # the candidates the buckets give as they stood before the block
+                candidates = members[bucket]
+                row, col = np.nonzero(candidates >= 0)
+                pairs = np.sort(mine[row] * total + candidates[row, col])  # by example, then rank
+                pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
+                example, slot = pairs // total, pairs % total
+                likely = self._possible(slot, example + old)
+                example, slot = example[likely], slot[likely]
+                similar = self._similarities(example, slot, shingled, old)
+                near = similar >= threshold
+                example, slot, similar = example[near], slot[near], similar[near]
+                firsts = np.flatnonzero(np.concatenate([[True], example[1:] != example[:-1]])[:len(example)])
+                for i, s, similarity in zip(example[firsts].tolist(), slot[firsts].tolist(), similar[firsts].tolist(),
+                                            strict=True):  # the first kept (by rank) each example nearly repeats
+                    matched.setdefault(i, (s, similarity))
+            if not keep:
+                continue
+            # the buckets not yet full: those two examples of the block share are walked one example at a time
+            open_ = filled[bucket] < BUCKET_CAP
+            mine, bucket = mine[open_], bucket[open_]
+            order = np.sort(bucket * len(bucket) + np.arange(len(bucket))) % len(bucket)  # by bucket, then example
+            sorted_bucket = bucket[order]
+            first = np.ones(len(bucket), dtype=bool)
+            first[1:] = sorted_bucket[1:] != sorted_bucket[:-1]
+            group = np.cumsum(first) - 1
+            shared = np.zeros(len(bucket), dtype=bool)
+            shared[order] = np.bincount(group, minlength=1)[group] > 1
+            if find and shared.any():
+                checked = self._possible_in_groups(mine[order], group, first, old)
+                self._walk_shared(mine[shared].tolist(), bucket[shared].tolist(), filled, old, matched, exact,
+                                  checked)
+            start = block * BLOCK
+            stop = min(start + BLOCK, n)
+            kept[start:stop] = active[start:stop]
+            kept[[i for i in range(start, stop) if i in matched]] = False
+            # the kept examples join the buckets not yet full, in order, as far as there is room
+            joins = kept[mine[order]]
+            so_far = np.cumsum(joins) - joins  # joins before each, in the block
+            place = filled[sorted_bucket] + so_far - so_far[np.flatnonzero(first)[group]]
+            fits = joins & (place < BUCKET_CAP)
+            members[sorted_bucket[fits], place[fits]] = (mine[order][fits] + old).astype(np.int32)
+            joined = sorted_bucket[fits]
+            if len(joined):
+                runs = np.flatnonzero(np.concatenate([[True], joined[1:] != joined[:-1]]))
+                filled[joined[runs]] += np.diff(np.append(runs, len(joined))).astype(np.int32)
+        for i, (s, similarity) in matched.items():
+            results[i] = Match(self._keys[s] if s < old else keys[s - old], similarity)
+        if keep:
+            self._settle(keys, shingled, kept, bucket_keys, members, filled, old)
         return results
 
-    def _verify(self, ranks: list[int], sig: np.ndarray, shingled: np.ndarray) -> Match | None:
-        """The first of the candidates (ranks, in order) similar enough, by the exact similarity."""
-        at = np.array(ranks)
-        likely = at[np.add.reduce(self._sigs[at] == sig, axis=1) >= self.floor].tolist()
-        size, threshold, mine = len(shingled), self.threshold, None
-        for rank in likely:
-            other = self._sets[rank]
-            # |A n B| / |A u B| >= t needs t * max(|A|, |B|) <= min(|A|, |B|)
-            if threshold * max(size, len(other)) > min(size, len(other)):
+    def _possible_in_groups(self, slots: np.ndarray, group: np.ndarray, first: np.ndarray,
+                            old: int) -> dict[int, bool]:
+        """`_possible` of the pairs `_walk_shared` is likely to ask about, all at once: each example of a group
+        (the block's examples, by bucket, then in order) with the first _GROUP_PAIRS before it in its group. Keyed
+        by example * 2**32 + earlier example (both of the walk)."""
+        starts = np.flatnonzero(first)[group]
+        place = np.arange(len(slots)) - starts
+        later, earlier = [], []
+        for back in range(_GROUP_PAIRS):
+            has = np.flatnonzero(place > back)
+            later.append(slots[has])
+            earlier.append(slots[starts[has] + back])
+        pairs = np.unique((np.concatenate(later).astype(np.int64) << 32) | np.concatenate(earlier))
+        if not len(pairs):
+            return {}
+        possible = self._possible((pairs & 0xFFFFFFFF) + old, (pairs >> 32) + old)
+        return dict(zip(pairs.tolist(), possible.tolist(), strict=True))
+
+    def _walk_shared(self, examples: list[int], buckets: list[int], filled: np.ndarray, old: int,
+                     matched: dict[int, tuple[int, float]], exact: Callable[[int, int], float],
+                     checked: dict[int, bool]) -> None:
+        """Walk, in order, the examples of a block that share a bucket not yet full with another of the block
+        (`examples` and `buckets`: such band keys, in order of example): an example not matched already is
+        compared with the members the block has given these buckets so far, and joins them if it is kept.
+        `checked`: `_possible` of pairs of them, as `_possible_in_groups` gives it."""
+        joined: dict[int, list[int]] = {}  # bucket -> slots of the block's examples that joined it
+        room = dict(zip(buckets, (BUCKET_CAP - filled[buckets]).tolist(), strict=False))
+        threshold, at = self.threshold, 0
+        while at < len(examples):
+            i, end = examples[at], at
+            while end < len(examples) and examples[end] == i:
+                end += 1
+            mine = buckets[at:end]
+            at = end
+            if i in matched:
                 continue
-            mine = frozenset(shingled.tolist()) if mine is None else mine
-            common = len(mine.intersection(other.tolist()))
-            union = size + len(other) - common
-            similarity = common / union if union else 1.0
-            if similarity >= threshold:
-                return Match(self._keys[rank], similarity)
-        return None
+            offered = sorted({s for b in mine for s in joined.get(b, ())})
+            if offered:
+                key = i << 32
+                known = [checked.get(key | (s - old)) for s in offered]
+                if None in known:
+                    slots = np.array(offered)
+                    known = self._possible(slots, np.full(len(slots), old + i)).tolist()
+                for s in (s for s, possible in zip(offered, known, strict=True) if possible):
+                    if (similarity := exact(s, i)) >= threshold:
+                        matched[i] = (s, similarity)
+                        break
+                if i in matched:
+                    continue
+            for b in mine:
+                members = joined.setdefault(b, [])
+                if len(members) < room[b]:
+                    members.append(old + i)
+
+    def _similarities(self, examples: np.ndarray, slots: np.ndarray, shingled: Shingled, old: int) -> np.ndarray:
+        """The exact Jaccard similarity of each pair (example examples[k] of the walk, slot slots[k]), all at once:
+        every pair's shingles keyed by the pair, each of the other's looked up among the example's (both sorted)."""
+        values, offsets = shingled.values, shingled.offsets
+        pairs = np.arange(len(examples), dtype=np.uint64) << np.uint64(32)
+        mine_sizes = offsets[examples + 1] - offsets[examples]
+        mine = _segments(values, offsets[examples], mine_sizes) | np.repeat(pairs, mine_sizes)
+        common = np.zeros(len(examples), dtype=np.int64)
+        other_sizes = np.zeros(len(examples), dtype=np.int64)
+        for where in (np.flatnonzero(slots >= old), np.flatnonzero(slots < old)):
+            if not len(where):
+                continue
+            if slots[where[0]] >= old:  # of this walk
+                at = slots[where] - old
+                sizes = offsets[at + 1] - offsets[at]
+                other = _segments(values, offsets[at], sizes)
+            else:  # kept before it
+                sets = [self._sets[slot] for slot in slots[where].tolist()]
+                sizes = np.array([len(one) for one in sets], dtype=np.int64)
+                other = np.concatenate(sets).astype(np.uint64)
+            other_sizes[where] = sizes
+            other |= np.repeat(pairs[where], sizes)
+            found = np.minimum(np.searchsorted(mine, other), max(len(mine) - 1, 0))
+            hit = mine[found] == other if len(mine) else np.zeros(len(other), dtype=bool)
+            common += np.bincount(np.repeat(where, sizes)[hit], minlength=len(examples))
+        union = mine_sizes + other_sizes - common
+        similar: np.ndarray = np.where(union > 0, common / np.maximum(union, 1), 1.0)
+        return similar
+
+    def _possible(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Which pairs of slots (a[k], b[k]) may be similar enough: the exact bound on their intersection (the sum
+        over groups of the smaller count) allows the threshold, and their signatures agree in `floor` positions."""
+        t = self.threshold
+        common = np.minimum(self._counts[a], self._counts[b]).sum(axis=1, dtype=np.uint16)  # at most 255 _GROUPS
+        # |A n B| / (|A| + |B| - |A n B|) >= t needs |A n B| >= t (|A| + |B|) / (1 + t)
+        possible: np.ndarray = (common * (1 + t) >= t * (self._sizes[a] + self._sizes[b]) - 1e-9) | self._clipped[a]
+        possible |= self._clipped[b]
+        at = np.flatnonzero(possible)
+        agree: np.ndarray = np.count_nonzero(self._sigs[a[at]] == self._sigs[b[at]], axis=1)
+        possible[at] = agree >= self.floor
+        return possible
+
+    def _settle(self, keys: Sequence[str], shingled: Shingled, kept: np.ndarray, bucket_keys: np.ndarray,
+                members: np.ndarray, filled: np.ndarray, old: int) -> None:
+        """After a walk: the kept examples take the next ranks (their rows moved down), the buckets keep those
+        with members, and their members' slots become ranks."""
+        chosen = np.flatnonzero(kept)
+        rank = np.full(old + len(kept), -1, dtype=np.int32)
+        rank[:old] = np.arange(old, dtype=np.int32)
+        rank[old + chosen] = old + np.arange(len(chosen), dtype=np.int32)
+        for array in (self._sigs, self._counts, self._clipped, self._sizes):
+            array[old:old + len(chosen)] = array[old + chosen]
+        values, offsets = shingled.values, shingled.offsets
+        for i in chosen.tolist():
+            self._keys.append(keys[i])
+            self._sets.append(values[offsets[i]:offsets[i + 1]])
+        used = filled > 0
+        members = members[used]
+        self._members = np.where(members >= 0, rank[np.maximum(members, 0)], -1).astype(np.int32)
+        self._bucket_keys = bucket_keys[used]
 
 
 def candidate_probability(similarity: float, bands: int, rows: int) -> float:
@@ -348,6 +619,6 @@ def rounded(value: float) -> str:
     return f"{math.floor(value * 100) / 100:.2f}"
 
 
-__all__ = ["BUCKET_CAP", "DEFAULT_NGRAMS", "DEFAULT_THRESHOLD", "Match", "NUM_PERM", "NearIndex", "Shingled",
-           "agreement_floor", "bands_for", "candidate_probability", "jaccard", "rounded", "shingles", "signature",
-           "signatures"]
+__all__ = ["BUCKET_CAP", "DEFAULT_NGRAMS", "DEFAULT_THRESHOLD", "Match", "NUM_PERM", "NearIndex", "Shingled", "Signed",
+           "agreement_floor", "band_keys", "bands_for", "candidate_probability", "jaccard", "rounded", "shingles",
+           "signature", "signatures"]

@@ -6,9 +6,12 @@ OpenAI-compatible server, behind `batchgen serve --upstream`, driven by `batchge
     python scripts/local_model.py                   # target 20, 5 examples a request, one run
     python scripts/local_model.py --runs 3 --json   # the median of three fresh runs
 
-Everything listens on 127.0.0.1 only; the job is a copy of jobs/task_api with `free = true` (a local model costs
-nothing) and `structured_output = "json_object"` by default (llama-cpp-python's server refuses the
-`json_schema` response format). Reports requests, valid examples and share, invalid reasons, completion tokens per
+Everything listens on 127.0.0.1 only; the job is a copy of jobs/task_api with a small target. It sends its usual
+`json_schema` response format: `batchgen serve` probes llama-cpp-python's server at start (which refuses
+`json_schema` with HTTP 500) and sends each line as `json_object` with the schema, which that server turns into a
+grammar. A server on this machine is free, so the run costs $0.
+
+Reports requests, valid examples and share, invalid reasons, completion tokens per
 second of the upstream's wall time (the batches' in_progress -> finalizing), wall time and spend. Every process
 it starts is stopped on exit, on Ctrl-C and on SIGTERM.
 """
@@ -74,7 +77,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, seconds: f
 
 
 def make_job(parent: Path, target: int, per_request: int, structured: str, max_tokens: int) -> Path:
-    """A copy of jobs/task_api with a small target, marked free, with the structured output the server accepts."""
+    """A copy of jobs/task_api with a small target and the given structured output and answer size."""
     job = parent / "task_api"
     shutil.copytree(JOB, job)
     toml = job / "job.toml"
@@ -85,7 +88,7 @@ def make_job(parent: Path, target: int, per_request: int, structured: str, max_t
         text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
         if not count:
             text = f"{key} = {value}\n" + text
-    toml.write_text("free = true\n" + text, encoding="utf-8")
+    toml.write_text(text, encoding="utf-8")
     return job
 
 
@@ -158,7 +161,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", type=int, default=20, help="valid examples wanted (default 20)")
     parser.add_argument("--examples-per-request", type=int, default=5)
-    parser.add_argument("--structured-output", choices=["json_object", "json_schema", "none"], default="json_object")
+    parser.add_argument("--structured-output", choices=["json_schema", "json_object", "none"], default="json_schema")
     parser.add_argument("--max-tokens", type=int, default=1500)
     parser.add_argument("--n-ctx", type=int, default=4096, help="the model's context size at the server")
     parser.add_argument("--runs", type=int, default=1, help="fresh runs; the median is reported")

@@ -26,7 +26,7 @@ def test_a_small_job_runs_end_to_end_on_the_local_model() -> None:
     run = json.loads(done.stdout)["runs"][0]
     assert run["requests"] >= 1 and run["requests_by_outcome"].get("succeeded") == run["requests"], run
     assert run["completion_tokens"] > 0 and run["examples"] >= run["valid"] >= 0
-    assert Decimal(run["spent_usd"]) == 0  # free = true: a local model costs nothing
+    assert Decimal(run["spent_usd"]) == 0  # a server on this machine is free
 
 
 @pytest.mark.skipif(HAS_EXTRA, reason="the local extra is installed here")

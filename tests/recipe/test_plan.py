@@ -79,7 +79,7 @@ def test_plan_command_table() -> None:
         "batch saves",
         "within budget",
         "shard",
-        "0.21",
+        "0.22",
     ):
         assert text in out, text
 

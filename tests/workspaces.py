@@ -19,6 +19,7 @@ from batchgen.ledger import Ledger
 ROOT = Path(__file__).resolve().parent.parent
 TASK_API = ROOT / "jobs" / "task_api"
 EVOL = ROOT / "jobs" / "evol_task_api"
+EVOL_STAGES = ["simple", "moderate", "complex", "edge_case"]
 FAST = '{"line_seconds": 0, "validation_seconds": 0, "finalizing_seconds": 0}'
 _BATCH_ID = re.compile(rb'"batch_id":"batch_[0-9a-f]+"')
 
@@ -28,6 +29,13 @@ def fresh_workspace(parent: Path, config: str = FAST) -> Path:
     workspace = parent / ".batchgen"
     (workspace / "emulator").mkdir(parents=True)
     (workspace / "emulator" / "config.json").write_text(config, encoding="utf-8")
+    return workspace
+
+
+def ran_evol(parent: Path) -> Path:
+    """A workspace under `parent` where jobs/evol_task_api has run through its four stages (`EVOL_STAGES`)."""
+    workspace = fresh_workspace(parent)
+    batchgen(workspace, "run", str(EVOL), "--quiet", check=True)
     return workspace
 
 

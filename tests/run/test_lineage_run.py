@@ -8,18 +8,16 @@ import json
 from pathlib import Path
 
 import pytest
-from workspaces import EVOL, batchgen, fresh_workspace
+from workspaces import EVOL, EVOL_STAGES, batchgen, ran_evol
 
 from batchgen.ledger import Ledger
 
-STAGES = ["simple", "moderate", "complex", "edge_case"]
+STAGES = EVOL_STAGES
 
 
 @pytest.fixture(scope="module")
 def evol(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workspace = fresh_workspace(tmp_path_factory.mktemp("evol"))
-    batchgen(workspace, "run", str(EVOL), "--quiet", check=True)
-    return workspace
+    return ran_evol(tmp_path_factory.mktemp("evol"))
 
 
 def examples(workspace: Path) -> dict[str, dict[str, object]]:

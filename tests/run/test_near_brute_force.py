@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from workspaces import EVOL, batchgen, fresh_workspace
+from workspaces import EVOL_STAGES, ran_evol
 
 from batchgen.dataset.lineage import example_texts
 from batchgen.dataset.near import jaccard, shingles
@@ -18,14 +18,12 @@ from batchgen.run.near_dedupe import settle_near_duplicates
 from batchgen.run.session import Session
 from batchgen.run.tick import job_spec
 
-STAGES = ["simple", "moderate", "complex", "edge_case"]
+STAGES = EVOL_STAGES
 
 
 @pytest.fixture(scope="module")
 def evol(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workspace = fresh_workspace(tmp_path_factory.mktemp("evol_near"))
-    batchgen(workspace, "run", str(EVOL), "--quiet", check=True)
-    return workspace
+    return ran_evol(tmp_path_factory.mktemp("evol_near"))
 
 
 def brute_force(ledger: Ledger, spec: object, seeds: list[object], stage: str) -> dict[str, str | None]:

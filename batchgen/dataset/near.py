@@ -26,16 +26,22 @@ the same verdicts.
 The work is done on many examples at once (`Shingled`, `NearIndex.add_all`, `NearIndex.admit_all`): their texts are
 normalized in one pass, their shingles and signatures computed with numpy over all of them, and only the walk over
 the band buckets runs once per example. One example at a time (`shingles`, `NearIndex.add`, `find`, `admit`) gives
-the same results.
+the same results. Examples can be signed ahead, elsewhere (`sign_texts`, `SignedByKey`: the worker that judges a
+result file signs them), and walked in another order than they are held (`admit_all(order=...)`). Where there is a
+second CPU, the candidates of half of each block of the walk are checked in a second thread (numpy lets go of the
+GIL for the bulk of that work).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
 
@@ -59,6 +65,7 @@ _SEPARATOR = "\x1e"  # between examples' texts while they are normalized togethe
 _END = "|"  # what the separator becomes: a word no text can have once normalized (punctuation is removed)
 _ASCII = {c: None for c in range(128) if NOT_WORD.match(chr(c))}
 _MISS_AT_FLOOR = 0.001
+_PARALLEL = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
 
 def _permutations(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,6 +271,124 @@ class Signed:
                       self.counts[chosen], self.clipped[chosen])
 
 
+def sign_texts(examples: Sequence[Sequence[str]], threshold: float, ngrams: int) -> Signed:
+    """What a walk at `threshold` needs of some examples, each given as its texts (its turns)."""
+    return Signed.of(Shingled.of_texts(examples, ngrams), *bands_for(threshold))
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The band keys of some signed examples, grouped: the distinct `keys`, sorted, and which of them each band
+    key of each example is (`of[i, band]`)."""
+
+    keys: np.ndarray
+    of: np.ndarray
+
+    @classmethod
+    def of_signed(cls, signed: Signed) -> Buckets:
+        keys, inverse = _unique(signed.bands.ravel())
+        return cls(keys, inverse.reshape(signed.bands.shape))
+
+    def joined(self, other: Buckets) -> Buckets:
+        """The examples of this one, then those of `other`."""
+        keys, mine, theirs = _merged(self.keys, other.keys)
+        return Buckets(keys, np.concatenate([mine[self.of], theirs[other.of]]))
+
+
+class SignedByKey:
+    """Examples signed ahead of a walk (by the worker that judges a result file), found again by key: `add` a part
+    as it comes, then the `rows` of some keys in what is `joined`. A key keeps what it was first given: the caller
+    adds only what it recorded, so that what a key holds was signed from the very text the ledger stores.
+
+    `prepare` joins the parts and groups their band keys (`Buckets`) in a thread of its own, where there is a
+    second CPU: numpy lets go of the GIL for most of that work, so it runs while the caller finishes recording."""
+
+    def __init__(self) -> None:
+        self._parts: list[Signed] = []
+        self._rows: dict[str, int] = {}
+        self._ready: Future[tuple[Signed, Buckets]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, keys: Sequence[str], signed: Signed, wanted: Callable[[str], bool]) -> None:
+        """Keep the examples whose key is `wanted` and new here."""
+        if self._ready is not None:
+            raise ValueError("examples added after prepare")
+        if len(keys) != len(signed):
+            raise ValueError(f"{len(keys)} keys for {len(signed)} signed examples")
+        start = len(self._rows)
+        if all(map(wanted, keys)) and self._rows.keys().isdisjoint(keys) and len(set(keys)) == len(keys):
+            self._rows.update(zip(keys, range(start, start + len(keys)), strict=True))  # the usual case, at once
+        else:
+            rows: list[int] = []
+            for i, key in enumerate(keys):
+                if key not in self._rows and wanted(key):
+                    self._rows[key] = start + len(rows)
+                    rows.append(i)
+            signed = signed.take(np.array(rows, dtype=np.int64))
+        if len(signed):
+            self._parts.append(signed)
+
+    def rows(self, keys: Iterable[str]) -> np.ndarray:
+        """Each key's row, or -1 for one not signed here."""
+        get = self._rows.get
+        return np.fromiter((get(key, -1) for key in keys), dtype=np.int64)
+
+    def prepare(self) -> None:
+        """Start joining the parts and grouping their band keys (nothing may be added after)."""
+        if self._ready is None:
+            if _PARALLEL and self._parts:
+                pool = ThreadPoolExecutor(1)
+                self._ready = pool.submit(self._joined)
+                pool.shutdown(wait=False)
+            else:
+                self._ready = Future()
+                self._ready.set_result(self._joined())
+
+    def joined(self) -> tuple[Signed, Buckets]:
+        """Every example added, in the order of their rows, and their band keys grouped."""
+        self.prepare()
+        assert self._ready is not None
+        return self._ready.result()
+
+    def _joined(self) -> tuple[Signed, Buckets]:
+        bands = self._parts[0].bands.shape[1] if self._parts else 0
+        joined = Signed.joined(self._parts, bands)
+        self._parts = []  # held once, joined
+        return joined, Buckets.of_signed(joined)
+
+
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True), in a third of its time (one argsort, no second pass)."""
+    if not len(keys):
+        return keys, np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys)
+    ranked = keys[order]
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return ranked[first], inverse
+
+
+def _merged(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The union of two sorted arrays of distinct keys, sorted, and where each key of `a` and of `b` is in it."""
+    if not len(a) or not len(b):
+        return (b if len(b) else a), np.arange(len(a)), np.arange(len(b))
+    at = np.searchsorted(b, a)
+    known = b[np.minimum(at, len(b) - 1)] == a
+    extra = a[~known]
+    in_b = np.arange(len(b)) + np.searchsorted(extra, b)  # each of b moves up by the extra keys below it
+    in_a = np.empty(len(a), dtype=np.int64)
+    in_a[known] = in_b[at[known]]
+    in_a[~known] = np.arange(len(extra)) + np.searchsorted(b, extra)
+    union = np.empty(len(b) + len(extra), dtype=b.dtype)
+    union[in_b] = b
+    union[in_a[~known]] = extra
+    return union, in_a, in_b
+
 
 def _segments(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """values[starts[k]:starts[k] + sizes[k]] for every k, one after another (as uint64)."""
@@ -352,11 +477,16 @@ class NearIndex:
         """Keep examples: later ones are compared with them."""
         self._walk(keys, self.signed(shingled), find=False, keep=True)
 
-    def admit_all(self, keys: Sequence[str], shingled: Shingled | Signed,
-                  skip: Sequence[bool] | None = None) -> list[Match | None]:
+    def admit_all(self, keys: Sequence[str], shingled: Shingled | Signed, skip: Sequence[bool] | None = None, *,
+                  order: np.ndarray | None = None, buckets: Buckets | None = None,
+                  last: bool = False) -> list[Match | None]:
         """What each example nearly repeats, in order; one that repeats nothing is kept (for the next ones) and
-        gets None. An example with `skip` set is left out (neither compared nor kept) and gets None."""
-        return self._walk(keys, self.signed(shingled), find=True, keep=True, skip=skip)
+        gets None. An example with `skip` set is left out (neither compared nor kept) and gets None. With `order`,
+        example i is row order[i] of `shingled` (which saves a copy of them in that order). With `last`, the
+        examples are kept for the walk only: the index stays as it was, which saves bringing it up to date.
+        `buckets`: the band keys of `shingled`, grouped already."""
+        return self._walk(keys, self.signed(shingled), find=True, keep=True, skip=skip, order=order,
+                          buckets=buckets, last=last)
 
     def signed(self, shingled: Shingled | Signed) -> Signed:
         """What a walk needs of examples (see `Signed`), for this index's threshold."""
@@ -390,7 +520,8 @@ class NearIndex:
         self._clipped, self._sizes = grown(self._clipped), grown(self._sizes)
 
     def _walk(self, keys: Sequence[str], signed: Signed, *, find: bool, keep: bool,
-              skip: Sequence[bool] | None = None) -> list[Match | None]:
+              skip: Sequence[bool] | None = None, order: np.ndarray | None = None,
+              buckets: Buckets | None = None, last: bool = False) -> list[Match | None]:
         """The walk of `admit_all` (find and keep), `add_all` (keep) and `find` (find), with the verdicts of one
         example at a time in order. Example i of the walk takes row (its slot) kept + i of the arrays; the kept
         ones are moved down to their ranks at the end.
@@ -401,36 +532,47 @@ class NearIndex:
         passes both by the exact similarity. A candidate kept before the block ranks before any in it, so one
         found there is the answer. Inside a block only a bucket not yet full can gain members; the examples that
         share such a bucket with another of the block are walked in order, the others' verdicts are final."""
-        shingled, n, old = signed.shingled, len(signed), len(self._keys)
+        shingled, old = signed.shingled, len(self._keys)
+        rows = np.arange(len(signed)) if order is None else np.asarray(order, dtype=np.int64)
+        n = len(rows)
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} examples")
         results: list[Match | None] = [None] * n
         if n == 0:
             return results
         self._reserve(old + n)
-        self._sigs[old:old + n], self._counts[old:old + n] = signed.sigs, signed.counts
-        self._clipped[old:old + n], self._sizes[old:old + n] = signed.clipped, np.diff(shingled.offsets)
+        values = shingled.values
+        if order is None:
+            self._sigs[old:old + n], self._counts[old:old + n] = signed.sigs, signed.counts
+            self._clipped[old:old + n] = signed.clipped
+            starts, ends = shingled.offsets[:-1], shingled.offsets[1:]  # example i's shingles: starts[i]:ends[i]
+        else:
+            for array, mine in ((signed.sigs, self._sigs), (signed.counts, self._counts),
+                                (signed.clipped, self._clipped)):
+                np.take(array, rows, axis=0, out=mine[old:old + n])
+            starts, ends = shingled.offsets[rows], shingled.offsets[rows + 1]
+        self._sizes[old:old + n] = ends - starts
         active = np.ones(n, dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
         walked = np.flatnonzero(active)
         entry_of = np.repeat(walked, self.bands)  # the example of each band key, in order
-        entries = signed.bands[walked].ravel()
         if keep:  # a bucket for every key, the index's and the walk's, its members as they are now
-            bucket_keys, where = np.unique(np.concatenate([self._bucket_keys, entries]), return_inverse=True)
+            buckets = Buckets.of_signed(signed) if buckets is None else buckets
+            bucket_keys, of_index, of_walk = _merged(self._bucket_keys, buckets.keys)
             members = np.full((len(bucket_keys), BUCKET_CAP), -1, dtype=np.int32)
-            members[where[:len(self._bucket_keys)]] = self._members
-            bucket_of = where[len(self._bucket_keys):].astype(np.int64)
-            del where
+            members[of_index] = self._members
+            bucket_of = of_walk[buckets.of[rows[walked]].ravel()]
         else:  # nothing is added: only the buckets that exist can give candidates
+            entries = signed.bands[rows[walked]].ravel()
             at = np.minimum(np.searchsorted(self._bucket_keys, entries), max(len(self._bucket_keys) - 1, 0))
             known = self._bucket_keys[at] == entries if len(self._bucket_keys) else np.zeros(len(entries), bool)
             bucket_keys, members = self._bucket_keys, self._members
             entry_of, bucket_of = entry_of[known], at[known].astype(np.int64)
-        del entries
+            del entries
         filled = np.count_nonzero(members >= 0, axis=1).astype(np.int32)
-        values, offsets = shingled.values, shingled.offsets
-        threshold, total = self.threshold, old + n
 
         def exact(slot: int, i: int) -> float:
-            other = self._sets[slot] if slot < old else values[offsets[slot - old]:offsets[slot - old + 1]]
-            mine = values[offsets[i]:offsets[i + 1]]
+            other = self._sets[slot] if slot < old else values[starts[slot - old]:ends[slot - old]]
+            mine = values[starts[i]:ends[i]]
             common = len(frozenset(mine.tolist()).intersection(other.tolist()))
             union = len(mine) + len(other) - common
             return common / union if union else 1.0
@@ -438,60 +580,78 @@ class NearIndex:
         matched: dict[int, tuple[int, float]] = {}  # example -> (slot of what it nearly repeats, similarity)
         kept = np.zeros(n, dtype=bool)
         bounds = np.searchsorted(entry_of, np.arange(0, n + BLOCK, BLOCK))
-        for block, (low, high) in enumerate(itertools.pairwise(bounds.tolist())):
-            if low == high:
-                continue
-            mine, bucket = entry_of[low:high], bucket_of[low:high]
-            if find:  # the candidates the buckets give as they stood before the block
-                candidates = members[bucket]
-                row, col = np.nonzero(candidates >= 0)
-                pairs = np.sort(mine[row] * total + candidates[row, col])  # by example, then rank
-                pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
-                example, slot = pairs // total, pairs % total
-                likely = self._possible(slot, example + old)
-                example, slot = example[likely], slot[likely]
-                similar = self._similarities(example, slot, shingled, old)
-                near = similar >= threshold
-                example, slot, similar = example[near], slot[near], similar[near]
-                firsts = np.flatnonzero(np.concatenate([[True], example[1:] != example[:-1]])[:len(example)])
-                for i, s, similarity in zip(example[firsts].tolist(), slot[firsts].tolist(), similar[firsts].tolist(),
-                                            strict=True):  # the first kept (by rank) each example nearly repeats
-                    matched.setdefault(i, (s, similarity))
-            if not keep:
-                continue
-            # the buckets not yet full: those two examples of the block share are walked one example at a time
-            open_ = filled[bucket] < BUCKET_CAP
-            mine, bucket = mine[open_], bucket[open_]
-            order = np.sort(bucket * len(bucket) + np.arange(len(bucket))) % len(bucket)  # by bucket, then example
-            sorted_bucket = bucket[order]
-            first = np.ones(len(bucket), dtype=bool)
-            first[1:] = sorted_bucket[1:] != sorted_bucket[:-1]
-            group = np.cumsum(first) - 1
-            shared = np.zeros(len(bucket), dtype=bool)
-            shared[order] = np.bincount(group, minlength=1)[group] > 1
-            if find and shared.any():
-                checked = self._possible_in_groups(mine[order], group, first, old)
-                self._walk_shared(mine[shared].tolist(), bucket[shared].tolist(), filled, old, matched, exact,
-                                  checked)
-            start = block * BLOCK
-            stop = min(start + BLOCK, n)
-            kept[start:stop] = active[start:stop]
-            kept[[i for i in range(start, stop) if i in matched]] = False
-            # the kept examples join the buckets not yet full, in order, as far as there is room
-            joins = kept[mine[order]]
-            so_far = np.cumsum(joins) - joins  # joins before each, in the block
-            place = filled[sorted_bucket] + so_far - so_far[np.flatnonzero(first)[group]]
-            fits = joins & (place < BUCKET_CAP)
-            members[sorted_bucket[fits], place[fits]] = (mine[order][fits] + old).astype(np.int32)
-            joined = sorted_bucket[fits]
-            if len(joined):
-                runs = np.flatnonzero(np.concatenate([[True], joined[1:] != joined[:-1]]))
-                filled[joined[runs]] += np.diff(np.append(runs, len(joined))).astype(np.int32)
+        # numpy lets go of the GIL in the bulk work of `_found`, so a second thread checks half of each block's
+        # candidates where there is a second CPU
+        with ThreadPoolExecutor(1) if find and n > BLOCK and _PARALLEL else nullcontext(None) as pool:
+            for block, (low, high) in enumerate(itertools.pairwise(bounds.tolist())):
+                if low == high:
+                    continue
+                mine, bucket = entry_of[low:high], bucket_of[low:high]
+                if find:  # the candidates the buckets give as they stood before the block, in two halves at once
+                    half = int(np.searchsorted(mine, mine[len(mine) // 2]))  # at the first band key of an example
+
+                    if pool is not None and half > 0:
+                        pending = pool.submit(self._found, mine[:half], members[bucket[:half]], values, starts,
+                                              ends, old)
+                        second = self._found(mine[half:], members[bucket[half:]], values, starts, ends, old)
+                        halves = [pending.result(), second]
+                    else:
+                        halves = [self._found(mine, members[bucket], values, starts, ends, old)]
+                    for example, slot, similar in halves:
+                        for i, s, similarity in zip(example.tolist(), slot.tolist(), similar.tolist(), strict=True):
+                            matched.setdefault(i, (s, similarity))
+                if not keep:
+                    continue
+                # the buckets not yet full: those two examples of the block share are walked one example at a time
+                open_ = filled[bucket] < BUCKET_CAP
+                mine, bucket = mine[open_], bucket[open_]
+                order = np.sort(bucket * len(bucket) + np.arange(len(bucket))) % len(bucket)  # by bucket, then example
+                sorted_bucket = bucket[order]
+                first = np.ones(len(bucket), dtype=bool)
+                first[1:] = sorted_bucket[1:] != sorted_bucket[:-1]
+                group = np.cumsum(first) - 1
+                shared = np.zeros(len(bucket), dtype=bool)
+                shared[order] = np.bincount(group, minlength=1)[group] > 1
+                if find and shared.any():
+                    checked = self._possible_in_groups(mine[order], group, first, old)
+                    self._walk_shared(mine[shared].tolist(), bucket[shared].tolist(), filled, old, matched, exact,
+                                      checked)
+                start = block * BLOCK
+                stop = min(start + BLOCK, n)
+                kept[start:stop] = active[start:stop]
+                kept[[i for i in range(start, stop) if i in matched]] = False
+                # the kept examples join the buckets not yet full, in order, as far as there is room
+                joins = kept[mine[order]]
+                so_far = np.cumsum(joins) - joins  # joins before each, in the block
+                place = filled[sorted_bucket] + so_far - so_far[np.flatnonzero(first)[group]]
+                fits = joins & (place < BUCKET_CAP)
+                members[sorted_bucket[fits], place[fits]] = (mine[order][fits] + old).astype(np.int32)
+                joined = sorted_bucket[fits]
+                if len(joined):
+                    runs = np.flatnonzero(np.concatenate([[True], joined[1:] != joined[:-1]]))
+                    filled[joined[runs]] += np.diff(np.append(runs, len(joined))).astype(np.int32)
         for i, (s, similarity) in matched.items():
             results[i] = Match(self._keys[s] if s < old else keys[s - old], similarity)
-        if keep:
-            self._settle(keys, shingled, kept, bucket_keys, members, filled, old)
+        if keep and not last:
+            self._settle(keys, values, starts, ends, kept, bucket_keys, members, filled, old)
         return results
+
+    def _found(self, mine: np.ndarray, candidates: np.ndarray, values: np.ndarray, starts: np.ndarray,
+               ends: np.ndarray, old: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For band keys of examples `mine` (in order of example) and the members of their buckets (`candidates`, -1
+        for none): each example that nearly repeats one of them, the first such by rank, and their similarity."""
+        total = len(self._sigs)
+        row, col = np.nonzero(candidates >= 0)
+        pairs = np.sort(mine[row] * total + candidates[row, col])  # by example, then rank
+        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
+        example, slot = pairs // total, pairs % total
+        likely = self._possible(slot, example + old)
+        example, slot = example[likely], slot[likely]
+        similar = self._similarities(example, slot, values, starts, ends, old)
+        near = similar >= self.threshold
+        example, slot, similar = example[near], slot[near], similar[near]
+        firsts = np.flatnonzero(np.concatenate([[True], example[1:] != example[:-1]])[:len(example)])
+        return example[firsts], slot[firsts], similar[firsts]
 
     def _possible_in_groups(self, slots: np.ndarray, group: np.ndarray, first: np.ndarray,
                             old: int) -> dict[int, bool]:
@@ -547,13 +707,14 @@ class NearIndex:
                 if len(members) < room[b]:
                     members.append(old + i)
 
-    def _similarities(self, examples: np.ndarray, slots: np.ndarray, shingled: Shingled, old: int) -> np.ndarray:
+    def _similarities(self, examples: np.ndarray, slots: np.ndarray, values: np.ndarray, starts: np.ndarray,
+                      ends: np.ndarray, old: int) -> np.ndarray:
         """The exact Jaccard similarity of each pair (example examples[k] of the walk, slot slots[k]), all at once:
-        every pair's shingles keyed by the pair, each of the other's looked up among the example's (both sorted)."""
-        values, offsets = shingled.values, shingled.offsets
+        every pair's shingles keyed by the pair, each of the other's looked up among the example's (both sorted).
+        Example i of the walk has the shingles values[starts[i]:ends[i]]."""
         pairs = np.arange(len(examples), dtype=np.uint64) << np.uint64(32)
-        mine_sizes = offsets[examples + 1] - offsets[examples]
-        mine = _segments(values, offsets[examples], mine_sizes) | np.repeat(pairs, mine_sizes)
+        mine_sizes = ends[examples] - starts[examples]
+        mine = _segments(values, starts[examples], mine_sizes) | np.repeat(pairs, mine_sizes)
         common = np.zeros(len(examples), dtype=np.int64)
         other_sizes = np.zeros(len(examples), dtype=np.int64)
         for where in (np.flatnonzero(slots >= old), np.flatnonzero(slots < old)):
@@ -561,8 +722,8 @@ class NearIndex:
                 continue
             if slots[where[0]] >= old:  # of this walk
                 at = slots[where] - old
-                sizes = offsets[at + 1] - offsets[at]
-                other = _segments(values, offsets[at], sizes)
+                sizes = ends[at] - starts[at]
+                other = _segments(values, starts[at], sizes)
             else:  # kept before it
                 sets = [self._sets[slot] for slot in slots[where].tolist()]
                 sizes = np.array([len(one) for one in sets], dtype=np.int64)
@@ -589,8 +750,9 @@ class NearIndex:
         possible[at] = agree >= self.floor
         return possible
 
-    def _settle(self, keys: Sequence[str], shingled: Shingled, kept: np.ndarray, bucket_keys: np.ndarray,
-                members: np.ndarray, filled: np.ndarray, old: int) -> None:
+    def _settle(self, keys: Sequence[str], values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                kept: np.ndarray, bucket_keys: np.ndarray, members: np.ndarray, filled: np.ndarray,
+                old: int) -> None:
         """After a walk: the kept examples take the next ranks (their rows moved down), the buckets keep those
         with members, and their members' slots become ranks."""
         chosen = np.flatnonzero(kept)
@@ -599,10 +761,9 @@ class NearIndex:
         rank[old + chosen] = old + np.arange(len(chosen), dtype=np.int32)
         for array in (self._sigs, self._counts, self._clipped, self._sizes):
             array[old:old + len(chosen)] = array[old + chosen]
-        values, offsets = shingled.values, shingled.offsets
         for i in chosen.tolist():
             self._keys.append(keys[i])
-            self._sets.append(values[offsets[i]:offsets[i + 1]])
+            self._sets.append(values[starts[i]:ends[i]])
         used = filled > 0
         members = members[used]
         self._members = np.where(members >= 0, rank[np.maximum(members, 0)], -1).astype(np.int32)
@@ -619,6 +780,6 @@ def rounded(value: float) -> str:
     return f"{math.floor(value * 100) / 100:.2f}"
 
 
-__all__ = ["BUCKET_CAP", "DEFAULT_NGRAMS", "DEFAULT_THRESHOLD", "Match", "NUM_PERM", "NearIndex", "Shingled", "Signed",
-           "agreement_floor", "band_keys", "bands_for", "candidate_probability", "jaccard", "rounded", "shingles",
-           "signature", "signatures"]
+__all__ = ["BUCKET_CAP", "Buckets", "DEFAULT_NGRAMS", "DEFAULT_THRESHOLD", "Match", "NUM_PERM", "NearIndex",
+           "Shingled", "Signed", "SignedByKey", "agreement_floor", "band_keys", "bands_for", "candidate_probability",
+           "jaccard", "rounded", "shingles", "sign_texts", "signature", "signatures"]

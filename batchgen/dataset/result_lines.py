@@ -35,7 +35,7 @@ import orjson
 
 from batchgen.dataset.embeddings import EmbeddingRules, judge_embedding
 from batchgen.dataset.judge import JudgeRules, parse_judgments
-from batchgen.dataset.validate import Rules, judge_examples, parse_response
+from batchgen.dataset.validate import Rules, example_key, judge_examples, parse_response
 from batchgen.errors import BatchgenError
 
 # A result file at least this big is judged in a worker process: about 8,000 lines of a typical output file, where
@@ -125,17 +125,23 @@ def _embedding_success(custom_id: str, response: dict[str, Any], body: Any, usag
             (reason.category, str(reason)) if reason is not None else None, examples)
 
 
-def judged_lines(path: Path, fmt: str, rules: AnyRules, *, parallel: bool | None = None) -> Iterator[Judged]:
+def judged_lines(path: Path, fmt: str, rules: AnyRules, *, parallel: bool | None = None,
+                 near: tuple[float, int] | None = None) -> Iterator[Judged]:
     """Every non-empty line of a result file, judged, in file order (streamed: one chunk in memory at a time).
 
     With `parallel` (by default: a file of PARALLEL_BYTES or more on a machine with more than one CPU) a worker
     process parses and validates the lines while the caller records the ones it already has; the lines and their
     verdicts are the same either way.
+
+    `near` (a near-dedupe threshold and its ngrams) asks the worker to sign, as well, the valid examples of each
+    chunk for the near-dedupe walk (`dataset.near.sign_texts`), so that the caller need not parse and hash them
+    again once they are recorded; they come as ("signed", keys, Signed) after the chunk's lines, for the first
+    line of each custom_id. Judged here, nothing is signed.
     """
     if parallel is None:
         parallel = _cpus() > 1 and bool(sys.executable) and path.stat().st_size >= PARALLEL_BYTES
     if parallel:
-        yield from _judged_by_worker(path, fmt, rules)
+        yield from _judged_by_worker(path, fmt, rules, near)
         return
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
@@ -150,7 +156,7 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _judged_by_worker(path: Path, fmt: str, rules: AnyRules) -> Iterator[Judged]:
+def _judged_by_worker(path: Path, fmt: str, rules: AnyRules, near: tuple[float, int] | None) -> Iterator[Judged]:
     # A fresh interpreter, not multiprocessing: it inherits neither the caller's workspace lock nor the emulator's
     # threads, and it does not re-import the caller's __main__ (a script calling collect needs no main guard).
     # -P keeps the current directory off its import path; the messages come over a pipe of their own, so nothing
@@ -177,7 +183,7 @@ def _judged_by_worker(path: Path, fmt: str, rules: AnyRules) -> Iterator[Judged]
     finished = False
     try:
         try:
-            worker.stdin.write(pickle.dumps((str(path), fmt, rules), pickle.HIGHEST_PROTOCOL))
+            worker.stdin.write(pickle.dumps((str(path), fmt, rules, near), pickle.HIGHEST_PROTOCOL))
         except BrokenPipeError:
             pass  # it ended at once; the missing messages below say so
         finally:
@@ -243,6 +249,33 @@ def _read_messages(stream: IO[bytes], messages: queue.Queue[bytes | None]) -> No
         messages.put(None)
 
 
+class _Signer:
+    """Adds to a chunk of judged lines the signed valid examples of each custom_id's first line (see `judged_lines`)."""
+
+    def __init__(self, fmt: str, threshold: float, ngrams: int) -> None:
+        self.fmt, self.threshold, self.ngrams = fmt, threshold, ngrams
+        self.seen: set[str] = set()
+
+    def __call__(self, chunk: list[Judged]) -> list[Judged]:
+        from batchgen.dataset.lineage import example_texts
+        from batchgen.dataset.near import sign_texts
+
+        keys, texts = [], []
+        for judged in chunk:
+            if judged[0] not in ("ok", "error") or judged[1] in self.seen:
+                continue
+            self.seen.add(judged[1])
+            if judged[0] == "error":
+                continue
+            for position, (content, _, valid, _, _) in enumerate(judged[10]):
+                if valid and content is not None:
+                    keys.append(example_key(judged[1], position))
+                    texts.append(example_texts(orjson.loads(content), self.fmt))
+        if not keys:
+            return chunk
+        return [*chunk, ("signed", keys, sign_texts(texts, self.threshold, self.ngrams))]
+
+
 def _worker() -> None:
     """Judge the file named on stdin in chunks of CHUNK_LINES lines, each sent on the message pipe (fd in argv[2])
     as a magic, an 8-byte length and a pickle, then ("end",); an unexpected error is sent as ("failed", text)."""
@@ -256,14 +289,15 @@ def _worker() -> None:
         out.flush()
 
     try:
-        path, fmt, rules = pickle.loads(sys.stdin.buffer.read())
+        path, fmt, rules, near = pickle.loads(sys.stdin.buffer.read())
+        sign = _Signer(fmt, *near) if near is not None else None
         chunk: list[Judged] = []
         for judged in judged_lines(Path(path), fmt, rules, parallel=False):
             chunk.append(judged)
             if len(chunk) >= CHUNK_LINES:
-                send(chunk)
+                send(chunk if sign is None else sign(chunk))
                 chunk = []
-        send(chunk + [("end",)])
+        send((chunk if sign is None else sign(chunk)) + [("end",)])
     except (BrokenPipeError, ConnectionResetError):
         pass  # the caller stopped reading (an error, a corrupt line, Ctrl-C)
     except Exception as error:  # noqa: BLE001 - reported to the caller, which raises it as one line

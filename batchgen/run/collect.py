@@ -32,6 +32,7 @@ from batchgen.dataset.checks import CheckRef
 from batchgen.dataset.embeddings import EmbeddingRules
 from batchgen.dataset.judge import JudgeRules, incomplete, rejection
 from batchgen.dataset.lineage import ParentChooser
+from batchgen.dataset.near import SignedByKey
 from batchgen.dataset.result_lines import AnyRules, Judged, judged_lines
 from batchgen.dataset.validate import Deduper, Rules, example_key
 from batchgen.errors import BackendError, BatchgenError
@@ -165,9 +166,18 @@ class _Collector:
         self.rejections: list[tuple[str, str]] = []  # (example key, reason): what a judge stage scored too low
         self.statuses: list[tuple[str, int]] = []  # (status, requests.rowid), written last in rowid order
         self.flushed = 0  # len(statuses) at the last flush
+        self.recorded: set[str] = set()  # the custom_ids whose line this collection recorded
+        self.signed = SignedByKey()  # their valid examples, signed by the judging worker for near-dedupe
+        threshold = spec.validate_.near_threshold
+        self.near = ((threshold, spec.validate_.near_dedupe_ngrams)
+                     if threshold is not None and self.judge is None and spec.endpoint != EMBEDDINGS else None)
 
     def add(self, judged: Judged) -> None:
         kind, custom_id = judged[0], judged[1]
+        if kind == "signed":  # examples the worker signed for near-dedupe: keep those of lines recorded here
+            recorded = self.recorded
+            self.signed.add(custom_id, judged[2], lambda key: key[:key.rindex("#")] in recorded)
+            return
         if custom_id not in self.pending:
             seen = self.ledger.has_result(custom_id)
             if seen or any(r[0] == custom_id for r in self.succeeded + self.results):
@@ -178,6 +188,7 @@ class _Collector:
                                   custom_id=custom_id)
             return
         stage, rowid = self.pending.pop(custom_id)
+        self.recorded.add(custom_id)
         if kind == "ok":
             self._success(judged, stage, rowid)
         else:
@@ -384,15 +395,16 @@ def collect_batch(ledger: Ledger, client: BatchClient, workspace: Workspace, spe
             collector = _Collector(ledger, workspace, spec, batch)
             with _no_cyclic_gc():
                 for path in paths:
-                    for judged in judged_lines(path, spec.format, collector.rules):
+                    for judged in judged_lines(path, spec.format, collector.rules, near=collector.near):
                         if judged[0] == "corrupt":
                             raise BackendError(f"Result file {path} is corrupt at line {judged[1]}: {judged[2]}")
                         collector.add(judged)
+                collector.signed.prepare()  # while the rest is written (see SignedByKey)
                 collector.finish()
             if collector.rules.dedupe != "none":
                 ledger.dedupe_stage(spec.name, collector.stage, collector.dedupe_candidates())
             if collector.judge is None:
-                settle_near_duplicates(ledger, spec, collector.stage)
+                settle_near_duplicates(ledger, spec, collector.stage, collector.signed)
             report = collector.report
             ledger.mark_batch_collected(batch["id"], report.cost_usd)
             ledger.set_shard_status(batch["shard_id"], "done")

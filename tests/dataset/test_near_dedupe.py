@@ -6,24 +6,32 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from batchgen.dataset import near
 from batchgen.dataset.lineage import example_texts
 from batchgen.dataset.near import (
+    BLOCK,
     DEFAULT_THRESHOLD,
     NUM_PERM,
+    Buckets,
     NearIndex,
     Shingled,
+    Signed,
+    SignedByKey,
     agreement_floor,
     bands_for,
     candidate_probability,
     jaccard,
     shingles,
+    sign_texts,
     signature,
 )
 
@@ -123,3 +131,79 @@ def test_the_agreement_floor_drops_a_pair_at_the_threshold_rarely() -> None:
         floor = agreement_floor(threshold)
         below = sum(math.comb(NUM_PERM, k) * threshold ** k * (1 - threshold) ** (NUM_PERM - k) for k in range(floor))
         assert below < 0.001 and floor > NUM_PERM * (threshold - 0.2)
+
+
+def planted(count: int, seed: int = 5) -> list[list[str]]:
+    """`count` examples of one template with other values, every fifth a copy of an earlier one with one word
+    changed: more than a block of the walk, with near-duplicates in every block."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(400)]
+    texts: list[list[str]] = []
+    for i in range(count):
+        if i % 5 == 4:
+            copy = texts[rng.randrange(len(texts))][1].split()
+            copy[rng.randrange(len(copy))] = rng.choice(words)
+            texts.append(["Add a task, please", " ".join(copy)])
+        else:
+            texts.append(["Add a task, please", " ".join(rng.choice(words) for _ in range(24))])
+    return texts
+
+
+def test_a_walk_of_many_blocks_is_the_same_with_a_second_thread_in_any_order_given(monkeypatch) -> None:
+    texts = planted(3 * BLOCK)
+    keys = [str(i) for i in range(len(texts))]
+    shingled = Shingled.of_texts(texts)
+    seeds = Shingled.of_texts(texts[:3])
+
+    def walk(**options: object) -> list[object]:
+        index = NearIndex()
+        index.add_all(["seed:0", "seed:1", "seed:2"], seeds)
+        return index.admit_all(keys, options.pop("signed", shingled), **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(near, "_PARALLEL", False)
+    alone = walk()
+    assert sum(m is not None for m in alone) >= len(texts) // 6
+    assert {m.key for m in alone if m is not None} & {"seed:0", "seed:1", "seed:2"}
+    monkeypatch.setattr(near, "_PARALLEL", True)
+    assert walk() == alone
+    # the same examples held in another order, each walked as row order[i]; their band keys grouped ahead
+    order = np.random.default_rng(3).permutation(len(texts))
+    held = Signed.of(shingled, *bands_for(DEFAULT_THRESHOLD)).take(np.argsort(order))
+    assert walk(signed=held, order=order) == alone
+    assert walk(signed=held, order=order, buckets=Buckets.of_signed(held), last=True) == alone
+    skip = [i % 9 == 0 for i in range(len(texts))]
+    assert walk(signed=held, order=order, skip=skip) == walk(skip=skip)
+
+
+def test_merging_sorted_keys_finds_every_key_in_the_union() -> None:
+    rng = np.random.default_rng(8)
+    def keys(*values: int) -> np.ndarray:
+        return np.array(values, dtype=np.uint64)
+
+    cases = [(keys(), keys(3, 9)), (keys(3, 9), keys()), (keys(1, 2), keys(1, 2)), (keys(5), keys(1, 9))]
+    cases += [(np.unique(rng.integers(0, 50, n).astype(np.uint64)), np.unique(rng.integers(0, 50, m).astype(np.uint64)))
+              for n, m in ((10, 30), (40, 3), (0, 0), (25, 25))]
+    for a, b in cases:
+        union, in_a, in_b = near._merged(a, b)
+        assert union.tolist() == np.union1d(a, b).tolist()
+        assert union[in_a].tolist() == a.tolist() and union[in_b].tolist() == b.tolist()
+
+
+def test_signed_by_key_keeps_what_a_key_was_first_given() -> None:
+    texts = planted(40)
+    first, second = (sign_texts(texts[:20], DEFAULT_THRESHOLD, 2), sign_texts(texts[20:], DEFAULT_THRESHOLD, 2))
+    store = SignedByKey()
+    store.add([f"a#{i}" for i in range(20)], first, lambda key: not key.endswith("#3"))
+    store.add([f"a#{i}" for i in range(10)] + [f"b#{i}" for i in range(10)], second, lambda key: True)
+    assert len(store) == 30 and store.rows(["c#0"]).tolist() == [-1]
+    joined, buckets = store.joined()
+
+    def held(key: str) -> frozenset[int]:
+        return joined.shingled.set(int(store.rows([key])[0]))
+
+    assert held("a#0") == shingles(texts[0])  # the first part's, not the second's
+    assert held("a#3") == shingles(texts[23])  # not wanted from the first part: the second gave it
+    assert held("b#9") == shingles(texts[39])
+    assert buckets.keys[buckets.of].tolist() == joined.bands.tolist()
+    with pytest.raises(ValueError, match="after prepare"):
+        store.add(["d#0"], first.take(np.array([0])), lambda key: True)

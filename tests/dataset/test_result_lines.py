@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from batchgen.dataset import result_lines as judge
+from batchgen.dataset.lineage import example_texts
+from batchgen.dataset.near import shingles, sign_texts
 from batchgen.dataset.result_lines import judged_lines
 from batchgen.dataset.validate import Rules
 from batchgen.errors import BatchgenError
@@ -157,3 +159,25 @@ def test_rules_travel_to_the_worker_without_their_caches():
     judge.judge_examples([GOOD], "sharegpt", rules)  # fills the accepter cache (a closure)
     copy = pickle.loads(pickle.dumps(rules))
     assert copy == rules and copy.regexes[0].pattern == "^b" and copy._any_pattern is not None
+
+
+def test_the_worker_signs_the_valid_examples_of_each_first_line_for_near_dedupe(tmp_path):
+    path = write(tmp_path / "out.jsonl", 2_345)
+    with open(path, "a", encoding="utf-8") as out:  # a custom_id again, with other examples: its first line counts
+        out.write(json.dumps(success("job-000001", json.dumps({"examples": [GOOD, GOOD]}))) + "\n")
+    here = list(judged_lines(path, "sharegpt", RULES, parallel=False, near=(0.8, 2)))
+    there = list(judged_lines(path, "sharegpt", RULES, parallel=True, near=(0.8, 2)))
+    assert [j for j in there if j[0] != "signed"] == here  # in this process nothing is signed
+    signed = [j for j in there if j[0] == "signed"]
+    assert len(signed) == 3  # one part a message
+    keys = [key for part in signed for key in part[1]]
+    firsts = {j[1]: j for j in reversed(here) if j[0] in ("ok", "error")}
+    expected = {f"{cid}#{position}": example[0] for cid, j in firsts.items() if j[0] == "ok"
+                for position, example in enumerate(j[10]) if example[2] and example[0] is not None}
+    assert sorted(keys) == sorted(expected) and len(keys) == len(set(keys)) > 1_000
+    for _, part_keys, part in signed:
+        for i in range(0, len(part_keys), 97):
+            content = json.loads(expected[part_keys[i]])
+            assert part.shingled.set(i) == shingles(example_texts(content, "sharegpt"))
+        assert part.sigs.tolist() == sign_texts([example_texts(json.loads(expected[key]), "sharegpt")
+                                                 for key in part_keys], 0.8, 2).sigs.tolist()

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from workspaces import EVOL_STAGES, ran_evol
+from click.testing import CliRunner
+from workspaces import EVOL_STAGES, multi_shard_job, ran_evol
 
+from batchgen.cli import cli
+from batchgen.dataset import result_lines
 from batchgen.dataset.lineage import example_texts
 from batchgen.dataset.near import jaccard, shingles
 from batchgen.ledger import Ledger
 from batchgen.ledger.workspace import Workspace
+from batchgen.run import near_dedupe
 from batchgen.run.near_dedupe import settle_near_duplicates
 from batchgen.run.session import Session
 from batchgen.run.tick import job_spec
@@ -43,7 +47,7 @@ def brute_force(ledger: Ledger, spec: object, seeds: list[object], stage: str) -
         if earlier == source:
             parents = dict(found)
     verdicts: dict[str, str | None] = {}
-    for _, key, content, parent, _, _ in ledger.near_dedupe_candidates(spec.name, stage):  # type: ignore[attr-defined]
+    for _, key, parent, _, _, content in ledger.near_dedupe_candidates(spec.name, stage):  # type: ignore[attr-defined]
         mine = shingles(example_texts(orjson.loads(content), fmt))
         if parent in parents and jaccard(mine, parents[parent]) >= threshold:
             verdicts[key] = f"unchanged_evolution: {parent}"
@@ -79,4 +83,31 @@ def test_verdicts_are_brute_force_jaccards(evol: Path) -> None:
                                    "WHERE category IN ('unchanged_evolution', 'near_duplicate')")
             for stage in STAGES:
                 settle_near_duplicates(ledger, spec, stage)
+        assert {stage: ledger_verdicts(ledger, stage) for stage in STAGES} == expected
+
+
+def test_examples_signed_by_the_judging_worker_give_the_brute_force_verdicts(tmp_path, monkeypatch) -> None:
+    """Every result file judged by the worker, which signs its valid examples for near-dedupe: in a job of many
+    batches a stage settles from examples signed there and from those of earlier batches read from the ledger."""
+    workspace = tmp_path / ".batchgen"
+    monkeypatch.setenv("BATCHGEN_WORKSPACE", str(workspace))
+    monkeypatch.setattr(result_lines, "PARALLEL_BYTES", 0)
+    mixes: list[tuple[int, int]] = []  # (signed by the worker, read from the ledger) of each settle
+    signed_by_worker = near_dedupe._signed
+
+    def observed(ledger, index, signed, rows, shingled):  # type: ignore[no-untyped-def]
+        found, at, buckets = signed_by_worker(ledger, index, signed, rows, shingled)
+        mixes.append((int((at < len(signed)).sum()), int((at >= len(signed)).sum())))
+        return found, at, buckets
+
+    monkeypatch.setattr(near_dedupe, "_signed", observed)
+    job = multi_shard_job(tmp_path)
+    result = CliRunner().invoke(cli, ["run", str(job), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert any(ours and theirs for ours, theirs in mixes) and len(mixes) >= 8
+    store = Workspace(workspace)
+    with Ledger.open(store.ledger_path) as ledger, Session(ledger, store) as session:
+        spec = job_spec(session, "evol_task_api")
+        expected = {stage: brute_force(ledger, spec, list(spec.seeds), stage) for stage in STAGES}
+        assert sum(1 for v in expected.values() for verdict in v.values() if verdict) > 0
         assert {stage: ledger_verdicts(ledger, stage) for stage in STAGES} == expected

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from batchgen.dataset.validate import normalize_text
+from batchgen.dataset.validate import ASCII_NOT_WORD, normalize_text
 
 Candidate = Sequence[str | None]  # [key, root]
 
@@ -36,13 +36,17 @@ def example_texts(raw: Any, fmt: str) -> list[str]:
 
 def words(texts: Iterable[Any]) -> frozenset[str]:
     """The normalized words of some texts, as a set."""
-    return frozenset(normalize_text(" ".join(t for t in texts if isinstance(t, str))).split())
+    joined = " ".join(t for t in texts if isinstance(t, str))
+    if joined.isascii():  # normalize_text's words, without joining them to split them again
+        return frozenset(joined.lower().translate(ASCII_NOT_WORD).split())
+    return frozenset(normalize_text(joined).split())
 
 
 def similarity(a: frozenset[str], b: frozenset[str]) -> float:
     """Jaccard similarity of two word sets (1.0 for two empty ones)."""
-    union = len(a | b)
-    return len(a & b) / union if union else 1.0
+    common = len(a & b)
+    union = len(a) + len(b) - common
+    return common / union if union else 1.0
 
 
 class ParentChooser:

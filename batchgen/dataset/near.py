@@ -47,7 +47,7 @@ from itertools import islice
 
 import numpy as np
 
-from batchgen.dataset.validate import NOT_WORD
+from batchgen.dataset.validate import ASCII_NOT_WORD, NOT_WORD
 
 NUM_PERM = 128
 DEFAULT_THRESHOLD = 0.8
@@ -63,7 +63,6 @@ _WORD_CACHE_LIMIT = 1 << 18
 _HASHED_AT_ONCE = 1 << 13  # shingles hashed against every permutation at once: a matrix of 4 MB
 _SEPARATOR = "\x1e"  # between examples' texts while they are normalized together (whitespace to normalize_text)
 _END = "|"  # what the separator becomes: a word no text can have once normalized (punctuation is removed)
-_ASCII = {c: None for c in range(128) if NOT_WORD.match(chr(c))}
 _MISS_AT_FLOOR = 0.001
 _PARALLEL = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
@@ -144,7 +143,7 @@ def _normalized_words(examples: Sequence[Sequence[str]]) -> list[str]:
     if joined.count(_SEPARATOR) != len(examples):  # a text holds the separator: it is only whitespace there
         joined = _SEPARATOR.join(" ".join(texts).replace(_SEPARATOR, " ") for texts in examples) + _SEPARATOR
     if joined.isascii():
-        normalized = joined.lower().translate(_ASCII)
+        normalized = joined.lower().translate(ASCII_NOT_WORD)
     else:
         normalized = NOT_WORD.sub("", unicodedata.normalize("NFKC", joined).casefold())
     return normalized.replace(_SEPARATOR, f" {_END} ").split()

@@ -601,8 +601,14 @@ def _check_content(pairs: list[Pair], rules: Rules) -> Reason | None:
 NOT_WORD = re.compile(r"[^\w\s]+")  # what normalize_text removes (also used by dataset.near on many texts at once)
 
 
+# For ASCII text: NFKC changes nothing, casefold is lower, and what NOT_WORD removes is these characters one by one.
+ASCII_NOT_WORD = {c: None for c in range(128) if NOT_WORD.match(chr(c))}
+
+
 def normalize_text(text: str) -> str:
     """Casefold, NFKC, punctuation and symbols removed, whitespace collapsed: the `normalized` dedupe form."""
+    if text.isascii():  # the same, five times as fast
+        return " ".join(text.lower().translate(ASCII_NOT_WORD).split())
     folded = unicodedata.normalize("NFKC", text).casefold()
     return " ".join(NOT_WORD.sub("", folded).split())
 

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import copy
+import random
+import unicodedata
 
 import orjson
 import pytest
 
+from batchgen.dataset.lineage import words
 from batchgen.dataset.validate import (
     CATEGORIES,
+    NOT_WORD,
     Deduper,
     ExampleVerdict,
     Reason,
@@ -257,6 +261,17 @@ def test_verdict_example_converts_between_formats() -> None:
 def test_normalize_text() -> None:
     assert normalize_text("  Hello,   WORLD!!\n Ünïcode  Straße ") == "hello world ünïcode strasse"
     assert normalize_text("ｆｕｌｌ－ｗｉｄｔｈ") == "fullwidth"
+
+
+def test_normalizing_ascii_the_fast_way_is_the_same() -> None:
+    """ASCII text takes a shortcut (a translation); it must give what NFKC, casefold and the pattern give."""
+    rng = random.Random(4)
+    texts = ["".join(chr(rng.randrange(128)) for _ in range(rng.randrange(60))) for _ in range(5_000)]
+    texts += ["Add a task: 'Call Bob' (tomorrow)!", "\x1e\x1f\x0b\x0c\t_under_score_ 3.14", ""]
+    for text in texts:
+        folded = unicodedata.normalize("NFKC", text).casefold()
+        assert normalize_text(text) == " ".join(NOT_WORD.sub("", folded).split()), repr(text)
+        assert words([text, "x"]) == frozenset(normalize_text(f"{text} x").split()), repr(text)
 
 
 def test_exact_and_normalized_hashes() -> None:

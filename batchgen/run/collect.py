@@ -175,8 +175,9 @@ class _Collector:
     def add(self, judged: Judged) -> None:
         kind, custom_id = judged[0], judged[1]
         if kind == "signed":  # examples the worker signed for near-dedupe: keep those of lines recorded here
+            _, keys, part = judged
             recorded = self.recorded
-            self.signed.add(custom_id, judged[2], lambda key: key[:key.rindex("#")] in recorded)
+            self.signed.add(keys, part, lambda key: key[:key.rindex("#")] in recorded)
             return
         if custom_id not in self.pending:
             seen = self.ledger.has_result(custom_id)

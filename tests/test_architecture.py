@@ -16,7 +16,7 @@ import pytest
 RANK = {"base": 0, "recipe": 1, "ledger": 2, "dataset": 3, "run": 4, "shell": 5}  # a module imports at or below
 SHELL = {"batchgen", "batchgen.__main__", "batchgen.cli", "batchgen.output", "batchgen.progress"}
 BASE = {"batchgen._lazy", "batchgen._version", "batchgen.money", "batchgen.errors", "batchgen.crashpoints",
-        "batchgen.disk"}
+        "batchgen.disk", "batchgen.cpus"}
 EMULATOR_MAY_IMPORT = {"batchgen.recipe.tokens", "batchgen.recipe.pricing"}
 MAY_IMPORT_EMULATOR = SHELL | {"batchgen.run.client"}
 SQL_WORDS = "SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|WITH|REPLACE|VACUUM|BEGIN|COMMIT|ROLLBACK"

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +46,7 @@ from itertools import islice
 
 import numpy as np
 
+from batchgen.cpus import usable_cpus
 from batchgen.dataset.validate import ASCII_NOT_WORD, NOT_WORD
 
 NUM_PERM = 128
@@ -64,7 +64,7 @@ _HASHED_AT_ONCE = 1 << 13  # shingles hashed against every permutation at once: 
 _SEPARATOR = "\x1e"  # between examples' texts while they are normalized together (whitespace to normalize_text)
 _END = "|"  # what the separator becomes: a word no text can have once normalized (punctuation is removed)
 _MISS_AT_FLOOR = 0.001
-_PARALLEL = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
+_PARALLEL = usable_cpus() > 1  # a second thread helps (see SignedByKey.prepare and NearIndex._walk)
 
 
 def _permutations(count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import orjson
 
+from batchgen.cpus import usable_cpus
 from batchgen.dataset.embeddings import EmbeddingRules, judge_embedding
 from batchgen.dataset.judge import JudgeRules, parse_judgments
 from batchgen.dataset.validate import Rules, example_key, judge_examples, parse_response
@@ -139,7 +140,7 @@ def judged_lines(path: Path, fmt: str, rules: AnyRules, *, parallel: bool | None
     line of each custom_id. Judged here, nothing is signed.
     """
     if parallel is None:
-        parallel = _cpus() > 1 and bool(sys.executable) and path.stat().st_size >= PARALLEL_BYTES
+        parallel = usable_cpus() > 1 and bool(sys.executable) and path.stat().st_size >= PARALLEL_BYTES
     if parallel:
         yield from _judged_by_worker(path, fmt, rules, near)
         return
@@ -147,13 +148,6 @@ def judged_lines(path: Path, fmt: str, rules: AnyRules, *, parallel: bool | None
         for number, line in enumerate(handle, 1):
             if line.strip():
                 yield judge_line(line, number, fmt, rules)
-
-
-def _cpus() -> int:
-    """CPUs this process may run on (the affinity mask where there is one, as in a container)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _judged_by_worker(path: Path, fmt: str, rules: AnyRules, near: tuple[float, int] | None) -> Iterator[Judged]:

@@ -41,7 +41,7 @@ from batchgen.ledger.workspace import Workspace
 from batchgen.recipe.embeddings import vector_size
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec
 from batchgen.run.client import BatchClient
-from batchgen.run.near_dedupe import settle_near_duplicates
+from batchgen.run.near_dedupe import near_settings, settle_near_duplicates
 
 CHUNK = 2000
 ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
@@ -168,9 +168,7 @@ class _Collector:
         self.flushed = 0  # len(statuses) at the last flush
         self.recorded: set[str] = set()  # the custom_ids whose line this collection recorded
         self.signed = SignedByKey()  # their valid examples, signed by the judging worker for near-dedupe
-        threshold = spec.validate_.near_threshold
-        self.near = ((threshold, spec.validate_.near_dedupe_ngrams)
-                     if threshold is not None and self.judge is None and spec.endpoint != EMBEDDINGS else None)
+        self.near = near_settings(spec) if self.judge is None else None  # what the worker signs for
 
     def add(self, judged: Judged) -> None:
         kind, custom_id = judged[0], judged[1]

@@ -33,14 +33,23 @@ from batchgen.ledger import Ledger
 from batchgen.recipe.spec import EMBEDDINGS, JobSpec
 
 
+def near_settings(spec: JobSpec) -> tuple[float, int] | None:
+    """The job's near-dedupe threshold and shingle ngrams, or None when it has no near-dedupe (turned off, or an
+    embeddings job)."""
+    threshold = spec.validate_.near_threshold
+    if threshold is None or spec.endpoint == EMBEDDINGS:
+        return None
+    return threshold, spec.validate_.near_dedupe_ngrams
+
+
 def settle_near_duplicates(ledger: Ledger, spec: JobSpec, stage: str, signed: SignedByKey | None = None) -> int:
     """Settle the stage's near-duplicate verdicts (call inside the collect transaction); how many changed.
     `signed`: examples of the stage signed already (by the worker that judged the batch just recorded); the others
     are read from the ledger and signed here. Either way they are signed from the same text."""
-    threshold = spec.validate_.near_threshold
-    if threshold is None or spec.endpoint == EMBEDDINGS:
+    settings = near_settings(spec)
+    if settings is None:
         return 0
-    ngrams, fmt = spec.validate_.near_dedupe_ngrams, spec.dataset_format
+    (threshold, ngrams), fmt = settings, spec.dataset_format
     index = NearIndex(threshold, ngrams)
 
     def shingled(contents: Iterable[Any]) -> Shingled:
@@ -62,7 +71,7 @@ def settle_near_duplicates(ledger: Ledger, spec: JobSpec, stage: str, signed: Si
     keys = [row[1] for row in rows]
     if presigned:
         assert signed is not None
-        ours, order, buckets = _signed(ledger, index, signed, rows, shingled)
+        ours, order, buckets = _signed(ledger, index, signed, keys, rows, shingled)
     else:
         ours, order, buckets = index.signed(shingled(orjson.loads(row[5]) for row in rows)), None, None
     verdicts: list[tuple[str, str, str] | None] = []
@@ -84,11 +93,11 @@ def settle_near_duplicates(ledger: Ledger, spec: JobSpec, stage: str, signed: Si
     return len(changes)
 
 
-def _signed(ledger: Ledger, index: NearIndex, signed: SignedByKey, rows: list[tuple[Any, ...]],
+def _signed(ledger: Ledger, index: NearIndex, signed: SignedByKey, keys: list[str], rows: list[tuple[Any, ...]],
             shingled: Callable[[Iterable[Any]], Shingled]) -> tuple[Signed, np.ndarray, Buckets]:
     """The stage's candidates signed, the row of each of `rows` there, and their band keys grouped: those `signed`
     holds taken from there, the others (recorded by earlier collections) read from the ledger and signed here."""
-    at = signed.rows(row[1] for row in rows)
+    at = signed.rows(keys)
     joined, buckets = signed.joined()
     missing = np.flatnonzero(at < 0)
     if not len(missing):

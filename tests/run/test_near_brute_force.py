@@ -95,8 +95,8 @@ def test_examples_signed_by_the_judging_worker_give_the_brute_force_verdicts(tmp
     mixes: list[tuple[int, int]] = []  # (signed by the worker, read from the ledger) of each settle
     signed_by_worker = near_dedupe._signed
 
-    def observed(ledger, index, signed, rows, shingled):  # type: ignore[no-untyped-def]
-        found, at, buckets = signed_by_worker(ledger, index, signed, rows, shingled)
+    def observed(ledger, index, signed, keys, rows, shingled):  # type: ignore[no-untyped-def]
+        found, at, buckets = signed_by_worker(ledger, index, signed, keys, rows, shingled)
         mixes.append((int((at < len(signed)).sum()), int((at >= len(signed)).sum())))
         return found, at, buckets
 

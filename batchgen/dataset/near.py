@@ -6,16 +6,15 @@ ignore word order; the pairs make a swap of two words cost little while a templa
 task, day and priority) stays apart. Two examples are **near-duplicates** when the Jaccard similarity of their
 shingle sets is at least the threshold (`[validate] near_dedupe`, 0.8 by default).
 
-**MinHash LSH** finds the candidates: a signature of NUM_PERM minimum hashes (the shingle hashes spread over 32
-bits, then each multiplied by an odd seeded multiplier modulo 2**32: a permutation of the 32-bit values, one
-multiplication per shingle and permutation), cut into bands of rows chosen for the threshold so that a pair at the
-threshold shares a band with a probability of at least 0.99 (at 0.8: 21 bands of 6 rows). NUM_PERM stays at 128
-although 64 would halve the hashing: with fewer bands (12 at 64), in templated data whose buckets fill up (see
-BUCKET_CAP below), a third of the near-duplicates found at 128 were missed. A candidate whose signature agrees
-with the example's in fewer than `agreement_floor` positions (compared on the low 16 bits of each minimum hash: a
-chance agreement only lets one more candidate through) is dropped (a pair at the threshold is dropped so with a
-probability below 0.001); every other one is then **verified exactly** on the shingle sets, so a verdict never
-rests on an estimate: the estimates can only miss a pair (rarely), never invent one.
+**MinHash LSH** finds the candidates: a signature of NUM_PERM minimum hashes (multiply-shift hashing of the shingle
+hashes, seeded), cut into bands of rows chosen for the threshold so that a pair at the threshold shares a band with
+a probability of at least 0.99 (at 0.8: 21 bands of 6 rows). NUM_PERM stays at 128 although 64 would halve the
+hashing: with fewer bands (12 at 64), in templated data whose buckets fill up (see BUCKET_CAP below), a third of the
+near-duplicates found at 128 were missed. A candidate whose signature agrees with the example's in fewer than
+`agreement_floor` positions (compared on the low 16 bits of each minimum hash: a chance agreement only lets one more
+candidate through) is dropped (a pair at the threshold is dropped so with a probability below 0.001); every
+other one is then **verified exactly** on the shingle sets, so a verdict never rests on an estimate: the estimates
+can only miss a pair (rarely), never invent one.
 
 `NearIndex` holds the examples kept so far, in the order they were added, and answers which of them an example
 nearly repeats (the first added, among those similar enough). A band bucket holds at most BUCKET_CAP examples (the
@@ -61,18 +60,19 @@ _GROUPS = 32  # groups an example's shingles are counted in, for a bound on the 
 _SEED = 20_261_206
 _MASK32 = np.uint64(0xFFFFFFFF)
 _WORD_CACHE_LIMIT = 1 << 18
-_HASHED_AT_ONCE = 1 << 12  # shingles hashed against every permutation at once: a matrix of 2 MB
+_HASHED_AT_ONCE = 1 << 13  # shingles hashed against every permutation at once: a matrix of 4 MB
 _SEPARATOR = "\x1e"  # between examples' texts while they are normalized together (whitespace to normalize_text)
 _END = "|"  # what the separator becomes: a word no text can have once normalized (punctuation is removed)
 _MISS_AT_FLOOR = 0.001
 _PARALLEL = usable_cpus() > 1  # a second thread helps (see SignedByKey.prepare and NearIndex._walk)
 
 
-def _permutations(count: int) -> np.ndarray:
-    """Odd 32-bit multipliers, the same in every process: x -> a * x modulo 2**32 permutes the 32-bit values."""
+def _permutations(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Odd 64-bit multipliers and 64-bit offsets of the multiply-shift hash functions, the same in every process."""
     rng = np.random.default_rng(_SEED)
-    multipliers: np.ndarray = rng.integers(0, 1 << 31, size=count, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-    return multipliers
+    a = rng.integers(0, 1 << 63, size=count, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 1 << 63, size=count, dtype=np.uint64)
+    return a, b
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return mixed
 
 
-_A = _permutations(NUM_PERM)
+_A, _B = _permutations(NUM_PERM)
 
 
 class _WordHashes(dict[str, int]):
@@ -181,7 +181,7 @@ def signatures(shingled: Shingled) -> np.ndarray:
     """The MinHash signatures (one row of NUM_PERM uint32 per example); an empty set gets the all-ones one."""
     values, offsets = shingled.values, shingled.offsets
     out = np.full((len(shingled), NUM_PERM), 0xFFFFFFFF, dtype=np.uint32)
-    mixed = (_mix(values.astype(np.uint64)) >> np.uint64(32)).astype(np.uint32)
+    mixed = _mix(values.astype(np.uint64))
     start = 0
     while start < len(shingled):
         stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + _HASHED_AT_ONCE, side="right")) - 1)
@@ -189,8 +189,10 @@ def signatures(shingled: Shingled) -> np.ndarray:
         rows = start + np.flatnonzero(offsets[start + 1:stop + 1] > offsets[start:stop])  # not empty
         if len(rows):
             low, high = offsets[start], offsets[stop]
-            hashed = _A[:, None] * mixed[None, low:high]  # a permutation per row; arithmetic modulo 2**32
-            out[rows] = np.minimum.reduceat(hashed, offsets[rows] - low, axis=1).T
+            hashed = _A[:, None] * mixed[None, low:high]  # a permutation per row; arithmetic modulo 2**64
+            hashed += _B[:, None]
+            # the high 32 bits are the hash; the minimum of those is the high 32 bits of the minimum
+            out[rows] = (np.minimum.reduceat(hashed, offsets[rows] - low, axis=1) >> np.uint64(32)).T
         start = stop
     return out
 

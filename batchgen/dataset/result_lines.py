@@ -153,10 +153,17 @@ def judged_lines(path: Path, fmt: str, rules: AnyRules, *, parallel: bool | None
     if parallel:
         yield from _judged_by_worker(path, fmt, rules, near)
         return
+    for judged, _ in _judged_with_examples(path, fmt, rules):
+        yield judged
+
+
+def _judged_with_examples(path: Path, fmt: str, rules: AnyRules) -> Iterator[tuple[Judged, list[Any]]]:
+    """Every non-empty line of a result file judged here, in file order, with the examples it held as parsed
+    (see `_judge`)."""
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
-                yield judge_line(line, number, fmt, rules)
+                yield _judge(line, number, fmt, rules)
 
 
 def _judged_by_worker(path: Path, fmt: str, rules: AnyRules, near: tuple[float, int] | None) -> Iterator[Judged]:
@@ -270,7 +277,7 @@ class _Signer:
                 continue
             self.seen.add(judged[1])
             if judged[0] == "error" or len(examples) != len(judged[10]):
-                continue  # an error, or an answer whose verdicts are not of examples (a judge stage's)
+                continue  # an error, or verdicts not of parsed examples (an embedding's, a judge stage's)
             for position, ((content, _, valid, _, _), raw) in enumerate(zip(judged[10], examples, strict=True)):
                 if valid and content is not None:
                     keys.append(example_key(judged[1], position))
@@ -300,16 +307,12 @@ def _worker() -> None:
         sign = _Signer(fmt, *near) if near is not None else None
         chunk: list[Judged] = []
         raws: list[list[Any]] = []  # the examples of each line of the chunk as parsed, for the signer
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                judged, examples = _judge(line, number, fmt, rules)
-                chunk.append(judged)
-                raws.append(examples)
-                if len(chunk) >= CHUNK_LINES:
-                    send(chunk if sign is None else sign(chunk, raws))
-                    chunk, raws = [], []
+        for judged, examples in _judged_with_examples(Path(path), fmt, rules):
+            chunk.append(judged)
+            raws.append(examples)
+            if len(chunk) >= CHUNK_LINES:
+                send(chunk if sign is None else sign(chunk, raws))
+                chunk, raws = [], []
         send((chunk if sign is None else sign(chunk, raws)) + [("end",)])
     except (BrokenPipeError, ConnectionResetError):
         pass  # the caller stopped reading (an error, a corrupt line, Ctrl-C)

@@ -241,7 +241,8 @@ def test_records_survive_a_restart_and_a_rerun_end_is_not_counted_twice(tmp_path
 
 def test_a_batch_is_counted_on_the_day_it_ends(tmp_path):
     with running(tmp_path / "s", time_scale=0, line_seconds=1000.0) as emu:
-        midnight = day_start(emu.control.now()) + DAY
+        # tomorrow's midnight: today's may be less than 1500 s away, and the clock only moves forward
+        midnight = day_start(emu.control.now()) + 2 * DAY
         emu.control.set_time(midnight - 1500)  # the lines run before midnight and after; the batch ends after
         file_id = emu.client.files.create(file=("in.jsonl", b"".join(
             json.dumps(chat_line(i)).encode() + b"\n" for i in range(3))), purpose="batch").id

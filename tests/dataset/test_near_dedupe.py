@@ -207,3 +207,21 @@ def test_signed_by_key_keeps_what_a_key_was_first_given() -> None:
     assert buckets.keys[buckets.of].tolist() == joined.bands.tolist()
     with pytest.raises(ValueError, match="after prepare"):
         store.add(["d#0"], first.take(np.array([0])), lambda key: True)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 100, 5000])
+def test_band_keys_are_grouped_as_numpy_groups_them(n: int) -> None:
+    """The band keys' grouping sorts their high bits packed with an index; keys that differ only in the low bits
+    (where the index goes) must still come out in order, each group once."""
+    rng = np.random.default_rng(n)
+    distinct = rng.integers(0, 2**64, size=max(1, n // 3), dtype=np.uint64)
+    shapes = [
+        rng.choice(distinct, size=n),  # hashes, many repeated
+        (rng.choice(distinct, size=n) >> np.uint64(61) << np.uint64(61))
+        | rng.integers(0, 16, size=n, dtype=np.uint64),  # the same high bits, different low ones
+        np.arange(n, dtype=np.uint64)[::-1].copy(),  # every key below the index's bits
+    ]
+    for keys in shapes:
+        groups, of = near._unique(keys)
+        expected, inverse = np.unique(keys, return_inverse=True)
+        assert groups.tolist() == expected.tolist() and of.tolist() == inverse.ravel().tolist()
